@@ -1,0 +1,148 @@
+r"""The four algorithms as compositions of a trigger, a compressor and (optional) error memory.
+
+=========  =========  ==========  ============
+algorithm  trigger    compressor  error memory
+=========  =========  ==========  ============
+sgd        always     identity    no
+sparse     always     top-k       yes
+lasg       lazy WK2   identity    no
+sasg       lazy WK2   top-k       yes
+=========  =========  ==========  ============
+
+One round for worker m that uploads (``eta`` is the lr on the **mean** of the M gradients)::
+
+    v   = (eta / M) * g + e_m
+    q_m = compress(v)           # what crosses the network
+    e_m = v - q_m               # exactly, see the compressors
+    anchor_m = theta ; tau_m = 1
+
+A skipper sends nothing and ``tau_m += 1``. The server steps
+:math:`\theta^{k+1} = \theta^k - \sum_m q_m` with the last message of every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .compressors import Identity, TopK
+from .layout import Layout
+from .payload import Payload
+from .state import ServerState, WorkerState
+from .triggers import AlwaysTrigger, LazyTrigger
+
+ALGORITHMS = ("sgd", "sparse", "lasg", "sasg")
+
+
+@dataclass
+class Algorithm:
+    name: str
+    trigger: AlwaysTrigger | LazyTrigger
+    compressor: Identity | TopK
+    error_feedback: bool
+
+    @property
+    def lazy(self) -> bool:
+        return self.trigger.lazy
+
+    # ----- state ---------------------------------------------------------------------------
+    def init_worker_state(self, n: int, device=None, dtype=torch.float32) -> WorkerState:
+        d = self.compressor.layout.numel
+        return WorkerState(
+            staleness=torch.ones(n, dtype=torch.long, device=device),
+            error=torch.zeros(n, d, device=device, dtype=dtype) if self.error_feedback else None,
+            anchor=torch.zeros(n, d, device=device, dtype=dtype) if self.lazy else None,
+        )
+
+    def init_server_state(self, num_workers: int, device=None, dtype=torch.float32) -> ServerState:
+        window = max(0, self.trigger.window - 1) if self.lazy else 0
+        return ServerState(
+            last=self.compressor.empty(num_workers, device=device, dtype=dtype),
+            step_sq=torch.zeros(window, dtype=torch.float64),
+        )
+
+    # ----- trigger -------------------------------------------------------------------------
+    def forced(self, iteration: int, workers: WorkerState) -> Tensor:
+        """(N,) bool: who uploads without needing the stale gradient."""
+        return self.trigger.forced(iteration, workers.staleness)
+
+    def threshold(self, server: ServerState, num_workers: int, lr: float) -> float:
+        return self.trigger.threshold(server.step_sq, num_workers, lr)
+
+    def decide(
+        self,
+        iteration: int,
+        workers: WorkerState,
+        server: ServerState,
+        num_workers: int,
+        lr: float,
+        grads: Tensor,
+        stale_grads: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """(N,) bool upload mask. ``stale_grads(rows)`` returns the gradients at the anchors of
+        those rows on their current minibatches; it is called only for workers the rule must
+        check (never in warm-up, never for a forced upload, never for ``always`` triggers)."""
+        upload = self.forced(iteration, workers)
+        if not self.lazy:
+            return upload
+        check = (~upload).nonzero().squeeze(1)
+        if check.numel():
+            diff_sq = (grads[check] - stale_grads(check)).square().sum(dim=1)
+            thr = self.threshold(server, num_workers, lr)
+            upload[check] = self.trigger.fires(diff_sq, thr)
+        return upload
+
+    # ----- worker side ---------------------------------------------------------------------
+    def upload(
+        self, workers: WorkerState, upload: Tensor, grads: Tensor, theta: Tensor, scale: float
+    ) -> Payload:
+        """Apply the round to ``N`` workers given the upload mask; return the payload of the
+        uploaders (in worker order). ``grads`` holds all N rows or only the uploaders' rows."""
+        rows = upload.nonzero().squeeze(1)
+        g = grads if grads.shape[0] == rows.numel() else grads[rows]
+        if self.error_feedback:
+            v = torch.add(workers.error[rows], g, alpha=scale)
+        else:
+            v = g * scale
+        q = self.compressor.compress(v)
+        if self.error_feedback:
+            workers.error[rows] = self.compressor.error(v, q)
+        if self.lazy:
+            workers.anchor[rows] = theta
+        workers.staleness += 1
+        workers.staleness[rows] = 1
+        return q
+
+    # ----- server side ---------------------------------------------------------------------
+    def aggregate(self, server: ServerState, senders: Tensor, payload: Payload, step: Tensor) -> Tensor:
+        """Store the senders' fresh messages, write ``sum_m q_m`` into ``step`` and record its
+        squared norm for the trigger window. Returns ``step``; the caller does ``theta -= step``."""
+        if senders.numel():
+            server.last.assign(senders, payload)
+        server.last.sum(step)
+        server.push_step(float(torch.dot(step, step).item()) if server.step_sq.numel() else 0.0)
+        server.iteration += 1
+        return step
+
+    def describe(self) -> dict:
+        return {
+            "algorithm": self.name,
+            **self.trigger.describe(),
+            **self.compressor.describe(),
+            "error_feedback": self.error_feedback,
+        }
+
+
+def make_algorithm(name: str, layout: Layout, density: float = 0.01, window: int = 10, c: float = 2.0) -> Algorithm:
+    """Build one of :data:`ALGORITHMS` for a parameter layout."""
+    key = name.strip().lower()
+    if key not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
+    lazy = key in ("lasg", "sasg")
+    sparse = key in ("sparse", "sasg")
+    trigger = LazyTrigger(window, c) if lazy else AlwaysTrigger()
+    compressor = TopK(layout, density) if sparse else Identity(layout)
+    return Algorithm(key, trigger, compressor, error_feedback=sparse)

@@ -1,0 +1,37 @@
+"""Models written with torch alone, built by name."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .init import init_parameters
+from .mlp import fc, flat_features, logreg
+
+# name -> builder(sample_shape, num_classes) -> nn.Module
+MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    "fc": lambda shape, classes: fc(flat_features(shape), classes),
+    "logreg": lambda shape, classes: logreg(flat_features(shape), classes),
+}
+
+
+def build_model(name: str, sample_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """Build model ``name`` for inputs of ``sample_shape``, initialised from ``seed``."""
+    key = name.strip().lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    model = MODELS[key](tuple(sample_shape), int(num_classes))
+    return init_parameters(model, torch.Generator().manual_seed(int(seed)))
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+__all__ = ["MODELS", "build_model", "has_batchnorm", "init_parameters", "num_parameters"]

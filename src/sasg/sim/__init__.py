@@ -1,0 +1,7 @@
+"""The single-process simulator of M workers."""
+
+from .evaluate import evaluate
+from .gradients import LoopGradients, VmapGradients, make_gradients
+from .simulator import RunResult, Simulator
+
+__all__ = ["LoopGradients", "RunResult", "Simulator", "VmapGradients", "evaluate", "make_gradients"]

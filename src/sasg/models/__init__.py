@@ -22,7 +22,11 @@ def build_model(name: str, sample_shape: tuple[int, ...], num_classes: int, seed
     key = name.strip().lower()
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
-    model = MODELS[key](tuple(sample_shape), int(num_classes))
+    # Built on the meta device so the layers' own initialisation draws nothing from the global
+    # RNG; init_parameters then fills every parameter and buffer from a dedicated generator.
+    with torch.device("meta"):
+        model = MODELS[key](tuple(sample_shape), int(num_classes))
+    model = model.to_empty(device="cpu")
     return init_parameters(model, torch.Generator().manual_seed(int(seed)))
 
 

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from sasg import RunConfig
+from sasg.data import make_synthetic
+
+
+@pytest.fixture(scope="session")
+def synth():
+    return make_synthetic(n_train=240, n_test=120, num_features=12, num_classes=3, seed=1)
+
+
+def small_config(**kw) -> RunConfig:
+    base = dict(
+        dataset="synthetic", model="fc", workers=4, batch_size=5, lr=0.2, density=0.1,
+        window=3, threshold_scale=2.0, epochs=1, eval_every=4, seed=3,
+    )
+    base.update(kw)
+    return RunConfig(**base).validate()
+
+
+@pytest.fixture
+def cfg():
+    return small_config
+
+
+@pytest.fixture(autouse=True)
+def _no_global_rng_use():
+    """The library must never touch the global RNG: its state is the same after every test."""
+    before = torch.random.get_rng_state()
+    yield
+    assert torch.equal(before, torch.random.get_rng_state()), "global torch RNG was used"

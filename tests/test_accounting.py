@@ -1,0 +1,33 @@
+from sasg import Simulator
+from sasg.accounting import PAPER32, Ledger
+
+from conftest import small_config
+
+
+def test_bit_counts_match_the_paper_formula(synth):
+    cfg = small_config(density=0.1)
+    for algo in ("sgd", "sparse", "lasg", "sasg"):
+        sim = Simulator(cfg, algo, synth)
+        for _ in range(12):
+            sim.step()
+        d = sim.layout.numel
+        t = sim.ledger.totals()
+        nnz = sum(max(1, int(0.1 * s.numel + 1e-9)) for s in sim.layout.segments)
+        per_upload = 64 * nnz if algo in ("sparse", "sasg") else 32 * d
+        assert t["bits_up"] == per_upload * t["uploads"], algo
+        assert t["bits_down"] == 32 * d * cfg.workers * t["iterations"]
+        assert t["skipped"] == cfg.workers * t["iterations"] - t["uploads"]
+        assert t["bits_flags"] == 0  # the simulator has no flag exchange
+
+
+def test_fc_dense_upload_is_32_times_407050_bits():
+    assert PAPER32.dense(407_050) == 13_025_600
+    assert PAPER32.sparse(4_066) == 260_224
+
+
+def test_ledger_totals_upto():
+    led = Ledger(num_workers=3)
+    led.record(3, 300, 90)
+    led.record(1, 100, 90)
+    assert led.totals(1) == {"iterations": 1, "uploads": 3, "skipped": 0, "bits_up": 300, "bits_down": 90, "bits_flags": 0}
+    assert led.totals()["skipped"] == 2

@@ -8,7 +8,7 @@ window D = 10, threshold scale c = 2, 20 epochs, evaluation every 10 iterations.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from .core.algorithms import ALGORITHMS
 
@@ -35,7 +35,18 @@ class RunConfig:
     backend: str = "auto"
     device: str = "cpu"
     convention: str = "paper32"
-    extra: dict = field(default_factory=dict)
+    # paper-scale experiments
+    data_dir: str | None = None
+    download: bool = False
+    partition: str = "iid"  # iid | dirichlet | shards
+    beta: float = 0.5  # Dirichlet concentration for partition="dirichlet"
+    shards_per_worker: int = 2  # label shards per worker for partition="shards"
+    lr_decay_epochs: tuple[float, ...] = ()
+    lr_decay_factor: float = 0.1
+    augment: str = "none"  # none | crop-flip | crop-flip-rotate
+    target_metric: str = "top1"  # top1 | top5: which test accuracy the target is on
+    iterations: int | None = None  # overrides epochs when set
+    preset: str | None = None
 
     @property
     def paper_alpha(self) -> float:
@@ -44,7 +55,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         from .accounting import CONVENTIONS
-        from .data import DATASETS
+        from .data import AUGMENTATIONS, DATASETS, PARTITIONS
         from .models import MODELS
 
         algos = tuple(a.strip().lower() for a in self.algorithms if a.strip())
@@ -56,6 +67,7 @@ class RunConfig:
         if len(set(algos)) != len(algos):
             raise ConfigError(f"algorithm listed twice in {','.join(algos)}; list each once")
         self.algorithms = algos
+        self.lr_decay_epochs = tuple(float(e) for e in self.lr_decay_epochs)
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if self.model not in MODELS:
@@ -79,6 +91,27 @@ class RunConfig:
             raise ConfigError(f"target accuracy is in percent, 0..100; got {self.target_acc}")
         if self.backend not in ("auto", "vmap", "loop"):
             raise ConfigError(f"unknown backend {self.backend!r}; choose from auto, vmap, loop")
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"unknown partition {self.partition!r}; choose from {', '.join(PARTITIONS)}")
+        if not _finite(self.beta) or self.beta <= 0:
+            raise ConfigError(f"Dirichlet beta must be > 0, got {self.beta}; e.g. --beta 0.5")
+        _int_at_least("shards per worker", self.shards_per_worker, 1, "--shards-per-worker")
+        for e in self.lr_decay_epochs:
+            if not _finite(e) or e <= 0:
+                raise ConfigError(f"lr decay epochs must be > 0, got {e}; e.g. --lr-decay-epochs 20")
+        if not _finite(self.lr_decay_factor) or not 0 < self.lr_decay_factor <= 1:
+            raise ConfigError(f"lr decay factor must be in (0, 1], got {self.lr_decay_factor}; e.g. --lr-decay-factor 0.1")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {self.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
+        if self.target_metric not in ("top1", "top5"):
+            raise ConfigError(f"unknown target metric {self.target_metric!r}; choose from top1, top5")
+        if self.iterations is not None:
+            _int_at_least("iterations", self.iterations, 1, "--iterations")
+        if DATASETS[self.dataset].needs_files and not self.data_dir:
+            raise ConfigError(
+                f"data set {self.dataset!r} loads from its published files; pass --data-dir FOLDER "
+                "(add --download on a machine with internet)"
+            )
         if self.convention not in CONVENTIONS:
             raise ConfigError(f"unknown bit convention {self.convention!r}; choose from {', '.join(CONVENTIONS)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -93,6 +126,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["algorithms"] = list(self.algorithms)
+        d["lr_decay_epochs"] = list(self.lr_decay_epochs)
         d["paper_alpha"] = self.paper_alpha
         return d
 

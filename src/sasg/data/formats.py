@@ -393,10 +393,14 @@ class _CifarUnpickler(pickle.Unpickler):
     """Resolves only what a CIFAR batch contains (numpy arrays and dtypes); refuses anything else,
     so a tampered file cannot run code while being loaded."""
 
-    _reconstruct = np.empty(0).__reduce__()[0]  # numpy's array reconstructor, whatever its module
+    # numpy's array rebuilders, taken from numpy itself so they resolve under numpy 1 and 2 alike
+    _reconstruct = np.empty(0).__reduce__()[0]
+    _frombuffer = np.empty(0).__reduce_ex__(5)[0]  # used by pickle protocol 5
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles spell bytes objects

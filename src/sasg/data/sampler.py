@@ -1,5 +1,10 @@
-"""Per-worker minibatches: each worker reshuffles its own shard every epoch with its own
-generator and walks it in batches (the last incomplete batch of an epoch is dropped)."""
+"""Per-worker minibatches.
+
+Each worker walks its own shard in batches of ``B`` and reshuffles it with its own generator when
+fewer than ``B`` unseen samples are left (the incomplete tail is dropped), so shards of unequal
+size (non-IID splits) work too. One *epoch* is ``n_train // (M * B)`` rounds — a pass over each
+shard when shards are equal.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +12,68 @@ import torch
 from torch import Tensor
 
 
-class WorkerSampler:
-    """Yields, for every round, an ``(M, B)`` tensor of sample indices (one row per worker).
+def worker_seed(seed: int, worker: int, stream: int = 0) -> int:
+    """The seed of worker ``worker``'s own generator for ``stream`` (0: shuffling, 1: augmentation).
 
-    Shards must have equal length here (the IID split guarantees it). An epoch is one pass over a
-    shard: ``len(shard) // B`` rounds.
+    Shared by the simulator and the distributed runner so rank m draws what virtual worker m draws.
     """
+    return seed * 1_000_003 + 7919 * worker + 1 + 104_729 * stream
 
-    def __init__(self, shards: list[Tensor], batch_size: int, seed: int):
-        lengths = {int(s.numel()) for s in shards}
-        if len(lengths) != 1:
-            raise ValueError("WorkerSampler needs shards of equal length")
-        self.shard_len = lengths.pop()
+
+class WorkerSampler:
+    """Yields, for every round, an ``(M, B)`` tensor of sample indices (one row per worker)."""
+
+    def __init__(self, shards: list[Tensor], batch_size: int, seed: int, first_worker: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        if batch_size > self.shard_len:
+        smallest = min(int(s.numel()) for s in shards)
+        if batch_size > smallest:
             raise ValueError(
-                f"batch size {batch_size} is larger than a worker's shard ({self.shard_len} samples); "
-                f"use --batch-size {self.shard_len} or fewer, or fewer workers"
+                f"batch size {batch_size} is larger than the smallest worker shard ({smallest} samples); "
+                f"use --batch-size {max(1, smallest)} or fewer, or fewer workers"
             )
-        self.shards = torch.stack(shards)  # (M, shard_len)
+        self.shards = [s.clone() for s in shards]
         self.batch_size = batch_size
-        self.rounds_per_epoch = self.shard_len // batch_size
-        self.generators = [torch.Generator().manual_seed(seed * 1_000_003 + 7919 * m + 1) for m in range(len(shards))]
+        total = sum(int(s.numel()) for s in shards)
+        self.rounds_per_epoch = max(1, total // (len(shards) * batch_size))
+        # ``first_worker`` lets a distributed rank hold worker m's stream under its global index.
+        self.generators = [
+            torch.Generator().manual_seed(worker_seed(seed, first_worker + m)) for m in range(len(shards))
+        ]
         self.round = 0
-        self._order: Tensor | None = None
+        self._order: list[Tensor | None] = [None] * len(shards)
+        self._pos = [0] * len(shards)
 
     @property
     def num_workers(self) -> int:
-        return self.shards.shape[0]
-
-    def _reshuffle(self) -> None:
-        perms = torch.stack([torch.randperm(self.shard_len, generator=g) for g in self.generators])
-        self._order = torch.gather(self.shards, 1, perms)
+        return len(self.shards)
 
     def next(self) -> Tensor:
-        pos = self.round % self.rounds_per_epoch
-        if pos == 0 or self._order is None:
-            self._reshuffle()
-        self.round += 1
         b = self.batch_size
-        return self._order[:, pos * b : (pos + 1) * b]
+        rows = []
+        for m, shard in enumerate(self.shards):
+            if self._order[m] is None or self._pos[m] + b > shard.numel():
+                perm = torch.randperm(shard.numel(), generator=self.generators[m])
+                self._order[m] = shard[perm.to(shard.device)]
+                self._pos[m] = 0
+            rows.append(self._order[m][self._pos[m] : self._pos[m] + b])
+            self._pos[m] += b
+        self.round += 1
+        return torch.stack(rows)
 
     def state_dict(self) -> dict:
         return {
             "round": self.round,
             "generators": [g.get_state() for g in self.generators],
-            "order": None if self._order is None else self._order.clone(),
+            "order": [None if o is None else o.clone() for o in self._order],
+            "pos": list(self._pos),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if len(state["generators"]) != len(self.generators):
+            raise ValueError("sampler state is for another number of workers")
         self.round = int(state["round"])
         for g, s in zip(self.generators, state["generators"]):
             g.set_state(s)
-        self._order = None if state["order"] is None else state["order"].clone()
+        self._order = [None if o is None else o.clone() for o in state["order"]]
+        self._pos = [int(p) for p in state["pos"]]

@@ -1,0 +1,35 @@
+"""The SASG paper's three experiments as presets.
+
+All use M = 10 workers, batch 10 per worker, plain SGD, density 1 % per layer and D = 10. The
+paper writes the step alpha on the *sum* of gradients; here lr = alpha * M (alpha = 0.005 -> 0.05,
+alpha = 0.01 -> 0.1). Seeds of the paper: 1, 19, 31, 42, 80 (pass ``--seeds`` to run them).
+"""
+
+from __future__ import annotations
+
+PAPER_SEEDS = (1, 19, 31, 42, 80)
+
+_COMMON = dict(workers=10, batch_size=10, density=0.01, window=10, partition="iid")
+
+PRESETS: dict[str, dict] = {
+    "paper-mnist": dict(
+        _COMMON, dataset="mnist", model="fc", lr=0.05, threshold_scale=2.0, epochs=20,
+        lr_decay_epochs=(), augment="none", target_acc=98.0, target_metric="top1",
+    ),
+    "paper-cifar10": dict(
+        _COMMON, dataset="cifar10", model="resnet18", lr=0.1, threshold_scale=1.0, epochs=30,
+        lr_decay_epochs=(20,), lr_decay_factor=0.1, augment="crop-flip", target_acc=92.0,
+        target_metric="top1",
+    ),
+    "paper-cifar100": dict(
+        _COMMON, dataset="cifar100", model="resnet18", lr=0.1, threshold_scale=1.0, epochs=50,
+        lr_decay_epochs=(30,), lr_decay_factor=0.1, augment="crop-flip-rotate", target_acc=92.0,
+        target_metric="top5",
+    ),
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

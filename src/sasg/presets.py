@@ -13,16 +13,16 @@ _COMMON = dict(workers=10, batch_size=10, density=0.01, window=10, partition="ii
 
 PRESETS: dict[str, dict] = {
     "paper-mnist": dict(
-        _COMMON, dataset="mnist", model="fc", lr=0.05, threshold_scale=2.0, epochs=20,
+        _COMMON, dataset="mnist", model="fc", lr=0.05, threshold_scale=2.0, epochs=20, eval_every=60,
         lr_decay_epochs=(), augment="none", target_acc=98.0, target_metric="top1",
     ),
     "paper-cifar10": dict(
-        _COMMON, dataset="cifar10", model="resnet18", lr=0.1, threshold_scale=1.0, epochs=30,
+        _COMMON, dataset="cifar10", model="resnet18", lr=0.1, threshold_scale=1.0, epochs=30, eval_every=500,
         lr_decay_epochs=(20,), lr_decay_factor=0.1, augment="crop-flip", target_acc=92.0,
         target_metric="top1",
     ),
     "paper-cifar100": dict(
-        _COMMON, dataset="cifar100", model="resnet18", lr=0.1, threshold_scale=1.0, epochs=50,
+        _COMMON, dataset="cifar100", model="resnet18", lr=0.1, threshold_scale=1.0, epochs=50, eval_every=500,
         lr_decay_epochs=(30,), lr_decay_factor=0.1, augment="crop-flip-rotate", target_acc=92.0,
         target_metric="top5",
     ),

@@ -3,6 +3,7 @@
 from .conventions import CONVENTIONS, FLAG_BITS_PER_WORKER, PAPER32, BitConvention
 from .ledger import Ledger
 from .messages import downlink_bits_per_round, message_bits, uplink_bits_per_upload
+from .wire import flag_bytes, replica_payload_bytes
 
 __all__ = [
     "BitConvention",
@@ -11,6 +12,8 @@ __all__ = [
     "Ledger",
     "PAPER32",
     "downlink_bits_per_round",
+    "flag_bytes",
     "message_bits",
+    "replica_payload_bytes",
     "uplink_bits_per_upload",
 ]

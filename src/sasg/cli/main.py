@@ -35,32 +35,59 @@ def _algo_list(text: str) -> tuple[str, ...]:
     return tuple(a.strip().lower() for a in text.split(",") if a.strip())
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    parse = _number(float)
+    return tuple(parse(t) for t in text.split(",") if t.strip())
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    parse = _number(int)
+    return tuple(parse(t) for t in text.split(",") if t.strip())
+
+
+# Flags default to None so that a --preset can fill them; explicit flags win over the preset,
+# the preset over RunConfig's defaults (shown in the help).
 def add_training_flags(p: argparse.ArgumentParser) -> None:
+    from ..presets import PRESETS
+
     d = RunConfig()
-    g = p.add_argument_group("setting (defaults: the paper's MNIST setting)")
-    g.add_argument("--dataset", default=d.dataset, help="mnist5k (embedded, default) or synthetic")
-    g.add_argument("--model", default=d.model, help="fc (784-512-10, default) or logreg")
-    g.add_argument("--workers", type=_number(int), default=d.workers, help="M, number of workers (10)")
-    g.add_argument("--batch-size", type=_number(int), default=d.batch_size, help="minibatch per worker (10)")
+    g = p.add_argument_group("setting (defaults: the paper's MNIST setting on the embedded data)")
+    g.add_argument("--preset", choices=tuple(PRESETS), help="the paper's experiments: every hyperparameter set at once")
+    g.add_argument("--dataset", help=f"mnist5k (embedded, default), synthetic, mnist, fashion-mnist, cifar10, cifar100")
+    g.add_argument("--data-dir", help="folder with the published data files (mnist, fashion-mnist, cifar10, cifar100)")
+    g.add_argument("--download", action="store_true", default=None, help="fetch missing data files (needs internet), checksums verified")
+    g.add_argument("--model", help="fc (784-512-10, default), logreg, lenet5, resnet18, vgg16")
+    g.add_argument("--workers", type=_number(int), help=f"M, number of workers ({d.workers})")
+    g.add_argument("--batch-size", type=_number(int), help=f"minibatch per worker ({d.batch_size})")
     g.add_argument(
-        "--lr", type=_number(float), default=d.lr,
-        help="step size on the MEAN of the workers' gradients (0.05; the paper's alpha = lr / M = 0.005)",
+        "--lr", type=_number(float),
+        help=f"step size on the MEAN of the workers' gradients ({d.lr}; the paper's alpha = lr / M)",
     )
-    g.add_argument("--density", type=_number(float), default=d.density, help="h, fraction kept per layer by top-k (0.01)")
-    g.add_argument("--window", type=_number(int), default=d.window, help="D, trigger window and max skips in a row (10)")
-    g.add_argument("--threshold-scale", type=_number(float), default=d.threshold_scale, help="c, trigger threshold scale (2)")
-    g.add_argument("--epochs", type=_number(float), default=d.epochs, help="passes over each worker's shard (20)")
-    g.add_argument("--eval-every", type=_number(int), default=d.eval_every, help="evaluate every N iterations (10)")
-    g.add_argument("--seed", type=_number(int), default=d.seed, help="seed for init, split and batches (0)")
+    g.add_argument("--lr-decay-epochs", type=_float_list, help="multiply the lr by --lr-decay-factor at these epochs, e.g. 20")
+    g.add_argument("--lr-decay-factor", type=_number(float), help=f"step decay factor ({d.lr_decay_factor})")
+    g.add_argument("--density", type=_number(float), help=f"h, fraction kept per layer by top-k ({d.density})")
+    g.add_argument("--window", type=_number(int), help=f"D, trigger window and max skips in a row ({d.window})")
+    g.add_argument("--threshold-scale", type=_number(float), help=f"c, trigger threshold scale ({d.threshold_scale:g})")
+    g.add_argument("--epochs", type=_number(float), help=f"passes over each worker's shard ({d.epochs:g})")
+    g.add_argument("--iterations", type=_number(int), help="run exactly this many iterations (overrides --epochs)")
+    g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
+    g.add_argument("--seed", type=_number(int), help=f"seed for init, split, batches and augmentation ({d.seed})")
+    g.add_argument("--seeds", type=_int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
+    g.add_argument("--partition", choices=("iid", "dirichlet", "shards"), help="split over workers (iid)")
+    g.add_argument("--beta", type=_number(float), help=f"Dirichlet concentration for --partition dirichlet ({d.beta})")
+    g.add_argument("--shards-per-worker", type=_number(int), help=f"label shards per worker for --partition shards ({d.shards_per_worker})")
+    g.add_argument("--augment", choices=("none", "crop-flip", "crop-flip-rotate"), help="batch augmentation (none)")
     g.add_argument(
-        "--target-acc", type=_number(float), default=None,
+        "--target-acc", type=_number(float),
         help="target test accuracy in percent (default: SGD's final accuracy - 0.5)",
     )
-    g.add_argument("--backend", default=d.backend, choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
-    g.add_argument("--device", default=d.device, help="cpu (default) or cuda")
+    g.add_argument("--target-metric", choices=("top1", "top5"), help="which accuracy the target is on (top1)")
+    g.add_argument("--backend", choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
+    g.add_argument("--device", help="cpu (default) or cuda")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<command>-<time>)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
+    o.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     o.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
@@ -82,31 +109,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument("--algos", type=_algo_list, default=ALGORITHMS, help="comma-separated (default: sgd,sparse,lasg,sasg)")
     add_training_flags(cmp_)
+    from ..distributed.launch import add_launch_subparser
+
+    add_launch_subparser(sub, add_training_flags, ALGORITHMS)
     return parser
 
 
+_FLAG_FIELDS = (
+    "dataset", "data_dir", "download", "model", "workers", "batch_size", "lr", "lr_decay_epochs",
+    "lr_decay_factor", "density", "window", "threshold_scale", "epochs", "iterations", "eval_every",
+    "seed", "partition", "beta", "shards_per_worker", "augment", "target_acc", "target_metric",
+    "backend", "device",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    algos = (args.algo,) if args.command == "run" else args.algos
-    return RunConfig(
-        algorithms=algos, dataset=args.dataset, model=args.model, workers=args.workers,
-        batch_size=args.batch_size, lr=args.lr, density=args.density, window=args.window,
-        threshold_scale=args.threshold_scale, epochs=args.epochs, eval_every=args.eval_every,
-        seed=args.seed, target_acc=args.target_acc, backend=args.backend, device=args.device,
-    )
+    """RunConfig defaults, then the preset, then every flag given explicitly."""
+    from ..presets import preset
+
+    values: dict = {}
+    if getattr(args, "preset", None):
+        values.update(preset(args.preset))
+        values["preset"] = args.preset
+    values.update({k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None})
+    if getattr(args, "seeds", None):
+        values["seed"] = args.seeds[0]
+    values["algorithms"] = (args.algo,) if args.command != "compare" else args.algos
+    return RunConfig(**values)
+
+
+def resolved(config: RunConfig, seeds: list[int]) -> dict:
+    """Every hyperparameter, the data set, the partition and the model with its size."""
+    from ..data import DATASETS
+    from ..models import count_parameters
+
+    info = DATASETS[config.dataset]
+    return {
+        **config.to_dict(),
+        "seeds": seeds,
+        "data": {"name": config.dataset, "sample_shape": list(info.sample_shape), "num_classes": info.num_classes},
+        "num_parameters": count_parameters(config.model, info.sample_shape, info.num_classes),
+    }
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..experiment import check_fits, load_data, run_algorithms
+    import json
+
+    from ..experiment import check_fits, load_data, partition_report, run_seeds
     from ..report import check_destination, ratio_lines, staged_run_dir, text_table, write_run_folder
 
     config = config_from_args(args).validate()
+    seeds = list(args.seeds) if args.seeds else [config.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, seeds))}); list each once")
+    if any(s < 0 for s in seeds):
+        raise ConfigError("seeds must be >= 0; e.g. --seeds 1,19,31,42,80")
+    settings = resolved(config, seeds)
+    if args.dry_run:
+        print(json.dumps(settings, indent=2))
+        return 0
     out = args.out or Path("runs") / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_destination(out, args.overwrite)
     data = load_data(config)
     check_fits(config, data)
+    settings["partition_detail"] = partition_report(config, data)
     with staged_run_dir(out, args.overwrite) as stage:
-        results = run_algorithms(config, data=data, progress=not args.quiet)
-        summary = write_run_folder(stage, results, config)
+        runs = run_seeds(config, seeds, data=data, progress=not args.quiet)
+        summary = write_run_folder(stage, runs, config, extra=settings)
     if not args.quiet:
         print(text_table(summary["records"]))
         for line in ratio_lines(summary["vs_sgd"]):
@@ -119,11 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "launch":
+            from ..distributed.launch import launch_main
+
+            return launch_main(args, sys.argv[1:] if argv is None else list(argv))
         return execute(args)
     except ConfigError as e:
         print(f"sasg: error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
+        # Loader and partition errors name the file or setting and the fix; no traceback.
         print(f"sasg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

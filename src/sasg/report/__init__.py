@@ -13,14 +13,25 @@ from .summary import build_summary
 from .table import ratio_lines, text_table
 
 
-def write_run_folder(folder: Path, results, config) -> dict:
-    """Write ``summary.json``, ``metrics.csv``, ``rounds.csv``, the plots and ``report.md``."""
+def write_run_folder(folder: Path, runs, config, extra: dict | None = None) -> dict:
+    """Write ``config.json``, ``summary.json``, ``metrics.csv``, ``rounds.csv``, the plots and
+    ``report.md``. ``runs`` maps seed -> {algorithm: RunResult} (a bare {algorithm: RunResult}
+    is taken as one seed, ``config.seed``)."""
     folder = Path(folder)
-    summary = build_summary(results, config)
+    if runs and not isinstance(next(iter(runs)), int):
+        runs = {config.seed: runs}
+    summary = build_summary(runs, config)
+    resolved = {**config.to_dict(), "seeds": list(runs), **(extra or {})}
+    (folder / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_metrics(results, folder / "metrics.csv")
-    write_ledger(results, folder / "rounds.csv")
-    plots = plot_curves(results, folder, summary["target_acc"])
+    write_metrics(runs, folder / "metrics.csv")
+    write_ledger(runs, folder / "rounds.csv")
+    histories = {}
+    for results in runs.values():
+        for name, r in results.items():
+            histories.setdefault(name, []).append(r.history)
+    metric = "test_top5" if config.target_metric == "top5" else "test_acc"
+    plots = plot_curves(histories, folder, summary["target_acc"], metric)
     (folder / "report.md").write_text(render_report(summary, plots))
     return summary
 

@@ -14,11 +14,12 @@ def render_report(summary: dict, plots: list[str]) -> str:
         f"Data `{cfg['dataset']}`, model `{cfg['model']}`, {cfg['workers']} workers × batch "
         f"{cfg['batch_size']}, lr {cfg['lr']} on the mean gradient (paper α = {cfg['paper_alpha']:g}), "
         f"density {cfg['density']}, window D = {cfg['window']}, c = {cfg['threshold_scale']}, "
-        f"{cfg['epochs']} epochs, seed {cfg['seed']}. IID split. Bits under the `{summary['bit_convention']}` "
+        f"{_length(cfg)}, {_seeds(summary)}. Partition: {_partition(cfg)}. Augmentation: {cfg.get('augment', 'none')}. "
+        f"Learning rate: {_schedule(cfg)}. Bits under the `{summary['bit_convention']}` "
         "convention (dense upload 32·d bits; sparse 32 bits per value + 32 per index); downlink is a "
         "dense broadcast of θ to every worker each round.",
         "",
-        f"Target test accuracy: {'none' if target is None else f'{target:.2f} %'}"
+        f"Target test {summary.get('target_metric', 'top1')} accuracy: {'none' if target is None else f'{target:.2f} %'}"
         + (" (SGD's final accuracy − 0.5 points)" if cfg.get("target_acc") is None and target is not None else ""),
         "",
         markdown_table(summary["records"]),
@@ -31,3 +32,32 @@ def render_report(summary: dict, plots: list[str]) -> str:
     lines += [f"![{p}]({p})" for p in plots]
     lines.append("")
     return "\n".join(lines)
+
+
+def _seeds(summary: dict) -> str:
+    seeds = summary.get("seeds") or [summary["config"]["seed"]]
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {', '.join(map(str, seeds))} (table: mean ± std over seeds; plots: mean with ±1 std bands)"
+
+
+def _partition(cfg: dict) -> str:
+    kind = cfg.get("partition", "iid")
+    if kind == "dirichlet":
+        return f"non-IID, Dirichlet(β = {cfg['beta']}) over labels"
+    if kind == "shards":
+        return f"non-IID, {cfg['shards_per_worker']} sorted label shards per worker"
+    return "IID (disjoint equal shards, as in the paper)"
+
+
+def _schedule(cfg: dict) -> str:
+    decay = cfg.get("lr_decay_epochs") or []
+    if not decay:
+        return "constant"
+    return f"× {cfg['lr_decay_factor']} at epoch {', '.join(f'{e:g}' for e in decay)}"
+
+
+def _length(cfg: dict) -> str:
+    if cfg.get("iterations") is not None:
+        return f"{cfg['iterations']} iterations"
+    return f"{cfg['epochs']:g} epochs"

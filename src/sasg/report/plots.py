@@ -1,4 +1,8 @@
-"""Paper-style curves: test accuracy and train loss against iterations, uploads and bits."""
+"""Paper-style curves: test accuracy and train loss against iterations, uploads and bits.
+
+With several seeds, each algorithm is drawn as the mean over seeds with a shaded ±1 std band
+(x positions are the mean over seeds too: uploads and bits differ between seeds).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
-
-from ..sim import RunResult  # noqa: E402
+import numpy as np  # noqa: E402
 
 STYLE = {
     "sgd": dict(color="tab:blue", linestyle="-"),
@@ -22,23 +25,44 @@ X_AXES = (
     ("uploads", "communication rounds (uploads)", False),
     ("bits_up", "uplink bits", True),
 )
-Y_AXES = {"test_acc": ("test accuracy (%)", "test_acc.png"), "train_loss": ("train loss", "train_loss.png")}
+Y_AXES = {
+    "test_acc": ("test accuracy (%)", "test_acc.png"),
+    "train_loss": ("train loss", "train_loss.png"),
+}
 
 
-def plot_curves(results: dict[str, RunResult], folder: Path, target: float | None = None) -> list[str]:
-    """Write one PNG per metric (three panels each) into ``folder``; return the file names."""
+def _series(histories: list[list[dict]], key: str) -> np.ndarray:
+    """(seeds, points) array; runs of one setting share their evaluation iterations."""
+    n = min(len(h) for h in histories)
+    return np.array([[p[key] for p in h[:n]] for h in histories], dtype=float)
+
+
+def plot_curves(
+    histories: dict[str, list[list[dict]]], folder: Path, target: float | None = None, metric: str = "test_acc"
+) -> list[str]:
+    """One PNG per metric (three panels each) in ``folder``; ``histories[name]`` holds one
+    evaluation history per seed. Returns the file names."""
+    y_axes = dict(Y_AXES)
+    if metric == "test_top5":
+        y_axes = {"test_top5": ("test top-5 accuracy (%)", "test_top5.png"), **Y_AXES}
     written = []
-    for metric, (label, filename) in Y_AXES.items():
+    for ykey, (label, filename) in y_axes.items():
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
         for ax, (xkey, xlabel, log) in zip(axes, X_AXES):
-            for name, result in results.items():
-                pts = [p for p in result.history if not (log and p[xkey] <= 0)]
-                ax.plot([p[xkey] for p in pts], [p[metric] for p in pts], label=name, **STYLE.get(name, {}))
+            for name, runs in histories.items():
+                xs, ys = _series(runs, xkey).mean(0), _series(runs, ykey)
+                mean, std = ys.mean(0), ys.std(0)
+                keep = xs > 0 if log else np.ones_like(xs, dtype=bool)
+                style = STYLE.get(name, {})
+                ax.plot(xs[keep], mean[keep], label=name, **style)
+                if len(runs) > 1:
+                    ax.fill_between(xs[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2,
+                                    color=style.get("color"))
             if log:
                 ax.set_xscale("log")
-            if metric == "train_loss":
+            if ykey == "train_loss":
                 ax.set_yscale("log")
-            if metric == "test_acc" and target is not None:
+            if ykey == metric and target is not None:
                 ax.axhline(target, color="gray", linewidth=0.8, linestyle=":", label=f"target {target:.2f}%")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label)

@@ -17,11 +17,20 @@ COLUMNS = (
 )
 
 
+def _cell(r: dict, key: str, fmt: str) -> str:
+    value = r[key]
+    if value is None:
+        return "—"
+    if "seeds" in r:  # mean ± std over seeds
+        fmt = fmt.replace(":d", ":.0f")
+        std = r.get(key + "_std")
+        return fmt.format(value) + ("" if not std else " ± " + fmt.format(std))
+    return fmt.format(value)
+
+
 def _cells(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = [title for _, title, _ in COLUMNS]
-    rows = []
-    for r in records:
-        rows.append([("—" if r[key] is None else fmt.format(r[key])) for key, _, fmt in COLUMNS])
+    rows = [[_cell(r, key, fmt) if key != "algorithm" else r[key] for key, _, fmt in COLUMNS] for r in records]
     return header, rows
 
 

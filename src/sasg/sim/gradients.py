@@ -16,8 +16,8 @@ from torch.func import functional_call, grad, vmap
 from ..core.layout import Layout
 
 
-def _loss_fn(model: nn.Module, buffers: dict[str, Tensor]):
-    def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+def _loss_fn(model: nn.Module):
+    def loss(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(model, (params, buffers), (x,))
         return F.cross_entropy(logits, y)
 
@@ -25,23 +25,49 @@ def _loss_fn(model: nn.Module, buffers: dict[str, Tensor]):
 
 
 class LoopGradients:
+    """One worker at a time. Models with buffers (BatchNorm) get the semantics of M separate
+    workers sharing the server's parameters: worker m normalises with its own minibatch's
+    statistics and keeps its **own** running statistics (no SyncBN), updated only by its fresh
+    gradient's forward pass — the trigger's re-evaluation at the anchor leaves them alone."""
+
     backend = "loop"
 
     def __init__(self, model: nn.Module, layout: Layout):
         self.model = model
         self.layout = layout
-        self._grad = grad(_loss_fn(model, dict(model.named_buffers())))
+        self._grad = grad(_loss_fn(model))
+        self._template = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self.worker_buffers: list[dict[str, Tensor]] = []
 
-    def __call__(self, params: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def buffers_of(self, worker: int) -> dict[str, Tensor]:
+        """Worker ``worker``'s running statistics (created on first use)."""
+        while len(self.worker_buffers) <= worker:
+            self.worker_buffers.append({n: b.clone() for n, b in self._template.items()})
+        return self.worker_buffers[worker]
+
+    def __call__(
+        self, params: Tensor, x: Tensor, y: Tensor, workers: Tensor | None = None, update_stats: bool = True
+    ) -> Tensor:
         """``params``: ``(d,)`` shared by all workers or ``(N, d)`` one row each;
-        ``x``: ``(N, B, ...)``; ``y``: ``(N, B)``. Returns ``(N, d)``."""
+        ``x``: ``(N, B, ...)``; ``y``: ``(N, B)``; ``workers``: the worker index of each row
+        (default ``0..N-1``). Returns ``(N, d)``."""
         n = x.shape[0]
         out = torch.empty(n, self.layout.numel, dtype=params.dtype, device=params.device)
-        for m in range(n):
-            p = params if params.dim() == 1 else params[m]
-            g = self._grad(self.layout.views(p), x[m], y[m])
-            out[m] = self.layout.flatten(g)
+        for row in range(n):
+            p = params if params.dim() == 1 else params[row]
+            m = row if workers is None else int(workers[row])
+            buffers = self.buffers_of(m)
+            if not update_stats and buffers:
+                buffers = {k: b.clone() for k, b in buffers.items()}
+            g = self._grad(self.layout.views(p), buffers, x[row], y[row])
+            out[row] = self.layout.flatten(g)
         return out
+
+    def state_dict(self) -> dict:
+        return {"worker_buffers": [{k: b.clone() for k, b in d.items()} for d in self.worker_buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.worker_buffers = [{k: b.clone() for k, b in d.items()} for d in state["worker_buffers"]]
 
 
 class VmapGradients:
@@ -50,14 +76,25 @@ class VmapGradients:
     def __init__(self, model: nn.Module, layout: Layout):
         self.model = model
         self.layout = layout
-        self._grad = vmap(grad(_loss_fn(model, dict(model.named_buffers()))), in_dims=(0, 0, 0))
+        self._grad = vmap(grad(_loss_fn(model)), in_dims=(0, None, 0, 0))
 
-    def __call__(self, params: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def buffers_of(self, worker: int) -> dict[str, Tensor]:
+        return {}  # models with buffers run on the loop backend
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __call__(
+        self, params: Tensor, x: Tensor, y: Tensor, workers: Tensor | None = None, update_stats: bool = True
+    ) -> Tensor:
         if params.dim() == 1:
             # Shared parameters: a stride-0 expand (no copy) batched like per-worker ones is
             # faster under vmap than in_dims=None, whose weight gradients reduce differently.
             params = params.expand(x.shape[0], -1)
-        grads = self._grad(self.layout.views(params), x, y)
+        grads = self._grad(self.layout.views(params), {}, x, y)
         return self.layout.flatten(grads, batch_dims=1)
 
 
@@ -67,10 +104,10 @@ def make_gradients(model: nn.Module, layout: Layout, backend: str = "auto"):
 
     key = backend.strip().lower()
     if key == "auto":
-        key = "loop" if has_batchnorm(model) else "vmap"
+        key = "loop" if has_batchnorm(model) or any(True for _ in model.buffers()) else "vmap"
     if key == "vmap":
-        if has_batchnorm(model):
-            raise ValueError("the vmap backend cannot run models with BatchNorm; use --backend loop or auto")
+        if any(True for _ in model.buffers()):
+            raise ValueError("the vmap backend cannot run models with buffers (BatchNorm); use --backend loop or auto")
         return VmapGradients(model, layout)
     if key == "loop":
         return LoopGradients(model, layout)

@@ -16,12 +16,16 @@ from torch import Tensor
 from ..accounting import CONVENTIONS, Ledger, downlink_bits_per_round, uplink_bits_per_upload
 from ..core.algorithms import Algorithm, make_algorithm
 from ..core.layout import Layout
-from ..data.dataset import DataSplit
-from ..data.partition import iid_shards
+from ..data import make_augmentation, make_partition, worker_seed
+from ..data.dataset import ArrayDataset, DataSplit
 from ..data.sampler import WorkerSampler
 from ..models import build_model
+from ..schedule import step_decay
 from .evaluate import evaluate
 from .gradients import make_gradients
+
+
+TRAIN_EVAL_SAMPLES = 10_000
 
 
 @dataclass
@@ -72,15 +76,34 @@ class Simulator:
         )
         self.workers = self.algorithm.init_worker_state(M, device=device)
         self.server = self.algorithm.init_server_state(M, device=device)
-        shards = iid_shards(len(data.train), M, torch.Generator().manual_seed(config.seed))
-        self.sampler = WorkerSampler([s.to(device) for s in shards], config.batch_size, config.seed)
+        self.shards = make_partition(
+            config.partition, data.train.y.cpu(), M, torch.Generator().manual_seed(config.seed),
+            beta=config.beta, shards_per_worker=config.shards_per_worker,
+        )
+        self.sampler = WorkerSampler([s.to(device) for s in self.shards], config.batch_size, config.seed)
+        self.augment = make_augmentation(config.augment)
+        self.augment_generators = (
+            None if config.augment == "none"
+            else [torch.Generator(device=device).manual_seed(worker_seed(config.seed, m, stream=1)) for m in range(M)]
+        )
         self.gradients = make_gradients(self.model, self.layout, config.backend)
         convention = CONVENTIONS[config.convention]
         self.bits_per_upload = uplink_bits_per_upload(self.algorithm.compressor, convention)
         self.bits_down_per_round = downlink_bits_per_round(self.layout.numel, M, convention)
         self.ledger = Ledger(num_workers=M)
+        # Train loss is measured on the whole training set up to TRAIN_EVAL_SAMPLES, else on a
+        # fixed evenly spaced subset of that size (a full pass over 50,000 CIFAR images at every
+        # evaluation would cost more than the training between evaluations).
+        n = len(data.train)
+        if n <= TRAIN_EVAL_SAMPLES:
+            self._train_eval = data.train
+        else:
+            pick = torch.linspace(0, n - 1, TRAIN_EVAL_SAMPLES).long().to(data.train.x.device)
+            self._train_eval = ArrayDataset(data.train.x[pick], data.train.y[pick], data.num_classes, data.name)
         self._step = torch.zeros_like(self.theta)
-        self.lr_at: Callable[[int], float] = lambda iteration: config.lr
+        self.lr_at: Callable[[int], float] = step_decay(
+            config.lr, config.lr_decay_epochs, config.lr_decay_factor, self.sampler.rounds_per_epoch
+        )
 
     @property
     def iteration(self) -> int:
@@ -88,6 +111,8 @@ class Simulator:
 
     @property
     def total_iterations(self) -> int:
+        if self.config.iterations is not None:
+            return self.config.iterations
         return max(1, int(round(self.config.epochs * self.sampler.rounds_per_epoch)))
 
     def step(self) -> Tensor:
@@ -97,10 +122,13 @@ class Simulator:
         M = self.num_workers
         idx = self.sampler.next()
         x, y = self.data.train.x[idx], self.data.train.y[idx]
+        if self.augment_generators is not None:
+            # Each worker augments its own batch with its own generator (as a real rank would).
+            x = torch.stack([self.augment(x[m], g) for m, g in enumerate(self.augment_generators)])
         g = self.gradients(self.theta, x, y)
 
         def stale(rows: Tensor) -> Tensor:
-            return self.gradients(self.workers.anchor[rows], x[rows], y[rows])
+            return self.gradients(self.workers.anchor[rows], x[rows], y[rows], workers=rows, update_stats=False)
 
         upload = self.algorithm.decide(k, self.workers, self.server, M, lr, g, stale)
         q = self.algorithm.upload(self.workers, upload, g, self.theta, lr / M)
@@ -112,8 +140,11 @@ class Simulator:
         return upload
 
     def evaluate(self) -> dict:
-        test = evaluate(self.model, self.layout, self.theta, self.data.test)
-        train = evaluate(self.model, self.layout, self.theta, self.data.train)
+        # Models with running statistics are evaluated with worker 0's (rank 0 evaluates in a
+        # real run); parameters are the server's.
+        buffers = self.gradients.buffers_of(0)
+        test = evaluate(self.model, self.layout, self.theta, self.data.test, buffers=buffers)
+        train = evaluate(self.model, self.layout, self.theta, self._train_eval, buffers=buffers)
         totals = self.ledger.totals()
         return {
             "iteration": totals["iterations"],
@@ -122,6 +153,8 @@ class Simulator:
             "bits_down": totals["bits_down"],
             "train_loss": train["loss"],
             "test_acc": test["acc"],
+            "test_top5": test["acc5"],
+            "lr": self.lr_at(max(0, totals["iterations"] - 1)),
         }
 
     def run(self, iterations: int | None = None, progress: Callable[[int], None] | None = None) -> RunResult:
@@ -164,6 +197,10 @@ class Simulator:
             "server": self.server.state_dict(),
             "sampler": self.sampler.state_dict(),
             "ledger": self.ledger.state_dict(),
+            "gradients": self.gradients.state_dict(),
+            "augment_generators": None
+            if self.augment_generators is None
+            else [g.get_state() for g in self.augment_generators],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -176,3 +213,7 @@ class Simulator:
         self.server.load_state_dict(state["server"])
         self.sampler.load_state_dict(state["sampler"])
         self.ledger.load_state_dict(state["ledger"])
+        self.gradients.load_state_dict(state["gradients"])
+        if self.augment_generators is not None:
+            for g, st in zip(self.augment_generators, state["augment_generators"]):
+                g.set_state(st)

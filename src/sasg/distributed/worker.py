@@ -1,0 +1,219 @@
+"""One rank of a distributed run: ``python -m sasg.distributed.worker --algo ... <sasg run flags>``.
+
+``sasg launch`` starts it under torchrun; it can also be started by hand::
+
+    torchrun --standalone --nproc_per_node 4 -m sasg.distributed.worker --algo sasg --out runs/x
+
+Every rank trains; rank 0 evaluates and, once training has finished, writes the run folder
+atomically (the same files as ``sasg run``, plus ``distributed.json``). A lost peer or a collective
+timeout ends every rank with one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import ConfigError
+from .checkpoint import load_checkpoint, resume_point, save_checkpoint
+from .launch import add_worker_flags
+from .transport import PeerFailure
+
+LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
+
+
+class Stopped(BaseException):
+    """A termination signal (torchrun stops every worker when one fails)."""
+
+
+def _on_signal(signum, frame):
+    raise Stopped(signal.Signals(signum).name)
+
+
+def build_parser():
+    from ..cli.main import OneLineParser, add_training_flags
+    from ..core.algorithms import ALGORITHMS
+
+    p = OneLineParser(prog="sasg-worker", description="One rank of a distributed sasg run (started by torchrun).")
+    p.add_argument("--algo", required=True, type=str.lower, help=f"one of {', '.join(ALGORITHMS)}")
+    add_training_flags(p)
+    add_worker_flags(p)
+    return p
+
+
+def loopback_tx_bytes() -> int | None:
+    """Bytes sent on ``lo`` so far, when ``SASG_MEASURE_LOOPBACK=1`` (meaningful only inside a
+    private network namespace, where this run is all the traffic; see benchmarks/bandwidth.py)."""
+    if os.environ.get("SASG_MEASURE_LOOPBACK") != "1":
+        return None
+    try:
+        return int(Path(LOOPBACK_STATS).read_text())
+    except OSError:
+        return None
+
+
+def _check_same_setting(saved: dict, config) -> None:
+    now = config.to_dict()
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise ConfigError(
+                f"the checkpoint was made with {key}={saved.get(key)!r}, this run has {key}={now.get(key)!r}; "
+                "resume with the same flags, or start again without --resume"
+            )
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="it", dynamic_ncols=True, disable=None, leave=False)
+
+
+def train(args) -> int:
+    import torch.distributed as dist
+
+    from ..accounting import flag_bytes, replica_payload_bytes
+    from ..cli.main import config_from_args, resolved
+    from ..experiment import check_fits, load_data
+    from ..report import ratio_lines, staged_run_dir, text_table, write_run_folder
+    from .runner import DistributedRun
+    from .transport import init_process_group_from_env
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args.command = "launch"
+    if args.workers is None:
+        args.workers = world
+    config = config_from_args(args).validate()
+    if config.workers != world:
+        raise ConfigError(f"--workers {config.workers} but {world} processes; drop --workers: one worker per process")
+    seeds = list(args.seeds) if getattr(args, "seeds", None) else [config.seed]
+    if args.checkpoint_every and args.checkpoint_dir is None:
+        raise ConfigError("--checkpoint-every needs --checkpoint-dir FOLDER")
+    if args.resume and args.checkpoint_dir is None:
+        raise ConfigError("--resume needs --checkpoint-dir FOLDER")
+    if args.checkpoint_dir is not None and len(seeds) > 1:
+        raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
+    out = args.out or Path("runs") / "launch"
+    algo = config.algorithms[0]
+
+    transport = init_process_group_from_env(args.dist_backend, args.timeout, config.device)
+    rank = transport.rank
+    data = load_data(config)
+    check_fits(config, data)
+
+    runs, records = {}, []
+    for seed in seeds:
+        cfg = replace(config, seed=seed)
+        run = DistributedRun(cfg, algo, data, transport)
+        if args.resume:
+            point = resume_point(args.checkpoint_dir, seed, rank, transport)
+            if point:
+                state = load_checkpoint(args.checkpoint_dir, seed, rank, point)
+                _check_same_setting(state["config"], cfg)
+                run.load_state_dict(state["run"])
+
+        def checkpoint(r: DistributedRun, seed=seed, cfg=cfg) -> None:
+            k = r.iteration
+            if args.checkpoint_every and k % args.checkpoint_every == 0 and k < r.total_iterations:
+                save_checkpoint(args.checkpoint_dir, seed, rank, k, {"config": cfg.to_dict(), "run": r.state_dict()})
+
+        bar = _progress(run.total_iterations - run.iteration, rank == 0 and not args.quiet)
+        transport.barrier()
+        lo_before = loopback_tx_bytes() if rank == 0 else None
+        try:
+            result = run.run(progress=bar.update if bar is not None else None, after_round=checkpoint)
+        finally:
+            if bar is not None:
+                bar.close()
+        transport.barrier()
+        lo_after = loopback_tx_bytes() if rank == 0 else None
+        counters = run.transport_totals()
+        totals = result.ledger.totals()
+        runs[seed] = {algo: result}
+        records.append({
+            "seed": seed,
+            "algorithm": algo,
+            "iterations": totals["iterations"],
+            "uploads": totals["uploads"],
+            "bits_up": totals["bits_up"],
+            "bits_flags": totals["bits_flags"],
+            "bytes_counted": counters,
+            "bytes_predicted": {
+                "payload": replica_payload_bytes(totals["bits_up"], world),
+                "flags": flag_bytes(counters["flag_rounds"] // world, world),
+            },
+            "loopback_tx_bytes": None if lo_before is None or lo_after is None else lo_after - lo_before,
+            "train_seconds": round(result.train_seconds, 3),
+        })
+
+    if rank == 0:
+        settings = resolved(config, seeds)
+        try:
+            from ..experiment import partition_report
+
+            settings["partition_detail"] = partition_report(config, data)
+        except ImportError:  # older experiment module
+            pass
+        info = {
+            "world_size": world,
+            "backend": dist.get_backend(),
+            "device": str(transport.device),
+            "design": "server replica on every rank; uploaders send to the M-1 other ranks; flags by all_gather",
+            "runs": records,
+        }
+        with staged_run_dir(out, args.overwrite) as stage:
+            summary = write_run_folder(stage, runs, config, extra=settings)
+            (stage / "distributed.json").write_text(json.dumps(info, indent=2) + "\n")
+        if not args.quiet:
+            print(text_table(summary["records"]))
+            for line in ratio_lines(summary["vs_sgd"]):
+                print(line)
+        print(f"run folder: {out}", flush=True)
+    transport.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def _hard_exit(code: int) -> None:
+    """Leave without running the process group's destructors (they can abort or wait on a dead peer)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        return train(args)
+    except PeerFailure as e:
+        print(f"sasg: error: {e}", file=sys.stderr)
+        _hard_exit(1)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if rank == 0:
+            print(f"sasg: error: {e}", file=sys.stderr)
+        _hard_exit(2)
+    except Stopped as e:
+        print(f"sasg: error: rank {rank}: stopped by {e} (torchrun stops every worker when one fails); "
+              "no run folder written", file=sys.stderr)
+        _hard_exit(1)
+    except KeyboardInterrupt:
+        print(f"sasg: rank {rank}: interrupted; no run folder written", file=sys.stderr)
+        _hard_exit(130)
+    except Exception:  # a bug: show it, then leave without the process group's destructors
+        import traceback
+
+        traceback.print_exc()
+        print(f"sasg: error: rank {rank}: unexpected error (traceback above); no run folder written", file=sys.stderr)
+        _hard_exit(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

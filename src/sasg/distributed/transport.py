@@ -150,9 +150,10 @@ class TorchTransport:
                     rows.append(own if s == me else next(chunks))
         elif flags[me]:
             rows.append(own)
+        home = mine.values.device  # where the server replica lives (may differ: gloo + CUDA)
         if not rows:
-            return wire.decode(torch.empty(0, nb, dtype=torch.uint8, device=self.device))
-        return wire.decode(torch.stack(rows))
+            return wire.decode(torch.empty(0, nb, dtype=torch.uint8, device=home))
+        return wire.decode(torch.stack(rows).to(home))
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         """One-time setup broadcast (e.g. initial parameters); not counted per round."""

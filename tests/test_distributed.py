@@ -1,0 +1,179 @@
+"""The distributed runner against the simulator: same seed, same trajectory, same bits.
+
+Real processes on gloo/CPU (forkserver-started, so torch is imported once), a few dozen rounds
+on synthetic data. Shared helper ``spawn`` is used by the other distributed tests too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.multiprocessing as tmp
+
+from sasg import Simulator
+from sasg.accounting import replica_payload_bytes, uplink_bits_per_upload
+from sasg.core import make_algorithm
+from sasg.core.layout import Layout
+from sasg.data import make_synthetic
+from sasg.distributed.wire import WireFormat
+
+from conftest import small_config
+
+ALGOS = ("sgd", "sparse", "lasg", "sasg")
+ROUNDS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)  # as under torchrun; see docs/distributed.md (bit-identical gradients)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    try:
+        fn(rank, world, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args, timeout: float = 90.0) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` processes joined in a gloo process group."""
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "sasg.distributed.runner", "sasg.optim"])
+    ctx = tmp.start_processes(
+        _entry, args=(fn, world, _free_port(), args), nprocs=world, join=False, start_method="forkserver"
+    )
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"distributed test did not finish in {timeout:.0f} s")
+
+
+def synth():
+    return make_synthetic(n_train=240, n_test=120, num_features=12, num_classes=3, seed=1)
+
+
+# ----- pure pieces ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_wire_format_is_the_accounted_size_and_bit_exact(algo):
+    layout = Layout([("w", (7, 5)), ("b", (5,))])
+    alg = make_algorithm(algo, layout, density=0.2)
+    wire = WireFormat.for_compressor(alg.compressor)
+    assert 8 * wire.message_bytes == uplink_bits_per_upload(alg.compressor)
+    v = torch.randn(3, layout.numel, generator=torch.Generator().manual_seed(0))
+    q = alg.compressor.compress(v)
+    back = wire.decode(wire.encode(q))
+    assert torch.equal(back.to_dense(), q.to_dense())
+    assert back.values.dtype == q.values.dtype and back.values.shape == q.values.shape
+
+
+def test_replica_payload_bytes():
+    assert replica_payload_bytes(8 * 100, 4) == 300  # each upload reaches the 3 other replicas
+    assert replica_payload_bytes(0, 4) == 0
+    assert replica_payload_bytes(800, 1) == 0
+
+
+# ----- runner == simulator --------------------------------------------------------------------------
+
+
+def _run_all(rank, world, folder, algos, rounds):
+    from sasg.distributed.runner import DistributedRun
+    from sasg.distributed.transport import TorchTransport
+
+    data = synth()
+    for algo in algos:
+        t = TorchTransport()
+        run = DistributedRun(small_config(workers=world), algo, data, t)
+        result = run.run(iterations=rounds)
+        counted = run.transport_totals()
+        torch.save(
+            {"theta": result.theta, "ledger": result.ledger.state_dict(), "history": result.history,
+             "counted": counted, "workers": run.workers.state_dict()},
+            os.path.join(folder, f"{algo}-rank{rank}.pt"),
+        )
+
+
+def test_runner_follows_the_simulator_for_all_four_algorithms(tmp_path):
+    world = 3
+    spawn(_run_all, world, str(tmp_path), ALGOS, ROUNDS)
+    data = synth()
+    for algo in ALGOS:
+        sim = Simulator(small_config(workers=world), algo, data)
+        ref = sim.run(iterations=ROUNDS)
+        outs = [torch.load(tmp_path / f"{algo}-rank{r}.pt", weights_only=False) for r in range(world)]
+        for r, out in enumerate(outs):
+            # theta is the same on every rank (no broadcast ever) and the simulator's
+            torch.testing.assert_close(out["theta"], ref.theta)
+            assert out["ledger"]["uploads"] == ref.ledger.uploads, algo
+            assert out["ledger"]["bits_up"] == ref.ledger.bits_up, algo
+            assert out["ledger"]["bits_down"] == ref.ledger.bits_down, algo
+            # each rank's own worker state is row r of the simulator's
+            torch.testing.assert_close(out["workers"]["staleness"], sim.workers.staleness[r : r + 1])
+            if sim.workers.error is not None:
+                torch.testing.assert_close(out["workers"]["error"], sim.workers.error[r : r + 1])
+        lazy = algo in ("lasg", "sasg")
+        assert outs[0]["ledger"]["bits_flags"] == [world if lazy else 0] * ROUNDS
+        # rank 0 evaluates: the same curve as the simulator's
+        for a, b in zip(outs[0]["history"], ref.history):
+            assert a["iteration"] == b["iteration"] and a["uploads"] == b["uploads"]
+            assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-9)
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        # the bytes the transport handed over are exactly the accounted ones, fanned out to M-1
+        counted = outs[0]["counted"]
+        assert counted["payload_bytes_sent"] == replica_payload_bytes(sum(ref.ledger.bits_up), world)
+        assert counted["flag_bytes_sent"] == (ROUNDS * world * (world - 1) if lazy else 0)
+        if lazy:  # skippers really skipped: fewer payload bytes than if everyone had sent
+            assert sum(ref.ledger.uploads) < ROUNDS * world
+
+
+# ----- per-rank state through state_dict() -------------------------------------------------------------
+
+
+def _stop_and_resume(rank, world, folder, algo, stop, rounds):
+    from sasg.distributed.runner import DistributedRun
+    from sasg.distributed.transport import TorchTransport
+
+    data = synth()
+    cfg = small_config(workers=world)
+    first = DistributedRun(cfg, algo, data, TorchTransport())
+    first.run(iterations=stop)
+    state = first.state_dict()
+    path = os.path.join(folder, f"ckpt-rank{rank}.pt")
+    torch.save(state, path)
+    del first
+    again = DistributedRun(cfg, algo, data, TorchTransport())  # a fresh rank: nothing carried over
+    again.load_state_dict(torch.load(path, weights_only=False))
+    result = again.run(iterations=rounds)
+    torch.save({"theta": result.theta, "uploads": result.ledger.uploads, "history": result.history},
+               os.path.join(folder, f"resumed-rank{rank}.pt"))
+
+
+def test_stopped_and_resumed_run_gives_the_same_parameters(tmp_path):
+    world, algo = 2, "sasg"
+    spawn(_stop_and_resume, world, str(tmp_path), algo, 11, 30)
+    ref = Simulator(small_config(workers=world), algo, synth()).run(iterations=30)
+    for r in range(world):
+        out = torch.load(tmp_path / f"resumed-rank{r}.pt", weights_only=False)
+        torch.testing.assert_close(out["theta"], ref.theta)
+        assert out["uploads"] == ref.ledger.uploads
+        saved = torch.load(tmp_path / f"ckpt-rank{r}.pt", weights_only=False)
+        assert saved["rank"] == r and saved["server"]["iteration"] == 11
+        assert saved["workers"]["anchor"].shape[0] == 1  # this rank's own worker only
+    # the stopped run evaluated where it stopped (iteration 11); otherwise the same curve
+    assert [p["iteration"] for p in out["history"] if p["iteration"] != 11] == [p["iteration"] for p in ref.history]

@@ -67,6 +67,15 @@ def synth():
     return make_synthetic(n_train=240, n_test=120, num_features=12, num_classes=3, seed=1)
 
 
+@pytest.fixture
+def one_thread():
+    """The reference simulator on one intra-op thread, like the ranks (and fast on a busy box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----- pure pieces ------------------------------------------------------------------------------
 
 
@@ -109,7 +118,7 @@ def _run_all(rank, world, folder, algos, rounds):
         )
 
 
-def test_runner_follows_the_simulator_for_all_four_algorithms(tmp_path):
+def test_runner_follows_the_simulator_for_all_four_algorithms(tmp_path, one_thread):
     world = 3
     spawn(_run_all, world, str(tmp_path), ALGOS, ROUNDS)
     data = synth()
@@ -164,7 +173,7 @@ def _stop_and_resume(rank, world, folder, algo, stop, rounds):
                os.path.join(folder, f"resumed-rank{rank}.pt"))
 
 
-def test_stopped_and_resumed_run_gives_the_same_parameters(tmp_path):
+def test_stopped_and_resumed_run_gives_the_same_parameters(tmp_path, one_thread):
     world, algo = 2, "sasg"
     spawn(_stop_and_resume, world, str(tmp_path), algo, 11, 30)
     ref = Simulator(small_config(workers=world), algo, synth()).run(iterations=30)

@@ -32,6 +32,7 @@ from .compressors import Identity, TopK
 from .layout import Layout
 from .payload import Payload
 from .state import ServerState, WorkerState
+from .scratch import ROWS, scratch
 from .triggers import AlwaysTrigger, LazyTrigger
 
 ALGORITHMS = ("sgd", "sparse", "lasg", "sasg")
@@ -90,7 +91,15 @@ class Algorithm:
             return upload
         check = (~upload).nonzero().squeeze(1)
         if check.numel():
-            diff_sq = (grads[check] - stale_grads(check)).square().sum(dim=1)
+            stale = stale_grads(check)
+            # ||g - g_stale||^2 per row in a reused buffer (no (N, d) temporaries).
+            diff = scratch(self, ROWS, (check.numel(), grads.shape[1]), grads)
+            if check.numel() == grads.shape[0]:
+                torch.sub(grads, stale, out=diff)
+            else:  # row by row: no gathered copy of the checked rows (a - b is exact either way)
+                for i, r in enumerate(check.tolist()):
+                    torch.sub(grads[r], stale[i], out=diff[i])
+            diff_sq = diff.square_().sum(dim=1)
             thr = self.threshold(server, num_workers, lr)
             upload[check] = self.trigger.fires(diff_sq, thr)
         return upload
@@ -102,16 +111,43 @@ class Algorithm:
         """Apply the round to ``N`` workers given the upload mask; return the payload of the
         uploaders (in worker order). ``grads`` holds all N rows or only the uploaders' rows."""
         rows = upload.nonzero().squeeze(1)
-        g = grads if grads.shape[0] == rows.numel() else grads[rows]
-        if self.error_feedback:
-            v = torch.add(workers.error[rows], g, alpha=scale)
+        n_up = rows.numel()
+        everyone = n_up == upload.shape[0]
+        all_rows = grads.shape[0] == n_up  # grads holds exactly the uploaders' rows
+        # A compressor with an in-place error (its payload copies what it sends) lets the error
+        # memory be updated where it lies: no (N, d) temporaries beyond v itself.
+        in_place = self.error_feedback and getattr(self.compressor, "error_", None) is not None
+        if in_place and everyone:
+            v = workers.error.add_(grads, alpha=scale)  # v = e + scale * g, in the memory itself
+            q = self.compressor.compress(v)
+            self.compressor.error_(v, q)  # v is workers.error
+        elif in_place:
+            # e_m += scale * g_m row by row in the memory itself (no gathered copies of g or e),
+            # then one copy of the uploaders' rows for the compressor, and the sent entries of
+            # those rows zeroed in the memory.
+            rows_list = rows.tolist()
+            for i, r in enumerate(rows_list):
+                workers.error[r].add_(grads[i if all_rows else r], alpha=scale)
+            v = torch.index_select(
+                workers.error, 0, rows, out=scratch(self, ROWS, (n_up, workers.error.shape[1]), workers.error)
+            )
+            q = self.compressor.compress(v)
+            for i, r in enumerate(rows_list):
+                workers.error[r].index_fill_(0, q.indices[i], 0.0)  # = error_(v, q), in place
         else:
-            v = g * scale
-        q = self.compressor.compress(v)
-        if self.error_feedback:
-            workers.error[rows] = self.compressor.error(v, q)
+            g = grads if all_rows else grads[rows]
+            if self.error_feedback:
+                v = torch.add(workers.error[rows], g, alpha=scale)
+            else:
+                v = g * scale
+            q = self.compressor.compress(v)
+            if self.error_feedback:
+                workers.error[rows] = self.compressor.error(v, q)
         if self.lazy:
-            workers.anchor[rows] = theta
+            if everyone:
+                workers.anchor.copy_(theta.expand_as(workers.anchor))
+            else:
+                workers.anchor[rows] = theta
         workers.staleness += 1
         workers.staleness[rows] = 1
         return q

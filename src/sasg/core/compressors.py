@@ -6,7 +6,9 @@ sent, which error feedback keeps. The invariant ``q.to_dense() + error(v, q) == 
 *exactly* (bit for bit) for every compressor here.
 
 New members of the family (random-k with a shared seed, quantised values) drop in as another
-class with the same three methods.
+class with the same three methods. Optionally, ``error_(v, q)`` does :meth:`error` in place on a
+``v`` the caller owns (the payload must hold copies of what it sends); the algorithm then keeps
+the error memory up to date without ``(N, d)`` temporaries.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from torch import Tensor
 
 from .layout import Layout
 from .payload import DensePayload, SparsePayload
-from .topk import topk_indices
+from .scratch import scratch
+from .topk import topk_indices_of_magnitudes
 
 
 class Identity:
@@ -72,8 +75,11 @@ class TopK:
         indices = torch.empty(n, self.nnz, dtype=torch.long, device=v.device)
         col = 0
         for seg, k in zip(self.layout.segments, self.k_per_segment):
-            idx = topk_indices(v[:, seg.offset : seg.end], k)
-            indices[:, col : col + k] = idx + seg.offset
+            # |v| of one segment into a reused scratch buffer (no fresh allocation per round);
+            # the selector only reads it.
+            mag = torch.abs(v[:, seg.offset : seg.end], out=scratch(self, "magnitudes", (n, seg.numel), v))
+            idx = topk_indices_of_magnitudes(mag, k, scratch_owner=self)
+            torch.add(idx, seg.offset, out=indices[:, col : col + k])
             col += k
         values = torch.gather(v, 1, indices)
         return SparsePayload(indices, values, self.layout.numel)
@@ -89,6 +95,11 @@ class TopK:
     def error(self, v: Tensor, q: SparsePayload) -> Tensor:
         # v with the sent entries zeroed: q + e == v exactly, with no subtraction rounding.
         return v.scatter(1, q.indices, 0.0)
+
+    def error_(self, v: Tensor, q: SparsePayload) -> Tensor:
+        """:meth:`error` in place: zero the sent entries of ``v`` and return it. Only for a ``v``
+        the caller owns; ``q`` holds copies of the sent values, so it stays valid."""
+        return v.scatter_(1, q.indices, 0.0)
 
     def describe(self) -> dict:
         return {"compressor": self.name, "density": self.density, "nnz_per_message": self.nnz}

@@ -34,7 +34,10 @@ class DensePayload:
         return torch.sum(self.values, dim=0, out=out)
 
     def assign(self, rows: Tensor, other: "DensePayload") -> None:
-        self.values[rows] = other.values
+        if _all_rows(rows, self.values.shape[0]):
+            self.values.copy_(other.values)  # everyone sent: a plain copy, no scatter
+        else:
+            self.values[rows] = other.values
 
     def select(self, rows: Tensor) -> "DensePayload":
         return DensePayload(self.values[rows])
@@ -73,8 +76,12 @@ class SparsePayload:
         return out.index_add_(0, self.indices.reshape(-1), self.values.reshape(-1))
 
     def assign(self, rows: Tensor, other: "SparsePayload") -> None:
-        self.indices[rows] = other.indices
-        self.values[rows] = other.values
+        if _all_rows(rows, self.values.shape[0]):
+            self.indices.copy_(other.indices)
+            self.values.copy_(other.values)
+        else:
+            self.indices[rows] = other.indices
+            self.values[rows] = other.values
 
     def select(self, rows: Tensor) -> "SparsePayload":
         return SparsePayload(self.indices[rows], self.values[rows], self.numel)
@@ -89,6 +96,17 @@ class SparsePayload:
 
 
 Payload = DensePayload | SparsePayload
+
+
+def _all_rows(rows: Tensor, n: int) -> bool:
+    """``rows`` is exactly ``0, 1, ..., n-1`` (then assigning them is a plain copy)."""
+    if not isinstance(rows, Tensor):
+        return False
+    if rows.dtype == torch.bool:
+        return rows.numel() == n and bool(rows.all())
+    if rows.numel() != n or n == 0:
+        return False
+    return torch.equal(rows.cpu(), torch.arange(n))
 
 
 def payload_from_state(state: dict) -> Payload:

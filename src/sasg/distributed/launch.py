@@ -156,7 +156,9 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     del data
 
     forwarded = worker_argv(argv) + ["--out", str(out), "--workers", str(world)]
-    targs = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--monitor-interval", "0.1"]
+    # Stop the other workers within 0.1 s of a failure; SIGKILL what ignores SIGTERM after 5 s.
+    targs = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--monitor-interval", "0.1",
+             "--shutdown-timeout", "5"]
     if args.nnodes == 1 and not args.master_addr:
         targs += ["--standalone"]
     else:

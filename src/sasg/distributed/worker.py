@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import ConfigError
 from .checkpoint import load_checkpoint, resume_point, save_checkpoint
 from .launch import add_worker_flags
-from .transport import PeerFailure
+from .transport import PeerFailure, TransportCounters
 
 LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
 
@@ -80,7 +80,7 @@ def train(args) -> int:
     from ..accounting import flag_bytes, replica_payload_bytes
     from ..cli.main import config_from_args, resolved
     from ..experiment import check_fits, load_data
-    from ..report import ratio_lines, staged_run_dir, text_table, write_run_folder
+    from ..report import check_destination, ratio_lines, staged_run_dir, text_table, write_run_folder
     from .runner import DistributedRun
     from .transport import init_process_group_from_env
 
@@ -100,6 +100,8 @@ def train(args) -> int:
         raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
     out = args.out or Path("runs") / "launch"
     algo = config.algorithms[0]
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_destination(out, args.overwrite)  # fail before training, not after it
 
     transport = init_process_group_from_env(args.dist_backend, args.timeout, config.device)
     rank = transport.rank
@@ -109,6 +111,7 @@ def train(args) -> int:
     runs, records = {}, []
     for seed in seeds:
         cfg = replace(config, seed=seed)
+        transport.counters = TransportCounters()  # bytes of this seed's run only
         run = DistributedRun(cfg, algo, data, transport)
         if args.resume:
             point = resume_point(args.checkpoint_dir, seed, rank, transport)
@@ -191,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        return train(args)
+        code = train(args)
+        # Leave at once: C++ destructors of the (already destroyed) process group's threads can
+        # abort an otherwise finished worker at interpreter exit ("terminate called ...").
+        _hard_exit(code)
     except PeerFailure as e:
         print(f"sasg: error: {e}", file=sys.stderr)
         _hard_exit(1)

@@ -62,6 +62,10 @@ def plot_curves(
                 ax.set_xscale("log")
             if ykey == "train_loss":
                 ax.set_yscale("log")
+            if ykey == metric:
+                # Zoom on the part that separates the algorithms, not the first few iterations.
+                finals = [_series(runs, ykey).mean(0)[-1] for runs in histories.values()]
+                ax.set_ylim(bottom=max(0.0, min(finals) - 15.0), top=min(100.0, max(finals) + 3.0))
             if ykey == metric and target is not None:
                 ax.axhline(target, color="gray", linewidth=0.8, linestyle=":", label=f"target {target:.2f}%")
             ax.set_xlabel(xlabel)

@@ -24,6 +24,11 @@ def _loss_fn(model: nn.Module):
     return loss
 
 
+def flatten_into(layout: Layout, tensors: dict[str, Tensor], out: Tensor) -> Tensor:
+    """Write named tensors into the flat row ``out`` (shape ``(d,)``) in the layout's order."""
+    return torch.cat([tensors[s.name].reshape(s.numel) for s in layout.segments], out=out)
+
+
 class LoopGradients:
     """One worker at a time. Models with buffers (BatchNorm) get the semantics of M separate
     workers sharing the server's parameters: worker m normalises with its own minibatch's
@@ -46,21 +51,30 @@ class LoopGradients:
         return self.worker_buffers[worker]
 
     def __call__(
-        self, params: Tensor, x: Tensor, y: Tensor, workers: Tensor | None = None, update_stats: bool = True
+        self,
+        params: Tensor,
+        x: Tensor,
+        y: Tensor,
+        workers: Tensor | None = None,
+        update_stats: bool = True,
+        out: Tensor | None = None,
     ) -> Tensor:
         """``params``: ``(d,)`` shared by all workers or ``(N, d)`` one row each;
         ``x``: ``(N, B, ...)``; ``y``: ``(N, B)``; ``workers``: the worker index of each row
-        (default ``0..N-1``). Returns ``(N, d)``."""
+        (default ``0..N-1``); ``out``: an optional contiguous ``(N, d)`` buffer to write into.
+        Returns ``(N, d)``."""
         n = x.shape[0]
-        out = torch.empty(n, self.layout.numel, dtype=params.dtype, device=params.device)
+        if out is None:
+            out = torch.empty(n, self.layout.numel, dtype=params.dtype, device=params.device)
+        worker_ids = None if workers is None else (workers.tolist() if isinstance(workers, Tensor) else list(workers))
         for row in range(n):
             p = params if params.dim() == 1 else params[row]
-            m = row if workers is None else int(workers[row])
+            m = row if worker_ids is None else int(worker_ids[row])
             buffers = self.buffers_of(m)
             if not update_stats and buffers:
                 buffers = {k: b.clone() for k, b in buffers.items()}
             g = self._grad(self.layout.views(p), buffers, x[row], y[row])
-            out[row] = self.layout.flatten(g)
+            flatten_into(self.layout, g, out[row])
         return out
 
     def state_dict(self) -> dict:
@@ -88,14 +102,24 @@ class VmapGradients:
         pass
 
     def __call__(
-        self, params: Tensor, x: Tensor, y: Tensor, workers: Tensor | None = None, update_stats: bool = True
+        self,
+        params: Tensor,
+        x: Tensor,
+        y: Tensor,
+        workers: Tensor | None = None,
+        update_stats: bool = True,
+        out: Tensor | None = None,
     ) -> Tensor:
         if params.dim() == 1:
             # Shared parameters: a stride-0 expand (no copy) batched like per-worker ones is
             # faster under vmap than in_dims=None, whose weight gradients reduce differently.
             params = params.expand(x.shape[0], -1)
         grads = self._grad(self.layout.views(params), {}, x, y)
-        return self.layout.flatten(grads, batch_dims=1)
+        n = x.shape[0]
+        if out is None:
+            return self.layout.flatten(grads, batch_dims=1)
+        # Concatenate straight into the caller's buffer (no fresh (N, d) allocation per call).
+        return torch.cat([grads[s.name].reshape(n, s.numel) for s in self.layout.segments], dim=1, out=out)
 
 
 def make_gradients(model: nn.Module, layout: Layout, backend: str = "auto"):

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..accounting import CONVENTIONS, Ledger, downlink_bits_per_round, uplink_bits_per_upload
 from ..core.algorithms import Algorithm, make_algorithm
 from ..core.layout import Layout
+from ..core.scratch import ROWS, scratch
 from ..data import make_augmentation, make_partition, worker_seed
 from ..data.dataset import ArrayDataset, DataSplit
 from ..data.sampler import WorkerSampler
@@ -23,6 +24,7 @@ from ..models import build_model
 from ..schedule import step_decay
 from .evaluate import evaluate
 from .gradients import make_gradients
+from .memory import MMAP_THRESHOLD_MAX, retain_freed_memory
 
 
 TRAIN_EVAL_SAMPLES = 10_000
@@ -74,6 +76,8 @@ class Simulator:
         self.algorithm: Algorithm = make_algorithm(
             algorithm, self.layout, config.density, config.window, config.threshold_scale
         )
+        if device.type == "cpu" and M * self.layout.numel * self.theta.element_size() > MMAP_THRESHOLD_MAX:
+            retain_freed_memory()  # (M, d) temporaries would page-fault in afresh every round
         self.workers = self.algorithm.init_worker_state(M, device=device)
         self.server = self.algorithm.init_server_state(M, device=device)
         self.shards = make_partition(
@@ -125,10 +129,18 @@ class Simulator:
         if self.augment_generators is not None:
             # Each worker augments its own batch with its own generator (as a real rank would).
             x = torch.stack([self.augment(x[m], g) for m, g in enumerate(self.augment_generators)])
-        g = self.gradients(self.theta, x, y)
+        # Flat (M, d) buffers reused every round: the fresh gradients and (lazy rules only) the
+        # stale ones. Nothing keeps a reference to them past this round.
+        g = self.gradients(self.theta, x, y, out=self._buffer("_grad_buf"))
 
         def stale(rows: Tensor) -> Tensor:
-            return self.gradients(self.workers.anchor[rows], x[rows], y[rows], workers=rows, update_stats=False)
+            out = self._buffer("_stale_buf")[: rows.numel()]
+            if rows.numel() == M:  # everyone is checked: no copies of the anchors or the batch
+                return self.gradients(self.workers.anchor, x, y, workers=rows, update_stats=False, out=out)
+            # The algorithm's work buffer: free until decide() forms the difference (after this).
+            work = scratch(self.algorithm, ROWS, (rows.numel(), self.layout.numel), self.theta)
+            anchors = torch.index_select(self.workers.anchor, 0, rows, out=work)
+            return self.gradients(anchors, x[rows], y[rows], workers=rows, update_stats=False, out=out)
 
         upload = self.algorithm.decide(k, self.workers, self.server, M, lr, g, stale)
         q = self.algorithm.upload(self.workers, upload, g, self.theta, lr / M)
@@ -138,6 +150,13 @@ class Simulator:
         n_up = int(senders.numel())
         self.ledger.record(n_up, n_up * self.bits_per_upload, self.bits_down_per_round)
         return upload
+
+    def _buffer(self, name: str) -> Tensor:
+        buf = getattr(self, name, None)
+        if buf is None:
+            buf = torch.empty(self.num_workers, self.layout.numel, dtype=self.theta.dtype, device=self.device)
+            setattr(self, name, buf)
+        return buf
 
     def evaluate(self) -> dict:
         # Models with running statistics are evaluated with worker 0's (rank 0 evaluates in a

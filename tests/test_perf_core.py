@@ -1,0 +1,118 @@
+"""The allocation-free hot path (in-place error memory, scratch buffers, row-wise updates) gives
+bit-for-bit the state the straightforward formulation gives, for every algorithm and mask."""
+
+import itertools
+
+import pytest
+import torch
+
+from sasg.core import Layout, make_algorithm
+from sasg.core.payload import DensePayload, SparsePayload
+from sasg.core.topk import _mask_of_magnitudes, _mask_to_indices
+
+
+def plain_decide(alg, iteration, workers, server, n, lr, grads, stale_grads):
+    upload = alg.forced(iteration, workers)
+    if not alg.lazy:
+        return upload
+    check = (~upload).nonzero().squeeze(1)
+    if check.numel():
+        diff_sq = (grads[check] - stale_grads(check)).square().sum(dim=1)
+        upload[check] = alg.trigger.fires(diff_sq, alg.threshold(server, n, lr))
+    return upload
+
+
+def plain_compress(comp, v):
+    """Per segment: the reference rule (threshold, mask, tie fix-up), no sampling."""
+    if not hasattr(comp, "k_per_segment"):
+        return comp.compress(v)
+    parts = []
+    for seg, k in zip(comp.layout.segments, comp.k_per_segment):
+        idx = _mask_to_indices(_mask_of_magnitudes(v[:, seg.offset : seg.end].abs(), k), k)
+        parts.append(idx.reshape(v.shape[0], k) + seg.offset)
+    indices = torch.cat(parts, dim=1) if parts else torch.zeros(0, 0, dtype=torch.long)
+    return SparsePayload(indices, torch.gather(v, 1, indices), comp.layout.numel)
+
+
+def plain_upload(alg, workers, upload, grads, theta, scale):
+    rows = upload.nonzero().squeeze(1)
+    g = grads if grads.shape[0] == rows.numel() else grads[rows]
+    v = torch.add(workers.error[rows], g, alpha=scale) if alg.error_feedback else g * scale
+    q = plain_compress(alg.compressor, v)
+    if alg.error_feedback:
+        workers.error[rows] = alg.compressor.error(v, q)
+    if alg.lazy:
+        workers.anchor[rows] = theta
+    workers.staleness += 1
+    workers.staleness[rows] = 1
+    return q
+
+
+def same_state(a, b):
+    for key in ("staleness", "error", "anchor"):
+        x, y = getattr(a, key), getattr(b, key)
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert torch.equal(x, y), key
+
+
+@pytest.mark.parametrize("name", ["sgd", "sparse", "lasg", "sasg"])
+def test_rounds_match_the_plain_formulation_bit_for_bit(name):
+    layout = Layout([("w", (40, 300)), ("b", (40,)), ("v", (3, 40)), ("c", (3,))])
+    d, n = layout.numel, 5
+    gen = torch.Generator().manual_seed(11)
+    fast = make_algorithm(name, layout, density=0.05, window=3, c=0.5)
+    slow = make_algorithm(name, layout, density=0.05, window=3, c=0.5)
+    wf, ws = fast.init_worker_state(n), slow.init_worker_state(n)
+    sf, ss = fast.init_server_state(n), slow.init_server_state(n)
+    theta = torch.randn(d, generator=gen)
+    step_f, step_s = torch.zeros(d), torch.zeros(d)
+    masks = [None] * 6 + [torch.tensor(m, dtype=torch.bool) for m in itertools.product([0, 1], repeat=n)][::3]
+    for k, forced_mask in enumerate(masks):
+        grads = torch.randn(n, d, generator=gen) * 0.1
+        grads[:, 100:200] = grads[:, 100:100 + 1]  # equal magnitudes: ties in the big segment
+        stale = torch.randn(n, d, generator=gen) * 0.1
+        stale_fn = lambda rows: stale[rows]  # noqa: E731
+        uf = fast.decide(k, wf, sf, n, 0.1, grads, stale_fn)
+        us = plain_decide(slow, k, ws, ss, n, 0.1, grads, stale_fn)
+        assert torch.equal(uf, us)
+        if forced_mask is not None:  # exercise every kind of partial upload, too
+            uf = us = forced_mask.clone()
+        # Both call styles on alternate rounds: all N rows of gradients, or the uploaders' only.
+        g = grads[us] if k % 2 else grads
+        qf = fast.upload(wf, uf, g.clone(), theta, 0.01)
+        qs = plain_upload(slow, ws, us, g.clone(), theta, 0.01)
+        assert type(qf) is type(qs)
+        assert torch.equal(qf.values, qs.values)
+        if isinstance(qf, SparsePayload):
+            assert torch.equal(qf.indices, qs.indices)
+        same_state(wf, ws)
+        senders = us.nonzero().squeeze(1)
+        fast.aggregate(sf, senders, qf, step_f)
+        slow.aggregate(ss, senders, qs, step_s)
+        assert torch.equal(step_f, step_s)
+        assert torch.equal(sf.step_sq, ss.step_sq)
+        theta = theta - step_f
+
+
+def test_payload_survives_the_next_round():
+    """Scratch buffers are reused round after round; a returned payload must not point into them."""
+    layout = Layout([("w", (50, 60))])
+    alg = make_algorithm("sasg", layout, density=0.1, window=1, c=1.0)
+    workers = alg.init_worker_state(4)
+    gen = torch.Generator().manual_seed(2)
+    q1 = alg.upload(workers, torch.tensor([True, False, True, False]), torch.randn(4, 3000, generator=gen), torch.zeros(3000), 0.1)
+    kept = (q1.indices.clone(), q1.values.clone())
+    alg.upload(workers, torch.tensor([False, True, True, True]), torch.randn(4, 3000, generator=gen), torch.zeros(3000), 0.1)
+    assert torch.equal(q1.indices, kept[0]) and torch.equal(q1.values, kept[1])
+
+
+def test_assign_with_all_rows_in_another_order_is_not_a_plain_copy():
+    last = DensePayload(torch.zeros(3, 2))
+    last.assign(torch.tensor([2, 0, 1]), DensePayload(torch.tensor([[1.0, 1], [2, 2], [3, 3]])))
+    assert last.values.tolist() == [[2, 2], [3, 3], [1, 1]]
+    last.assign(torch.tensor([True, True, True]), DensePayload(torch.ones(3, 2) * 7))
+    assert last.values.eq(7).all()
+    sparse = SparsePayload(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1), 4)
+    sparse.assign(torch.tensor([1, 0]), SparsePayload(torch.tensor([[3], [2]]), torch.tensor([[5.0], [6.0]]), 4))
+    assert sparse.indices.tolist() == [[2], [3]] and sparse.values.tolist() == [[6.0], [5.0]]

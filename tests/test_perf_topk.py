@@ -1,0 +1,95 @@
+"""The fast exact top-k (sampled candidates + exact fix-up) against a stable-sort reference."""
+
+import pytest
+import torch
+
+from sasg.core import Layout, TopK, topk_indices
+from sasg.core import topk as T
+
+
+def reference(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k largest |x| per row, ties to the lower index, ascending: a stable sort says it plainly."""
+    order = torch.sort(x.abs(), dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.sort(order, dim=-1).values
+
+
+def rows_of(kind: str, n_rows: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    x = torch.randn(n_rows, n, generator=gen)
+    if kind == "ties":  # few distinct magnitudes: ties at the boundary in every row
+        return torch.sign(x) * torch.randint(0, 4, x.shape, generator=gen).float()
+    if kind == "sparse":  # mostly exact zeros (dead units, zero pixels)
+        return x * (torch.rand(n_rows, n, generator=gen) < 0.02)
+    if kind == "constant":
+        return torch.full((n_rows, n), -2.5)
+    if kind == "structured":  # whole stretches large: a block sample would be fooled
+        x[:, : n // 7] *= 50.0
+        return x
+    if kind == "pairs":  # equal magnitudes in pairs with mixed signs (identical pixel columns)
+        half = x[:, : n // 2]
+        return torch.cat([half, -half, x[:, : n - 2 * (n // 2)]], dim=1)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "sparse", "constant", "structured", "pairs"])
+@pytest.mark.parametrize("n_rows", [1, 3])
+def test_sampled_path_is_exact(kind, n_rows):
+    gen = torch.Generator().manual_seed(7)
+    n = 60_000  # long enough for the sampled path at h = 1 %
+    x = rows_of(kind, n_rows, n, gen)
+    for k in (1, 37, 600, 6000, n - 1, n):
+        assert torch.equal(topk_indices(x, k), reference(x, k)), (kind, k)
+
+
+def test_sampled_path_is_taken_on_ordinary_rows():
+    x = torch.randn(4, 200_000, generator=torch.Generator().manual_seed(0)).abs()
+    plan = T._sample_plan(200_000, 2000)
+    assert plan is not None
+    got = T._select_from_candidates(x, 2000, *plan)
+    assert got is not None and torch.equal(got, reference(x, 2000))
+
+
+def test_unlucky_samples_fall_back_and_stay_exact():
+    n, k = 60_000, 600
+    size, rank = T._sample_plan(n, k)
+    pos = T._sample_positions(n, size, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(3)
+    # (a) only `rank` entries, all in the sample, are huge: the candidate threshold is one of them,
+    # far above the row's k-th largest, and a row has fewer than k candidates
+    high = torch.rand(2, n, generator=gen)
+    high[:, pos[:rank]] = 1e6
+    # (b) every sampled entry zero: everything is a candidate, no saving
+    low = torch.rand(2, n, generator=gen) + 1.0
+    low[:, pos] = 0.0
+    for x in (high, low):
+        assert T._select_from_candidates(x.abs(), k, size, rank) is None
+        assert torch.equal(topk_indices(x, k), reference(x, k))
+
+
+def test_short_rows_and_edge_shapes():
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 2, 3, 17, 1000):
+        x = torch.randint(-3, 4, (5, n), generator=gen).float()
+        for k in range(1, min(n, 6) + 1):
+            assert torch.equal(topk_indices(x, k), reference(x, k))
+    assert topk_indices(torch.zeros(0, 10), 3).shape == (0, 3)
+    assert topk_indices(torch.tensor([3.0, -1.0, 3.0, 0.5]), 2).tolist() == [0, 2]
+    with pytest.raises(ValueError):
+        topk_indices(torch.zeros(2, 5), 6)
+
+
+def test_compressor_on_a_multi_segment_layout_with_scratch_reuse():
+    """Same compressor object, different batch sizes (scratch buffers grow and are reused)."""
+    layout = Layout([("w", (300, 400)), ("b", (300,)), ("v", (10, 300)), ("c", (10,))])
+    comp = TopK(layout, 0.01)
+    gen = torch.Generator().manual_seed(5)
+    for n_rows in (4, 1, 7, 0, 3):
+        v = torch.randn(n_rows, layout.numel, generator=gen)
+        v[:, 5000:9000] = torch.sign(v[:, 5000:9000])  # ties inside the big segment
+        q = comp.compress(v)
+        col = 0
+        for seg, k in zip(layout.segments, comp.k_per_segment):
+            got = q.indices[:, col : col + k] - seg.offset
+            assert torch.equal(got, reference(v[:, seg.offset : seg.end], k)), (n_rows, seg.name)
+            col += k
+        assert torch.equal(q.values, torch.gather(v, 1, q.indices))
+        assert torch.equal(q.to_dense() + comp.error(v, q), v)

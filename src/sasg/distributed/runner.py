@@ -66,15 +66,9 @@ class DistributedRun(Simulator):
     def evaluate(self) -> dict:
         if self.rank == 0:
             return super().evaluate()
-        totals = self.ledger.totals()
-        return {
-            "iteration": totals["iterations"],
-            "uploads": totals["uploads"],
-            "bits_up": totals["bits_up"],
-            "bits_down": totals["bits_down"],
-            "train_loss": math.nan,
-            "test_acc": math.nan,
-        }
+        # Only rank 0 evaluates (and writes); the others keep the communication columns.
+        return {**self.communication_point(), "train_loss": math.nan, "test_acc": math.nan,
+                "test_top5": math.nan, "lr": self.lr_at(max(0, self.iteration - 1))}
 
     def run(
         self,

@@ -158,22 +158,28 @@ class Simulator:
             setattr(self, name, buf)
         return buf
 
-    def evaluate(self) -> dict:
-        # Models with running statistics are evaluated with worker 0's (rank 0 evaluates in a
-        # real run); parameters are the server's.
-        buffers = self.gradients.buffers_of(0)
-        test = evaluate(self.model, self.layout, self.theta, self.data.test, buffers=buffers)
-        train = evaluate(self.model, self.layout, self.theta, self._train_eval, buffers=buffers)
+    def communication_point(self) -> dict:
+        """Cumulative counts at the current iteration, the first columns of an eval point."""
         totals = self.ledger.totals()
         return {
             "iteration": totals["iterations"],
             "uploads": totals["uploads"],
             "bits_up": totals["bits_up"],
             "bits_down": totals["bits_down"],
+        }
+
+    def evaluate(self) -> dict:
+        # Models with running statistics are evaluated with worker 0's (rank 0 evaluates in a
+        # real run); parameters are the server's.
+        buffers = self.gradients.buffers_of(0)
+        test = evaluate(self.model, self.layout, self.theta, self.data.test, buffers=buffers)
+        train = evaluate(self.model, self.layout, self.theta, self._train_eval, buffers=buffers)
+        return {
+            **self.communication_point(),
             "train_loss": train["loss"],
             "test_acc": test["acc"],
             "test_top5": test["acc5"],
-            "lr": self.lr_at(max(0, totals["iterations"] - 1)),
+            "lr": self.lr_at(max(0, self.iteration - 1)),
         }
 
     def run(self, iterations: int | None = None, progress: Callable[[int], None] | None = None) -> RunResult:

@@ -20,6 +20,15 @@ def small_config(**kw) -> RunConfig:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread, as each distributed rank runs (and fast on a busy box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cfg():
     return small_config
 

@@ -67,13 +67,6 @@ def synth():
     return make_synthetic(n_train=240, n_test=120, num_features=12, num_classes=3, seed=1)
 
 
-@pytest.fixture
-def one_thread():
-    """The reference simulator on one intra-op thread, like the ranks (and fast on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ----- pure pieces ------------------------------------------------------------------------------

@@ -26,12 +26,6 @@ EXACT = ("algorithm", "iterations", "uploads", "skipped", "bits_up", "bits_down"
 CLOSE = ("final_test_acc", "best_test_acc", "final_train_loss")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sasg(*args: str, **kw) -> subprocess.Popen:

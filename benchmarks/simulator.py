@@ -86,12 +86,11 @@ def time_gradients(sim: Simulator, reps: int) -> float:
     """Median ms of one fresh-gradient call for all workers (the backend's own cost)."""
     idx = sim.sampler.next()
     x, y = sim.data.train.x[idx], sim.data.train.y[idx]
-    out = torch.empty(sim.num_workers, sim.layout.numel)
-    sim.gradients(sim.theta, x, y, out=out)
+    sim.gradients.blocks(sim.theta, x, y)  # what the simulator calls
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        sim.gradients(sim.theta, x, y, out=out)
+        sim.gradients.blocks(sim.theta, x, y)
         ts.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(ts)
 
@@ -176,13 +175,10 @@ def rss_child(iters: int) -> None:
         "anchor": sim.workers.anchor.numel() * 4,
         "last": sim.server.last.values.numel() * 4 + sim.server.last.indices.numel() * 8,
     }
-    for name in ("_grad_buf", "_stale_buf"):  # the simulator's reused gradient buffers
-        buf = getattr(sim, name, None)
-        if buf is not None:
-            state[name.strip("_")] = buf.numel() * 4
-    for owner in (sim.algorithm, sim.algorithm.compressor):  # scratch buffers (sasg.core.scratch)
+    # scratch buffers (sasg.core.scratch); gradients are fresh per call (freed each round)
+    for owner in (sim, sim.algorithm, sim.algorithm.compressor):
         for key, buf in getattr(owner, "_scratch_buffers", {}).items():
-            state[f"scratch:{key}"] = buf.numel() * buf.element_size()
+            state[f"scratch:{type(owner).__name__}:{key}"] = buf.numel() * buf.element_size()
     print(json.dumps({
         "num_parameters": d, "backend": sim.gradients.backend, "base_rss": base_rss,
         "peak_rss": status("VmHWM"), "state_bytes": state, "step_seconds": times,

@@ -73,14 +73,18 @@ def test_rounds_match_the_plain_formulation_bit_for_bit(name):
         grads[:, 100:200] = grads[:, 100:100 + 1]  # equal magnitudes: ties in the big segment
         stale = torch.randn(n, d, generator=gen) * 0.1
         stale_fn = lambda rows: stale[rows]  # noqa: E731
-        uf = fast.decide(k, wf, sf, n, 0.1, grads, stale_fn)
+        # The fast path also takes gradients as per-segment column blocks (a vmap backend's
+        # outputs, no flat copy): every third round, for both the fresh and the stale ones.
+        blocks = k % 3 == 2
+        as_blocks = lambda t: tuple(c.clone() for c in layout.columns(t)) if blocks else t  # noqa: E731
+        uf = fast.decide(k, wf, sf, n, 0.1, as_blocks(grads), lambda rows: as_blocks(stale_fn(rows)))
         us = plain_decide(slow, k, ws, ss, n, 0.1, grads, stale_fn)
         assert torch.equal(uf, us)
         if forced_mask is not None:  # exercise every kind of partial upload, too
             uf = us = forced_mask.clone()
         # Both call styles on alternate rounds: all N rows of gradients, or the uploaders' only.
         g = grads[us] if k % 2 else grads
-        qf = fast.upload(wf, uf, g.clone(), theta, 0.01)
+        qf = fast.upload(wf, uf, as_blocks(g.clone()), theta, 0.01)
         qs = plain_upload(slow, ws, us, g.clone(), theta, 0.01)
         assert type(qf) is type(qs)
         assert torch.equal(qf.values, qs.values)
@@ -116,3 +120,34 @@ def test_assign_with_all_rows_in_another_order_is_not_a_plain_copy():
     sparse = SparsePayload(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1), 4)
     sparse.assign(torch.tensor([1, 0]), SparsePayload(torch.tensor([[3], [2]]), torch.tensor([[5.0], [6.0]]), 4))
     assert sparse.indices.tolist() == [[2], [3]] and sparse.values.tolist() == [[6.0], [5.0]]
+
+
+def test_a_rows_trigger_norm_does_not_depend_on_the_other_rows():
+    """Each checked row is reduced on its own: a distributed rank checking itself alone gets the
+    same bits as the simulator checking it among M workers (large rows, where a batched
+    reduction would split differently)."""
+    from sasg.core.triggers import squared_change
+
+    layout = Layout([("w", (700, 600)), ("b", (700,))])
+    gen = torch.Generator().manual_seed(4)
+    g, s = torch.randn(6, layout.numel, generator=gen), torch.randn(6, layout.numel, generator=gen)
+    work = torch.empty(layout.numel)
+    rows = torch.arange(6)
+    together = squared_change(layout.columns(g), rows, layout.columns(s), work)
+    for r in range(6):
+        alone = squared_change(layout.columns(g[r : r + 1]), torch.tensor([0]), layout.columns(s[r : r + 1]), work)
+        assert torch.equal(alone, together[r : r + 1])
+    some = torch.tensor([4, 1])
+    assert torch.equal(squared_change(layout.columns(g), some, layout.columns(s[some]), work), together[some])
+    assert torch.allclose(together, (g - s).double().square().sum(dim=1).float(), rtol=1e-5)
+
+
+def test_column_blocks_are_checked():
+    layout = Layout([("w", (3, 4)), ("b", (3,))])
+    assert [tuple(c.shape) for c in layout.as_columns(torch.zeros(2, 15))] == [(2, 12), (2, 3)]
+    with pytest.raises(ValueError, match="rows of length 15"):
+        layout.as_columns(torch.zeros(2, 14))
+    with pytest.raises(ValueError, match="column blocks"):
+        layout.as_columns((torch.zeros(2, 12),))
+    with pytest.raises(ValueError, match="column blocks"):
+        layout.as_columns((torch.zeros(2, 12), torch.zeros(3, 3)))

@@ -93,3 +93,23 @@ def test_compressor_on_a_multi_segment_layout_with_scratch_reuse():
             col += k
         assert torch.equal(q.values, torch.gather(v, 1, q.indices))
         assert torch.equal(q.to_dense() + comp.error(v, q), v)
+
+
+def test_compressing_some_rows_where_they_lie_equals_compressing_a_gathered_copy():
+    layout = Layout([("w", (300, 400)), ("b", (300,)), ("c", (7,))])
+    comp = TopK(layout, 0.01)
+    gen = torch.Generator().manual_seed(9)
+    v = torch.randn(6, layout.numel, generator=gen)
+    v[:, 100:4000] = torch.sign(v[:, 100:4000])  # ties
+    for rows in ([4, 1, 5], [0], [], [0, 1, 2, 3, 4, 5]):
+        idx = torch.tensor(rows, dtype=torch.long)
+        got, want = comp.compress(v, idx), comp.compress(v[idx])
+        assert torch.equal(got.indices, want.indices) and torch.equal(got.values, want.values), rows
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.014, 0.3, 1.0])
+def test_word_scan_finds_exactly_the_nonzero_positions(density):
+    gen = torch.Generator().manual_seed(int(density * 1000))
+    for n in (8, 64, 80_000):
+        mask = (torch.rand(n, generator=gen) < density).to(torch.int8)
+        assert torch.equal(T._nonzero_positions(mask), mask.nonzero().squeeze(1)), (density, n)

@@ -23,7 +23,7 @@ A skipper sends nothing and ``tau_m += 1``. The server steps
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,8 +32,8 @@ from .compressors import Identity, TopK
 from .layout import Layout
 from .payload import Payload
 from .state import ServerState, WorkerState
-from .scratch import ROWS, scratch
-from .triggers import AlwaysTrigger, LazyTrigger
+from .scratch import scratch
+from .triggers import AlwaysTrigger, LazyTrigger, squared_change
 
 ALGORITHMS = ("sgd", "sparse", "lasg", "sasg")
 
@@ -48,6 +48,10 @@ class Algorithm:
     @property
     def lazy(self) -> bool:
         return self.trigger.lazy
+
+    @property
+    def layout(self) -> Layout:
+        return self.compressor.layout
 
     # ----- state ---------------------------------------------------------------------------
     def init_worker_state(self, n: int, device=None, dtype=torch.float32) -> WorkerState:
@@ -84,70 +88,82 @@ class Algorithm:
         stale_grads: Callable[[Tensor], Tensor],
     ) -> Tensor:
         """(N,) bool upload mask. ``stale_grads(rows)`` returns the gradients at the anchors of
-        those rows on their current minibatches; it is called only for workers the rule must
-        check (never in warm-up, never for a forced upload, never for ``always`` triggers)."""
+        those rows on their current minibatches, as one ``(n, d)`` tensor or as its column blocks
+        (see :func:`~sasg.core.triggers.squared_change`); it is called only for workers the rule
+        must check (never in warm-up, never for a forced upload, never for ``always`` triggers)."""
         upload = self.forced(iteration, workers)
         if not self.lazy:
             return upload
         check = (~upload).nonzero().squeeze(1)
         if check.numel():
-            stale = stale_grads(check)
-            # ||g - g_stale||^2 per row in a reused buffer (no (N, d) temporaries).
-            diff = scratch(self, ROWS, (check.numel(), grads.shape[1]), grads)
-            if check.numel() == grads.shape[0]:
-                torch.sub(grads, stale, out=diff)
-            else:  # row by row: no gathered copy of the checked rows (a - b is exact either way)
-                for i, r in enumerate(check.tolist()):
-                    torch.sub(grads[r], stale[i], out=diff[i])
-            diff_sq = diff.square_().sum(dim=1)
+            stale = self.layout.as_columns(stale_grads(check))
+            cols = self.layout.as_columns(grads)
+            # ||g - g_stale||^2 per row, formed in a reused (d,) buffer.
+            work = scratch(self, "difference", (self.layout.numel,), cols[0])
+            diff_sq = squared_change(cols, check, stale, work)
             thr = self.threshold(server, num_workers, lr)
             upload[check] = self.trigger.fires(diff_sq, thr)
         return upload
 
     # ----- worker side ---------------------------------------------------------------------
     def upload(
-        self, workers: WorkerState, upload: Tensor, grads: Tensor, theta: Tensor, scale: float
+        self,
+        workers: WorkerState,
+        upload: Tensor,
+        grads: Tensor | Sequence[Tensor],
+        theta: Tensor,
+        scale: float,
     ) -> Payload:
         """Apply the round to ``N`` workers given the upload mask; return the payload of the
-        uploaders (in worker order). ``grads`` holds all N rows or only the uploaders' rows."""
+        uploaders (in worker order). ``grads`` holds all N rows or only the uploaders' rows, as
+        one ``(n, d)`` tensor or as per-segment column blocks (:meth:`Layout.as_columns`)."""
         rows = upload.nonzero().squeeze(1)
         n_up = rows.numel()
         everyone = n_up == upload.shape[0]
-        all_rows = grads.shape[0] == n_up  # grads holds exactly the uploaders' rows
+        segments = self.layout.segments
+        cols = self.layout.as_columns(grads)
+        all_rows = cols[0].shape[0] == n_up  # grads holds exactly the uploaders' rows
         # A compressor with an in-place error (its payload copies what it sends) lets the error
-        # memory be updated where it lies: no (N, d) temporaries beyond v itself.
+        # memory be updated where it lies: no (N, d) temporaries at all.
         in_place = self.error_feedback and getattr(self.compressor, "error_", None) is not None
         if in_place and everyone:
-            v = workers.error.add_(grads, alpha=scale)  # v = e + scale * g, in the memory itself
+            for seg, g in zip(segments, cols):  # v = e + scale * g, in the memory itself
+                workers.error[:, seg.offset : seg.end].add_(g, alpha=scale)
+            v = workers.error
             q = self.compressor.compress(v)
             self.compressor.error_(v, q)  # v is workers.error
         elif in_place:
             # e_m += scale * g_m row by row in the memory itself (no gathered copies of g or e),
-            # then one copy of the uploaders' rows for the compressor, and the sent entries of
-            # those rows zeroed in the memory.
+            # the uploaders' rows compressed where they lie, and their sent entries zeroed there.
             rows_list = rows.tolist()
             for i, r in enumerate(rows_list):
-                workers.error[r].add_(grads[i if all_rows else r], alpha=scale)
-            v = torch.index_select(
-                workers.error, 0, rows, out=scratch(self, ROWS, (n_up, workers.error.shape[1]), workers.error)
-            )
-            q = self.compressor.compress(v)
+                src = i if all_rows else r
+                for seg, g in zip(segments, cols):
+                    workers.error[r, seg.offset : seg.end].add_(g[src], alpha=scale)
+            q = self.compressor.compress(workers.error, rows)
             for i, r in enumerate(rows_list):
                 workers.error[r].index_fill_(0, q.indices[i], 0.0)  # = error_(v, q), in place
-        else:
-            g = grads if all_rows else grads[rows]
-            if self.error_feedback:
-                v = torch.add(workers.error[rows], g, alpha=scale)
-            else:
-                v = g * scale
+        elif not self.error_feedback:
+            # v = scale * g formed block by block into one fresh (n_up, d) buffer: the message
+            # (a dense payload keeps v, so it cannot be a reused buffer).
+            v = torch.empty(n_up, self.layout.numel, dtype=cols[0].dtype, device=cols[0].device)
+            for seg, g in zip(segments, cols):
+                torch.mul(g if all_rows else g[rows], scale, out=v[:, seg.offset : seg.end])
             q = self.compressor.compress(v)
-            if self.error_feedback:
-                workers.error[rows] = self.compressor.error(v, q)
+        else:  # error feedback with a compressor that has no in-place error: the plain form
+            if isinstance(grads, Tensor):
+                g = grads if all_rows else grads[rows]
+            else:
+                g = torch.cat([c if all_rows else c[rows] for c in cols], dim=1)
+            v = torch.add(workers.error[rows], g, alpha=scale)
+            q = self.compressor.compress(v)
+            workers.error[rows] = self.compressor.error(v, q)
         if self.lazy:
             if everyone:
                 workers.anchor.copy_(theta.expand_as(workers.anchor))
-            else:
-                workers.anchor[rows] = theta
+            else:  # row by row: several times faster than an index_put of a broadcast theta
+                for r in rows.tolist():
+                    workers.anchor[r].copy_(theta)
         workers.staleness += 1
         workers.staleness[rows] = 1
         return q

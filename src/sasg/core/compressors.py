@@ -7,8 +7,9 @@ sent, which error feedback keeps. The invariant ``q.to_dense() + error(v, q) == 
 
 New members of the family (random-k with a shared seed, quantised values) drop in as another
 class with the same three methods. Optionally, ``error_(v, q)`` does :meth:`error` in place on a
-``v`` the caller owns (the payload must hold copies of what it sends); the algorithm then keeps
-the error memory up to date without ``(N, d)`` temporaries.
+``v`` the caller owns (the payload must hold copies of what it sends) and ``compress(v, rows)``
+compresses only some rows of ``v`` where they lie; the algorithm then keeps the error memory up
+to date without ``(N, d)`` temporaries.
 """
 
 from __future__ import annotations
@@ -70,18 +71,29 @@ class TopK:
         self.k_per_segment = kept_per_segment(layout, self.density)
         self.nnz = sum(self.k_per_segment)
 
-    def compress(self, v: Tensor) -> SparsePayload:
-        n = v.shape[0]
+    def compress(self, v: Tensor, rows: Tensor | None = None) -> SparsePayload:
+        """The messages of the rows of ``v`` (shape ``(N, d)``), or only of ``rows`` (int64, in
+        that order) — read where they lie, without a gathered copy of them."""
+        row_list = None if rows is None else rows.tolist()
+        n = v.shape[0] if row_list is None else len(row_list)
         indices = torch.empty(n, self.nnz, dtype=torch.long, device=v.device)
         col = 0
         for seg, k in zip(self.layout.segments, self.k_per_segment):
             # |v| of one segment into a reused scratch buffer (no fresh allocation per round);
             # the selector only reads it.
-            mag = torch.abs(v[:, seg.offset : seg.end], out=scratch(self, "magnitudes", (n, seg.numel), v))
+            mag = scratch(self, "magnitudes", (n, seg.numel), v)
+            if row_list is None:
+                torch.abs(v[:, seg.offset : seg.end], out=mag)
+            else:
+                for i, r in enumerate(row_list):
+                    torch.abs(v[r, seg.offset : seg.end], out=mag[i])
             idx = topk_indices_of_magnitudes(mag, k, scratch_owner=self)
             torch.add(idx, seg.offset, out=indices[:, col : col + k])
             col += k
-        values = torch.gather(v, 1, indices)
+        if rows is None:
+            values = torch.gather(v, 1, indices)
+        else:  # flat positions rows * d + index (advanced indexing v[rows, indices] is far slower)
+            values = torch.take(v, indices + rows.unsqueeze(1) * v.shape[1])
         return SparsePayload(indices, values, self.layout.numel)
 
     def empty(self, n: int, device=None, dtype=torch.float32) -> SparsePayload:

@@ -9,7 +9,7 @@ segment, as in the paper (density h per layer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -69,3 +69,29 @@ class Layout:
         return {
             seg.name: flat[..., seg.offset : seg.end].view(*lead, *seg.shape) for seg in self.segments
         }
+
+    def columns(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """Per-segment column views ``(..., d_s)`` of ``flat`` (shape ``(..., d)``); no copy."""
+        return tuple(flat[..., seg.offset : seg.end] for seg in self.segments)
+
+    def as_columns(self, rows: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """Rows of flat buffers as per-segment column blocks.
+
+        ``rows`` is either one ``(N, d)`` tensor (split into views) or already one ``(N, d_s)``
+        tensor per segment in layout order (what a vectorized gradient backend returns; taking
+        them as they are saves copying them into a flat buffer)."""
+        if isinstance(rows, Tensor):
+            if rows.shape[-1] != self.numel:
+                raise ValueError(f"expected rows of length {self.numel}, got shape {tuple(rows.shape)}")
+            return self.columns(rows)
+        blocks = tuple(rows)
+        if len(blocks) != len(self.segments) or any(
+            b.dim() != 2 or b.shape[1] != seg.numel or b.shape[0] != blocks[0].shape[0]
+            for b, seg in zip(blocks, self.segments)
+        ):
+            raise ValueError(
+                f"expected {len(self.segments)} column blocks of widths "
+                f"{[seg.numel for seg in self.segments][:8]}... with one row count, got "
+                f"{[tuple(b.shape) for b in blocks][:8]}"
+            )
+        return blocks

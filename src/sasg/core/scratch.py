@@ -2,9 +2,9 @@
 
 Large fresh tensors are expensive on CPU: above glibc's mmap threshold (at most 32 MiB) every
 allocation is a new mapping whose pages fault in one by one, which costs several times the
-memory pass that fills it. The core's temporaries of shape ``(N, d)`` (a trigger's gradient
-difference, the uploaders' rows of the error memory, a segment's magnitudes and candidate mask)
-therefore live in buffers kept on their owner and reused every round.
+memory pass that fills it. The hot path's large temporaries (the trigger's gradient difference,
+a segment's magnitudes and candidate mask, the simulator's gathered anchors) therefore live in
+buffers kept on their owner and reused every round.
 
 A scratch buffer is only ever used *within* one call of its owner; nothing that is returned or
 stored points into it.
@@ -14,12 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-#: The name of an owner's ``(n, d)`` work buffer. An algorithm uses it for one temporary at a
-#: time (the trigger's gradient difference, then the uploaders' ``v``); the simulator borrows the
-#: algorithm's for the anchors of the checked workers, which are dead before the difference is
-#: formed. One buffer instead of three keeps the peak memory of large models down.
-ROWS = "rows"
 
 
 def scratch(owner: object, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:

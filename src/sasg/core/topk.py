@@ -8,7 +8,7 @@ The contract every selector here keeps (the compressor relies on it):
 
 How it is fast (see ``docs/performance.md``). ``torch.topk`` on a long row costs many memory
 passes; the selectors here touch a long row about three times (``|x|``, one compare, one
-``nonzero``) and run ``torch.topk`` only on a short list of candidates:
+``nonzero`` over 8-byte words) and run ``torch.topk`` only on a short list of candidates:
 
 1. *Candidate threshold from a sample.* Magnitudes at fixed pseudo-random positions (no global
    RNG; about 128 of them expected in the top k) give a threshold ``t_c`` a little *below* the
@@ -146,11 +146,17 @@ def _select_from_candidates(
     sample = mag.index_select(1, _sample_positions(n, size, dev))
     # r-th largest of each row's sample: the candidate threshold t_c.
     t_c = torch.topk(sample, rank, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    # The candidate mask as bytes (a compare into int8 is several times faster on CPU than into
+    # bool), padded with zeros to whole 8-byte words for _nonzero_positions.
+    total = n_rows * n
+    padded = -(-total // 8) * 8
     if scratch_owner is None:
-        mask = torch.ge(mag, t_c)
+        buf = torch.empty(padded, dtype=torch.int8, device=dev)
     else:
-        mask = torch.ge(mag, t_c, out=scratch(scratch_owner, "candidates", tuple(mag.shape), mag, torch.bool))
-    flat = mask.view(-1).nonzero().squeeze(1)  # row-major: rows in order, cols ascending
+        buf = scratch(scratch_owner, "candidates", (padded,), mag, torch.int8)
+    torch.ge(mag, t_c, out=buf[:total].view(n_rows, n))
+    buf[total:].zero_()
+    flat = _nonzero_positions(buf)  # row-major: rows in order, cols ascending
     bounds = torch.searchsorted(flat, torch.arange(n_rows + 1, device=dev) * n)
     counts = bounds[1:] - bounds[:-1]
     lo, hi = (int(c) for c in torch.aminmax(counts))
@@ -172,6 +178,17 @@ def _select_from_candidates(
         cols.index_copy_(0, where, flat - rows * n)
         cols = cols.view(n_rows, width)
     return cols.gather(1, _select_direct(cand, k, by_mask=True))
+
+
+def _nonzero_positions(mask: Tensor) -> Tensor:
+    """``mask.nonzero().squeeze(1)`` for a 1-D int8 mask whose length is a multiple of 8.
+
+    ``nonzero`` costs per element scanned. A sparse mask is scanned as 8-byte words first; only
+    the bytes of words with a hit are scanned again (about 10 % of them at 1.4 % density).
+    Ascending, like ``nonzero``."""
+    words = mask.view(torch.int64).nonzero().squeeze(1)
+    hits = mask.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
+    return words.index_select(0, hits >> 3) * 8 + (hits & 7)
 
 
 def _select_direct(mag: Tensor, k: int, by_mask: bool = False) -> Tensor:

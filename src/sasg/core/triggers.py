@@ -21,6 +21,7 @@ says who uploads regardless; only the others need the stale gradient and ``fires
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -48,6 +49,29 @@ def forced_uploads(iteration: int, staleness: Tensor, window: int) -> Tensor:
     if iteration < window:
         return torch.ones_like(staleness, dtype=torch.bool)
     return staleness > window
+
+
+def squared_change(grads: Sequence[Tensor], rows: Tensor, stale: Sequence[Tensor], work: Tensor) -> Tensor:
+    """``||g[rows[i]] - stale[i]||^2`` for every checked row ``i`` (shape ``(n,)``, float32).
+
+    ``grads`` (``N`` rows) and ``stale`` (the ``n`` checked rows) come as matching column blocks
+    (see :meth:`~sasg.core.layout.Layout.as_columns`); ``work`` is a ``(d,)`` buffer.
+
+    One row at a time: the difference is formed in ``work``, squared there and summed while it
+    is still in cache, which reads each gradient once instead of writing and re-reading an
+    ``(n, d)`` difference three times. Every row is reduced on its own, so a row gives the same
+    bits whether it is checked alone (a distributed rank) or with others (the simulator).
+    """
+    n = rows.numel()
+    out = torch.empty(n, dtype=work.dtype, device=work.device)
+    for i, r in enumerate(rows.tolist()):
+        col = 0
+        for g, s in zip(grads, stale, strict=True):
+            width = g.shape[1]
+            torch.sub(g[r], s[i], out=work[col : col + width])
+            col += width
+        torch.sum(work.square_(), dim=0, keepdim=True, out=out[i : i + 1])
+    return out
 
 
 def lazy_fires(diff_sq: Tensor, threshold: float) -> Tensor:

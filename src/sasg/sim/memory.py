@@ -1,18 +1,19 @@
 """Keep freed memory for reuse: the allocator setting behind fast large simulations.
 
-Every round of a simulation frees and re-allocates tensors of shape ``(M, d)`` (inside
-``torch.func``'s per-worker gradients, for example). glibc's ``malloc`` serves requests above its
-mmap threshold (at most 32 MiB) with fresh mappings and unmaps them on free, so each round pays
-a page fault for every 4 KiB of every such tensor: at M = 100 workers of the 407,050-parameter
-FC net (163 MB per buffer) that is more time than the arithmetic. Two ``mallopt`` settings make
-freed memory stay in the heap and be reused instead:
+Every round of a simulation frees and re-allocates tensors of shape ``(M, d)`` (``torch.func``'s
+per-worker gradients, a dense message). glibc's ``malloc`` serves requests above its mmap
+threshold (128 KiB, raised up to 32 MiB as mapped blocks are freed) with fresh mappings and
+unmaps them on free, so each round pays a page fault for every 4 KiB of every such tensor: at
+M = 100 workers of the 407,050-parameter FC net (163 MB per buffer) that is more time than the
+arithmetic, and even at the default M = 10 (16 MB) it was 2,500–3,400 faults and about 30 % of
+a round. Two ``mallopt`` settings make freed memory stay in the heap and be reused instead:
 
 - ``M_MMAP_MAX = 0``: serve large requests from the heap, not from separate mappings;
 - ``M_TRIM_THRESHOLD = 2**31 - 1``: do not give the heap's free top back to the system.
 
 Numbers are unaffected (this is where memory comes from, not what is computed). The process's
-resident memory stays at its peak instead of shrinking between rounds. The simulator applies it
-when its flat buffers exceed 32 MiB; ``SASG_RETAIN_FREED_MEMORY=0`` in the environment turns it
+resident memory stays at its peak instead of shrinking between rounds. Every simulator on the
+CPU applies it (it is process-wide); ``SASG_RETAIN_FREED_MEMORY=0`` in the environment turns it
 off. Only glibc (Linux) has these settings; elsewhere it does nothing.
 """
 
@@ -24,7 +25,6 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's largest mmap threshold on 64-bit systems
 
 _applied: bool | None = None
 

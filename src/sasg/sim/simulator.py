@@ -16,7 +16,7 @@ from torch import Tensor
 from ..accounting import CONVENTIONS, Ledger, downlink_bits_per_round, uplink_bits_per_upload
 from ..core.algorithms import Algorithm, make_algorithm
 from ..core.layout import Layout
-from ..core.scratch import ROWS, scratch
+from ..core.scratch import scratch
 from ..data import make_augmentation, make_partition, worker_seed
 from ..data.dataset import ArrayDataset, DataSplit
 from ..data.sampler import WorkerSampler
@@ -24,7 +24,7 @@ from ..models import build_model
 from ..schedule import step_decay
 from .evaluate import evaluate
 from .gradients import make_gradients
-from .memory import MMAP_THRESHOLD_MAX, retain_freed_memory
+from .memory import retain_freed_memory
 
 
 TRAIN_EVAL_SAMPLES = 10_000
@@ -76,7 +76,7 @@ class Simulator:
         self.algorithm: Algorithm = make_algorithm(
             algorithm, self.layout, config.density, config.window, config.threshold_scale
         )
-        if device.type == "cpu" and M * self.layout.numel * self.theta.element_size() > MMAP_THRESHOLD_MAX:
+        if device.type == "cpu":
             retain_freed_memory()  # (M, d) temporaries would page-fault in afresh every round
         self.workers = self.algorithm.init_worker_state(M, device=device)
         self.server = self.algorithm.init_server_state(M, device=device)
@@ -129,18 +129,18 @@ class Simulator:
         if self.augment_generators is not None:
             # Each worker augments its own batch with its own generator (as a real rank would).
             x = torch.stack([self.augment(x[m], g) for m, g in enumerate(self.augment_generators)])
-        # Flat (M, d) buffers reused every round: the fresh gradients and (lazy rules only) the
-        # stale ones. Nothing keeps a reference to them past this round.
-        g = self.gradients(self.theta, x, y, out=self._buffer("_grad_buf"))
+        # Fresh and (lazy rules, checked workers only) stale gradients as per-parameter column
+        # blocks, as the backend has them: the core reads them block by block, so vmap's
+        # outputs are never copied into a flat buffer. Nothing keeps them past this round.
+        g = self.gradients.blocks(self.theta, x, y)
 
-        def stale(rows: Tensor) -> Tensor:
-            out = self._buffer("_stale_buf")[: rows.numel()]
+        def stale(rows: Tensor) -> tuple[Tensor, ...]:
             if rows.numel() == M:  # everyone is checked: no copies of the anchors or the batch
-                return self.gradients(self.workers.anchor, x, y, workers=rows, update_stats=False, out=out)
-            # The algorithm's work buffer: free until decide() forms the difference (after this).
-            work = scratch(self.algorithm, ROWS, (rows.numel(), self.layout.numel), self.theta)
+                return self.gradients.blocks(self.workers.anchor, x, y, workers=rows, update_stats=False)
+            # The anchors of the checked rows, gathered into a buffer reused every round.
+            work = scratch(self, "anchors", (rows.numel(), self.layout.numel), self.theta)
             anchors = torch.index_select(self.workers.anchor, 0, rows, out=work)
-            return self.gradients(anchors, x[rows], y[rows], workers=rows, update_stats=False, out=out)
+            return self.gradients.blocks(anchors, x[rows], y[rows], workers=rows, update_stats=False)
 
         upload = self.algorithm.decide(k, self.workers, self.server, M, lr, g, stale)
         q = self.algorithm.upload(self.workers, upload, g, self.theta, lr / M)
@@ -150,13 +150,6 @@ class Simulator:
         n_up = int(senders.numel())
         self.ledger.record(n_up, n_up * self.bits_per_upload, self.bits_down_per_round)
         return upload
-
-    def _buffer(self, name: str) -> Tensor:
-        buf = getattr(self, name, None)
-        if buf is None:
-            buf = torch.empty(self.num_workers, self.layout.numel, dtype=self.theta.dtype, device=self.device)
-            setattr(self, name, buf)
-        return buf
 
     def communication_point(self) -> dict:
         """Cumulative counts at the current iteration, the first columns of an eval point."""

@@ -11,7 +11,8 @@ Sections (each prints a table):
    backend and on the per-worker loop, in the same run. Each simulator first runs ``--warmup``
    rounds (past the trigger's warm-up, so the lazy rule really skips), then ``--repeats`` windows
    of ``--iters`` rounds are timed (training rounds only, no evaluation); the figure is the
-   median window. Also the gradient call alone (fresh gradients of 10 workers), vmap vs loop.
+   median window. Also the gradient call alone (fresh gradients of 10 workers), vmap vs loop,
+   and where a ``sgd`` and a ``sasg`` round go, phase by phase (vmap).
 2. Cost per iteration at M = 10, 30, 100 (``sgd`` and ``sasg``, vmap). The data is mnist5k's
    4,000 training images replicated 10 times (40,000), so every worker's shard has 400 images
    at M = 100 and batch 10 is always available; the model and every other setting are as in 1.
@@ -22,7 +23,9 @@ Sections (each prints a table):
 
 The last line is one JSON object with the headline figures:
 ``vectorized_over_loop`` (sasg iterations/s, vmap over loop), ``sasg_over_sgd_cost`` (time per
-iteration, vmap), ``m100_over_m10_cost`` (sasg time per iteration, M = 100 over M = 10).
+iteration, vmap), ``m100_over_m10_cost`` (sasg time per iteration, M = 100 over M = 10), and
+``gradient_vectorized_over_loop`` (the gradient call alone: the bound on the first, since the
+rest of a round is the same code on both backends).
 """
 
 from __future__ import annotations
@@ -95,6 +98,52 @@ def time_gradients(sim: Simulator, reps: int) -> float:
     return 1e3 * statistics.median(ts)
 
 
+def phase_breakdown(sim: Simulator, warmup: int, rounds: int) -> dict:
+    """Milliseconds per round spent in each phase of ``sim.step`` (wall clock, by wrapping the
+    calls the simulator makes; the wrappers add a few microseconds each)."""
+    spent = dict.fromkeys(("fresh gradients", "stale gradients", "trigger norm", "compress", "upload (rest)", "aggregate"), 0.0)
+    grads, alg, comp = sim.gradients, sim.algorithm, sim.algorithm.compressor
+    originals = {"blocks": grads.blocks, "decide": alg.decide, "upload": alg.upload, "compress": comp.compress,
+                 "aggregate": alg.aggregate}
+
+    def timed(key, fn):
+        def call(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return call
+
+    def blocks(*a, **kw):
+        return timed("stale gradients" if "update_stats" in kw else "fresh gradients", originals["blocks"])(*a, **kw)
+
+    grads.blocks = blocks
+    alg.decide = timed("trigger norm", originals["decide"])
+    alg.upload = timed("upload (rest)", originals["upload"])
+    comp.compress = timed("compress", originals["compress"])
+    alg.aggregate = timed("aggregate", originals["aggregate"])
+    try:
+        for _ in range(warmup):
+            sim.step()
+        for key in spent:
+            spent[key] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            sim.step()
+        total = time.perf_counter() - t0
+    finally:
+        for name, obj in (("blocks", grads), ("decide", alg), ("upload", alg), ("compress", comp), ("aggregate", alg)):
+            delattr(obj, name)  # back to the class's methods
+    # Nested calls: decide contains the stale gradients, upload contains compress.
+    spent["trigger norm"] -= spent["stale gradients"]
+    spent["upload (rest)"] -= spent["compress"]
+    out = {key: 1e3 * v / rounds for key, v in spent.items()}
+    out["other"] = 1e3 * total / rounds - sum(out.values())
+    out["round"] = 1e3 * total / rounds
+    return out
+
+
 def replicate(data: DataSplit, times: int) -> DataSplit:
     tr = data.train
     big = ArrayDataset(tr.x.repeat(times, *([1] * (tr.x.dim() - 1))), tr.y.repeat(times), tr.num_classes, tr.name)
@@ -123,7 +172,13 @@ def section_backends(args, base: RunConfig, data: DataSplit) -> dict:
     gv = time_gradients(Simulator(replace(base, backend="vmap"), "sgd", data), args.grad_reps)
     gl = time_gradients(Simulator(replace(base, backend="loop"), "sgd", data), args.grad_reps)
     print(f"gradient call alone (M={base.workers} workers): vmap {gv:.2f} ms, loop {gl:.2f} ms, loop/vmap {gl / gv:.2f}x")
-    return {"rows": rows, "grad_ms": {"vmap": gv, "loop": gl}}
+    phases = {a: phase_breakdown(Simulator(replace(base, backend="vmap"), a, data), args.warmup, args.iters) for a in ("sgd", "sasg")}
+    print(f"where a round goes (vmap, ms per round, {args.iters} rounds after {args.warmup} of warm-up):")
+    keys = list(phases["sasg"])
+    print(f"{'phase':<17} {'sgd':>7} {'sasg':>7}")
+    for key in keys:
+        print(f"{key:<17} {phases['sgd'][key]:>7.2f} {phases['sasg'][key]:>7.2f}")
+    return {"rows": rows, "grad_ms": {"vmap": gv, "loop": gl}, "phases": phases}
 
 
 def section_scaling(args, base: RunConfig, data: DataSplit) -> dict:
@@ -211,7 +266,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 30)")
     p.add_argument("--iters", type=int, default=None, help="rounds per timed window, section 1 (default 60)")
     p.add_argument("--iters-scaling", type=int, default=None, help="rounds per timed window, section 2 (default 20)")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (median)")
+    p.add_argument("--repeats", type=int, default=5, help="timed windows per measurement (median)")
     p.add_argument("--workers", type=str, default=None, help="M values for section 2 (default 10,30,100)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 memory measurement")
@@ -247,7 +302,9 @@ def main() -> None:
         f"m{m_hi}_over_m{m_lo}_cost": round(s2[m_hi]["sasg"]["ms_per_iter"] / s2[m_lo]["sasg"]["ms_per_iter"], 3),
         "iters_per_s_vmap": {a: round(rows[(a, "vmap")]["iters_per_s"], 2) for a in ALGOS},
         "iters_per_s_loop": {a: round(rows[(a, "loop")]["iters_per_s"], 2) for a in ALGOS},
+        "gradient_vectorized_over_loop": round(s1["grad_ms"]["loop"] / s1["grad_ms"]["vmap"], 3),
         "grad_call_ms": {k: round(v, 2) for k, v in s1["grad_ms"].items()},
+        "phases_ms": {a: {k: round(v, 2) for k, v in ph.items()} for a, ph in s1["phases"].items()},
         "sasg_ms_per_iter_by_M": {m: round(s2[m]["sasg"]["ms_per_iter"], 2) for m in args.workers},
         "sgd_ms_per_iter_by_M": {m: round(s2[m]["sgd"]["ms_per_iter"], 2) for m in args.workers},
         "resnet18_m10_peak_rss_mib": None if s3 is None else round(s3["peak_rss"] / 2**20),

@@ -25,6 +25,11 @@ from .scratch import scratch
 from .topk import topk_indices_of_magnitudes
 
 
+# Below this many entries a segment's rows are gathered in one op (fewer calls); above, each row
+# is read where it lies.
+_ROW_BY_ROW_MIN = 1 << 18
+
+
 class Identity:
     """Send ``v`` as it is (dense)."""
 
@@ -84,7 +89,9 @@ class TopK:
             mag = scratch(self, "magnitudes", (n, seg.numel), v)
             if row_list is None:
                 torch.abs(v[:, seg.offset : seg.end], out=mag)
-            else:
+            elif n * seg.numel < _ROW_BY_ROW_MIN:  # small: one gather, then |.| in cache
+                torch.index_select(v[:, seg.offset : seg.end], 0, rows, out=mag).abs_()
+            else:  # large: one pass per row, no gathered copy
                 for i, r in enumerate(row_list):
                     torch.abs(v[r, seg.offset : seg.end], out=mag[i])
             idx = topk_indices_of_magnitudes(mag, k, scratch_owner=self)

@@ -30,9 +30,12 @@ the tie rule carries over.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from .scratch import scratch
 
@@ -146,14 +149,12 @@ def _select_from_candidates(
     sample = mag.index_select(1, _sample_positions(n, size, dev))
     # r-th largest of each row's sample: the candidate threshold t_c.
     t_c = torch.topk(sample, rank, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-    # The candidate mask as bytes (a compare into int8 is several times faster on CPU than into
-    # bool), padded with zeros to whole 8-byte words for _nonzero_positions.
+    # The candidate mask as bytes (a compare into int8 is faster on CPU than into bool), padded
+    # with zeros to whole 8-byte words for _nonzero_positions.
     total = n_rows * n
     padded = -(-total // 8) * 8
-    if scratch_owner is None:
-        buf = torch.empty(padded, dtype=torch.int8, device=dev)
-    else:
-        buf = scratch(scratch_owner, "candidates", (padded,), mag, torch.int8)
+    owner = scratch_owner if scratch_owner is not None else SimpleNamespace()  # per call
+    buf = scratch(owner, "candidates", (padded,), mag, torch.int8)
     torch.ge(mag, t_c, out=buf[:total].view(n_rows, n))
     buf[total:].zero_()
     flat = _nonzero_positions(buf)  # row-major: rows in order, cols ascending
@@ -162,21 +163,14 @@ def _select_from_candidates(
     lo, hi = (int(c) for c in torch.aminmax(counts))
     if lo < k or hi * 4 > n:
         return None  # unlucky sample (some row has fewer than k candidates) or no saving: go direct
-    cand_vals = mag.view(-1).index_select(0, flat)
-    width = hi + 1  # at least one pad column, so topk(k + 1) below always exists
-    if n_rows == 1:
-        cand = torch.cat([cand_vals, cand_vals.new_full((1,), -1.0)]).view(1, width)
-        cols = flat.view(1, -1)
-    else:
-        rows = torch.repeat_interleave(torch.arange(n_rows, device=dev), counts, output_size=flat.numel())
-        slot = torch.arange(flat.numel(), device=dev) - bounds[:-1].index_select(0, rows)
-        where = rows * width + slot
-        cand = mag.new_full((n_rows * width,), -1.0)  # pads sort below every magnitude (>= 0)
-        cand.index_copy_(0, where, cand_vals)
-        cand = cand.view(n_rows, width)
-        cols = torch.zeros(n_rows * width, dtype=torch.long, device=dev)
-        cols.index_copy_(0, where, flat - rows * n)
-        cols = cols.view(n_rows, width)
+    # One row of candidates per row of mag, padded to the longest: values with -1 (below every
+    # magnitude, so never selected: each row has at least k real ones), columns with 0. At least
+    # one pad column, so topk(k + 1) below always exists.
+    per_row = counts.tolist()
+    values = list(mag.view(-1).index_select(0, flat).split(per_row))
+    cand = F.pad(pad_sequence(values, batch_first=True, padding_value=-1.0), (0, 1), value=-1.0)
+    cols = pad_sequence(list(flat.split(per_row)), batch_first=True, padding_value=0)
+    cols -= (torch.arange(n_rows, device=dev) * n).unsqueeze(1)
     return cols.gather(1, _select_direct(cand, k, by_mask=True))
 
 

@@ -149,14 +149,13 @@ def _select_from_candidates(
     sample = mag.index_select(1, _sample_positions(n, size, dev))
     # r-th largest of each row's sample: the candidate threshold t_c.
     t_c = torch.topk(sample, rank, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-    # The candidate mask as bytes (a compare into int8 is faster on CPU than into bool), padded
-    # with zeros to whole 8-byte words for _nonzero_positions.
+    # The candidate mask, padded with False to whole 8-byte words for _nonzero_positions.
     total = n_rows * n
     padded = -(-total // 8) * 8
     owner = scratch_owner if scratch_owner is not None else SimpleNamespace()  # per call
-    buf = scratch(owner, "candidates", (padded,), mag, torch.int8)
+    buf = scratch(owner, "candidates", (padded,), mag, torch.bool)
     torch.ge(mag, t_c, out=buf[:total].view(n_rows, n))
-    buf[total:].zero_()
+    buf[total:] = False
     flat = _nonzero_positions(buf)  # row-major: rows in order, cols ascending
     bounds = torch.searchsorted(flat, torch.arange(n_rows + 1, device=dev) * n)
     counts = bounds[1:] - bounds[:-1]
@@ -175,7 +174,8 @@ def _select_from_candidates(
 
 
 def _nonzero_positions(mask: Tensor) -> Tensor:
-    """``mask.nonzero().squeeze(1)`` for a 1-D int8 mask whose length is a multiple of 8.
+    """``mask.nonzero().squeeze(1)`` for a 1-D bool (or int8) mask whose length is a multiple
+    of 8.
 
     ``nonzero`` costs per element scanned. A sparse mask is scanned as 8-byte words first; only
     the bytes of words with a hit are scanned again (about 10 % of them at 1.4 % density).

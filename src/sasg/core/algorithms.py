@@ -84,13 +84,14 @@ class Algorithm:
         server: ServerState,
         num_workers: int,
         lr: float,
-        grads: Tensor,
-        stale_grads: Callable[[Tensor], Tensor],
+        grads: Tensor | Sequence[Tensor],
+        stale_grads: Callable[[Tensor], Tensor | Sequence[Tensor]],
     ) -> Tensor:
-        """(N,) bool upload mask. ``stale_grads(rows)`` returns the gradients at the anchors of
-        those rows on their current minibatches, as one ``(n, d)`` tensor or as its column blocks
-        (see :func:`~sasg.core.triggers.squared_change`); it is called only for workers the rule
-        must check (never in warm-up, never for a forced upload, never for ``always`` triggers)."""
+        """(N,) bool upload mask. ``grads`` are the N fresh gradients; ``stale_grads(rows)``
+        returns the gradients at the anchors of those rows on their current minibatches. Both
+        come as one flat tensor or as per-segment column blocks (:meth:`Layout.as_columns`).
+        ``stale_grads`` is called only for workers the rule must check (never in warm-up, never
+        for a forced upload, never for ``always`` triggers)."""
         upload = self.forced(iteration, workers)
         if not self.lazy:
             return upload

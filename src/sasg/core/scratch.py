@@ -30,7 +30,3 @@ def scratch(owner: object, name: str, shape: tuple[int, ...], like: Tensor, dtyp
         store[name] = buf
     return buf[:need].view(shape)
 
-
-def release(owner: object) -> None:
-    """Drop ``owner``'s scratch buffers (they are re-created on the next use)."""
-    owner.__dict__.pop("_scratch_buffers", None)

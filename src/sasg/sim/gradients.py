@@ -22,7 +22,8 @@ def _loss_fn(model: nn.Module):
     def loss(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(model, (params, buffers), (x,))
         # F.cross_entropy(logits, y) spelled out: the same gradient bit for bit (tested), and
-        # under vmap it avoids nll_loss's batching rule, which costs about 0.3 ms per call.
+        # under vmap it avoids nll_loss's batching rule, which cost about 0.5 ms of a 3.5 ms
+        # call for the default FC setting.
         return -torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).mean()
 
     return loss

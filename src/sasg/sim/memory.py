@@ -5,7 +5,7 @@ per-worker gradients, a dense message). glibc's ``malloc`` serves requests above
 threshold (128 KiB, raised up to 32 MiB as mapped blocks are freed) with fresh mappings and
 unmaps them on free, so each round pays a page fault for every 4 KiB of every such tensor: at
 M = 100 workers of the 407,050-parameter FC net (163 MB per buffer) that is more time than the
-arithmetic, and even at the default M = 10 (16 MB) it was 2,500–3,400 faults and about 30 % of
+arithmetic, and even at the default M = 10 (16 MB) it was 2,500–3,400 faults and 20–35 % of
 a round. Two ``mallopt`` settings make freed memory stay in the heap and be reused instead:
 
 - ``M_MMAP_MAX = 0``: serve large requests from the heap, not from separate mappings;

@@ -41,11 +41,27 @@ def test_sampled_path_is_exact(kind, n_rows):
 
 
 def test_sampled_path_is_taken_on_ordinary_rows():
-    x = torch.randn(4, 200_000, generator=torch.Generator().manual_seed(0)).abs()
+    x = torch.randn(4, 200_000, generator=torch.Generator().manual_seed(0))
     plan = T._sample_plan(200_000, 2000)
     assert plan is not None
     got = T._select_from_candidates(x, 2000, *plan)
-    assert got is not None and torch.equal(got, reference(x, 2000))
+    assert got is not None
+    idx, values = got
+    assert torch.equal(idx, reference(x, 2000))
+    assert torch.equal(values, x.gather(1, idx))  # the signed entries, not magnitudes
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "sparse", "structured"])
+def test_rows_read_in_place_from_a_column_slice(kind):
+    """A segment of a wider batch, only some rows: the same top k as on a gathered copy."""
+    gen = torch.Generator().manual_seed(11)
+    wide = rows_of(kind, 5, 130_000, gen)
+    x = wide[:, 7:120_007]  # rows of stride 130,000: read where they lie
+    for rows in ([3, 0, 4], [2], [0, 1, 2, 3, 4]):
+        want = reference(x[rows], 1200)
+        idx, values = T.topk_rows(x, 1200, rows)
+        assert torch.equal(idx, want), (kind, rows)
+        assert torch.equal(values, x[rows].gather(1, want)), (kind, rows)
 
 
 def test_unlucky_samples_fall_back_and_stay_exact():
@@ -61,8 +77,19 @@ def test_unlucky_samples_fall_back_and_stay_exact():
     low = torch.rand(2, n, generator=gen) + 1.0
     low[:, pos] = 0.0
     for x in (high, low):
-        assert T._select_from_candidates(x.abs(), k, size, rank) is None
+        assert T._select_from_candidates(x, k, size, rank) is None
         assert torch.equal(topk_indices(x, k), reference(x, k))
+
+
+def test_nan_ranks_above_every_number_on_every_path():
+    """A diverged run's NaN gradients: no crash, and the same rule (NaN largest, as in torch.sort)
+    whether the row goes through sampled candidates or is selected directly."""
+    gen = torch.Generator().manual_seed(4)
+    for n, k in ((60_000, 600), (60_000, 1), (500, 5)):
+        x = torch.randn(3, n, generator=gen)
+        x[0, [5, 17, n - 1]] = float("nan")
+        x[2, :] = float("nan")
+        assert torch.equal(topk_indices(x, k), reference(x, k)), (n, k)
 
 
 def test_short_rows_and_edge_shapes():

@@ -21,13 +21,7 @@ from torch import Tensor
 
 from .layout import Layout
 from .payload import DensePayload, SparsePayload
-from .scratch import scratch
-from .topk import topk_indices_of_magnitudes
-
-
-# Below this many entries a segment's rows are gathered in one op (fewer calls); above, each row
-# is read where it lies.
-_ROW_BY_ROW_MIN = 1 << 18
+from .topk import topk_rows
 
 
 class Identity:
@@ -82,25 +76,13 @@ class TopK:
         row_list = None if rows is None else rows.tolist()
         n = v.shape[0] if row_list is None else len(row_list)
         indices = torch.empty(n, self.nnz, dtype=torch.long, device=v.device)
+        values = torch.empty(n, self.nnz, dtype=v.dtype, device=v.device)
         col = 0
         for seg, k in zip(self.layout.segments, self.k_per_segment):
-            # |v| of one segment into a reused scratch buffer (no fresh allocation per round);
-            # the selector only reads it.
-            mag = scratch(self, "magnitudes", (n, seg.numel), v)
-            if row_list is None:
-                torch.abs(v[:, seg.offset : seg.end], out=mag)
-            elif n * seg.numel < _ROW_BY_ROW_MIN:  # small: one gather, then |.| in cache
-                torch.index_select(v[:, seg.offset : seg.end], 0, rows, out=mag).abs_()
-            else:  # large: one pass per row, no gathered copy
-                for i, r in enumerate(row_list):
-                    torch.abs(v[r, seg.offset : seg.end], out=mag[i])
-            idx = topk_indices_of_magnitudes(mag, k, scratch_owner=self)
+            idx, val = topk_rows(v[:, seg.offset : seg.end], k, row_list, scratch_owner=self)
             torch.add(idx, seg.offset, out=indices[:, col : col + k])
+            values[:, col : col + k] = val
             col += k
-        if rows is None:
-            values = torch.gather(v, 1, indices)
-        else:  # flat positions rows * d + index (advanced indexing v[rows, indices] is far slower)
-            values = torch.take(v, indices + rows.unsqueeze(1) * v.shape[1])
         return SparsePayload(indices, values, self.layout.numel)
 
     def empty(self, n: int, device=None, dtype=torch.float32) -> SparsePayload:

@@ -3,7 +3,7 @@
 Large fresh tensors are expensive on CPU: above glibc's mmap threshold (at most 32 MiB) every
 allocation is a new mapping whose pages fault in one by one, which costs several times the
 memory pass that fills it. The hot path's large temporaries (the trigger's gradient difference,
-a segment's magnitudes and candidate mask, the simulator's gathered anchors) therefore live in
+a segment's candidate mask and its row buffer, the simulator's gathered anchors) therefore live in
 buffers kept on their owner and reused every round.
 
 A scratch buffer is only ever used *within* one call of its owner; nothing that is returned or

@@ -120,8 +120,7 @@ def topk_rows(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if rows is not None and (len(rows) * n < _GATHER_BELOW or x.stride(1) != 1):
-        x = x.index_select(0, torch.tensor(list(rows), dtype=torch.long, device=x.device))
-        rows = None
+        x, rows = _gather_rows(x, rows), None
     n_sel = x.shape[0] if rows is None else len(rows)
     plan = _sample_plan(n, k)
     if plan is not None and n_sel > 0 and k < n:
@@ -129,9 +128,13 @@ def topk_rows(
         if got is not None:
             return got
     if rows is not None:
-        x = x.index_select(0, torch.tensor(list(rows), dtype=torch.long, device=x.device))
+        x = _gather_rows(x, rows)
     idx = _select_direct(x.abs(), k)
     return idx, x.gather(1, idx)
+
+
+def _gather_rows(x: Tensor, rows: Sequence[int]) -> Tensor:
+    return x.index_select(0, torch.tensor(list(rows), dtype=torch.long, device=x.device))
 
 
 def _sample_plan(n: int, k: int) -> tuple[int, int] | None:

@@ -151,3 +151,27 @@ def test_column_blocks_are_checked():
         layout.as_columns((torch.zeros(2, 12),))
     with pytest.raises(ValueError, match="column blocks"):
         layout.as_columns((torch.zeros(2, 12), torch.zeros(3, 3)))
+
+
+def test_server_keeps_an_owned_dense_payload_instead_of_copying_it():
+    """sgd/lasg: when everyone sends a fresh buffer, the server's last messages become that buffer
+    (no (M, d) copy); anything else (another holder, another order) is copied as before."""
+    layout = Layout([("w", (4, 5))])
+    alg = make_algorithm("sgd", layout)
+    workers, server = alg.init_worker_state(3), alg.init_server_state(3)
+    everyone = torch.ones(3, dtype=torch.bool)
+    q = alg.upload(workers, everyone, torch.randn(3, 20, generator=torch.Generator().manual_seed(1)), torch.zeros(20), 0.5)
+    assert q.owned
+    step = torch.zeros(20)
+    alg.aggregate(server, everyone.nonzero().squeeze(1), q, step)
+    assert server.last.values is q.values and not q.owned  # taken once, then shared
+    assert torch.equal(step, q.values.sum(dim=0))
+    # a payload somebody else holds (a transport's receive buffer) is copied
+    received = DensePayload(torch.full((3, 20), 2.0))
+    server.last.assign(torch.arange(3), received)
+    assert server.last.values is not received.values and server.last.values.eq(2).all()
+    # all rows in another order: a scatter, never a hand-over
+    other = DensePayload(torch.arange(3.0).repeat_interleave(20).view(3, 20), owned=True)
+    server.last.assign(torch.tensor([2, 0, 1]), other)
+    assert server.last.values is not other.values
+    assert server.last.values[:, 0].tolist() == [1.0, 2.0, 0.0]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .compressors import Identity, TopK
 from .layout import Layout
-from .payload import Payload
+from .payload import DensePayload, Payload
 from .state import ServerState, WorkerState
 from .scratch import scratch
 from .triggers import AlwaysTrigger, LazyTrigger, squared_change
@@ -151,6 +151,8 @@ class Algorithm:
             for seg, g in zip(segments, cols):
                 torch.mul(g if all_rows else g[rows], scale, out=v[:, seg.offset : seg.end])
             q = self.compressor.compress(v)
+            if isinstance(q, DensePayload) and q.values is v:
+                q.owned = True  # v is this round's own buffer: the server may keep it uncopied
         else:  # error feedback with a compressor that has no in-place error: the plain form
             if isinstance(grads, Tensor):
                 g = grads if all_rows else grads[rows]

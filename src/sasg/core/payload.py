@@ -6,7 +6,7 @@ The server state keeps the last payload of every worker, so a skipper's last mes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -14,9 +14,14 @@ from torch import Tensor
 
 @dataclass
 class DensePayload:
-    """``N`` dense messages, ``values`` of shape ``(N, d)``."""
+    """``N`` dense messages, ``values`` of shape ``(N, d)``.
+
+    ``owned``: nothing else refers to ``values`` (a buffer made for this payload alone). When
+    every worker sends, the server's store of last messages may then take the buffer itself
+    instead of copying it (a full ``(M, d)`` copy per round saved for dense algorithms)."""
 
     values: Tensor
+    owned: bool = field(default=False, compare=False)
 
     @property
     def num_messages(self) -> int:
@@ -35,7 +40,13 @@ class DensePayload:
 
     def assign(self, rows: Tensor, other: "DensePayload") -> None:
         if _all_rows(rows, self.values.shape[0]):
-            self.values.copy_(other.values)  # everyone sent: a plain copy, no scatter
+            same = (other.values.shape, other.values.dtype, other.values.device) == (
+                self.values.shape, self.values.dtype, self.values.device)
+            if other.owned and same and other.values.is_contiguous():
+                # Everyone sent and nobody else holds the buffer: keep it, the old one is dead.
+                self.values, other.owned = other.values, False
+            else:
+                self.values.copy_(other.values)  # everyone sent: a plain copy, no scatter
         else:
             self.values[rows] = other.values
 

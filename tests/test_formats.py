@@ -93,11 +93,15 @@ def test_missing_file_is_named(tmp_path):
         load_from_dir("mnist", tmp_path)
 
 
-def test_truncated_gzip_is_a_clear_error(tmp_path):
-    write_idx_mnist(tmp_path / "mnist", n_train=40, n_test=2)
-    path = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+def cut_in_half(path):
+    """A download cut off halfway."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    write_idx_mnist(tmp_path / "mnist", n_train=40, n_test=2)
+    cut_in_half(tmp_path / "mnist" / "train-images-idx3-ubyte.gz")
     with pytest.raises(ValueError, match="truncated.*--download"):
         load_from_dir("mnist", tmp_path)
 
@@ -130,9 +134,7 @@ def test_image_and_label_counts_must_agree(tmp_path):
 
 def test_truncated_cifar_archive(tmp_path):
     write_cifar(tmp_path / "cifar10", n_train=20, n_test=5)
-    path = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    cut_in_half(tmp_path / "cifar10" / "cifar-10-python.tar.gz")
     with pytest.raises(ValueError, match="cifar-10-python.tar.gz"):
         load_from_dir("cifar10", tmp_path)
 

@@ -40,9 +40,9 @@ class DensePayload:
 
     def assign(self, rows: Tensor, other: "DensePayload") -> None:
         if _all_rows(rows, self.values.shape[0]):
-            same = (other.values.shape, other.values.dtype, other.values.device) == (
-                self.values.shape, self.values.dtype, self.values.device)
-            if other.owned and same and other.values.is_contiguous():
+            mine, theirs = self.values, other.values
+            same = (theirs.shape, theirs.dtype, theirs.device) == (mine.shape, mine.dtype, mine.device)
+            if other.owned and same:
                 # Everyone sent and nobody else holds the buffer: keep it, the old one is dead.
                 self.values, other.owned = other.values, False
             else:

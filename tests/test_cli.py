@@ -67,6 +67,12 @@ BAD = [
     (["--lr", "abc"], "argument --lr: 'abc' is not a number"),
     (["--workers", "2.5"], "argument --workers: '2.5' is not an integer"),
     (["--epochs", "nan"], "epochs must be > 0"),
+    (["--seeds", "1,,2"], "argument --seeds: '1,,2' has an empty entry"),
+    (["--seed", "1", "--seeds", "1,2"], "argument --seeds: not allowed with argument --seed"),
+    (["--seeds", "1,-1"], "seeds must be in 0..4294967295"),
+    (["--seed", "4294967296"], "seed must be at most 4294967295"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--iter", "3"], "unrecognized arguments: --iter 3"),  # no abbreviations
 ]
 
 
@@ -95,13 +101,29 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 def test_existing_run_is_kept_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    assert main(["compare", *TINY, "--algos", "sgd", "--out", str(out)]) == 0
     (out / "precious.txt").write_text("keep me")
     assert main(["compare", *TINY, "--algos", "sgd", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "precious.txt").read_text() == "keep me"
     assert main(["compare", *TINY, "--algos", "sgd", "--out", str(out), "--overwrite"]) == 0
     assert (out / "summary.json").exists() and not (out / "precious.txt").exists()
+
+
+def test_overwrite_replaces_only_run_folders(tmp_path, capsys, monkeypatch):
+    # A typo such as --out src --overwrite must not delete source code.
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "model.py").write_text("print('mine')")
+    assert main(["compare", *TINY, "--algos", "sgd", "--out", str(code), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "not a run folder" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in code.iterdir()] == ["model.py"]
+    # The current folder (and a mount point) cannot be renamed into place: refused up front.
+    monkeypatch.chdir(code)
+    assert main(["compare", *TINY, "--algos", "sgd", "--out", ".", "--overwrite"]) == 2
+    assert "current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_console_entry_point_and_module(tmp_path):

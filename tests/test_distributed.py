@@ -85,6 +85,28 @@ def test_wire_format_is_the_accounted_size_and_bit_exact(algo):
     assert back.values.dtype == q.values.dtype and back.values.shape == q.values.shape
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("algo", ["sgd", "sasg"])
+def test_wire_decodes_any_dtype_row_count_and_buffer_offset(dtype, algo):
+    # An odd number of kept entries puts the values at an offset that is no multiple of a wide
+    # dtype's size, and a message inside a receive buffer may start at any byte: decoding must
+    # not depend on either (0 and 1 rows used to fail for float64/16: a view, not a copy).
+    alg = make_algorithm(algo, Layout([("w", (7, 5)), ("b", (11,))]), density=0.2)  # K = 7 + 2
+    wire = WireFormat.for_compressor(alg.compressor, dtype=dtype)
+    if algo == "sasg":
+        assert wire.nnz % 2 == 1
+    gen = torch.Generator().manual_seed(1)
+    for rows in (0, 1, 2, 3):
+        v = torch.randn(rows, alg.layout.numel, generator=gen).to(dtype)
+        q = alg.compressor.compress(v)
+        for start in (0, 1, 3):  # the message's first byte inside a larger buffer
+            buf = torch.zeros(start + rows * wire.message_bytes, dtype=torch.uint8)
+            buf[start:] = wire.encode(q).reshape(-1)
+            back = wire.decode(buf[start:])
+            assert back.values.dtype == dtype and back.values.shape == q.values.shape
+            assert torch.equal(back.to_dense().view(torch.uint8), q.to_dense().view(torch.uint8))
+
+
 def test_replica_payload_bytes():
     assert replica_payload_bytes(8 * 100, 4) == 300  # each upload reaches the 3 other replicas
     assert replica_payload_bytes(0, 4) == 0

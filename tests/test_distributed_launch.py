@@ -150,3 +150,232 @@ def test_worker_argv_drops_only_launcher_flags():
 
     argv = ["launch", "--nproc-per-node", "4", "--algo", "sasg", "--nnodes=1", "--lr", "0.1", "--out", "r"]
     assert worker_argv(argv) == ["--algo", "sasg", "--lr", "0.1", "--out", "r"]
+
+
+# ----- bad input stops before any process starts: one line, exit 2, nothing written -------------
+def _launch_fails(tmp_path, capsys, *flags: str, nproc: str = "3") -> str:
+    """``sasg launch`` (in this process) with ``flags``; asserts exit 2, one stderr line, nothing
+    left in ``tmp_path`` but what was there; returns that line."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["launch", "--nproc-per-node", nproc, *TINY, "--algo", "sasg", "--iterations", "3", *flags])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    return err
+
+
+def test_launch_out_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    err = _launch_fails(tmp_path, capsys, "--out", str(tmp_path / "f" / "run"))
+    assert "cannot write the run folder" in err and "is a file, not a folder" in err and "--out" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_launch_out_under_proc(tmp_path, capsys):
+    err = _launch_fails(tmp_path, capsys, "--out", "/proc/sasg-run")
+    assert err.startswith("sasg: error: cannot write the run folder /proc/sasg-run") and "choose another --out" in err
+
+
+def test_launch_creates_nothing_while_checking_the_out_folder(tmp_path, capsys):
+    # a missing parent is created to test it, then removed again when a later check fails
+    err = _launch_fails(tmp_path, capsys, "--out", str(tmp_path / "a" / "b" / "run"), "--seeds", "1,1")
+    assert "lists a seed twice" in err
+    err = _launch_fails(tmp_path, capsys, "--out", str(tmp_path / "a" / "b" / "run"), "--density", "2")
+    assert "density" in err
+
+
+def test_launch_checkpoint_dir_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    err = _launch_fails(tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "f"), "--out", str(tmp_path / "o"))
+    assert "--checkpoint-dir" in err and "is a file, not a folder" in err and "choose another --checkpoint-dir" in err
+
+
+def test_launch_checkpoint_dir_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    err = _launch_fails(tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "f" / "ck"), "--checkpoint-every", "1",
+                        "--out", str(tmp_path / "o"))
+    assert "cannot write checkpoints to" in err and "choose another --checkpoint-dir" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_launch_checkpoint_dir_under_proc(tmp_path, capsys):
+    err = _launch_fails(tmp_path, capsys, "--checkpoint-dir", "/proc/sasg-ck", "--checkpoint-every", "1",
+                        "--out", str(tmp_path / "o"))
+    assert "cannot write checkpoints to /proc/sasg-ck" in err and "choose another --checkpoint-dir" in err
+
+
+def test_launch_resume_without_checkpoints(tmp_path, capsys):
+    err = _launch_fails(tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "nothing"), "--resume",
+                        "--out", str(tmp_path / "o"))
+    assert "no checkpoint found in" in err and "drop --resume to start afresh" in err
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "seed7-rank0-iter10.pt").write_bytes(b"")  # another seed's: not this run's
+    err = _launch_fails(tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "ck"), "--resume",
+                        "--out", str(tmp_path / "o"))
+    assert "no checkpoint found in" in err and "seed 0" in err
+
+
+def test_launch_resume_with_a_rank_missing(tmp_path, capsys):
+    (tmp_path / "ck").mkdir()
+    for rank, it in [(0, 10), (1, 10), (0, 20)]:
+        (tmp_path / "ck" / f"seed0-rank{rank}-iter{it}.pt").write_bytes(b"")
+    err = _launch_fails(tmp_path, capsys, "--checkpoint-dir", str(tmp_path / "ck"), "--resume",
+                        "--out", str(tmp_path / "o"))
+    assert "cannot resume: rank(s) 2 have no checkpoint at all" in err
+
+
+def test_launch_nccl_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _launch_fails(tmp_path, capsys, "--dist-backend", "nccl", "--out", str(tmp_path / "o"))
+    assert "--dist-backend nccl needs a CUDA GPU" in err and "--dist-backend gloo" in err
+
+
+def test_launch_nccl_needs_the_device_on_the_gpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    err = _launch_fails(tmp_path, capsys, "--dist-backend", "nccl", "--out", str(tmp_path / "o"))
+    assert "add --device cuda" in err
+
+
+def test_launch_one_gpu_per_process(monkeypatch):
+    from sasg.config import ConfigError
+    from sasg.distributed.launch import check_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    check_backend("auto", "cuda", 2)
+    with pytest.raises(ConfigError, match="use --nproc-per-node 2 or fewer"):
+        check_backend("auto", "cuda", 3)
+
+
+def test_launch_duplicate_seeds(tmp_path, capsys):
+    err = _launch_fails(tmp_path, capsys, "--seeds", "1,1", "--out", str(tmp_path / "o"))
+    assert "--seeds lists a seed twice" in err
+
+
+def test_launch_too_many_processes_names_the_launch_flag(tmp_path, capsys):
+    err = _launch_fails(tmp_path, capsys, "--out", str(tmp_path / "o"), nproc="5000")
+    assert "--nproc-per-node" in err and "--workers" not in err
+    err = _launch_fails(tmp_path, capsys, "--batch-size", "400", "--out", str(tmp_path / "o"))
+    assert "fewer processes (--nproc-per-node)" in err and "--workers" not in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--master-port", "99999"], "--master-port: must be a TCP port, 1..65535"),
+    (["--master-port", "0"], "--master-port: must be >= 1"),
+    (["--nproc", "2"], "unrecognized arguments: --nproc 2"),
+    (["--nproc-per", "2"], "unrecognized arguments: --nproc-per 2"),
+    (["--iter", "2"], "unrecognized arguments: --iter 2"),
+], ids=["port-high", "port-zero", "nproc", "nproc-per", "iter"])
+def test_launch_parser_one_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        main(["launch", "--nproc-per-node", "2", *TINY, "--algo", "sasg", *flags, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_launch_help_hides_workers(capsys):
+    with pytest.raises(SystemExit):
+        main(["launch", "--help"])
+    out = capsys.readouterr().out
+    assert "--nproc-per-node" in out and "--workers WORKERS" not in out and "--workers [" not in out
+
+
+def test_worker_argv_drops_exact_launcher_flags_only():
+    from sasg.distributed.launch import worker_argv
+
+    argv = ["launch", "--nproc-per-node=4", "--algo", "sasg", "--master-port", "29501", "--node-rank", "0",
+            "--master-addr=h", "--out", "launch", "--nnodes", "1", "--nproc-per", "2"]
+    assert worker_argv(argv) == ["--algo", "sasg", "--out", "launch", "--nproc-per", "2"]
+
+
+def test_worker_parser_takes_what_launch_forwards_and_no_abbreviations(capsys):
+    from sasg.distributed.launch import worker_argv
+    from sasg.distributed.worker import build_parser
+
+    argv = ["launch", "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1", "--master-addr", "h",
+            "--master-port", "29501", *TINY, "--algo", "sasg", "--checkpoint-dir", "ck", "--timeout", "5"]
+    args = build_parser().parse_args(worker_argv(argv) + ["--out", "o", "--workers", "4"])
+    assert args.workers == 4 and args.timeout == 5 and args.dataset == "synthetic"
+    for abbreviated in (["--iter", "3"], ["--checkpoint", "ck"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--algo", "sasg", *abbreviated])
+        assert "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "--workers WORKERS" not in capsys.readouterr().out
+
+
+# ----- the worker module under torchrun directly ------------------------------------------------
+class _FakeTransport:
+    def __init__(self, rank: int, values: list[int]):
+        self.rank, self.world_size, self.values = rank, len(values), values
+
+    def all_gather_int(self, value: int) -> list[int]:
+        return list(self.values)
+
+
+def test_worker_default_run_folder_is_named_like_the_cli(monkeypatch):
+    import re as re_
+
+    from sasg.distributed import worker
+
+    seen = {}
+
+    def stop(args, out, rank):
+        seen["out"] = out
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(worker, "local_problem", stop)
+    with pytest.raises(KeyboardInterrupt):
+        worker.train(worker.build_parser().parse_args([*TINY, "--algo", "sasg"]))
+    assert seen["out"].parent == Path("runs") and re_.fullmatch(r"launch-\d{8}-\d{6}(-\d+)?", seen["out"].name)
+
+
+def test_worker_checks_before_training(tmp_path):
+    from sasg.distributed.worker import build_parser, local_problem
+
+    (tmp_path / "f").write_text("")
+    args = build_parser().parse_args([*TINY, "--algo", "sasg", "--checkpoint-dir", str(tmp_path / "f")])
+    assert "cannot write the run folder" in str(local_problem(args, tmp_path / "f" / "run", rank=0))
+    assert local_problem(args, tmp_path / "f" / "run", rank=1) is not None  # its checkpoint folder
+    args.checkpoint_dir = tmp_path / "ck"
+    assert local_problem(args, tmp_path / "f" / "run", rank=1) is None  # rank 1 writes no run folder
+
+
+def test_worker_ranks_agree_who_reports(tmp_path):
+    from sasg.config import ConfigError
+    from sasg.distributed.worker import PeerStopped, Reported, agree
+
+    problem = ConfigError("cannot write the run folder x")
+    agree(_FakeTransport(0, [0, 0]), None)
+    with pytest.raises(Reported, match="cannot write the run folder x"):
+        agree(_FakeTransport(1, [0, 1, 1]), problem)
+    with pytest.raises(PeerStopped):
+        agree(_FakeTransport(2, [0, 1, 1]), problem)
+    with pytest.raises(PeerStopped):
+        agree(_FakeTransport(0, [0, 1, 1]), None)
+
+
+def test_worker_resume_without_checkpoints_is_an_error(tmp_path):
+    from sasg.config import ConfigError
+    from sasg.distributed.checkpoint import resume_point
+
+    with pytest.raises(ConfigError, match="no checkpoint found in .*drop --resume to start afresh"):
+        resume_point(tmp_path / "ck", 0, 0, _FakeTransport(0, [0, 0]))
+    with pytest.raises(ConfigError, match=r"rank\(s\) 1 have no checkpoint at all"):
+        resume_point(tmp_path / "ck", 0, 0, _FakeTransport(0, [10, 0]))
+
+
+def test_checkpoint_write_failure_is_one_line(tmp_path):
+    from sasg.distributed.checkpoint import CheckpointWriteError, save_checkpoint
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(CheckpointWriteError, match="cannot write the checkpoint .*--checkpoint-dir"):
+        save_checkpoint(tmp_path / "f" / "ck", 0, 0, 5, {"x": 1})

@@ -93,6 +93,122 @@ def test_step_needs_a_closure_and_one_param_group():
         SASG([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
 
 
+def _tiny(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 6, generator=g, dtype=dtype), torch.randint(0, 3, (16,), generator=g)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return model, closure
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(lr=-0.1), "lr must be a finite number >= 0"),
+        (dict(lr=float("nan")), "lr must be"),
+        (dict(lr=float("inf")), "lr must be"),
+        (dict(lr=True), "lr must be"),
+        (dict(lr=0.1, density="0.1"), "density must be a number"),
+        (dict(lr=0.1, density=1.5), "density must be in"),
+        (dict(lr=0.1, density=1.5, algorithm="sgd"), "density must be in"),  # checked even if unused
+        (dict(lr=0.1, window=float("nan")), "window D must be an integer"),
+        (dict(lr=0.1, window=0, algorithm="sparse"), "window D must be an integer"),
+        (dict(lr=0.1, c=0.0), "threshold scale c"),
+        (dict(lr=0.1, convention="nope"), "unknown bit convention 'nope'"),
+        (dict(lr=0.1, algorithm="adam"), "unknown algorithm 'adam'"),
+    ],
+)
+def test_bad_arguments_are_clear_value_errors(kw, match):
+    model, _ = _tiny()
+    with pytest.raises(ValueError, match=match):
+        SASG(model.parameters(), **kw)
+
+
+def test_closure_without_backward_and_sparse_gradients_stop_before_anything_is_sent():
+    model, closure = _tiny()
+    opt = SASG(model.parameters(), lr=0.1)
+    before = flat(model).clone()
+    loss = closure()  # backward outside the closure: step clears .grad first, so it is lost
+    with pytest.raises(RuntimeError, match="left no gradients"):
+        opt.step(lambda: loss)
+    assert torch.equal(flat(model), before) and opt.iteration == 0 and opt.ledger.iterations == 0
+    with torch.random.fork_rng():
+        emb = nn.Embedding(10, 4, sparse=True)
+    opt = SASG(emb.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step(lambda: emb(torch.tensor([1, 2])).sum().backward())
+    with pytest.raises(ValueError, match="cannot add a parameter group"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))]})
+
+
+def test_frozen_and_empty_tensors_are_neither_sent_nor_touched():
+    model, closure = _tiny()
+    with torch.random.fork_rng():
+        frozen = nn.Linear(50, 50)
+    frozen.requires_grad_(False)
+    empty = nn.Parameter(torch.zeros(0))
+    params = [*frozen.parameters(), *model.parameters(), empty]
+    for algo in ("sgd", "sasg"):
+        with_frozen = SASG(params, lr=0.1, algorithm=algo, density=0.25)
+        alone = SASG(model.parameters(), lr=0.1, algorithm=algo, density=0.25)
+        assert with_frozen.layout.numel == alone.layout.numel == sum(p.numel() for p in model.parameters())
+        assert with_frozen.engine.bits_per_upload == alone.engine.bits_per_upload
+    w = frozen.weight.clone()
+    with_frozen.step(closure)
+    assert torch.equal(frozen.weight, w) and frozen.weight.grad is None
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        SASG(frozen.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("algo", ["lasg", "sasg"])
+def test_lr_scheduled_down_to_zero(algo):
+    # Schedulers end at exactly 0 (CosineAnnealingLR at T_max, LinearLR to 0): the lazy threshold
+    # sum / (c M lr) takes its limit, infinity, so a checked worker skips instead of dividing by 0.
+    model, closure = _tiny()
+    opt = SASG(model.parameters(), lr=0.1, window=2, algorithm=algo)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=6)
+    for _ in range(10):
+        opt.step(closure)
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    assert torch.isfinite(flat(model)).all()
+    # After lr reached 0, only forced uploads (staleness > D) happen: at most one in D + 1 rounds.
+    assert sum(opt.ledger.uploads[-3:]) <= 1
+    if algo == "lasg":  # no error memory: with lr 0 nothing moves at all
+        before = flat(model).clone()
+        opt.step(closure)
+        assert torch.equal(flat(model), before)
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        opt.step(closure)
+
+
+def test_state_loads_into_another_dtype_and_refuses_other_settings():
+    model, closure = _tiny()
+    opt = SASG(model.parameters(), lr=0.1, window=2, density=0.3)
+    for _ in range(4):
+        opt.step(closure)
+    saved = copy.deepcopy(opt.state_dict())
+    model64, closure64 = _tiny(dtype=torch.float64)
+    opt64 = SASG(model64.parameters(), lr=0.1, window=2, density=0.3)
+    opt64.load_state_dict(saved)  # float32 state into a float64 optimizer: cast, as torch.optim does
+    assert opt64.engine.server.last.values.dtype == torch.float64
+    opt64.step(closure64)  # used to fail in index_add_ (Double vs Float)
+    assert opt64.iteration == 5
+    for name in ("c", "window"):
+        other = SASG(model.parameters(), lr=0.1, window=3 if name == "window" else 2, density=0.3,
+                     c=1.0 if name == "c" else 2.0)
+        with pytest.raises(ValueError, match=f"saved with other settings: {name}"):
+            other.load_state_dict(saved)
+
+
 def test_anchor_evaluation_replays_dropout_and_keeps_batchnorm_stats():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)

@@ -106,3 +106,18 @@ def test_non_iid_partition_runs_and_is_reported(tmp_path):
     assert sum(w["size"] for w in workers) == 4000
     assert min(w["num_labels"] for w in workers) < 10
     assert "Dirichlet(β = 0.1)" in (out / "report.md").read_text()
+
+
+def test_presets_and_lists_from_python_are_applied_or_refused():
+    cfg = RunConfig.from_preset("paper-cifar10", epochs=1, data_dir="/nowhere").validate()
+    assert (cfg.model, cfg.lr, cfg.threshold_scale, cfg.epochs, cfg.preset) == ("resnet18", 0.1, 1.0, 1, "paper-cifar10")
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        RunConfig.from_preset("nope")
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        RunConfig(preset="nope").validate()
+    # A comma-separated string and a single decay epoch, as a user types them.
+    cfg = RunConfig(algorithms="SGD, sasg", lr_decay_epochs=20).validate()
+    assert cfg.algorithms == ("sgd", "sasg") and cfg.lr_decay_epochs == (20.0,)
+    with pytest.raises(ValueError, match="list an epoch twice"):
+        RunConfig(lr_decay_epochs=(20, 20)).validate()
+    assert RunConfig(device="CPU").validate().device == "cpu"

@@ -24,6 +24,16 @@ def compare(config: RunConfig, data=None, progress: bool = False) -> dict[str, R
     return run_algorithms(config, data=data, progress=progress)
 
 
+def __getattr__(name: str):
+    # ``sasg.optim`` and ``sasg.distributed`` load on first use (they import torch.distributed),
+    # so ``import sasg; sasg.optim.SASG(...)`` works without importing them up front.
+    if name in ("optim", "distributed"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sasg' has no attribute {name!r}")
+
+
 __all__ = [
     "ALGORITHMS",
     "ConfigError",

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from .core.algorithms import ALGORITHMS
 
 
+# Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
+MAX_SEED = 2**32 - 1
+
+
 class ConfigError(ValueError):
     """A bad setting; the message says which one and how to fix it."""
 
@@ -46,7 +50,21 @@ class RunConfig:
     augment: str = "none"  # none | crop-flip | crop-flip-rotate
     target_metric: str = "top1"  # top1 | top5: which test accuracy the target is on
     iterations: int | None = None  # overrides epochs when set
+    # The paper preset these values came from, as a record (config.json, report). Setting it
+    # alone changes no value: RunConfig.from_preset(name, **overrides) applies one.
     preset: str | None = None
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "RunConfig":
+        """The paper experiment ``name`` (see :mod:`sasg.presets`) with ``overrides`` on top, as
+        ``sasg compare --preset NAME --flag ...`` builds it. Call :meth:`validate` on the result."""
+        from .presets import preset
+
+        try:
+            values = preset(name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return cls(**{**values, **overrides, "preset": name})
 
     @property
     def paper_alpha(self) -> float:
@@ -58,7 +76,10 @@ class RunConfig:
         from .data import AUGMENTATIONS, DATASETS, PARTITIONS
         from .models import MODELS
 
-        algos = tuple(a.strip().lower() for a in self.algorithms if a.strip())
+        from .presets import PRESETS
+
+        names = self.algorithms.split(",") if isinstance(self.algorithms, str) else self.algorithms
+        algos = tuple(a.strip().lower() for a in names if a.strip())
         if not algos:
             raise ConfigError("no algorithm given; choose from " + ", ".join(ALGORITHMS))
         for a in algos:
@@ -67,7 +88,13 @@ class RunConfig:
         if len(set(algos)) != len(algos):
             raise ConfigError(f"algorithm listed twice in {','.join(algos)}; list each once")
         self.algorithms = algos
-        self.lr_decay_epochs = tuple(float(e) for e in self.lr_decay_epochs)
+        decay = self.lr_decay_epochs
+        decay = (decay,) if isinstance(decay, (int, float)) and not isinstance(decay, bool) else decay
+        if not all(_finite(e) for e in decay):
+            raise ConfigError(f"lr decay epochs must be numbers, got {self.lr_decay_epochs!r}; e.g. --lr-decay-epochs 20,30")
+        self.lr_decay_epochs = tuple(float(e) for e in decay)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if self.model not in MODELS:
@@ -77,6 +104,8 @@ class RunConfig:
         _int_at_least("window D", self.window, 1, "--window")
         _int_at_least("eval interval", self.eval_every, 1, "--eval-every")
         _int_at_least("seed", self.seed, 0, "--seed")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be at most {MAX_SEED} (2**32 - 1), got {self.seed}; e.g. --seed 1")
         if not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}; e.g. --lr 0.05")
         if not _finite(self.density) or not 0 < self.density <= 1:
@@ -99,6 +128,10 @@ class RunConfig:
         for e in self.lr_decay_epochs:
             if not _finite(e) or e <= 0:
                 raise ConfigError(f"lr decay epochs must be > 0, got {e}; e.g. --lr-decay-epochs 20")
+        if len(set(self.lr_decay_epochs)) != len(self.lr_decay_epochs):
+            raise ConfigError(
+                f"lr decay epochs list an epoch twice ({self.lr_decay_epochs}); list each once, e.g. --lr-decay-epochs 20,30"
+            )
         if not _finite(self.lr_decay_factor) or not 0 < self.lr_decay_factor <= 1:
             raise ConfigError(f"lr decay factor must be in (0, 1], got {self.lr_decay_factor}; e.g. --lr-decay-factor 0.1")
         if self.augment not in AUGMENTATIONS:
@@ -114,13 +147,23 @@ class RunConfig:
             )
         if self.convention not in CONVENTIONS:
             raise ConfigError(f"unknown bit convention {self.convention!r}; choose from {', '.join(CONVENTIONS)}")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu or cuda")
-        if self.device.startswith("cuda"):
-            import torch
+        self.device = str(self.device).strip().lower()
+        import torch
 
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
+        if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise ConfigError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+                raise ConfigError(f"--device {self.device} asked for, but no CUDA device is available; use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"--device {self.device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                    f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+                )
         return self
 
     def to_dict(self) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
@@ -12,7 +11,13 @@ from ..core.algorithms import ALGORITHMS
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one line that names the problem and the fix."""
+    """argparse, but a bad flag gives one line that names the problem and the fix, and flags are
+    never abbreviated (``--nproc`` must not silently become ``--nproc-per-node``, nor a prefix
+    slip through to the workers of ``sasg launch``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -31,18 +36,26 @@ def _number(kind):
     return parse
 
 
+def _items(text: str, example: str) -> list[str]:
+    """The entries of a comma-separated list; an empty entry (``1,,2``, ``,``) is a typo."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry; give a comma-separated list such as {example}")
+    return items
+
+
 def _algo_list(text: str) -> tuple[str, ...]:
-    return tuple(a.strip().lower() for a in text.split(",") if a.strip())
+    return tuple(a.lower() for a in _items(text, "sgd,sasg"))
 
 
 def _float_list(text: str) -> tuple[float, ...]:
     parse = _number(float)
-    return tuple(parse(t) for t in text.split(",") if t.strip())
+    return tuple(parse(t) for t in _items(text, "20,30"))
 
 
 def _int_list(text: str) -> tuple[int, ...]:
     parse = _number(int)
-    return tuple(parse(t) for t in text.split(",") if t.strip())
+    return tuple(parse(t) for t in _items(text, "1,19,31"))
 
 
 # Flags default to None so that a --preset can fill them; explicit flags win over the preset,
@@ -63,27 +76,34 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         "--lr", type=_number(float),
         help=f"step size on the MEAN of the workers' gradients ({d.lr}; the paper's alpha = lr / M)",
     )
-    g.add_argument("--lr-decay-epochs", type=_float_list, help="multiply the lr by --lr-decay-factor at these epochs, e.g. 20")
+    g.add_argument(
+        "--lr-decay-epochs", type=_float_list,
+        help="comma-separated epochs at which the lr is multiplied by --lr-decay-factor, e.g. 20 or 20,30",
+    )
     g.add_argument("--lr-decay-factor", type=_number(float), help=f"step decay factor ({d.lr_decay_factor})")
     g.add_argument("--density", type=_number(float), help=f"h, fraction kept per layer by top-k ({d.density})")
     g.add_argument("--window", type=_number(int), help=f"D, trigger window and max skips in a row ({d.window})")
-    g.add_argument("--threshold-scale", type=_number(float), help=f"c, trigger threshold scale ({d.threshold_scale:g})")
+    g.add_argument(
+        "--threshold-scale", type=_number(float),
+        help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads)",
+    )
     g.add_argument("--epochs", type=_number(float), help=f"passes over each worker's shard ({d.epochs:g})")
     g.add_argument("--iterations", type=_number(int), help="run exactly this many iterations (overrides --epochs)")
     g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
-    g.add_argument("--seed", type=_number(int), help=f"seed for init, split, batches and augmentation ({d.seed})")
-    g.add_argument("--seeds", type=_int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
+    seeds = g.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=_number(int), help=f"seed for init, split, batches and augmentation ({d.seed})")
+    seeds.add_argument("--seeds", type=_int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
     g.add_argument("--partition", choices=("iid", "dirichlet", "shards"), help="split over workers (iid)")
     g.add_argument("--beta", type=_number(float), help=f"Dirichlet concentration for --partition dirichlet ({d.beta})")
     g.add_argument("--shards-per-worker", type=_number(int), help=f"label shards per worker for --partition shards ({d.shards_per_worker})")
     g.add_argument("--augment", choices=("none", "crop-flip", "crop-flip-rotate"), help="batch augmentation (none)")
     g.add_argument(
         "--target-acc", type=_number(float),
-        help="target test accuracy in percent (default: SGD's final accuracy - 0.5)",
+        help="target test accuracy in percent (default: SGD's final accuracy - 0.5; none when sgd is not run)",
     )
     g.add_argument("--target-metric", choices=("top1", "top5"), help="which accuracy the target is on (top1)")
     g.add_argument("--backend", choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
-    g.add_argument("--device", help="cpu (default) or cuda")
+    g.add_argument("--device", help="cpu (default), cuda or cuda:N")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<command>-<time>)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
@@ -152,30 +172,43 @@ def resolved(config: RunConfig, seeds: list[int]) -> dict:
     }
 
 
+def check_seeds(seeds) -> None:
+    """``--seeds``: each once, each a valid seed."""
+    from ..config import MAX_SEED
+
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, seeds))}); list each once")
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise ConfigError(f"seeds must be in 0..{MAX_SEED}; e.g. --seeds 1,19,31,42,80")
+
+
 def execute(args: argparse.Namespace) -> int:
     import json
 
     from ..experiment import check_fits, load_data, partition_report, run_seeds
-    from ..report import check_destination, ratio_lines, staged_run_dir, text_table, write_run_folder
+    from ..report import ratio_lines, text_table, write_run_folder
+    from ..report.rundir import check_destination, default_run_dir, staged_run_dir
 
+    if args.seeds:
+        check_seeds(args.seeds)
     config = config_from_args(args).validate()
     seeds = list(args.seeds) if args.seeds else [config.seed]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, seeds))}); list each once")
-    if any(s < 0 for s in seeds):
-        raise ConfigError("seeds must be >= 0; e.g. --seeds 1,19,31,42,80")
     settings = resolved(config, seeds)
     if args.dry_run:
         print(json.dumps(settings, indent=2))
         return 0
-    out = args.out or Path("runs") / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or default_run_dir(args.command)
     check_destination(out, args.overwrite)
     data = load_data(config)
     check_fits(config, data)
     settings["partition_detail"] = partition_report(config, data)
-    with staged_run_dir(out, args.overwrite) as stage:
+    folder = staged_run_dir(out, args.overwrite)
+    with folder as stage:
         runs = run_seeds(config, seeds, data=data, progress=not args.quiet)
         summary = write_run_folder(stage, runs, config, extra=settings)
+    if folder.path != out:
+        print(f"sasg: note: {out} was filled by another run meanwhile; this run is in {folder.path}", file=sys.stderr)
+    out = folder.path
     if not args.quiet:
         print(text_table(summary["records"]))
         for line in ratio_lines(summary["vs_sgd"]):
@@ -192,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             from ..distributed.launch import launch_main
 
             return launch_main(args, sys.argv[1:] if argv is None else list(argv))
+        from ..report.rundir import exit_on_sigterm
+
+        # A scheduler's kill cleans up like Ctrl-C: no half-written folder left. (Not for launch:
+        # torchrun's agent in this process handles SIGTERM for its workers itself.)
+        exit_on_sigterm()
         return execute(args)
     except ConfigError as e:
         print(f"sasg: error: {e}", file=sys.stderr)
@@ -200,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         # Loader and partition errors name the file or setting and the fix; no traceback.
         print(f"sasg: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # e.g. a download without internet: the message lists what was tried and the fix.
+        print(f"sasg: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sasg: interrupted; no run folder written", file=sys.stderr)
         return 130

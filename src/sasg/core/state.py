@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .payload import Payload, payload_from_state
+from .payload import Payload, SparsePayload, payload_from_state
 
 
 def _clone(t: Tensor | None) -> Tensor | None:
@@ -77,6 +77,10 @@ class ServerState:
             raise ValueError("server state 'last': message shape or kind mismatch (another algorithm or model?)")
         if state["step_sq"].shape != self.step_sq.shape:
             raise ValueError("server state 'step_sq': window length mismatch (another window D?)")
-        self.last = last
+        # Into the buffers this state already has: a checkpoint saved in another dtype or on
+        # another device (CPU -> GPU) takes this run's, as torch.optim's load_state_dict does.
+        self.last.values.copy_(last.values)
+        if isinstance(last, SparsePayload):
+            self.last.indices.copy_(last.indices)
         self.step_sq = state["step_sq"].clone().to(self.step_sq)
         self.iteration = int(state["iteration"])

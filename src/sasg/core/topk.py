@@ -67,6 +67,11 @@ def _mask_of_magnitudes(mag: Tensor, k: int) -> Tensor:
     n = mag.shape[-1]
     if k == n:
         return torch.ones_like(mag, dtype=torch.bool)
+    if bool(torch.isnan(mag).any()):
+        # NaN ranks above every number (as in torch.sort); the first k of a stable descending sort
+        # are the top k with ties to the lower index.
+        order = torch.sort(mag, dim=-1, descending=True, stable=True).indices[..., :k]
+        return torch.zeros_like(mag, dtype=torch.bool).scatter_(-1, order, True)
     # The k-th largest magnitude of each row is the threshold t. Everything above t is in; of the
     # entries equal to t, the lowest-index ones fill the remaining places. torch.topk alone picks
     # among ties in an unspecified order, hence this fix-up.

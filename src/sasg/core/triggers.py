@@ -40,8 +40,14 @@ class AlwaysTrigger:
 
 
 def lazy_threshold(recent_step_sq: Tensor, c: float, num_workers: int, lr: float) -> float:
-    """thr_k = sum(recent squared steps) / (c * M * lr); ``recent_step_sq`` holds the last D-1."""
-    return float(recent_step_sq.sum().item()) / (c * num_workers * lr)
+    """thr_k = sum(recent squared steps) / (c * M * lr); ``recent_step_sq`` holds the last D-1.
+
+    ``lr = 0`` (a schedule that ends at 0) takes the limit lr -> 0+: an infinite threshold (nobody
+    needs to send, nothing would move) unless the recent steps were all 0, where it stays 0."""
+    total = float(recent_step_sq.sum().item())
+    if lr == 0:
+        return math.inf if total > 0 else 0.0
+    return total / (c * num_workers * lr)
 
 
 def forced_uploads(iteration: int, staleness: Tensor, window: int) -> Tensor:
@@ -86,7 +92,13 @@ class LazyTrigger:
     lazy = True
 
     def __init__(self, window: int, c: float):
-        if isinstance(window, bool) or int(window) != window or window < 1:
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, (int, float))
+            or not math.isfinite(window)
+            or int(window) != window
+            or window < 1
+        ):
             raise ValueError(f"window D must be an integer >= 1, got {window!r}")
         if not (c > 0) or math.isinf(c):
             raise ValueError(f"threshold scale c must be a finite number > 0, got {c!r}")

@@ -38,13 +38,15 @@ def _labels_array(labels: Tensor | np.ndarray) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
-def _check_workers(num_workers: int, num_samples: int, per_worker: int = 1) -> None:
+def _check_workers(num_workers: int, num_samples: int, per_worker: int = 1, what: str = "") -> None:
+    """``what``: what each worker needs ``per_worker`` of, and the flag that sets it."""
     if num_workers < 1:
         raise ValueError(f"workers must be >= 1, got {num_workers}")
     if num_workers * per_worker > num_samples:
+        fix = f"use fewer --workers or a smaller {what}" if what else "use fewer --workers"
         raise ValueError(
             f"{num_workers} workers x {per_worker} need at least {num_workers * per_worker} training samples, "
-            f"only {num_samples} available; use fewer --workers"
+            f"only {num_samples} available; {fix}"
         )
 
 
@@ -89,7 +91,7 @@ def dirichlet_shards(
             return [torch.from_numpy(s.astype(np.int64)) for s in shards]
     raise ValueError(
         f"no Dirichlet(beta={beta}) split in {max_tries} tries gave all {num_workers} workers at least "
-        f"{min_size} samples of {y.size}; raise --beta, use fewer --workers, or lower min_size"
+        f"{min_size} samples of {y.size}; raise --beta or use fewer --workers"
     )
 
 
@@ -106,7 +108,7 @@ def label_shards(
     if shards_per_worker < 1:
         raise ValueError(f"shards per worker must be >= 1, got {shards_per_worker}")
     y = _labels_array(labels)
-    _check_workers(num_workers, y.size, shards_per_worker)
+    _check_workers(num_workers, y.size, shards_per_worker, "--shards-per-worker")
     order = torch.from_numpy(np.argsort(y, kind="stable"))
     pieces = torch.tensor_split(order, num_workers * shards_per_worker)
     owners = torch.randperm(len(pieces), generator=generator, device=generator.device).cpu()

@@ -1,6 +1,7 @@
 """``sasg launch``: the same run as ``sasg run --workers N``, as N real processes under torchrun.
 
-The launcher validates the flags and the data first (one-line errors, nothing started), then
+The launcher validates the flags, the backend, the run and checkpoint folders and the data first
+(one-line errors, nothing started, nothing written), then
 starts ``python -m sasg.distributed.worker <the same flags>`` through torchrun's own launcher
 (``torch.distributed.run``): ``--standalone`` on one node, static rendezvous
 (``--master-addr/--master-port/--node-rank``) across nodes. Rank 0 writes the run folder,
@@ -11,16 +12,19 @@ launcher reports it in one line and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import sys
-import time
+import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 from ..config import ConfigError
 
-# Flags only the launcher reads; everything else on the command line goes to the workers.
+# Flags only the launcher reads (each takes one value); everything else goes to the workers.
 LAUNCHER_ONLY = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
@@ -40,6 +44,13 @@ def _int_at_least(low: int):
 
 _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
+
+
+def _port(text: str) -> int:
+    v = _positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1..65535, got {v}")
+    return v
 
 
 def _seconds(text: str) -> float:
@@ -74,32 +85,172 @@ def add_launcher_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nnodes", type=_positive_int, default=1, help="number of nodes (1)")
     g.add_argument("--node-rank", type=_nonneg_int, default=0, help="this node's rank, 0..nnodes-1 (0)")
     g.add_argument("--master-addr", default=None, help="address of node 0 (multi-node; static rendezvous)")
-    g.add_argument("--master-port", type=_positive_int, default=29500, help="port on node 0 (29500; multi-node)")
+    g.add_argument("--master-port", type=_port, default=29500, help="port on node 0, 1..65535 (29500; multi-node)")
+
+
+def hide_workers_flag(p: argparse.ArgumentParser) -> None:
+    """``--workers`` is the number of processes here (set for you); keep it out of the help."""
+    for action in p._actions:
+        if "--workers" in action.option_strings:
+            action.help = argparse.SUPPRESS
 
 
 def add_launch_subparser(sub, add_training_flags, algorithms) -> argparse.ArgumentParser:
     launch = sub.add_parser(
         "launch", help="train with N real worker processes (torchrun)",
         description="Start the same run as `sasg run --workers N` as N real worker processes under "
-                    "torchrun (gloo on CPU, NCCL on GPU); rank 0 writes the same run folder.",
+                    "torchrun (gloo on CPU, NCCL on GPU); rank 0 writes the same run folder. "
+                    "The number of workers is --nproc-per-node x --nnodes.",
+        allow_abbrev=False,  # a prefix such as --nproc must not pass (nor reach torchrun or the workers)
     )
     launch.add_argument("--algo", required=True, type=str.lower, help=f"one of {', '.join(algorithms)}")
     add_training_flags(launch)
+    hide_workers_flag(launch)
     add_worker_flags(launch)
     add_launcher_flags(launch)
     return launch
 
 
 def worker_argv(argv: list[str]) -> list[str]:
-    """The command line after ``launch`` minus the launcher-only flags."""
+    """The command line after ``launch`` minus the launcher-only flags.
+
+    Only the exact flags of :data:`LAUNCHER_ONLY` are removed (``--flag VALUE`` or ``--flag=VALUE``);
+    every other token goes to the workers unchanged. The launch parser takes no abbreviations, so a
+    line it accepted spells these flags out in full, and a value never looks like one of them.
+    """
     tokens = list(argv)
     if "launch" in tokens:
         tokens = tokens[tokens.index("launch") + 1 :]
-    strip = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in LAUNCHER_ONLY:
-        strip.add_argument(flag)
-    _, rest = strip.parse_known_args(tokens)
+    rest, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            rest += tokens[i:]
+            break
+        if token in LAUNCHER_ONLY:
+            i += 2  # the flag and its value
+            continue
+        if token.split("=", 1)[0] in LAUNCHER_ONLY and "=" in token:
+            i += 1
+            continue
+        rest.append(token)
+        i += 1
     return rest
+
+
+# ----- checks made before anything starts -------------------------------------------------------
+def resolve_backend(backend: str, device: str) -> str:
+    return ("nccl" if str(device).startswith("cuda") else "gloo") if backend == "auto" else backend
+
+
+def check_backend(backend: str, device: str, local_processes: int) -> None:
+    """NCCL needs CUDA, a PyTorch built with NCCL, a CUDA device and one GPU per process."""
+    import torch
+    import torch.distributed as dist
+
+    backend = resolve_backend(backend, device)
+    on_gpu = str(device).startswith("cuda")
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise ConfigError("--dist-backend nccl needs a CUDA GPU, and this machine has none; use --dist-backend gloo")
+        if not dist.is_nccl_available():
+            raise ConfigError("--dist-backend nccl: this PyTorch is built without NCCL; use --dist-backend gloo")
+        if not on_gpu:
+            raise ConfigError("--dist-backend nccl works on GPU tensors only; add --device cuda, or use --dist-backend gloo")
+    if on_gpu and torch.cuda.is_available() and local_processes > torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ConfigError(
+            f"{local_processes} processes on this node but {n} CUDA device(s): one GPU per process; "
+            f"use --nproc-per-node {n} or fewer"
+        )
+
+
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """What the finished run needs: ``check_destination``, and a parent folder the run folder
+    can be staged in (found out here, not after training; what this creates is removed)."""
+    from ..report import check_destination
+
+    out = Path(out)
+    check_destination(out, overwrite)
+    try:
+        _probe_folder(out.parent.resolve())
+    except OSError as e:
+        raise ConfigError(f"cannot write the run folder {out}: {e.strerror or e}; choose another --out") from None
+
+
+def _probe_folder(folder: Path, tidy: bool = True) -> None:
+    """Create ``folder`` (and missing parents) and a file in it; remove the file and, with ``tidy``,
+    the folders created (ranks probing one shared folder at once pass ``tidy=False``)."""
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    base = folder.parents[len(created) - 1] if created else folder  # the nearest existing one
+    if not base.is_dir():
+        raise OSError(errno.ENOTDIR, f"{base} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".sasg-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    finally:
+        if tidy:
+            for p in created:  # innermost first; rmdir leaves anything someone else put there
+                with suppress(OSError):
+                    p.rmdir()
+
+
+def check_checkpoint_flags(args: argparse.Namespace, seeds: list[int]) -> None:
+    """The checkpoint flags on their own (no file system)."""
+    if args.checkpoint_every and args.checkpoint_dir is None:
+        raise ConfigError("--checkpoint-every needs --checkpoint-dir FOLDER")
+    if args.resume and args.checkpoint_dir is None:
+        raise ConfigError("--resume needs --checkpoint-dir FOLDER (where the checkpoints are)")
+    if args.checkpoint_dir is not None and len(seeds) > 1:
+        raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
+
+
+def check_checkpoint_dir(args: argparse.Namespace, tidy: bool = True) -> None:
+    """``--checkpoint-dir`` is a folder (or can be one) that checkpoints can be written to."""
+    folder = args.checkpoint_dir
+    if folder is None:
+        return
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--checkpoint-dir {folder} is a file, not a folder; choose another --checkpoint-dir")
+    if args.checkpoint_every:
+        try:
+            _probe_folder(folder.resolve(), tidy)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write checkpoints to {folder}: {e.strerror or e}; choose another --checkpoint-dir"
+            ) from None
+
+
+def default_out(command: str = "launch") -> Path:
+    """``runs/<command>-<time>``, as ``sasg run`` and ``sasg compare`` name theirs."""
+    from ..report.rundir import default_run_dir
+
+    return default_run_dir(command)
+
+
+def _as_launch_advice(message: str, args: argparse.Namespace) -> str:
+    """Data-size errors advise ``--workers``, which launch sets from the process count: name
+    ``--nproc-per-node`` (per node) instead."""
+    def per_node(m: re.Match) -> str:
+        return f"--nproc-per-node {max(1, int(m.group(1)) // args.nnodes)} or fewer"
+
+    message = re.sub(r"--workers (\d+) or fewer", per_node, message)
+    return re.sub(r"fewer (--)?workers", "fewer processes (--nproc-per-node)", message)
+
+
+def check_data(config, args: argparse.Namespace) -> None:
+    """The data set loads, fits the processes, and splits over them (partition errors here)."""
+    from ..experiment import check_fits, load_data, partition_report
+
+    try:
+        data = load_data(config)
+        check_fits(config, data)
+        partition_report(config, data)
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(_as_launch_advice(str(e), args)) from None
 
 
 def _failure_line(err) -> str:
@@ -120,9 +271,7 @@ def _quiet_torchrun_logs() -> None:
 
 def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
-    from ..cli.main import config_from_args, resolved
-    from ..experiment import check_fits, load_data
-    from ..report import check_destination
+    from ..cli.main import check_seeds, config_from_args, resolved
 
     world = args.nproc_per_node * args.nnodes
     if args.node_rank >= args.nnodes:
@@ -134,24 +283,26 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
             f"--workers {args.workers} but {world} processes (--nproc-per-node {args.nproc_per_node} x "
             f"--nnodes {args.nnodes}); drop --workers: one worker per process"
         )
-    if args.checkpoint_every and args.checkpoint_dir is None:
-        raise ConfigError("--checkpoint-every needs --checkpoint-dir FOLDER")
-    if args.resume and args.checkpoint_dir is None:
-        raise ConfigError("--resume needs --checkpoint-dir FOLDER (where the checkpoints are)")
-    if getattr(args, "seeds", None) and len(args.seeds) > 1 and args.checkpoint_dir is not None:
-        raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
+    if getattr(args, "seeds", None):
+        check_seeds(args.seeds)
     args.workers = world
     config = config_from_args(args).validate()
     seeds = list(args.seeds) if getattr(args, "seeds", None) else [config.seed]
+    check_checkpoint_flags(args, seeds)
     if args.dry_run:
         print(json.dumps({**resolved(config, seeds), "launch": {"nproc_per_node": args.nproc_per_node, "nnodes": args.nnodes}}, indent=2))
         return 0
-    out = args.out or Path("runs") / f"launch-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_backend(args.dist_backend, config.device, args.nproc_per_node)
+    out = args.out or default_out()
     if args.node_rank == 0:
-        check_destination(out, args.overwrite)
-    data = load_data(config)
-    check_fits(config, data)
-    del data
+        check_run_folder(out, args.overwrite)
+    check_checkpoint_dir(args)
+    if args.resume:
+        from .checkpoint import check_resumable
+
+        first = args.node_rank * args.nproc_per_node
+        check_resumable(args.checkpoint_dir, seeds[0], range(first, first + args.nproc_per_node))
+    check_data(config, args)
 
     forwarded = worker_argv(argv) + ["--out", str(out), "--workers", str(world)]
     # Stop the other workers within 0.1 s of a failure; SIGKILL what ignores SIGTERM after 5 s.

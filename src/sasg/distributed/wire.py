@@ -7,8 +7,9 @@ depends only on the compressor), so a receiver needs no header:
 * sparse (:class:`~sasg.core.payload.SparsePayload`): the ``K`` indices as int32 (int64 when
   ``d >= 2**31``), then the ``K`` values.
 
-Under the ``paper32`` convention (32 bits per value, 32 per index) this is *exactly* the bit count
-of the accounting: ``8 * message_bytes == uplink_bits_per_upload``. Packing is a pure
+For float32 parameters under the ``paper32`` convention (32 bits per value, 32 per index) this is
+*exactly* the bit count of the accounting: ``8 * message_bytes == uplink_bits_per_upload``; other
+dtypes send their own width per value. Packing is a pure
 reinterpretation of bits, so ``decode(encode(q))`` is ``q`` bit for bit on every rank.
 """
 
@@ -23,6 +24,20 @@ from ..core.payload import DensePayload, Payload, SparsePayload
 def _as_bytes(t: Tensor) -> Tensor:
     """(N, n) tensor -> (N, n * itemsize) uint8 view/copy of the same bits."""
     return t.contiguous().view(torch.uint8)
+
+
+def _from_bytes(b: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N, n * itemsize) uint8 -> (N, n) of ``dtype``, the same bits.
+
+    A view where the bytes are aligned for ``dtype``, else a copy: a part of a received buffer
+    starts wherever the message before it ended (e.g. the values after K int32 indices, or a
+    rank's message inside the concatenated receive buffer), and a view of a wider type needs an
+    aligned start and row stride."""
+    size = torch.empty((), dtype=dtype).element_size()
+    aligned = b.storage_offset() % size == 0 and all(s % size == 0 for s in b.stride()[:-1])
+    if not (aligned and b.is_contiguous()):
+        b = b.clone(memory_format=torch.contiguous_format)  # fresh storage: aligned
+    return b.view(dtype)
 
 
 class WireFormat:
@@ -59,7 +74,7 @@ class WireFormat:
         buf = buf.reshape(-1, self.message_bytes)
         if self.kind == "sparse":
             split = self.nnz * self.index_bytes
-            indices = buf[:, :split].contiguous().view(self.index_dtype).to(torch.long)
-            values = buf[:, split:].contiguous().view(self.dtype)
+            indices = _from_bytes(buf[:, :split], self.index_dtype).to(torch.long)
+            values = _from_bytes(buf[:, split:], self.dtype)
             return SparsePayload(indices, values, self.numel)
-        return DensePayload(buf.contiguous().view(self.dtype))
+        return DensePayload(_from_bytes(buf, self.dtype))

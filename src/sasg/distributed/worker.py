@@ -5,8 +5,13 @@
     torchrun --standalone --nproc_per_node 4 -m sasg.distributed.worker --algo sasg --out runs/x
 
 Every rank trains; rank 0 evaluates and, once training has finished, writes the run folder
-atomically (the same files as ``sasg run``, plus ``distributed.json``). A lost peer or a collective
-timeout ends every rank with one line on stderr and a non-zero exit code.
+atomically (the same files as ``sasg run``, plus ``distributed.json``; by default
+``runs/launch-<time>``, named as ``sasg run`` names its own). A lost peer or a collective timeout
+ends every rank with one line on stderr and a non-zero exit code.
+
+Before training, the checks of ``sasg launch`` run here too (for runs started with torchrun
+directly): the backend, rank 0's run folder, every rank's checkpoint folder. A problem any rank
+finds stops every rank; the rank that found it reports it in one line.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from .checkpoint import load_checkpoint, resume_point, save_checkpoint
-from .launch import add_worker_flags
+from .checkpoint import CheckpointWriteError, load_checkpoint, resume_point, save_checkpoint
+from .launch import (add_worker_flags, check_backend, check_checkpoint_dir, check_checkpoint_flags,
+                     check_run_folder, default_out, hide_workers_flag)
 from .transport import PeerFailure, TransportCounters
 
 LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
@@ -28,6 +34,14 @@ LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
 
 class Stopped(BaseException):
     """A termination signal (torchrun stops every worker when one fails)."""
+
+
+class Reported(ConfigError):
+    """A problem this rank found before training; this rank is the one that reports it."""
+
+
+class PeerStopped(Exception):
+    """Another rank found a problem before training and reports it; this rank just stops."""
 
 
 def _on_signal(signum, frame):
@@ -38,9 +52,11 @@ def build_parser():
     from ..cli.main import OneLineParser, add_training_flags
     from ..core.algorithms import ALGORITHMS
 
-    p = OneLineParser(prog="sasg-worker", description="One rank of a distributed sasg run (started by torchrun).")
+    p = OneLineParser(prog="sasg-worker", description="One rank of a distributed sasg run (started by torchrun); "
+                      "the number of workers is the number of processes.", allow_abbrev=False)
     p.add_argument("--algo", required=True, type=str.lower, help=f"one of {', '.join(ALGORITHMS)}")
     add_training_flags(p)
+    hide_workers_flag(p)
     add_worker_flags(p)
     return p
 
@@ -66,6 +82,27 @@ def _check_same_setting(saved: dict, config) -> None:
             )
 
 
+def local_problem(args, out: Path, rank: int) -> ConfigError | None:
+    """This rank's share of the checks that depend on the machine: rank 0's run folder, the
+    checkpoint folder (on every node; created, never removed, as ranks probe it at once)."""
+    try:
+        if rank == 0:
+            check_run_folder(out, args.overwrite)
+        check_checkpoint_dir(args, tidy=False)
+    except ConfigError as e:
+        return e
+    return None
+
+
+def agree(transport, problem: ConfigError | None) -> None:
+    """Stop every rank if any found a problem (a collective): the first such rank reports it."""
+    failed = transport.all_gather_int(0 if problem is None else 1)
+    if any(failed):
+        if problem is not None and transport.rank == failed.index(1):
+            raise Reported(str(problem))
+        raise PeerStopped()
+
+
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
@@ -78,9 +115,9 @@ def train(args) -> int:
     import torch.distributed as dist
 
     from ..accounting import flag_bytes, replica_payload_bytes
-    from ..cli.main import config_from_args, resolved
+    from ..cli.main import check_seeds, config_from_args, resolved
     from ..experiment import check_fits, load_data
-    from ..report import check_destination, ratio_lines, staged_run_dir, text_table, write_run_folder
+    from ..report import ratio_lines, staged_run_dir, text_table, write_run_folder
     from .runner import DistributedRun
     from .transport import init_process_group_from_env
 
@@ -88,23 +125,22 @@ def train(args) -> int:
     args.command = "launch"
     if args.workers is None:
         args.workers = world
+    if getattr(args, "seeds", None):
+        check_seeds(args.seeds)
     config = config_from_args(args).validate()
     if config.workers != world:
         raise ConfigError(f"--workers {config.workers} but {world} processes; drop --workers: one worker per process")
     seeds = list(args.seeds) if getattr(args, "seeds", None) else [config.seed]
-    if args.checkpoint_every and args.checkpoint_dir is None:
-        raise ConfigError("--checkpoint-every needs --checkpoint-dir FOLDER")
-    if args.resume and args.checkpoint_dir is None:
-        raise ConfigError("--resume needs --checkpoint-dir FOLDER")
-    if args.checkpoint_dir is not None and len(seeds) > 1:
-        raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
-    out = args.out or Path("runs") / "launch"
+    check_checkpoint_flags(args, seeds)
+    check_backend(args.dist_backend, config.device, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    out = args.out or default_out(args.command)  # used by rank 0 only
     algo = config.algorithms[0]
-    if int(os.environ.get("RANK", "0")) == 0:
-        check_destination(out, args.overwrite)  # fail before training, not after it
+    # Fail before training, not after it: rank 0's run folder, every rank's checkpoint folder.
+    problem = local_problem(args, out, int(os.environ.get("RANK", "0")))
 
     transport = init_process_group_from_env(args.dist_backend, args.timeout, config.device)
     rank = transport.rank
+    agree(transport, problem)
     data = load_data(config)
     check_fits(config, data)
 
@@ -114,11 +150,10 @@ def train(args) -> int:
         transport.counters = TransportCounters()  # bytes of this seed's run only
         run = DistributedRun(cfg, algo, data, transport)
         if args.resume:
-            point = resume_point(args.checkpoint_dir, seed, rank, transport)
-            if point:
-                state = load_checkpoint(args.checkpoint_dir, seed, rank, point)
-                _check_same_setting(state["config"], cfg)
-                run.load_state_dict(state["run"])
+            point = resume_point(args.checkpoint_dir, seed, rank, transport)  # an error if none
+            state = load_checkpoint(args.checkpoint_dir, seed, rank, point)
+            _check_same_setting(state["config"], cfg)
+            run.load_state_dict(state["run"])
 
         def checkpoint(r: DistributedRun, seed=seed, cfg=cfg) -> None:
             k = r.iteration
@@ -169,9 +204,13 @@ def train(args) -> int:
             "design": "server replica on every rank; uploaders send to the M-1 other ranks; flags by all_gather",
             "runs": records,
         }
-        with staged_run_dir(out, args.overwrite) as stage:
+        folder = staged_run_dir(out, args.overwrite)
+        with folder as stage:
             summary = write_run_folder(stage, runs, config, extra=settings)
             (stage / "distributed.json").write_text(json.dumps(info, indent=2) + "\n")
+        if getattr(folder, "path", out) != out:
+            print(f"sasg: note: {out} was filled by another run meanwhile; this run is in {folder.path}", file=sys.stderr)
+            out = folder.path
         if not args.quiet:
             print(text_table(summary["records"]))
             for line in ratio_lines(summary["vs_sgd"]):
@@ -192,6 +231,7 @@ def _hard_exit(code: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         code = train(args)
@@ -201,8 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     except PeerFailure as e:
         print(f"sasg: error: {e}", file=sys.stderr)
         _hard_exit(1)
+    except CheckpointWriteError as e:
+        print(f"sasg: error: rank {rank}: {e}", file=sys.stderr)
+        _hard_exit(1)
+    except PeerStopped:
+        _hard_exit(2)  # the rank that found the problem says what it is
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        if rank == 0:
+        # The same on every rank (flags, data): said once per node; Reported: by its own rank.
+        if local_rank == 0 or isinstance(e, Reported):
             print(f"sasg: error: {e}", file=sys.stderr)
         _hard_exit(2)
     except Stopped as e:

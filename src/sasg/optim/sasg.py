@@ -30,29 +30,71 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
+from ..accounting import CONVENTIONS
 from ..core.algorithms import make_algorithm
+from ..core.compressors import kept_per_segment
 from ..core.layout import Layout
+from ..core.triggers import LazyTrigger
 from ..distributed.rank import RankStep
 from ..distributed.transport import LocalTransport, TorchTransport
 
 
+def _check_lr(lr) -> float:
+    """A finite lr >= 0 (a scheduler may take it down to 0), as a float."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < float("inf")):
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    return float(lr)
+
+
 class SASG(torch.optim.Optimizer):
-    """SASG (or ``algorithm="sgd" | "sparse" | "lasg"``) as a ``torch.optim.Optimizer``.
+    r"""SASG (or ``algorithm="sgd" | "sparse" | "lasg"``) as a ``torch.optim.Optimizer``.
+
+    One step of worker :math:`m` of :math:`M` (one per process), with :math:`\eta` = ``lr``,
+    :math:`D` = ``window``, :math:`c` = ``c``, :math:`\tau_m` the rounds since its last upload,
+    :math:`\hat\theta_m` the parameters at its last upload and :math:`e_m` its error memory:
+
+    .. math::
+        g &= \nabla \ell(\theta^k; \xi_m^k) \quad\text{(the closure)} \\
+        \text{upload} &\iff k < D \;\lor\; \tau_m > D \;\lor\;
+            \|g - \nabla\ell(\hat\theta_m; \xi_m^k)\|^2 >
+            \frac{1}{c\,M\,\eta} \sum_{j=k-D+1}^{k-1} \|\theta^{j+1} - \theta^j\|^2 \\
+        \text{on upload:}\quad v &= \tfrac{\eta}{M} g + e_m,\quad q_m = \mathrm{TopK}(v),
+            \quad e_m = v - q_m,\quad \hat\theta_m = \theta^k \\
+        \theta^{k+1} &= \theta^k - \textstyle\sum_{m} q_m
+            \quad\text{(a skipper's last message stands in for it)}
+
+    ``TopK`` keeps ``max(1, floor(density * numel))`` entries of every parameter tensor. The
+    baselines switch parts off: ``sgd`` always uploads and sends dense, ``sparse`` always uploads,
+    ``lasg`` sends dense.
 
     Args:
-        params: the model's parameters (one parameter group; one lr for all).
-        lr: step size on the mean of the workers' gradients (eta).
+        params: the model's parameters (one parameter group; one lr for all). Tensors with
+            ``requires_grad=False`` (frozen) and empty tensors are left alone and never sent; the
+            set of trained tensors is fixed here, as every rank must agree on the message layout.
+        lr: step size on the **mean** of the workers' gradients (eta), as with DDP. The paper's
+            alpha on the sum is ``lr / M``. A scheduler may change it, down to 0.
         density: top-k keeps ``max(1, floor(density * numel))`` entries of every tensor.
         window: D, the lazy rule's window and the most skips in a row.
-        c: the lazy rule's threshold scale (larger c: more uploads).
+        c: the lazy rule's threshold scale (larger c: lower threshold, more uploads).
         algorithm: ``sasg`` (default), ``lasg``, ``sparse`` or ``sgd``.
         transport: where messages go; default: the default process group if one is initialised
             (``group`` picks another), else this process alone.
         broadcast_initial: copy rank 0's parameters to every rank once, at construction (as DDP
             does), so ranks start identical even if their models were initialised differently.
+            Buffers are not copied: pass identically initialised models if they matter.
         restore_buffers: tensors (e.g. ``model.buffers()``) put back after the anchor evaluation,
             so BatchNorm running statistics only see the fresh forward pass.
         convention: bit convention of the accounting (``paper32``).
+
+    Example (under ``torchrun``; in one process it is the single worker M = 1)::
+
+        >>> opt = SASG(model.parameters(), lr=0.05, density=0.01, window=10, c=2.0)
+        >>> def closure():
+        ...     loss = F.cross_entropy(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
+        >>> opt.ledger.totals()["uploads"]          # what this run has sent so far
     """
 
     def __init__(
@@ -70,38 +112,67 @@ class SASG(torch.optim.Optimizer):
         restore_buffers: Iterable[Tensor] | None = None,
         convention: str = "paper32",
     ):
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        _check_lr(lr)
         super().__init__(params, dict(lr=float(lr)))
         if len(self.param_groups) != 1:
             raise ValueError("SASG takes one parameter group (one lr for all parameters; the lazy rule uses it)")
-        plist: list[Tensor] = self.param_groups[0]["params"]
-        if not plist:
+        given: list[Tensor] = self.param_groups[0]["params"]
+        if not given:
             raise ValueError("SASG got no parameters")
-        first = plist[0]
-        if any(p.device != first.device or p.dtype != first.dtype for p in plist):
+        first = given[0]
+        if any(p.device != first.device or p.dtype != first.dtype for p in given):
             raise ValueError("SASG needs all parameters on one device with one dtype")
         if not first.is_floating_point():
             raise ValueError(f"SASG needs floating-point parameters, got {first.dtype}")
+        # Frozen tensors get no gradient and empty ones have nothing to send: they stay out of the
+        # message layout (torch.optim skips them too), so they cost no bits and no top-k slots.
+        plist = [p for p in given if p.requires_grad and p.numel() > 0]
+        if not plist:
+            raise ValueError("SASG got no trainable parameters (all have requires_grad=False or are empty)")
+        for name, value in (("density", density), ("c", c)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if isinstance(window, bool) or not isinstance(window, (int, float)):
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown bit convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
         self._plist = plist
         self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(plist))
+        # Every algorithm checks all three knobs, also those it ignores: a typo fails the same way
+        # whichever algorithm it was written for.
+        kept_per_segment(self.layout, density)
+        LazyTrigger(window, c)
         self.algorithm = make_algorithm(algorithm, self.layout, density, window, c)
         if transport is None:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
-                transport = TorchTransport(group=group)
+                # NCCL: messages go through this rank's own GPU (cuda:LOCAL_RANK), not the current one.
+                nccl_here = first.is_cuda and dist.get_backend(group) == "nccl"
+                transport = TorchTransport(group=group, device=first.device if nccl_here else None)
             else:
                 transport = LocalTransport(device=first.device)
+        elif group is not None:
+            raise ValueError("pass either transport or group, not both")
         self.transport = transport
         self.engine = RankStep(self.algorithm, transport, convention, device=first.device, dtype=first.dtype)
         self._restore = list(restore_buffers) if restore_buffers is not None else []
         if broadcast_initial and transport.world_size > 1:
             with torch.no_grad():
-                for p in plist:
+                for p in given:  # frozen ones too: every rank starts from the same model
                     buf = p.detach().to(transport.device).contiguous()
                     transport.broadcast_(buf, src=0)
                     p.copy_(buf)
+
+    def add_param_group(self, param_group: dict) -> None:
+        # torch.optim.Optimizer.__init__ adds the groups through here; afterwards the message
+        # layout is fixed (every rank must agree on it), so a new group cannot join.
+        if getattr(self, "engine", None) is not None:
+            raise ValueError(
+                "SASG cannot add a parameter group after construction: the message layout is fixed; "
+                "build a new SASG over all parameters instead"
+            )
+        super().add_param_group(param_group)
 
     # ----- what the optimizer reports -------------------------------------------------------------
     @property
@@ -140,6 +211,19 @@ class SASG(torch.optim.Optimizer):
         with torch.enable_grad():
             return closure()
 
+    def _check_grads(self) -> None:
+        """Before anything is sent: the closure must have left gradients, and dense ones."""
+        grads = [p.grad for p in self._plist if p.grad is not None]
+        if not grads:
+            raise RuntimeError(
+                "SASG.step: the closure left no gradients; it must call loss.backward() itself "
+                "(step clears .grad before each evaluation, so a backward() done before step is lost)"
+            )
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(
+                "SASG does not support sparse gradients (e.g. nn.Embedding(sparse=True)); use dense ones"
+            )
+
     # ----- the round ---------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None):  # type: ignore[override]
@@ -153,7 +237,9 @@ class SASG(torch.optim.Optimizer):
         devices = [torch.cuda.current_device()] if self._plist[0].is_cuda else []
         rng = torch.get_rng_state()  # read only: the closure's own random draws (dropout) ...
         cuda_rng = torch.cuda.get_rng_state() if devices else None
+        lr = _check_lr(self.param_groups[0]["lr"])  # a scheduler may have set it
         loss = self._evaluate(closure)
+        self._check_grads()
         theta = self._flat_params()
         grad = self._flat_grads()
         after = torch.get_rng_state()
@@ -178,7 +264,7 @@ class SASG(torch.optim.Optimizer):
                 if devices:
                     torch.cuda.set_rng_state(cuda_after)
 
-        self.engine.step(theta, grad, stale, self.param_groups[0]["lr"])
+        self.engine.step(theta, grad, stale, lr)
         self._write(theta)
         self._write(grad, grads=True)
         return loss
@@ -189,12 +275,26 @@ class SASG(torch.optim.Optimizer):
         anchor, staleness, the server replica: every worker's last message and the trigger window,
         the ledger). Parameters are the model's: save ``model.state_dict()`` beside it."""
         state = super().state_dict()
-        state["sasg"] = self.engine.state_dict()
+        state["sasg"] = {**self.engine.state_dict(), "settings": self._settings()}
         return state
+
+    def _settings(self) -> dict:
+        trigger, compressor = self.algorithm.trigger, self.algorithm.compressor
+        return {
+            "density": getattr(compressor, "density", None),
+            "window": trigger.window if self.algorithm.lazy else None,
+            "c": getattr(trigger, "c", None),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         engine = state_dict.pop("sasg", None)
+        if engine is not None:
+            engine = dict(engine)
+            saved, mine = engine.pop("settings", None), self._settings()
+            if saved is not None and saved != mine:
+                differ = ", ".join(f"{k} {saved[k]} (saved) vs {mine[k]}" for k in mine if saved.get(k) != mine[k])
+                raise ValueError(f"optimizer state was saved with other settings: {differ}; build SASG with the saved ones")
         super().load_state_dict(state_dict)
         if engine is not None:
             self.engine.load_state_dict(engine)

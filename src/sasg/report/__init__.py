@@ -9,7 +9,7 @@ from .markdown import render_report
 from .metrics import write_ledger, write_metrics
 from .plots import plot_curves
 from .rundir import check_destination, staged_run_dir
-from .summary import build_summary
+from .summary import build_summary, json_ready
 from .table import ratio_lines, text_table
 
 
@@ -22,8 +22,8 @@ def write_run_folder(folder: Path, runs, config, extra: dict | None = None) -> d
         runs = {config.seed: runs}
     summary = build_summary(runs, config)
     resolved = {**config.to_dict(), "seeds": list(runs), **(extra or {})}
-    (folder / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / "config.json").write_text(strict_json(json_ready(resolved)))
+    (folder / "summary.json").write_text(strict_json(summary))
     write_metrics(runs, folder / "metrics.csv")
     write_ledger(runs, folder / "rounds.csv")
     histories = {}
@@ -36,12 +36,20 @@ def write_run_folder(folder: Path, runs, config, extra: dict | None = None) -> d
     return summary
 
 
+def strict_json(value) -> str:
+    """Standard JSON text. ``value`` must already be JSON-ready (``build_summary``'s result is;
+    see ``json_ready``): ``allow_nan=False`` turns a non-finite number that slipped through into
+    an error here, not a ``NaN`` token that strict JSON readers reject."""
+    return json.dumps(value, indent=2, allow_nan=False) + "\n"
+
+
 __all__ = [
     "build_summary",
     "check_destination",
     "ratio_lines",
     "render_report",
     "staged_run_dir",
+    "strict_json",
     "text_table",
     "write_run_folder",
 ]

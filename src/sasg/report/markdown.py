@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from .table import markdown_table, ratio_lines
+from .table import METRIC_NAMES, markdown_table, ratio_lines, table_notes
 
 
 def render_report(summary: dict, plots: list[str]) -> str:
     cfg = summary["config"]
-    target = summary["target_acc"]
     lines = [
         "# sasg comparison",
         "",
@@ -19,19 +18,36 @@ def render_report(summary: dict, plots: list[str]) -> str:
         "convention (dense upload 32·d bits; sparse 32 bits per value + 32 per index); downlink is a "
         "dense broadcast of θ to every worker each round.",
         "",
-        f"Target test {summary.get('target_metric', 'top1')} accuracy: {'none' if target is None else f'{target:.2f} %'}"
-        + (" (SGD's final accuracy − 0.5 points)" if cfg.get("target_acc") is None and target is not None else ""),
+        _target_line(summary),
         "",
         markdown_table(summary["records"]),
         "",
     ]
+    notes = table_notes(summary["records"])
+    if notes:
+        lines += [f"**Diverged.** {n}" for n in notes] + [""]
     ratios = ratio_lines(summary.get("vs_sgd", {}))
     if ratios:
         lines += ["## Against SGD", ""] + [f"- {r}" for r in ratios] + [""]
     lines += ["## Curves", ""]
-    lines += [f"![{p}]({p})" for p in plots]
+    lines += _plots(plots)
     lines.append("")
     return "\n".join(lines)
+
+
+def _target_line(summary: dict) -> str:
+    cfg, target = summary["config"], summary["target_acc"]
+    metric = METRIC_NAMES.get(summary.get("target_metric", "top1"), "top-1")
+    line = f"Target test {metric} accuracy: {'none' if target is None else f'{target:.2f} %'}"
+    if cfg.get("target_acc") is not None or "sgd" not in cfg.get("algorithms", ["sgd"]):
+        return line
+    if target is None:
+        return line + " (SGD diverged, so there is no default target; pass --target-acc)"
+    return line + f" (SGD's final {metric} accuracy − 0.5 points)"
+
+
+def _plots(plots: list[str]) -> list[str]:
+    return [f"![{p}]({p})" for p in plots]
 
 
 def _seeds(summary: dict) -> str:

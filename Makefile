@@ -4,12 +4,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# torch==2.13.0 comes from the CPU wheel on local disk (an index would serve a multi-GB CUDA build).
+WHEELS ?= /opt/wheels
 
 .PHONY: demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) -e '.[test]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -17,6 +19,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/compress.py --quick
+	$(BIN)/python benchmarks/simulator.py --quick --no-resnet
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

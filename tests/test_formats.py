@@ -173,7 +173,7 @@ def test_verify_passes_on_matching_checksums(tmp_path, monkeypatch):
 def test_verify_needs_the_cifar_archive(tmp_path):
     write_cifar(tmp_path / "cifar10", n_train=6, n_test=3, archive=False)
     assert len(load_from_dir("cifar10", tmp_path).train) == 6
-    with pytest.raises(ValueError, match="cannot verify.*drop --verify"):
+    with pytest.raises(ValueError, match="cannot verify.*without verify=True"):
         load_from_dir("cifar10", tmp_path, verify=True)
 
 
@@ -224,3 +224,12 @@ def test_download_removes_a_file_with_the_wrong_checksum(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="(?s)checksum mismatch.*file removed.*copy the official files"):
         formats.download("cifar10", tmp_path)
     assert list((tmp_path / "cifar10").iterdir()) == []  # no partial or temporary file left
+
+
+def test_a_half_extracted_cifar_folder_falls_back_to_the_archive(tmp_path):
+    raw = write_cifar(tmp_path / "cifar10", n_train=12, n_test=4, num_classes=10, seed=2, archive=True)
+    partial = tmp_path / "cifar10" / "cifar-10-batches-py"
+    partial.mkdir()
+    (partial / "data_batch_1").write_bytes(b"")  # an extraction that stopped early
+    data = load_from_dir("cifar10", tmp_path)
+    np.testing.assert_array_equal(data.train.y.numpy(), raw["train_labels"])

@@ -93,3 +93,16 @@ def test_describe_partition():
         {"worker": 1, "size": 4, "num_labels": 3, "label_counts": {0: 1, 1: 1, 2: 2}},
     ]
     assert not is_partition([torch.tensor([0, 1]), torch.tensor([1])], 3)
+
+
+def test_dirichlet_redraws_until_every_worker_holds_a_batch():
+    # A very non-IID split gives some worker a handful of samples on the first draws; a run needs
+    # a whole batch per worker, so the simulator asks for min_size = batch size.
+    from sasg.data import make_partition
+
+    y = torch.arange(400) % 10
+    shards = make_partition("dirichlet", y, 10, torch.Generator().manual_seed(0), beta=0.05, min_size=10)
+    assert min(len(s) for s in shards) >= 10
+    assert sorted(torch.cat(shards).tolist()) == list(range(400))
+    loose = make_partition("dirichlet", y, 10, torch.Generator().manual_seed(0), beta=0.05)
+    assert min(len(s) for s in loose) < 10  # without it, this draw would not fit batch 10

@@ -22,6 +22,8 @@ def load_data(config: RunConfig) -> DataSplit:
 
 def check_fits(config: RunConfig, data: DataSplit) -> None:
     """Errors that need the data's size, raised before anything runs or is written."""
+    if len(data.test) == 0:
+        raise ConfigError(f"the test set of {config.dataset!r} is empty; the test files hold no samples")
     n = len(data.train)
     if config.workers > n:
         raise ConfigError(
@@ -69,7 +71,7 @@ def partition_report(config: RunConfig, data: DataSplit) -> dict:
     """How the training set is split over workers (sizes and labels), for the run folder."""
     shards = make_partition(
         config.partition, data.train.y.cpu(), config.workers, torch.Generator().manual_seed(config.seed),
-        beta=config.beta, shards_per_worker=config.shards_per_worker,
+        beta=config.beta, shards_per_worker=config.shards_per_worker, min_size=config.batch_size,
     )
     return {"kind": config.partition, "workers": describe_partition(shards, data.train.y.cpu())}
 

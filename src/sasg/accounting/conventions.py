@@ -3,7 +3,7 @@
 ``paper32`` is the SASG paper's convention and the default for every comparison: a dense upload
 costs 32 bits per value; a sparse upload costs 32 bits per kept value plus 32 bits per index.
 A cheaper encoding must be another named convention whose count comes from the bytes it really
-produces (see issue notes), never from a formula alone.
+produces (as ``sasg.distributed.wire`` packs a message), never from a formula alone.
 """
 
 from __future__ import annotations

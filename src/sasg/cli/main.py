@@ -81,13 +81,16 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         help="comma-separated epochs at which the lr is multiplied by --lr-decay-factor, e.g. 20 or 20,30",
     )
     g.add_argument("--lr-decay-factor", type=_number(float), help=f"step decay factor ({d.lr_decay_factor})")
-    g.add_argument("--density", type=_number(float), help=f"h, fraction kept per layer by top-k ({d.density})")
+    g.add_argument("--density", type=_number(float), help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k ({d.density})")
     g.add_argument("--window", type=_number(int), help=f"D, trigger window and max skips in a row ({d.window})")
     g.add_argument(
         "--threshold-scale", type=_number(float),
         help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads)",
     )
-    g.add_argument("--epochs", type=_number(float), help=f"passes over each worker's shard ({d.epochs:g})")
+    g.add_argument(
+        "--epochs", type=_number(float),
+        help=f"length in epochs ({d.epochs:g}); an epoch is (training samples) // (M x batch) rounds",
+    )
     g.add_argument("--iterations", type=_number(int), help="run exactly this many iterations (overrides --epochs)")
     g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
     seeds = g.add_mutually_exclusive_group()

@@ -57,14 +57,15 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
 
 def make_partition(
     kind: str, labels: Tensor, num_workers: int, generator: torch.Generator, beta: float = 0.5,
-    shards_per_worker: int = 2,
+    shards_per_worker: int = 2, min_size: int = 1,
 ) -> list[Tensor]:
     """Split the training set over workers: ``iid`` (the paper's), ``dirichlet`` (non-IID by
-    label, concentration ``beta``) or ``shards`` (sorted label shards)."""
+    label, concentration ``beta``; redrawn until every worker holds ``min_size`` samples, the
+    batch size in a run) or ``shards`` (sorted label shards)."""
     if kind == "iid":
         return iid_shards(len(labels), num_workers, generator)
     if kind == "dirichlet":
-        return dirichlet_shards(labels, num_workers, beta, generator)
+        return dirichlet_shards(labels, num_workers, beta, generator, min_size=min_size)
     if kind == "shards":
         return label_shards(labels, num_workers, shards_per_worker, generator)
     raise ValueError(f"unknown partition {kind!r}; choose from {', '.join(PARTITIONS)}")

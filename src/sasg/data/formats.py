@@ -318,8 +318,8 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
 def load_cifar(name: str, folder: str | os.PathLike, verify: bool = False) -> DataSplit:
     """CIFAR-10 or CIFAR-100 from the ``python`` archive or its extracted folder inside ``folder``.
 
-    Without ``verify`` the extracted folder is preferred (no decompression); with ``verify`` the
-    archive is needed, because the official checksum is the archive's.
+    Without ``verify`` a complete extracted folder is preferred (no decompression), else the
+    archive; with ``verify`` the archive is needed, because the official checksum is the archive's.
     """
     key = canonical_name(name)
     if key not in CIFAR_LAYOUT:
@@ -334,21 +334,22 @@ def load_cifar(name: str, folder: str | os.PathLike, verify: bool = False) -> Da
             if extracted.is_dir():
                 raise ValueError(
                     f"cannot verify {key}: only the extracted folder {extracted} is there and the official "
-                    f"checksum is that of {archive_name}; put {archive_name} in {folder} or drop --verify"
+                    f"checksum is that of {archive_name}; put {archive_name} in {folder} or load without verify=True"
                 )
             raise _missing(key, folder, [archive_name])
         verify_file(archive, CHECKSUMS[key][archive_name])
         batches = _read_cifar_archive(archive, inner, members)
-    elif extracted.is_dir():
-        missing = [m for m in members if not (extracted / m).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{key}: {extracted} lacks {', '.join(missing)}; extract {archive_name} again, "
-                f"or put the archive in {folder}; {_HOW_TO_GET}"
-            )
+    elif extracted.is_dir() and all((extracted / m).is_file() for m in members):
         batches = {m: _unpickle_batch((extracted / m).read_bytes(), extracted / m) for m in members}
     elif archive.is_file():
+        # No folder, or a half-extracted one: the archive beside it is the whole data set.
         batches = _read_cifar_archive(archive, inner, members)
+    elif extracted.is_dir():
+        missing = [m for m in members if not (extracted / m).is_file()]
+        raise FileNotFoundError(
+            f"{key}: {extracted} lacks {', '.join(missing)}; extract {archive_name} again, "
+            f"or put the archive in {folder}; {_HOW_TO_GET}"
+        )
     else:
         raise _missing(key, folder, [archive_name], expected=f"{archive_name} or its extracted folder {inner}/")
 

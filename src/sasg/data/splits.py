@@ -91,7 +91,7 @@ def dirichlet_shards(
             return [torch.from_numpy(s.astype(np.int64)) for s in shards]
     raise ValueError(
         f"no Dirichlet(beta={beta}) split in {max_tries} tries gave all {num_workers} workers at least "
-        f"{min_size} samples of {y.size}; raise --beta or use fewer --workers"
+        f"{min_size} samples of {y.size}; raise --beta, use fewer --workers or a smaller --batch-size"
     )
 
 

@@ -1,7 +1,8 @@
 """M virtual workers in one process, following the algorithm core round by round.
 
-Deterministic under the seed: the model is initialised from its own generator, the IID split from
-another, and every worker shuffles its shard with its own generator. The global RNG is never used.
+Deterministic under the seed: the model is initialised from its own generator, the split over
+workers from another, and every worker shuffles its shard with its own generator. The global RNG
+is never used.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class RunResult:
 class Simulator:
     """Simulate ``config.workers`` workers running ``algorithm`` on ``data``.
 
+    ``algorithm``: one of :data:`~sasg.core.algorithms.ALGORITHMS` (built with the config's
+    density, window and threshold scale), or a function ``layout -> Algorithm`` for a trigger or
+    compressor of your own (see ``docs/extending.md``); the bit count follows its compressor.
+
     Example::
 
         from sasg import RunConfig, Simulator, load_dataset
@@ -64,7 +69,7 @@ class Simulator:
         print(result.history[-1]["test_acc"], result.ledger.totals()["uploads"])
     """
 
-    def __init__(self, config, algorithm: str, data: DataSplit):
+    def __init__(self, config, algorithm: str | Callable[[Layout], Algorithm], data: DataSplit):
         self.config = config
         self.data = data
         device = torch.device(config.device)
@@ -73,22 +78,30 @@ class Simulator:
         self.model = build_model(config.model, data.sample_shape, data.num_classes, config.seed).to(device)
         self.layout = Layout.from_module(self.model)
         self.theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
-        self.algorithm: Algorithm = make_algorithm(
-            algorithm, self.layout, config.density, config.window, config.threshold_scale
-        )
+        if callable(algorithm):
+            self.algorithm: Algorithm = algorithm(self.layout)
+            built = self.algorithm.layout.segments if isinstance(self.algorithm, Algorithm) else None
+            if built is None or list(built) != list(self.layout.segments):
+                raise ValueError("an algorithm factory must return an Algorithm built on the layout it is given")
+        else:
+            self.algorithm = make_algorithm(
+                algorithm, self.layout, config.density, config.window, config.threshold_scale
+            )
         if device.type == "cpu":
             retain_freed_memory()  # (M, d) temporaries would page-fault in afresh every round
         self.workers = self.algorithm.init_worker_state(M, device=device)
         self.server = self.algorithm.init_server_state(M, device=device)
         self.shards = make_partition(
             config.partition, data.train.y.cpu(), M, torch.Generator().manual_seed(config.seed),
-            beta=config.beta, shards_per_worker=config.shards_per_worker,
+            beta=config.beta, shards_per_worker=config.shards_per_worker, min_size=config.batch_size,
         )
         self.sampler = WorkerSampler([s.to(device) for s in self.shards], config.batch_size, config.seed)
         self.augment = make_augmentation(config.augment)
         self.augment_generators = (
             None if config.augment == "none"
-            else [torch.Generator(device=device).manual_seed(worker_seed(config.seed, m, stream=1)) for m in range(M)]
+            # CPU generators on every device: the draws (a few numbers per image) are moved to the
+            # data, so a GPU run augments exactly as a CPU run with the same seed does.
+            else [torch.Generator().manual_seed(worker_seed(config.seed, m, stream=1)) for m in range(M)]
         )
         self.gradients = make_gradients(self.model, self.layout, config.backend)
         convention = CONVENTIONS[config.convention]

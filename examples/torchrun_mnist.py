@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node 4 examples/torchrun_mnist.py --epochs 2
     python examples/torchrun_mnist.py --epochs 1          # one process works too (M = 1)
 
-Each rank trains on its own quarter of the data with ``sasg.optim.SASG``; the optimizer decides
+Each rank trains on its own share of the data (1/M of it) with ``sasg.optim.SASG``; the optimizer decides
 every step whether this worker's gradient is worth sending, sends a top-k sparse message if so
 (nothing otherwise), and applies everybody's latest messages, so all ranks keep identical
 parameters without broadcasting them. Rank 0 prints test accuracy and what went over the wire.

@@ -56,6 +56,7 @@ def test_single_process_optimizer_is_the_simulator_with_one_worker(algo):
     torch.testing.assert_close(flat(model), sim.theta)
     assert opt.ledger.uploads == sim.ledger.uploads
     assert opt.ledger.bits_up == sim.ledger.bits_up
+    assert opt.ledger.bits_flags == [0] * 30  # one process: no flag has anyone to go to
     if algo in ("lasg", "sasg"):
         assert sum(opt.ledger.uploads) < 30  # it really skipped
 

@@ -47,8 +47,9 @@ class RankStep:
         conv = CONVENTIONS[convention]
         self.bits_per_upload = uplink_bits_per_upload(algorithm.compressor, conv)
         self.bits_down_per_round = downlink_bits_per_round(d, M, conv)
-        # The flag only travels when the trigger is lazy: with "always upload" everyone knows.
-        self.bits_flags_per_round = FLAG_BITS_PER_WORKER * M if algorithm.lazy else 0
+        # The flag only travels when the trigger is lazy (with "always upload" everyone knows)
+        # and there is someone to tell (a single process sends nothing).
+        self.bits_flags_per_round = FLAG_BITS_PER_WORKER * M if algorithm.lazy and M > 1 else 0
         self.ledger = Ledger(num_workers=M)
         self._step = torch.zeros(d, device=device, dtype=dtype)
         self._me = torch.tensor([self.rank])

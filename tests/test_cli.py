@@ -73,6 +73,8 @@ BAD = [
     (["--seed", "4294967296"], "seed must be at most 4294967295"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--iter", "3"], "unrecognized arguments: --iter 3"),  # no abbreviations
+    (["--beta", "0.1"], "--beta applies to --partition dirichlet only"),
+    (["--partition", "dirichlet", "--shards-per-worker", "3"], "--shards-per-worker applies to --partition shards only"),
 ]
 
 

@@ -155,6 +155,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         values.update(preset(args.preset))
         values["preset"] = args.preset
     values.update({k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None})
+    # A split's own knob given for another split would be silently ignored: say so instead.
+    partition = values.get("partition", "iid")
+    knobs = (("--beta", "beta", "dirichlet"), ("--shards-per-worker", "shards_per_worker", "shards"))
+    for flag, field, owner in knobs:
+        if getattr(args, field, None) is not None and partition != owner:
+            raise ConfigError(
+                f"{flag} applies to --partition {owner} only (this run splits {partition}); "
+                f"add --partition {owner} or drop {flag}"
+            )
     if getattr(args, "seeds", None):
         values["seed"] = args.seeds[0]
     values["algorithms"] = (args.algo,) if args.command != "compare" else args.algos

@@ -6,7 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
+
+from sasg import RunConfig, Simulator
+from sasg.core import Layout, make_algorithm
+from sasg.data import make_synthetic
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
@@ -43,12 +48,6 @@ def test_the_documented_compressor_keeps_the_contract():
 
 
 def test_a_factory_must_build_on_the_layout_it_is_given():
-    import pytest
-
-    from sasg import RunConfig, Simulator
-    from sasg.core import Layout, make_algorithm
-    from sasg.data import make_synthetic
-
     cfg = RunConfig(dataset="synthetic", model="fc", workers=2, batch_size=5, iterations=2).validate()
     data = make_synthetic(n_train=40, n_test=10, seed=0)
     with pytest.raises(ValueError, match="built on the layout it is given"):

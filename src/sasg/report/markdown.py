@@ -30,7 +30,7 @@ def render_report(summary: dict, plots: list[str]) -> str:
     if ratios:
         lines += ["## Against SGD", ""] + [f"- {r}" for r in ratios] + [""]
     lines += ["## Curves", ""]
-    lines += _plots(plots)
+    lines += [f"![{p}]({p})" for p in plots]
     lines.append("")
     return "\n".join(lines)
 
@@ -44,10 +44,6 @@ def _target_line(summary: dict) -> str:
     if target is None:
         return line + " (SGD diverged, so there is no default target; pass --target-acc)"
     return line + f" (SGD's final {metric} accuracy − 0.5 points)"
-
-
-def _plots(plots: list[str]) -> list[str]:
-    return [f"![{p}]({p})" for p in plots]
 
 
 def _seeds(summary: dict) -> str:

@@ -8,6 +8,8 @@ shown. A multi-seed 'to target' cell that is a mean over only some seeds says ho
 
 from __future__ import annotations
 
+from .summary import TO_TARGET
+
 COLUMNS = (
     ("algorithm", "algorithm", "{}"),
     ("iterations", "iters", "{:d}"),
@@ -26,7 +28,6 @@ TOP5_COLUMNS = (
     ("final_test_top5", "final top-5 %", "{:.2f}"),
     ("best_test_top5", "best top-5 %", "{:.2f}"),
 )
-TO_TARGET = {"iters_to_target", "uploads_to_target", "bits_to_target"}
 METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
 
 

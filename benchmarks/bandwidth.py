@@ -49,7 +49,7 @@ def _config(workers: int, iterations: int, algo: str):
 
     return RunConfig(algorithms=(algo,), dataset="mnist5k", model="fc", workers=workers, batch_size=10, lr=0.05,
                      density=0.01, window=10, threshold_scale=2.0, iterations=iterations,
-                     eval_every=10**9, seed=0).validate()
+                     eval_every=10**9, seed=0, device="cpu").validate()  # gloo over loopback: CPU tensors
 
 
 def _lo() -> int:

@@ -45,7 +45,7 @@ import torch
 from sasg.config import RunConfig
 from sasg.data.dataset import ArrayDataset, DataSplit
 from sasg.experiment import load_data
-from sasg.sim import Simulator
+from sasg.sim import Simulator, retain_freed_memory
 
 ALGOS = ("sgd", "sparse", "lasg", "sasg")
 
@@ -102,9 +102,10 @@ def phase_breakdown(sim: Simulator, warmup: int, rounds: int) -> dict:
     """Milliseconds per round spent in each phase of ``sim.step`` (wall clock, by wrapping the
     calls the simulator makes; the wrappers add a few microseconds each)."""
     spent = dict.fromkeys(("fresh gradients", "stale gradients", "trigger norm", "compress", "upload (rest)", "aggregate"), 0.0)
-    grads, alg, comp = sim.gradients, sim.algorithm, sim.algorithm.compressor
-    originals = {"blocks": grads.blocks, "decide": alg.decide, "upload": alg.upload, "compress": comp.compress,
-                 "aggregate": alg.aggregate}
+    grads, comp, engine = sim.gradients, sim.algorithm.compressor, sim.engine
+    trigger, memory = sim.algorithm.trigger, sim.algorithm.memory
+    originals = {"blocks": grads.blocks, "decide": trigger.decide, "upload": memory.upload, "compress": comp.compress,
+                 "_aggregate": engine._aggregate}
 
     def timed(key, fn):
         def call(*a, **kw):
@@ -119,10 +120,10 @@ def phase_breakdown(sim: Simulator, warmup: int, rounds: int) -> dict:
         return timed("stale gradients" if "update_stats" in kw else "fresh gradients", originals["blocks"])(*a, **kw)
 
     grads.blocks = blocks
-    alg.decide = timed("trigger norm", originals["decide"])
-    alg.upload = timed("upload (rest)", originals["upload"])
+    trigger.decide = timed("trigger norm", originals["decide"])
+    memory.upload = timed("upload (rest)", originals["upload"])
     comp.compress = timed("compress", originals["compress"])
-    alg.aggregate = timed("aggregate", originals["aggregate"])
+    engine._aggregate = timed("aggregate", originals["_aggregate"])
     try:
         for _ in range(warmup):
             sim.step()
@@ -133,7 +134,8 @@ def phase_breakdown(sim: Simulator, warmup: int, rounds: int) -> dict:
             sim.step()
         total = time.perf_counter() - t0
     finally:
-        for name, obj in (("blocks", grads), ("decide", alg), ("upload", alg), ("compress", comp), ("aggregate", alg)):
+        for name, obj in (("blocks", grads), ("decide", trigger), ("upload", memory), ("compress", comp),
+                          ("_aggregate", engine)):
             delattr(obj, name)  # back to the class's methods
     # Nested calls: decide contains the stale gradients, upload contains compress.
     spent["trigger norm"] -= spent["stale gradients"]
@@ -216,7 +218,8 @@ def rss_child(iters: int) -> None:
         ArrayDataset(torch.randn(n_train, 3, 32, 32, generator=gen), torch.randint(0, 10, (n_train,), generator=gen), 10, "cifar-shaped"),
         ArrayDataset(torch.randn(n_test, 3, 32, 32, generator=gen), torch.randint(0, 10, (n_test,), generator=gen), 10, "cifar-shaped"),
     )
-    cfg = RunConfig(dataset="synthetic", model="resnet18", workers=10, batch_size=10, window=1, iterations=iters).validate()
+    cfg = RunConfig(dataset="synthetic", model="resnet18", workers=10, batch_size=10, window=1, iterations=iters,
+                    device="cpu").validate()  # host memory is what VmHWM measures
     sim = Simulator(cfg, "sasg", data)
     d = sim.layout.numel
     times = []
@@ -230,10 +233,10 @@ def rss_child(iters: int) -> None:
         "anchor": sim.workers.anchor.numel() * 4,
         "last": sim.server.last.values.numel() * 4 + sim.server.last.indices.numel() * 8,
     }
-    # scratch buffers (sasg.core.scratch); gradients are fresh per call (freed each round)
-    for owner in (sim, sim.algorithm, sim.algorithm.compressor):
-        for key, buf in getattr(owner, "_scratch_buffers", {}).items():
-            state[f"scratch:{type(owner).__name__}:{key}"] = buf.numel() * buf.element_size()
+    # workspace buffers (sasg.core.workspace); gradients are fresh per call (freed each round)
+    for owner in (sim, sim.engine, sim.algorithm.compressor):
+        for key, buf in owner.workspace._buffers.items():
+            state[f"workspace:{type(owner).__name__}:{key}"] = buf.numel() * buf.element_size()
     print(json.dumps({
         "num_parameters": d, "backend": sim.gradients.backend, "base_rss": base_rss,
         "peak_rss": status("VmHWM"), "state_bytes": state, "step_seconds": times,
@@ -273,6 +276,8 @@ def main() -> None:
     p.add_argument("--resnet-iters", type=int, default=2)
     p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    # As the sasg command line does (a process-wide allocator setting no library object applies).
+    retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_child is not None:
@@ -289,7 +294,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{platform.machine()}, load average {loadavg()}")
     t_start = time.perf_counter()
-    base = RunConfig().validate()  # the paper's MNIST setting
+    base = RunConfig(device="cpu").validate()  # the paper's MNIST setting, on the CPU (not auto)
     data = load_data(base)
     s1 = section_backends(args, base, data)
     s2 = section_scaling(args, base, data)

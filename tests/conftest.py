@@ -14,6 +14,7 @@ def small_config(**kw) -> RunConfig:
     base = dict(
         dataset="synthetic", model="fc", workers=4, batch_size=5, lr=0.2, density=0.1,
         window=3, threshold_scale=2.0, epochs=1, eval_every=4, seed=3,
+        device="cpu",  # the fixtures' data lives on the CPU (the default, auto, picks a GPU where one is)
     )
     base.update(kw)
     return RunConfig(**base).validate()

@@ -1,5 +1,6 @@
 from sasg import Simulator
-from sasg.accounting import PAPER32, Ledger
+from sasg.accounting import Ledger
+from sasg.core.codecs import Paper32
 
 from conftest import small_config
 
@@ -21,8 +22,8 @@ def test_bit_counts_match_the_paper_formula(synth):
 
 
 def test_fc_dense_upload_is_32_times_407050_bits():
-    assert PAPER32.dense(407_050) == 13_025_600
-    assert PAPER32.sparse(4_066) == 260_224
+    assert Paper32().dense_bits(407_050) == 13_025_600
+    assert Paper32().sparse_bits(4_066, 407_050) == 260_224
 
 
 def test_ledger_totals_upto():

@@ -1,6 +1,7 @@
 """The command line: a tiny real run, determinism, and one-line errors that leave nothing behind."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -58,7 +59,7 @@ BAD = [
     (["--algos", "sgd,adam"], "unknown algorithm 'adam'"),
     (["--density", "0"], "density must be in (0, 1]"),
     (["--density", "1.5"], "density must be in (0, 1]"),
-    (["--window", "0"], "window D must be >= 1"),
+    (["--window", "0"], "window D must be an integer >= 1"),
     (["--threshold-scale", "0"], "threshold scale c must be"),
     (["--threshold-scale", "-1"], "threshold scale c must be"),
     (["--workers", "0"], "workers must be >= 1"),
@@ -132,6 +133,170 @@ def test_console_entry_point_and_module(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sasg", "compare", "--algos", "nope", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown algorithm 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----- the argument groups of the training flags -----------------------------------------------
+GROUPED = {
+    "data": ["--dataset", "--data-dir", "--download", "--partition", "--beta", "--shards-per-worker", "--augment",
+             "--workers", "--batch-size"],
+    "model": ["--model", "--backend", "--device"],
+    "optimization": ["--lr", "--lr-decay-epochs", "--lr-decay-factor", "--epochs", "--iterations", "--seed",
+                     "--seeds", "--preset"],
+    "trigger": ["--window", "--threshold-scale"],
+    "compression": ["--density"],
+    "evaluation": ["--eval-every", "--target-acc", "--target-metric"],
+    "output": ["--out", "--overwrite", "--dry-run", "--quiet"],
+}
+
+
+def test_add_training_flags_returns_its_groups_by_name():
+    import argparse
+
+    from sasg.cli.main import add_training_flags
+
+    p = argparse.ArgumentParser()
+    groups = add_training_flags(p)
+    assert list(groups) == list(GROUPED)
+    for key, flags in GROUPED.items():
+        assert [a.option_strings[0] for a in groups[key]._group_actions] == flags, key
+    groups["trigger"].add_argument("--extra-knob")  # a later flag joins a group by its name
+    assert "--extra-knob" in [a.option_strings[0] for a in groups["trigger"]._group_actions]
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "launch"])
+def test_help_shows_the_groups_in_order(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    headers = {m.group(1): m.start() for m in re.finditer(r"^(\S[^\n]*):$", out, re.MULTILINE)}
+    assert [headers[key] for key in GROUPED] == sorted(headers[key] for key in GROUPED), out
+    for key, flags in GROUPED.items():  # each flag listed in its own group's section
+        start = headers[key]
+        end = min([at for at in headers.values() if at > start] + [len(out)])
+        for flag in flags:
+            if not (command == "launch" and flag == "--workers"):  # launch hides it
+                assert re.search(rf"^  {flag}\b", out[start:end], re.MULTILINE), (key, flag)
+
+
+def test_training_flags_keep_dest_and_default_none():
+    from sasg.cli.main import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for command in ("run", "compare", "launch"):
+        actions = {a.option_strings[0]: a for a in sub[command]._actions if a.option_strings}
+        for flag in (f for flags in GROUPED.values() for f in flags):
+            action = actions[flag]
+            assert action.dest == flag[2:].replace("-", "_")
+            expected = False if flag in ("--overwrite", "--dry-run", "--quiet") else None
+            assert action.default is expected, flag
+    args = build_parser().parse_args(["compare", "--seeds", "1,2", "--device", "cpu", "--lr", "0.1"])
+    assert args.seeds == (1, 2) and args.device == "cpu" and args.lr == 0.1 and args.dataset is None
+
+
+# ----- an unknown flag points to the sub-command's help ------------------------------------------
+@pytest.mark.parametrize("command,extra", [
+    ("compare", []), ("run", ["--algo", "sasg"]), ("launch", ["--algo", "sasg", "--nproc-per-node", "2"]),
+])
+def test_unknown_flag_names_the_subcommand_help(tmp_path, capsys, command, extra):
+    with pytest.raises(SystemExit) as e:
+        main([command, *extra, "--bogus", "1", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"sasg {command}: error: unrecognized arguments: --bogus 1 "
+                   f"(see 'sasg {command} --help')\n"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_flag_before_the_command_is_the_top_level_one(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--bogus", "compare"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "sasg: error: unrecognized arguments: --bogus (see 'sasg --help')\n"
+
+
+# ----- --device auto ----------------------------------------------------------------------------
+def test_device_auto_is_the_default_and_resolves_to_a_concrete_device():
+    import torch
+
+    from sasg.config import RunConfig
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert RunConfig().device == "auto"
+    assert RunConfig().validate().device == expected
+    assert RunConfig(device=" AUTO ").validate().device == expected
+    assert RunConfig(device="cpu").validate().device == "cpu"
+
+
+@pytest.mark.parametrize("device", [[], ["--device", "auto"]], ids=["default", "auto"])
+def test_dry_run_shows_the_resolved_device(capsys, device):
+    import torch
+
+    assert main(["compare", *TINY, *device, "--dry-run"]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_device_auto_on_a_machine_with_a_gpu(monkeypatch):
+    import torch
+
+    from sasg.config import RunConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert RunConfig().validate().device == "cuda"
+
+
+# ----- no import cycle between the library and the command line ---------------------------------
+def _imported_modules(path, package: str) -> set[str]:
+    """Every module ``path`` (a module of ``package``) imports, relative imports made absolute."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = package.split(".")
+    if path.name != "__init__.py":
+        here = here + [path.stem]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # from .. import cli
+    return names
+
+
+def _is_cli(module: str) -> bool:
+    return module == "sasg.cli" or module.startswith("sasg.cli.")
+
+
+def test_distributed_never_imports_the_cli():
+    from pathlib import Path
+
+    import sasg.distributed
+
+    root = Path(sasg.distributed.__file__).parent
+    modules = sorted(root.rglob("*.py"))
+    assert modules
+    for path in modules:
+        sub = path.parent.relative_to(root).parts
+        package = ".".join(["sasg", "distributed", *sub])
+        bad = sorted(m for m in _imported_modules(path, package) if _is_cli(m))
+        assert not bad, f"{path} imports {bad}: sasg.distributed must not depend on sasg.cli"
+
+
+def test_import_check_sees_relative_and_absolute_cli_imports(tmp_path):
+    f = tmp_path / "mod.py"
+    for line in ("from ..cli.main import main", "from .. import cli", "import sasg.cli.main",
+                 "from sasg.cli import launch", "def f():\n    from ..cli import worker"):
+        f.write_text(line + "\n")
+        assert any(_is_cli(m) for m in _imported_modules(f, "sasg.distributed")), line
+    f.write_text("from ..config import ConfigError\nfrom .transport import x\n")
+    assert not any(_is_cli(m) for m in _imported_modules(f, "sasg.distributed"))
 
 
 class _noop:

@@ -17,11 +17,10 @@ import torch
 import torch.multiprocessing as tmp
 
 from sasg import Simulator
-from sasg.accounting import replica_payload_bytes, uplink_bits_per_upload
+from sasg.accounting import replica_payload_bytes
 from sasg.core import make_algorithm
 from sasg.core.layout import Layout
 from sasg.data import make_synthetic
-from sasg.distributed.wire import WireFormat
 
 from conftest import small_config
 
@@ -76,11 +75,12 @@ def synth():
 def test_wire_format_is_the_accounted_size_and_bit_exact(algo):
     layout = Layout([("w", (7, 5)), ("b", (5,))])
     alg = make_algorithm(algo, layout, density=0.2)
-    wire = WireFormat.for_compressor(alg.compressor)
-    assert 8 * wire.message_bytes == uplink_bits_per_upload(alg.compressor)
+    template, codec = alg.compressor.empty(1), alg.codec
+    assert 8 * template.message_bytes(codec) == template.message_bits(codec)  # paper32, float32
     v = torch.randn(3, layout.numel, generator=torch.Generator().manual_seed(0))
     q = alg.compressor.compress(v)
-    back = wire.decode(wire.encode(q))
+    assert q.encode(codec).shape == (3, template.message_bytes(codec))
+    back = template.decode(codec, q.encode(codec))
     assert torch.equal(back.to_dense(), q.to_dense())
     assert back.values.dtype == q.values.dtype and back.values.shape == q.values.shape
 
@@ -92,17 +92,18 @@ def test_wire_decodes_any_dtype_row_count_and_buffer_offset(dtype, algo):
     # dtype's size, and a message inside a receive buffer may start at any byte: decoding must
     # not depend on either (0 and 1 rows used to fail for float64/16: a view, not a copy).
     alg = make_algorithm(algo, Layout([("w", (7, 5)), ("b", (11,))]), density=0.2)  # K = 7 + 2
-    wire = WireFormat.for_compressor(alg.compressor, dtype=dtype)
+    template, codec = alg.compressor.empty(1, dtype=dtype), alg.codec
+    nbytes = template.message_bytes(codec)
     if algo == "sasg":
-        assert wire.nnz % 2 == 1
+        assert template.nnz_per_message % 2 == 1
     gen = torch.Generator().manual_seed(1)
     for rows in (0, 1, 2, 3):
         v = torch.randn(rows, alg.layout.numel, generator=gen).to(dtype)
         q = alg.compressor.compress(v)
         for start in (0, 1, 3):  # the message's first byte inside a larger buffer
-            buf = torch.zeros(start + rows * wire.message_bytes, dtype=torch.uint8)
-            buf[start:] = wire.encode(q).reshape(-1)
-            back = wire.decode(buf[start:])
+            buf = torch.zeros(start + rows * nbytes, dtype=torch.uint8)
+            buf[start:] = q.encode(codec).reshape(-1)
+            back = template.decode(codec, buf[start:])
             assert back.values.dtype == dtype and back.values.shape == q.values.shape
             assert torch.equal(back.to_dense().view(torch.uint8), q.to_dense().view(torch.uint8))
 
@@ -150,7 +151,7 @@ def test_runner_follows_the_simulator_for_all_four_algorithms(tmp_path, one_thre
             # each rank's own worker state is row r of the simulator's
             torch.testing.assert_close(out["workers"]["staleness"], sim.workers.staleness[r : r + 1])
             if sim.workers.error is not None:
-                torch.testing.assert_close(out["workers"]["error"], sim.workers.error[r : r + 1])
+                torch.testing.assert_close(out["workers"]["buffers"]["error"], sim.workers.error[r : r + 1])
         lazy = algo in ("lasg", "sasg")
         assert outs[0]["ledger"]["bits_flags"] == [world if lazy else 0] * ROUNDS
         # rank 0 evaluates: the same curve as the simulator's
@@ -197,7 +198,7 @@ def test_stopped_and_resumed_run_gives_the_same_parameters(tmp_path, one_thread)
         torch.testing.assert_close(out["theta"], ref.theta)
         assert out["uploads"] == ref.ledger.uploads
         saved = torch.load(tmp_path / f"ckpt-rank{r}.pt", weights_only=False)
-        assert saved["rank"] == r and saved["server"]["iteration"] == 11
-        assert saved["workers"]["anchor"].shape[0] == 1  # this rank's own worker only
+        assert saved["engine"]["local_workers"] == [r] and saved["engine"]["server"]["iteration"] == 11
+        assert saved["engine"]["workers"]["buffers"]["anchor"].shape[0] == 1  # this rank's own worker only
     # the stopped run evaluated where it stopped (iteration 11); otherwise the same curve
     assert [p["iteration"] for p in out["history"] if p["iteration"] != 11] == [p["iteration"] for p in ref.history]

@@ -6,6 +6,7 @@ These start real torchrun process groups (gloo, CPU) as a user would, so each ta
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -19,8 +20,10 @@ import torch
 
 from sasg.cli.main import main
 
+# --device cpu: these are gloo runs on the CPU, also on a machine with GPUs (the default, auto, would
+# put every rank on a GPU there).
 TINY = ["--dataset", "synthetic", "--batch-size", "5", "--eval-every", "10", "--density", "0.1",
-        "--window", "3", "--lr", "0.2", "--quiet"]
+        "--window", "3", "--lr", "0.2", "--device", "cpu", "--quiet"]
 EXACT = ("algorithm", "iterations", "uploads", "skipped", "bits_up", "bits_down", "iters_to_target",
          "uploads_to_target", "bits_to_target", "num_parameters", "backend")
 CLOSE = ("final_test_acc", "best_test_acc", "final_train_loss")
@@ -146,7 +149,7 @@ def test_launch_bad_flags_one_line_nothing_started(tmp_path, capsys, flags, mess
 
 
 def test_worker_argv_drops_only_launcher_flags():
-    from sasg.distributed.launch import worker_argv
+    from sasg.cli.launch import worker_argv
 
     argv = ["launch", "--nproc-per-node", "4", "--algo", "sasg", "--nnodes=1", "--lr", "0.1", "--out", "r"]
     assert worker_argv(argv) == ["--algo", "sasg", "--lr", "0.1", "--out", "r"]
@@ -240,7 +243,7 @@ def test_launch_nccl_needs_the_device_on_the_gpu(tmp_path, capsys, monkeypatch):
 
 def test_launch_one_gpu_per_process(monkeypatch):
     from sasg.config import ConfigError
-    from sasg.distributed.launch import check_backend
+    from sasg.cli.launch import check_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -248,6 +251,26 @@ def test_launch_one_gpu_per_process(monkeypatch):
     check_backend("auto", "cuda", 2)
     with pytest.raises(ConfigError, match="use --nproc-per-node 2 or fewer"):
         check_backend("auto", "cuda", 3)
+
+
+def test_launch_device_auto_on_a_gpu_machine_wants_a_gpu_per_process(tmp_path, capsys, monkeypatch):
+    # No --device: auto resolves to cuda where torch sees a GPU, and so to NCCL, one GPU per process.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    flags = [t for t in TINY if t not in ("--device", "cpu")]
+    code = main(["launch", "--nproc-per-node", "3", *flags, "--algo", "sasg", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "3 processes on this node but 1 CUDA device(s)" in err and "or --device cpu" in err, err
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_launch_starts_the_cli_worker_module():
+    from sasg.cli.launch import WORKER_MODULE
+
+    assert WORKER_MODULE == "sasg.cli.worker"
+    assert importlib.util.find_spec(WORKER_MODULE) is not None
 
 
 def test_launch_duplicate_seeds(tmp_path, capsys):
@@ -286,7 +309,7 @@ def test_launch_help_hides_workers(capsys):
 
 
 def test_worker_argv_drops_exact_launcher_flags_only():
-    from sasg.distributed.launch import worker_argv
+    from sasg.cli.launch import worker_argv
 
     argv = ["launch", "--nproc-per-node=4", "--algo", "sasg", "--master-port", "29501", "--node-rank", "0",
             "--master-addr=h", "--out", "launch", "--nnodes", "1", "--nproc-per", "2"]
@@ -294,8 +317,8 @@ def test_worker_argv_drops_exact_launcher_flags_only():
 
 
 def test_worker_parser_takes_what_launch_forwards_and_no_abbreviations(capsys):
-    from sasg.distributed.launch import worker_argv
-    from sasg.distributed.worker import build_parser
+    from sasg.cli.launch import worker_argv
+    from sasg.cli.worker import build_parser
 
     argv = ["launch", "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1", "--master-addr", "h",
             "--master-port", "29501", *TINY, "--algo", "sasg", "--checkpoint-dir", "ck", "--timeout", "5"]
@@ -322,7 +345,7 @@ class _FakeTransport:
 def test_worker_default_run_folder_is_named_like_the_cli(monkeypatch):
     import re as re_
 
-    from sasg.distributed import worker
+    from sasg.cli import worker
 
     seen = {}
 
@@ -339,7 +362,7 @@ def test_worker_default_run_folder_is_named_like_the_cli(monkeypatch):
 
 
 def test_worker_checks_before_training(tmp_path):
-    from sasg.distributed.worker import build_parser, local_problem
+    from sasg.cli.worker import build_parser, local_problem
 
     (tmp_path / "f").write_text("")
     args = build_parser().parse_args([*TINY, "--algo", "sasg", "--checkpoint-dir", str(tmp_path / "f")])
@@ -351,7 +374,7 @@ def test_worker_checks_before_training(tmp_path):
 
 def test_worker_ranks_agree_who_reports(tmp_path):
     from sasg.config import ConfigError
-    from sasg.distributed.worker import PeerStopped, Reported, agree
+    from sasg.cli.worker import PeerStopped, Reported, agree
 
     problem = ConfigError("cannot write the run folder x")
     agree(_FakeTransport(0, [0, 0]), None)

@@ -67,7 +67,7 @@ def test_state_dict_resume_gives_the_same_parameters():
     # stop after 10 rounds, save, rebuild everything, load, run the remaining 15 on the same batches
     model, opt = train_like_worker(sim, 0, "sasg", 10)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    assert saved_opt["sasg"]["workers"]["anchor"].shape == (1, sim.layout.numel)
+    assert saved_opt["sasg"]["workers"]["buffers"]["anchor"].shape == (1, sim.layout.numel)
     fresh = copy.deepcopy(sim.model)
     fresh.load_state_dict(saved_model)
     opt2 = SASG(fresh.parameters(), lr=sim.config.lr, density=sim.config.density, window=sim.config.window,
@@ -122,7 +122,7 @@ def _tiny(seed=0, dtype=torch.float32):
         (dict(lr=0.1, window=float("nan")), "window D must be an integer"),
         (dict(lr=0.1, window=0, algorithm="sparse"), "window D must be an integer"),
         (dict(lr=0.1, c=0.0), "threshold scale c"),
-        (dict(lr=0.1, convention="nope"), "unknown bit convention 'nope'"),
+        (dict(lr=0.1, convention="nope"), "unknown codec 'nope'"),
         (dict(lr=0.1, algorithm="adam"), "unknown algorithm 'adam'"),
     ],
 )

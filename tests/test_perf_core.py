@@ -1,4 +1,4 @@
-"""The allocation-free hot path (in-place error memory, scratch buffers, row-wise updates) gives
+"""The allocation-free hot path (in-place error memory, workspace buffers, row-wise updates) gives
 bit-for-bit the state the straightforward formulation gives, for every algorithm and mask."""
 
 import itertools
@@ -6,108 +6,132 @@ import itertools
 import pytest
 import torch
 
-from sasg.core import Layout, make_algorithm
-from sasg.core.payload import DensePayload, SparsePayload
+from sasg.core import Layout, WK2, make_algorithm
+from sasg.core.memories import NoMemory
+from sasg.core.payloads import DensePayload, SparsePayload
 from sasg.core.topk import _mask_of_magnitudes, _mask_to_indices
+from sasg.core.triggers.wk2 import squared_change
+from sasg.engine import InProcessTransport, RoundEngine
 
 
-def plain_decide(alg, iteration, workers, server, n, lr, grads, stale_grads):
-    upload = alg.forced(iteration, workers)
-    if not alg.lazy:
-        return upload
-    check = (~upload).nonzero().squeeze(1)
-    if check.numel():
-        diff_sq = (grads[check] - stale_grads(check)).square().sum(dim=1)
-        upload[check] = alg.trigger.fires(diff_sq, alg.threshold(server, n, lr))
-    return upload
+class Scripted(WK2):
+    """WK2, except that on some rounds the test dictates who uploads (every kind of partial
+    upload); the rule itself still runs, so its stale-gradient calls happen as usual."""
+
+    def __init__(self, window, c, masks):
+        super().__init__(window, c)
+        self.masks = iter(masks)
+
+    def decide(self, rnd):
+        upload = super().decide(rnd)
+        forced = next(self.masks)
+        return upload if forced is None else forced.clone()
 
 
-def plain_compress(comp, v):
+def plain_compress(alg, v):
     """Per segment: the reference rule (threshold, mask, tie fix-up), no sampling."""
+    comp = alg.compressor
     if not hasattr(comp, "k_per_segment"):
-        return comp.compress(v)
+        return DensePayload(v.clone())
     parts = []
     for seg, k in zip(comp.layout.segments, comp.k_per_segment):
         idx = _mask_to_indices(_mask_of_magnitudes(v[:, seg.offset : seg.end].abs(), k), k)
         parts.append(idx.reshape(v.shape[0], k) + seg.offset)
-    indices = torch.cat(parts, dim=1) if parts else torch.zeros(0, 0, dtype=torch.long)
+    indices = torch.cat(parts, dim=1)
     return SparsePayload(indices, torch.gather(v, 1, indices), comp.layout.numel)
 
 
-def plain_upload(alg, workers, upload, grads, theta, scale):
-    rows = upload.nonzero().squeeze(1)
-    g = grads if grads.shape[0] == rows.numel() else grads[rows]
-    v = torch.add(workers.error[rows], g, alpha=scale) if alg.error_feedback else g * scale
-    q = plain_compress(alg.compressor, v)
-    if alg.error_feedback:
-        workers.error[rows] = alg.compressor.error(v, q)
-    if alg.lazy:
-        workers.anchor[rows] = theta
-    workers.staleness += 1
-    workers.staleness[rows] = 1
-    return q
+class Plain:
+    """The round written out as in DESIGN.md, on plain tensors."""
 
+    def __init__(self, alg, n, d):
+        self.alg, self.n = alg, n
+        self.error = torch.zeros(n, d)
+        self.anchor = torch.zeros(n, d)
+        self.tau = torch.ones(n, dtype=torch.long)
+        self.last = alg.compressor.empty(n)
+        self.steps = []
+        self.k = 0
 
-def same_state(a, b):
-    for key in ("staleness", "error", "anchor"):
-        x, y = getattr(a, key), getattr(b, key)
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert torch.equal(x, y), key
+    def round(self, theta, grads, stale, lr, forced):
+        alg, n, D = self.alg, self.n, getattr(self.alg.trigger, "window", 0)
+        if alg.lazy:
+            upload = torch.full((n,), self.k < D) | (self.tau > D)
+            thr = sum(self.steps[-(D - 1):] if D > 1 else []) / (alg.trigger.c * n * lr)
+            check = ~upload
+            upload[check] = (grads[check] - stale[check]).square().sum(dim=1) > thr
+        else:
+            upload = torch.ones(n, dtype=torch.bool)
+        if forced is not None:
+            upload = forced.clone()
+        rows = upload.nonzero().squeeze(1)
+        ef = alg.memory.name == "ef"
+        if ef:  # the engine adds in place with alpha: the same rounding as e + s*g
+            v = torch.add(self.error[rows], grads[rows], alpha=lr / n)
+        else:
+            v = torch.mul(grads[rows], lr / n)
+        q = plain_compress(alg, v)
+        if ef:
+            self.error[rows] = v - q.to_dense()
+        self.anchor[rows] = theta
+        self.tau += 1
+        self.tau[rows] = 1
+        if rows.numel():
+            self.last.assign(rows, q)
+        step = self.last.sum(torch.zeros_like(theta))
+        self.steps.append(float(torch.dot(step, step)))
+        self.k += 1
+        return upload, q, step
 
 
 @pytest.mark.parametrize("name", ["sgd", "sparse", "lasg", "sasg"])
 def test_rounds_match_the_plain_formulation_bit_for_bit(name):
     layout = Layout([("w", (40, 300)), ("b", (40,)), ("v", (3, 40)), ("c", (3,))])
-    d, n = layout.numel, 5
+    d, n, lr = layout.numel, 5, 0.1
     gen = torch.Generator().manual_seed(11)
-    fast = make_algorithm(name, layout, density=0.05, window=3, c=0.5)
-    slow = make_algorithm(name, layout, density=0.05, window=3, c=0.5)
-    wf, ws = fast.init_worker_state(n), slow.init_worker_state(n)
-    sf, ss = fast.init_server_state(n), slow.init_server_state(n)
-    theta = torch.randn(d, generator=gen)
-    step_f, step_s = torch.zeros(d), torch.zeros(d)
     masks = [None] * 6 + [torch.tensor(m, dtype=torch.bool) for m in itertools.product([0, 1], repeat=n)][::3]
-    for k, forced_mask in enumerate(masks):
+    fast = make_algorithm(name, layout, density=0.05, window=3, c=0.5)
+    if fast.lazy:
+        fast.trigger = Scripted(3, 0.5, masks)
+    engine = RoundEngine(fast, InProcessTransport(n))
+    plain = Plain(make_algorithm(name, layout, density=0.05, window=3, c=0.5), n, d)
+    theta_f = torch.randn(d, generator=gen)
+    theta_s = theta_f.clone()
+    for k, forced in enumerate(masks):
+        if not fast.lazy:
+            forced = None
         grads = torch.randn(n, d, generator=gen) * 0.1
         grads[:, 100:200] = grads[:, 100:100 + 1]  # equal magnitudes: ties in the big segment
         stale = torch.randn(n, d, generator=gen) * 0.1
-        stale_fn = lambda rows: stale[rows]  # noqa: E731
-        # The fast path also takes gradients as per-segment column blocks (a vmap backend's
-        # outputs, no flat copy): every third round, for both the fresh and the stale ones.
-        blocks = k % 3 == 2
-        as_blocks = lambda t: tuple(c.clone() for c in layout.columns(t)) if blocks else t  # noqa: E731
-        uf = fast.decide(k, wf, sf, n, 0.1, as_blocks(grads), lambda rows: as_blocks(stale_fn(rows)))
-        us = plain_decide(slow, k, ws, ss, n, 0.1, grads, stale_fn)
-        assert torch.equal(uf, us)
-        if forced_mask is not None:  # exercise every kind of partial upload, too
-            uf = us = forced_mask.clone()
-        # Both call styles on alternate rounds: all N rows of gradients, or the uploaders' only.
-        g = grads[us] if k % 2 else grads
-        qf = fast.upload(wf, uf, as_blocks(g.clone()), theta, 0.01)
-        qs = plain_upload(slow, ws, us, g.clone(), theta, 0.01)
-        assert type(qf) is type(qs)
-        assert torch.equal(qf.values, qs.values)
-        if isinstance(qf, SparsePayload):
-            assert torch.equal(qf.indices, qs.indices)
-        same_state(wf, ws)
-        senders = us.nonzero().squeeze(1)
-        fast.aggregate(sf, senders, qf, step_f)
-        slow.aggregate(ss, senders, qs, step_s)
-        assert torch.equal(step_f, step_s)
-        assert torch.equal(sf.step_sq, ss.step_sq)
-        theta = theta - step_f
+        # Gradients as one flat (n, d) tensor or as per-segment column blocks (a vmap backend's
+        # outputs, no flat copy), on alternate rounds, for the fresh and the stale ones.
+        blocks = k % 2 == 1
+        as_blocks = lambda t: tuple(c.clone() for c in layout.columns(t)) if blocks else t.clone()  # noqa: E731
+        flags = engine.step(theta_f, as_blocks(grads), lambda rows: as_blocks(stale[rows]), lr)
+        upload, q, step = plain.round(theta_s, grads, stale, lr, forced)
+        theta_s = theta_s - step
+        assert torch.equal(flags, upload)
+        assert torch.equal(engine.workers.staleness, plain.tau)
+        if fast.memory.name == "ef":
+            assert torch.equal(engine.workers.error, plain.error)
+        if fast.lazy:
+            assert torch.equal(engine.workers.anchor[upload], plain.anchor[upload])
+        assert torch.equal(engine.server.last.to_dense(), plain.last.to_dense())
+        assert torch.equal(theta_f, theta_s)
+        h = engine.server.step_sq.numel()  # the window keeps the last D - 1 squared steps
+        assert engine.server.step_sq.tolist() == ([0.0] * h + plain.steps)[len(plain.steps):]
 
 
 def test_payload_survives_the_next_round():
-    """Scratch buffers are reused round after round; a returned payload must not point into them."""
+    """Workspace buffers are reused round after round; a returned payload must not point into them."""
     layout = Layout([("w", (50, 60))])
     alg = make_algorithm("sasg", layout, density=0.1, window=1, c=1.0)
-    workers = alg.init_worker_state(4)
+    engine = RoundEngine(alg, InProcessTransport(4))
     gen = torch.Generator().manual_seed(2)
-    q1 = alg.upload(workers, torch.tensor([True, False, True, False]), torch.randn(4, 3000, generator=gen), torch.zeros(3000), 0.1)
+    cols = lambda: layout.columns(torch.randn(4, 3000, generator=gen))  # noqa: E731
+    q1 = alg.memory.upload(engine.workers, [0, 2], cols(), 0.1, alg.compressor, None)
     kept = (q1.indices.clone(), q1.values.clone())
-    alg.upload(workers, torch.tensor([False, True, True, True]), torch.randn(4, 3000, generator=gen), torch.zeros(3000), 0.1)
+    alg.memory.upload(engine.workers, [1, 2, 3], cols(), 0.1, alg.compressor, None)
     assert torch.equal(q1.indices, kept[0]) and torch.equal(q1.values, kept[1])
 
 
@@ -126,8 +150,6 @@ def test_a_rows_trigger_norm_does_not_depend_on_the_other_rows():
     """Each checked row is reduced on its own: a distributed rank checking itself alone gets the
     same bits as the simulator checking it among M workers (large rows, where a batched
     reduction would split differently)."""
-    from sasg.core.triggers import squared_change
-
     layout = Layout([("w", (700, 600)), ("b", (700,))])
     gen = torch.Generator().manual_seed(4)
     g, s = torch.randn(6, layout.numel, generator=gen), torch.randn(6, layout.numel, generator=gen)
@@ -158,14 +180,14 @@ def test_server_keeps_an_owned_dense_payload_instead_of_copying_it():
     (no (M, d) copy); anything else (another holder, another order) is copied as before."""
     layout = Layout([("w", (4, 5))])
     alg = make_algorithm("sgd", layout)
-    workers, server = alg.init_worker_state(3), alg.init_server_state(3)
-    everyone = torch.ones(3, dtype=torch.bool)
-    q = alg.upload(workers, everyone, torch.randn(3, 20, generator=torch.Generator().manual_seed(1)), torch.zeros(20), 0.5)
-    assert q.owned
-    step = torch.zeros(20)
-    alg.aggregate(server, everyone.nonzero().squeeze(1), q, step)
+    assert isinstance(alg.memory, NoMemory)
+    engine = RoundEngine(alg, InProcessTransport(3))
+    cols = layout.columns(torch.randn(3, 20, generator=torch.Generator().manual_seed(1)))
+    q = alg.memory.upload(engine.workers, [0, 1, 2], cols, 0.5, alg.compressor, None)
+    assert q.owned  # the memory gave its fresh v away
+    server = engine.server
+    server.last.assign(torch.arange(3), q)
     assert server.last.values is q.values and not q.owned  # taken once, then shared
-    assert torch.equal(step, q.values.sum(dim=0))
     # a payload somebody else holds (a transport's receive buffer) is copied
     received = DensePayload(torch.full((3, 20), 2.0))
     server.last.assign(torch.arange(3), received)
@@ -175,3 +197,9 @@ def test_server_keeps_an_owned_dense_payload_instead_of_copying_it():
     server.last.assign(torch.tensor([2, 0, 1]), other)
     assert server.last.values is not other.values
     assert server.last.values[:, 0].tolist() == [1.0, 2.0, 0.0]
+    # error feedback hands the compressor its own memory: the payload must be a copy
+    ef = make_algorithm("always+identity+ef", layout)
+    e_engine = RoundEngine(ef, InProcessTransport(3))
+    q = ef.memory.upload(e_engine.workers, [0, 1, 2], cols, 0.5, ef.compressor, None)
+    assert q.values.data_ptr() != e_engine.workers.error.data_ptr()
+    assert e_engine.workers.error.abs().max() == 0 and torch.equal(q.values, cols[0] * 0.5)

@@ -31,18 +31,21 @@ def test_stale_gradients_for_all_or_some_workers_match_a_plain_recomputation(syn
     gradients the simulator handed to the trigger from scratch."""
     sim = Simulator(small_config(window=2, threshold_scale=0.3), "sasg", synth)
     seen = []
-    decide = sim.algorithm.decide
+    decide = sim.algorithm.trigger.decide
 
-    def spy(k, workers, server, n, lr, grads, stale_grads):
+    def spy(rnd):
+        stale_grads = rnd.stale_grads
+
         def checked(rows):
             got = stale_grads(rows)
             flat = got if isinstance(got, torch.Tensor) else torch.cat(got, dim=1)
-            seen.append((rows.clone(), workers.anchor[rows].clone(), flat.clone()))
+            seen.append((rows.clone(), rnd.workers.anchor[rows].clone(), flat.clone()))
             return got
 
-        return decide(k, workers, server, n, lr, grads, checked)
+        rnd.stale_grads = checked
+        return decide(rnd)
 
-    sim.algorithm.decide = spy
+    sim.algorithm.trigger.decide = spy
     plain = VmapGradients(sim.model, sim.layout)
     for _ in range(25):
         n_before = len(seen)

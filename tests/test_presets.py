@@ -50,7 +50,25 @@ def test_dry_run_prints_resolved_configuration_and_trains_nothing(tmp_path, caps
     assert cfg["lr_decay_epochs"] == [30.0] and cfg["epochs"] == 50 and cfg["threshold_scale"] == 1.0
     assert cfg["augment"] == "crop-flip-rotate" and cfg["target_metric"] == "top5"
     assert cfg["data"] == {"name": "cifar100", "sample_shape": [3, 32, 32], "num_classes": 100}
+    # the paper's CIFAR-100 runs: c = 0.8 for SASG, 0.2 for LASG (1 for the others)
+    assert cfg["per_algorithm"] == {"sasg": {"threshold_scale": 0.8}, "lasg": {"threshold_scale": 0.2}}
     assert not out.exists()
+
+
+def test_per_algorithm_knobs_from_presets_and_flags(tmp_path, capsys):
+    cfg = RunConfig.from_preset("paper-cifar100", data_dir="/nowhere").validate()
+    assert [cfg.settings_for(a).threshold_scale for a in ("sgd", "sparse", "lasg", "sasg")] == [1.0, 1.0, 0.2, 0.8]
+    base = ["compare", "--preset", "paper-cifar100", "--data-dir", str(tmp_path), "--dry-run"]
+    assert main([*base, "--threshold-scale", "0.5"]) == 0  # an explicit flag wins for every algorithm
+    assert json.loads(capsys.readouterr().out)["per_algorithm"] == {}
+    assert main([*base, "--threshold-scale", "0.5,sasg=0.9", "--density", "sparse=0.05"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["threshold_scale"] == 0.5 and got["density"] == 0.01
+    assert got["per_algorithm"] == {"sasg": {"threshold_scale": 0.9}, "sparse": {"density": 0.05}}
+    assert main([*base, "--algos", "sgd,sasg", "--window", "lasg=3"]) == 2
+    assert "'lasg' is not among the algorithms of this run" in capsys.readouterr().err
+    assert main([*base, "--density", "sasg=2"]) == 2
+    assert "density must be in (0, 1], got 2" in capsys.readouterr().err
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
@@ -87,11 +105,17 @@ def test_step_decay_uses_the_lr_in_force():
 
 def test_schedule_reaches_the_trigger_threshold(synth):
     cfg = RunConfig(dataset="synthetic", workers=4, batch_size=5, lr=0.2, lr_decay_epochs=(1,),
-                    lr_decay_factor=0.5, epochs=2, window=3, seed=0).validate()
+                    lr_decay_factor=0.5, epochs=2, window=3, seed=0, device="cpu").validate()
     sim = Simulator(cfg, "sasg", synth)
     seen = []
-    sim.algorithm.threshold = (lambda orig: lambda server, M, lr: (seen.append(lr), orig(server, M, lr))[1])(
-        sim.algorithm.threshold)
+    decide = sim.algorithm.trigger.decide
+
+    def spy(rnd):  # the lr of every round whose threshold the rule computes (someone is checked)
+        stale = rnd.stale_grads
+        rnd.stale_grads = lambda rows: (seen.append(rnd.lr), stale(rows))[1]
+        return decide(rnd)
+
+    sim.algorithm.trigger.decide = spy
     sim.run()
     per_epoch = sim.sampler.rounds_per_epoch
     assert set(seen) == {0.2, 0.1} and seen.index(0.1) >= per_epoch - cfg.window

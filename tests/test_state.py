@@ -31,9 +31,12 @@ def test_state_dict_exposes_every_piece_of_algorithm_state(synth):
     sim = Simulator(small_config(), "sasg", synth)
     sim.step()
     st = sim.state_dict()
-    assert set(st["workers"]) == {"staleness", "error", "anchor"}
-    assert set(st["server"]) == {"last", "step_sq", "iteration"}
-    assert st["workers"]["anchor"].shape == (4, sim.layout.numel)
+    eng = st["engine"]
+    assert set(eng["workers"]) == {"staleness", "buffers"}
+    assert set(eng["workers"]["buffers"]) == {"error", "anchor"}
+    assert set(eng["server"]) == {"last", "step_sq", "iteration"}
+    assert eng["workers"]["buffers"]["anchor"].shape == (4, sim.layout.numel)
+    assert len(eng["generators"]) == 4  # every worker's member generator
     other = Simulator(small_config(), "sgd", synth)
     try:
         other.load_state_dict(st)

@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from sasg.core import LazyTrigger, Layout, forced_uploads, lazy_threshold, make_algorithm
+from sasg.core import WK2, Layout, forced_uploads, lazy_threshold, make_algorithm
+from sasg.engine import InProcessTransport, RoundEngine
 
 
 def test_threshold_on_hand_computed_example():
     # D = 4 keeps the last D-1 = 3 squared steps; c = 2, M = 5, lr = 0.1:
     # thr = (1 + 4 + 0.5) / (2 * 5 * 0.1) = 5.5
     assert lazy_threshold(torch.tensor([1.0, 4.0, 0.5], dtype=torch.float64), 2.0, 5, 0.1) == pytest.approx(5.5)
-    trig = LazyTrigger(window=4, c=2.0)
-    assert trig.fires(torch.tensor([5.4, 5.5, 5.6]), 5.5).tolist() == [False, False, True]
+    assert WK2(window=4, c=2.0).history == 3
 
 
 def test_warmup_and_staleness_bound():
@@ -21,31 +21,24 @@ def test_warmup_and_staleness_bound():
 
 def test_window_holds_the_last_d_minus_1_steps():
     layout = Layout([("w", (3,))])
-    algo = make_algorithm("lasg", layout, window=3, c=1.0)
-    server = algo.init_server_state(2)
+    engine = RoundEngine(make_algorithm("lasg", layout, window=3, c=1.0), InProcessTransport(2))
+    server = engine.server
     assert server.step_sq.shape == (2,)
     for s in (1.0, 2.0, 3.0):
         server.push_step(s)
     assert server.step_sq.tolist() == [2.0, 3.0]
 
 
-def _never_changes(rows):
-    return torch.zeros(len(rows), 4)
-
-
 def test_at_most_d_skips_in_a_row():
     """With a gradient that never changes, a lazy worker skips exactly D rounds, then must upload."""
     D = 3
     layout = Layout([("w", (4,))])
-    algo = make_algorithm("lasg", layout, window=D, c=1.0)
-    workers, server = algo.init_worker_state(1), algo.init_server_state(1)
+    engine = RoundEngine(make_algorithm("lasg", layout, window=D, c=1.0), InProcessTransport(1))
     theta = torch.zeros(4)
     pattern = []
-    for k in range(12):
+    for _ in range(12):
         g = torch.zeros(1, 4)  # same gradient as at the anchor: never above the threshold
-        up = algo.decide(k, workers, server, 1, 0.1, g, _never_changes)
-        q = algo.upload(workers, up, g, theta, 0.1)
-        algo.aggregate(server, up.nonzero().squeeze(1), q, torch.empty(4))
+        up = engine.step(theta, g, lambda rows: torch.zeros(len(rows), 4), 0.1)
         pattern.append(int(up[0]))
     # warm-up uploads at k = 0..D-1, then D skips, a forced upload, D skips, ...
     assert pattern == [1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]
@@ -53,8 +46,7 @@ def test_at_most_d_skips_in_a_row():
 
 def test_stale_gradient_only_requested_for_checked_workers():
     layout = Layout([("w", (2,))])
-    algo = make_algorithm("sasg", layout, density=0.5, window=2, c=1.0)
-    workers, server = algo.init_worker_state(3), algo.init_server_state(3)
+    engine = RoundEngine(make_algorithm("sasg", layout, density=0.5, window=2, c=1.0), InProcessTransport(3))
     asked = []
 
     def stale(rows):
@@ -62,17 +54,19 @@ def test_stale_gradient_only_requested_for_checked_workers():
         return torch.zeros(len(rows), 2)
 
     g = torch.ones(3, 2)
-    algo.decide(0, workers, server, 3, 0.1, g, stale)  # warm-up: nobody is checked
+    theta = torch.zeros(2)
+    engine.step(theta, g, stale, 0.1)  # warm-up: nobody is checked
+    engine.step(theta, g, stale, 0.1)
     assert asked == []
-    workers.staleness[:] = torch.tensor([1, 3, 1])  # worker 1 is past the bound: forced
-    algo.decide(5, workers, server, 3, 0.1, g, stale)
+    engine.workers.staleness[:] = torch.tensor([1, 3, 1])  # worker 1 is past the bound: forced
+    engine.step(theta, g, stale, 0.1)
     assert asked == [[0, 2]]
 
 
 def test_bad_trigger_arguments():
     with pytest.raises(ValueError, match="window"):
-        LazyTrigger(0, 1.0)
+        WK2(0, 1.0)
     with pytest.raises(ValueError, match="threshold scale"):
-        LazyTrigger(3, 0.0)
+        WK2(3, 0.0)
     with pytest.raises(ValueError, match="unknown algorithm 'adam'"):
         make_algorithm("adam", Layout([("w", (2,))]))

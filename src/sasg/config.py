@@ -8,9 +8,9 @@ window D = 10, threshold scale c = 2, 20 epochs, evaluation every 10 iterations.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
-from .core.algorithms import ALGORITHMS
+from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
 
 
 # Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
@@ -19,6 +19,18 @@ MAX_SEED = 2**32 - 1
 
 class ConfigError(ValueError):
     """A bad setting; the message says which one and how to fix it."""
+
+
+def resolve_device(device) -> str:
+    """``device`` normalized (``" CUDA "`` -> ``"cuda"``), with ``"auto"`` made concrete: ``"cuda"``
+    when a CUDA device is available, else ``"cpu"``. Other names are returned as given; ``validate``
+    checks them."""
+    name = str(device).strip().lower()
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -37,7 +49,7 @@ class RunConfig:
     seed: int = 0
     target_acc: float | None = None
     backend: str = "auto"
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda when available, else cpu (validate() resolves it)
     convention: str = "paper32"
     # paper-scale experiments
     data_dir: str | None = None
@@ -50,6 +62,9 @@ class RunConfig:
     augment: str = "none"  # none | crop-flip | crop-flip-rotate
     target_metric: str = "top1"  # top1 | top5: which test accuracy the target is on
     iterations: int | None = None  # overrides epochs when set
+    # Per-algorithm values of the algorithm knobs (density, window, threshold_scale), e.g.
+    # {"sasg": {"threshold_scale": 0.8}}; an algorithm not named here takes the fields above.
+    per_algorithm: dict = field(default_factory=dict)
     # The paper preset these values came from, as a record (config.json, report). Setting it
     # alone changes no value: RunConfig.from_preset(name, **overrides) applies one.
     preset: str | None = None
@@ -66,13 +81,19 @@ class RunConfig:
             raise ConfigError(str(e)) from None
         return cls(**{**values, **overrides, "preset": name})
 
+    def settings_for(self, algorithm: str) -> AlgorithmSettings:
+        """The knobs of ``algorithm``: its own values from ``per_algorithm``, else the shared ones."""
+        own = self.per_algorithm.get(str(algorithm).strip().lower(), {})
+        shared = {k: getattr(self, k) for k in KNOBS}
+        return AlgorithmSettings(**{**shared, **own})
+
     @property
     def paper_alpha(self) -> float:
         """The paper's step size on the *sum* of worker gradients: alpha = lr / M."""
         return self.lr / self.workers
 
     def validate(self) -> "RunConfig":
-        from .accounting import CONVENTIONS
+        from .core.spec import check_codec
         from .data import AUGMENTATIONS, DATASETS, PARTITIONS
         from .models import MODELS
 
@@ -81,13 +102,17 @@ class RunConfig:
         names = self.algorithms.split(",") if isinstance(self.algorithms, str) else self.algorithms
         algos = tuple(a.strip().lower() for a in names if a.strip())
         if not algos:
-            raise ConfigError("no algorithm given; choose from " + ", ".join(ALGORITHMS))
-        for a in algos:
-            if a not in ALGORITHMS:
-                raise ConfigError(f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)}")
+            raise ConfigError("no algorithm given; choose from " + ", ".join(ALGORITHMS) + " or a composition such as wk2+topk")
         if len(set(algos)) != len(algos):
             raise ConfigError(f"algorithm listed twice in {','.join(algos)}; list each once")
         self.algorithms = algos
+        self.per_algorithm = _check_per_algorithm(self.per_algorithm)
+        try:
+            for a in algos:  # one validated spec per algorithm: members known, knobs in range
+                AlgorithmSpec.parse(a, self.settings_for(a))
+            AlgorithmSettings(**{k: getattr(self, k) for k in KNOBS}).validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         decay = self.lr_decay_epochs
         decay = (decay,) if isinstance(decay, (int, float)) and not isinstance(decay, bool) else decay
         if not all(_finite(e) for e in decay):
@@ -101,19 +126,12 @@ class RunConfig:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
         _int_at_least("workers", self.workers, 1, "--workers")
         _int_at_least("batch size", self.batch_size, 1, "--batch-size")
-        _int_at_least("window D", self.window, 1, "--window")
         _int_at_least("eval interval", self.eval_every, 1, "--eval-every")
         _int_at_least("seed", self.seed, 0, "--seed")
         if self.seed > MAX_SEED:
             raise ConfigError(f"seed must be at most {MAX_SEED} (2**32 - 1), got {self.seed}; e.g. --seed 1")
         if not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}; e.g. --lr 0.05")
-        if not _finite(self.density) or not 0 < self.density <= 1:
-            raise ConfigError(f"density must be in (0, 1], got {self.density}; e.g. --density 0.01 for 1 %")
-        if not _finite(self.threshold_scale) or self.threshold_scale <= 0:
-            raise ConfigError(
-                f"threshold scale c must be a finite number > 0, got {self.threshold_scale}; e.g. --threshold-scale 2"
-            )
         if not _finite(self.epochs) or self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}; e.g. --epochs 20")
         if self.target_acc is not None and (not _finite(self.target_acc) or not 0 <= self.target_acc <= 100):
@@ -145,9 +163,11 @@ class RunConfig:
                 f"data set {self.dataset!r} loads from its published files; pass --data-dir FOLDER "
                 "(add --download on a machine with internet)"
             )
-        if self.convention not in CONVENTIONS:
-            raise ConfigError(f"unknown bit convention {self.convention!r}; choose from {', '.join(CONVENTIONS)}")
-        self.device = str(self.device).strip().lower()
+        try:
+            self.convention = check_codec(self.convention)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.device = resolve_device(self.device)
         import torch
 
         try:
@@ -155,7 +175,7 @@ class RunConfig:
         except RuntimeError:
             dev = None
         if dev is None or dev.type not in ("cpu", "cuda"):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
+            raise ConfigError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise ConfigError(f"--device {self.device} asked for, but no CUDA device is available; use --device cpu")
@@ -176,6 +196,21 @@ class RunConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def _check_per_algorithm(per: dict) -> dict:
+    """``{algorithm: {knob: value}}`` with known knobs; names lower-cased."""
+    if not isinstance(per, dict):
+        raise ConfigError(f"per_algorithm must map algorithm names to {{knob: value}}, got {per!r}")
+    out = {}
+    for name, knobs in per.items():
+        if not isinstance(knobs, dict):
+            raise ConfigError(f"per_algorithm[{name!r}] must be a {{knob: value}} dict, got {knobs!r}")
+        unknown = sorted(set(knobs) - set(KNOBS))
+        if unknown:
+            raise ConfigError(f"per_algorithm[{name!r}]: unknown knob(s) {', '.join(unknown)}; knobs are {', '.join(KNOBS)}")
+        out[str(name).strip().lower()] = dict(knobs)
+    return out
 
 
 def _finite(x) -> bool:

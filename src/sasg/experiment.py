@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, resolve_device
 from .data import DataSplit, describe_partition, load_dataset, make_partition
 from .data.dataset import to_device
 from .sim import RunResult, Simulator
@@ -15,8 +15,9 @@ from .sim import RunResult, Simulator
 
 def load_data(config: RunConfig) -> DataSplit:
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    if config.device != "cpu":
-        data = to_device(data, config.device)
+    device = resolve_device(config.device)  # "auto" too, for a config not validated yet
+    if device != "cpu":
+        data = to_device(data, device)
     return data
 
 

@@ -1,19 +1,10 @@
-"""Exact accounting of what crosses the network."""
+"""Exact accounting of what crosses the network: the per-round ledger and the wire predictions.
 
-from .conventions import CONVENTIONS, FLAG_BITS_PER_WORKER, PAPER32, BitConvention
+The price of a message comes from its codec (:mod:`sasg.core.codecs`); the round engine records
+it (:class:`sasg.engine.RoundEngine`).
+"""
+
 from .ledger import Ledger
-from .messages import downlink_bits_per_round, message_bits, uplink_bits_per_upload
-from .wire import flag_bytes, replica_payload_bytes
+from .wire import FLAG_BITS_PER_WORKER, flag_bytes, replica_payload_bytes
 
-__all__ = [
-    "BitConvention",
-    "CONVENTIONS",
-    "FLAG_BITS_PER_WORKER",
-    "Ledger",
-    "PAPER32",
-    "downlink_bits_per_round",
-    "flag_bytes",
-    "message_bits",
-    "replica_payload_bytes",
-    "uplink_bits_per_upload",
-]
+__all__ = ["FLAG_BITS_PER_WORKER", "Ledger", "flag_bytes", "replica_payload_bytes"]

@@ -4,13 +4,17 @@ The runner keeps a replica of the server on every rank (see ``docs/distributed.m
 of ``bits`` bits (the ledger's ``bits_up``, one message to "the server") is delivered to each of
 the other ``M - 1`` ranks, and no dense parameter broadcast happens (the ledger's ``bits_down``
 is the parameter-server convention, kept so the numbers compare with the simulator). Under
-``paper32`` the packed message is exactly ``bits / 8`` bytes.
+``paper32`` with float32 parameters the packed message is exactly ``bits / 8`` bytes.
 
 The per-round "who sends" flag (the ledger's ``bits_flags``, 1 bit per worker) travels as one
 byte per rank and peer: ``M * (M - 1)`` bytes a round, lazy triggers only.
 """
 
 from __future__ import annotations
+
+# The per-round "who sends" flag of a real runner: one bit per worker per round on the ledger,
+# counted on its own line (``bits_flags``) and never folded into ``bits_up``.
+FLAG_BITS_PER_WORKER = 1
 
 
 def replica_payload_bytes(bits_up: int, num_workers: int) -> int:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..core.algorithms import ALGORITHMS
+from ..core import ALGORITHMS
+from .launch import add_launch_subparser
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -21,6 +22,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class CommandParser(OneLineParser):
+    """The parser of one sub-command (``sasg compare``, ...). It gets every token after the
+    command's name, so a token it does not recognize is an error no other parser could take:
+    reported here, naming this command and its help, rather than by the top-level parser."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _number(kind):
@@ -48,6 +61,34 @@ def _algo_list(text: str) -> tuple[str, ...]:
     return tuple(a.lower() for a in _items(text, "sgd,sasg"))
 
 
+class PerAlgorithm(dict):
+    """A knob's value per algorithm, ``{name: value}``; the entry under ``None`` (a bare number)
+    is the value of every algorithm not named."""
+
+
+def _knob(kind):
+    """A number, or per-algorithm values ``sasg=0.8,lasg=0.2`` (a bare number among them is the
+    value of the algorithms not named): ``--threshold-scale 1,sasg=0.8``."""
+    number = _number(kind)
+
+    def parse(text: str):
+        if "=" not in text:
+            return number(text)
+        out = PerAlgorithm()
+        for item in _items(text, "sasg=0.8,lasg=0.2"):
+            name, sep, value = (p.strip() for p in item.partition("="))
+            key = name.lower() if sep else None
+            if sep and not name:
+                raise argparse.ArgumentTypeError(f"{item!r} names no algorithm; write ALGO=VALUE, e.g. sasg=0.8")
+            if key in out:
+                raise argparse.ArgumentTypeError(f"{text!r} gives {'the shared value' if key is None else key} twice")
+            out[key] = number(value if sep else item)
+        return out
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     parse = _number(float)
     return tuple(parse(t) for t in _items(text, "20,30"))
@@ -58,20 +99,47 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(parse(t) for t in _items(text, "1,19,31"))
 
 
+# The argument groups of the training flags, in help order: (key, title, description). The key
+# names the group in the dict add_training_flags returns, so a flag can later join a group by name.
+TRAINING_GROUPS = (
+    ("data", "data", "the data set and its split over the workers"),
+    ("model", "model", "the network and where its gradients are computed"),
+    ("optimization", "optimization",
+     "defaults: the paper's MNIST setting; --preset sets every value at once, explicit flags win over it"),
+    ("trigger", "trigger", "when a worker skips its upload (SASG, LASG)"),
+    ("compression", "compression", "what an upload keeps (SASG, sparse)"),
+    ("evaluation", "evaluation", "test accuracy and the target the cost-to-target columns use"),
+    ("output", "output", None),
+)
+
+
 # Flags default to None so that a --preset can fill them; explicit flags win over the preset,
 # the preset over RunConfig's defaults (shown in the help).
-def add_training_flags(p: argparse.ArgumentParser) -> None:
+def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """Add the training flags to ``p`` in argument groups; return them as ``{key: group}`` with the
+    keys of :data:`TRAINING_GROUPS` (``groups["data"].add_argument(...)`` adds a flag to one)."""
     from ..presets import PRESETS
 
     d = RunConfig()
-    g = p.add_argument_group("setting (defaults: the paper's MNIST setting on the embedded data)")
-    g.add_argument("--preset", choices=tuple(PRESETS), help="the paper's experiments: every hyperparameter set at once")
+    groups = {key: p.add_argument_group(title, description) for key, title, description in TRAINING_GROUPS}
+
+    g = groups["data"]
     g.add_argument("--dataset", help=f"mnist5k (embedded, default), synthetic, mnist, fashion-mnist, cifar10, cifar100")
     g.add_argument("--data-dir", help="folder with the published data files (mnist, fashion-mnist, cifar10, cifar100)")
     g.add_argument("--download", action="store_true", default=None, help="fetch missing data files (needs internet), checksums verified")
-    g.add_argument("--model", help="fc (784-512-10, default), logreg, lenet5, resnet18, vgg16")
+    g.add_argument("--partition", choices=("iid", "dirichlet", "shards"), help="split over workers (iid)")
+    g.add_argument("--beta", type=_number(float), help=f"Dirichlet concentration for --partition dirichlet ({d.beta})")
+    g.add_argument("--shards-per-worker", type=_number(int), help=f"label shards per worker for --partition shards ({d.shards_per_worker})")
+    g.add_argument("--augment", choices=("none", "crop-flip", "crop-flip-rotate"), help="batch augmentation (none)")
     g.add_argument("--workers", type=_number(int), help=f"M, number of workers ({d.workers})")
     g.add_argument("--batch-size", type=_number(int), help=f"minibatch per worker ({d.batch_size})")
+
+    g = groups["model"]
+    g.add_argument("--model", help="fc (784-512-10, default), logreg, lenet5, resnet18, vgg16")
+    g.add_argument("--backend", choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
+    g.add_argument("--device", help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
+
+    g = groups["optimization"]
     g.add_argument(
         "--lr", type=_number(float),
         help=f"step size on the MEAN of the workers' gradients ({d.lr}; the paper's alpha = lr / M)",
@@ -81,37 +149,57 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         help="comma-separated epochs at which the lr is multiplied by --lr-decay-factor, e.g. 20 or 20,30",
     )
     g.add_argument("--lr-decay-factor", type=_number(float), help=f"step decay factor ({d.lr_decay_factor})")
-    g.add_argument("--density", type=_number(float), help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k ({d.density})")
-    g.add_argument("--window", type=_number(int), help=f"D, trigger window and max skips in a row ({d.window})")
-    g.add_argument(
-        "--threshold-scale", type=_number(float),
-        help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads)",
-    )
     g.add_argument(
         "--epochs", type=_number(float),
         help=f"length in epochs ({d.epochs:g}); an epoch is (training samples) // (M x batch) rounds",
     )
     g.add_argument("--iterations", type=_number(int), help="run exactly this many iterations (overrides --epochs)")
-    g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
     seeds = g.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=_number(int), help=f"seed for init, split, batches and augmentation ({d.seed})")
     seeds.add_argument("--seeds", type=_int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
-    g.add_argument("--partition", choices=("iid", "dirichlet", "shards"), help="split over workers (iid)")
-    g.add_argument("--beta", type=_number(float), help=f"Dirichlet concentration for --partition dirichlet ({d.beta})")
-    g.add_argument("--shards-per-worker", type=_number(int), help=f"label shards per worker for --partition shards ({d.shards_per_worker})")
-    g.add_argument("--augment", choices=("none", "crop-flip", "crop-flip-rotate"), help="batch augmentation (none)")
+    g.add_argument("--preset", choices=tuple(PRESETS), help="the paper's experiments: every hyperparameter set at once")
+
+    per = "; per algorithm: ALGO=VALUE,... (e.g. sasg=0.8,lasg=0.2; a bare number for the others)"
+    g = groups["trigger"]
+    g.add_argument("--window", type=_knob(int), help=f"D, trigger window and max skips in a row ({d.window}){per}")
+    g.add_argument(
+        "--threshold-scale", type=_knob(float),
+        help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads){per}",
+    )
+
+    g = groups["compression"]
+    g.add_argument("--density", type=_knob(float),
+                   help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k ({d.density}){per}")
+
+    g = groups["evaluation"]
+    g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
     g.add_argument(
         "--target-acc", type=_number(float),
         help="target test accuracy in percent (default: SGD's final accuracy - 0.5; none when sgd is not run)",
     )
     g.add_argument("--target-metric", choices=("top1", "top5"), help="which accuracy the target is on (top1)")
-    g.add_argument("--backend", choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
-    g.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<command>-<time>)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
-    o.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
-    o.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+    g = groups["output"]
+    g.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<command>-<time>)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
+    g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_plugin_flag(p)
+    return groups
+
+
+def add_plugin_flag(p) -> None:
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE (an import path or a .py file) first: its registered members can then be "
+             "named in --algo/--algos; repeatable or comma-separated; also $SASG_PLUGINS",
+    )
+
+
+ALGO_HELP = (
+    "an alias (sgd, sparse, lasg, sasg) or a composition TRIGGER+COMPRESSOR[+MEMORY] of registered "
+    "members, e.g. wk2+topk (= sasg); `sasg list` shows them"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,20 +210,34 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"sasg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     run = sub.add_parser("run", help="train with one algorithm", description="Train with one algorithm and write a run folder.")
-    run.add_argument("--algo", required=True, type=str.lower, help=f"one of {', '.join(ALGORITHMS)}")
+    run.add_argument("--algo", required=True, type=str.lower, help=ALGO_HELP)
     add_training_flags(run)
     cmp_ = sub.add_parser(
         "compare", help="run several algorithms on one setting",
         description="Run several algorithms on the same data and seed; write summary.json, metrics.csv, plots and report.md.",
     )
-    cmp_.add_argument("--algos", type=_algo_list, default=ALGORITHMS, help="comma-separated (default: sgd,sparse,lasg,sasg)")
+    cmp_.add_argument("--algos", type=_algo_list, default=ALGORITHMS,
+                      help=f"comma-separated, each {ALGO_HELP} (default: sgd,sparse,lasg,sasg)")
     add_training_flags(cmp_)
-    from ..distributed.launch import add_launch_subparser
-
-    add_launch_subparser(sub, add_training_flags, ALGORITHMS)
+    add_launch_subparser(sub, add_training_flags, ALGO_HELP)
+    listing = sub.add_parser("list", help="list the registered triggers, compressors, memories, codecs and aliases",
+                             description="Every registered member, one line each: kind, name, description.")
+    add_plugin_flag(listing)
     return parser
+
+
+def list_members(args) -> int:
+    from ..core import listing
+    from ..plugins import load_plugins
+
+    load_plugins(args.plugin)
+    rows = listing()
+    width = max(len(name) for _, name, _ in rows)
+    for kind, name, description in rows:
+        print(f"{kind:<10}  {name:<{width}}  {description}")
+    return 0
 
 
 _FLAG_FIELDS = (
@@ -155,6 +257,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         values.update(preset(args.preset))
         values["preset"] = args.preset
     values.update({k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None})
+    algorithms = (args.algo,) if args.command != "compare" else args.algos
+    values["per_algorithm"] = _per_algorithm(values, algorithms, args)
     # A split's own knob given for another split would be silently ignored: say so instead.
     partition = values.get("partition", "iid")
     knobs = (("--beta", "beta", "dirichlet"), ("--shards-per-worker", "shards_per_worker", "shards"))
@@ -166,8 +270,43 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             )
     if getattr(args, "seeds", None):
         values["seed"] = args.seeds[0]
-    values["algorithms"] = (args.algo,) if args.command != "compare" else args.algos
+    values["algorithms"] = algorithms
     return RunConfig(**values)
+
+
+def _per_algorithm(values: dict, algorithms, args) -> dict:
+    """Split ``ALGO=VALUE`` knob flags out of ``values`` into ``per_algorithm`` (on top of a
+    preset's). A flag's bare value replaces the preset's per-algorithm values of that knob."""
+    from ..core import KNOBS, AlgorithmSpec
+
+    per = {name: dict(knobs) for name, knobs in values.get("per_algorithm", {}).items()}
+    for knob in KNOBS:
+        given = getattr(args, knob, None)  # the flag itself, not a preset's value
+        if given is None:
+            continue
+        for knobs in per.values():  # an explicit flag wins over the preset for this knob
+            knobs.pop(knob, None)
+        if not isinstance(given, PerAlgorithm):
+            continue
+        flag = "--" + knob.replace("_", "-")
+        for name, value in given.items():
+            if name is None:
+                continue
+            if name not in algorithms:
+                try:
+                    AlgorithmSpec.parse(name)
+                    why = "is not among the algorithms of this run"
+                except ValueError:
+                    why = "is no algorithm"
+                raise ConfigError(
+                    f"{flag} {name}={value}: {name!r} {why} ({', '.join(algorithms)}); name one of them"
+                )
+            per.setdefault(name, {})[knob] = value
+        if None in given:
+            values[knob] = given[None]
+        else:
+            del values[knob]
+    return {name: knobs for name, knobs in per.items() if knobs}
 
 
 def resolved(config: RunConfig, seeds: list[int]) -> dict:
@@ -197,15 +336,20 @@ def check_seeds(seeds) -> None:
 def execute(args: argparse.Namespace) -> int:
     import json
 
+    from ..plugins import load_plugins
+
     from ..experiment import check_fits, load_data, partition_report, run_seeds
-    from ..report import ratio_lines, text_table, write_run_folder
+    from ..report import write_run_folder
     from ..report.rundir import check_destination, default_run_dir, staged_run_dir
 
+    plugins = load_plugins(args.plugin)
     if args.seeds:
         check_seeds(args.seeds)
     config = config_from_args(args).validate()
     seeds = list(args.seeds) if args.seeds else [config.seed]
     settings = resolved(config, seeds)
+    if plugins:
+        settings["plugins"] = plugins
     if args.dry_run:
         print(json.dumps(settings, indent=2))
         return 0
@@ -218,23 +362,31 @@ def execute(args: argparse.Namespace) -> int:
     with folder as stage:
         runs = run_seeds(config, seeds, data=data, progress=not args.quiet)
         summary = write_run_folder(stage, runs, config, extra=settings)
-    if folder.path != out:
-        print(f"sasg: note: {out} was filled by another run meanwhile; this run is in {folder.path}", file=sys.stderr)
-    out = folder.path
-    if not args.quiet:
+    announce(out, folder.path, summary, args.quiet)
+    return 0
+
+
+def announce(asked: Path, written: Path, summary: dict, quiet: bool) -> None:
+    """After a run folder is written: where it went (and why not where asked), and the table."""
+    from ..report import ratio_lines, text_table
+
+    if written != asked:
+        print(f"sasg: note: {asked} was filled by another run meanwhile; this run is in {written}", file=sys.stderr)
+    if not quiet:
         print(text_table(summary["records"]))
         for line in ratio_lines(summary["vs_sgd"]):
             print(line)
-    print(f"run folder: {out}")
-    return 0
+    print(f"run folder: {written}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "list":
+            return list_members(args)
         if args.command == "launch":
-            from ..distributed.launch import launch_main
+            from .launch import launch_main
 
             return launch_main(args, sys.argv[1:] if argv is None else list(argv))
         from ..report.rundir import exit_on_sigterm
@@ -242,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         # A scheduler's kill cleans up like Ctrl-C: no half-written folder left. (Not for launch:
         # torchrun's agent in this process handles SIGTERM for its workers itself.)
         exit_on_sigterm()
+        from ..sim import retain_freed_memory
+
+        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.memory)
         return execute(args)
     except ConfigError as e:
         print(f"sasg: error: {e}", file=sys.stderr)

@@ -35,7 +35,6 @@ the tie rule carries over.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -43,15 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from .scratch import scratch
+from .workspace import Workspace
 
 # Sampled candidates pay off when the sample is a small part of the row.
 _SAMPLE_HITS = 64  # expected number of top-k members in the sample of a long row
 _SAMPLE_HITS_MIN = 48  # ... for medium rows
 _SAMPLE_MAX_FRACTION = 8  # sample at most n / 8 elements, else select directly
 _SEED = 0x5A56  # the sample positions: any fixed choice gives the same (exact) result
-
-_sample_cache: dict[tuple[int, int, str], Tensor] = {}
 
 
 def topk_mask(x: Tensor, k: int) -> Tensor:
@@ -109,7 +106,7 @@ _GATHER_BELOW = 1 << 18
 
 
 def topk_rows(
-    x: Tensor, k: int, rows: Sequence[int] | None = None, scratch_owner: object | None = None
+    x: Tensor, k: int, rows: Sequence[int] | None = None, workspace: Workspace | None = None
 ) -> tuple[Tensor, Tensor]:
     """The top ``k`` of rows of ``x`` (shape ``(N, n)``) by magnitude: ``(indices, values)``,
     both ``(len(rows), k)`` (all N rows when ``rows`` is None), indices ascending in each row,
@@ -117,8 +114,8 @@ def topk_rows(
 
     ``x`` is only read; it may be a column slice of a wider tensor (one segment of an ``(N, d)``
     batch): long rows are read where they lie, with no gathered or ``|x|`` copy of them.
-    ``scratch_owner``: an object to keep the candidate buffers on between calls (see
-    :mod:`sasg.core.scratch`); by default they are allocated per call."""
+    ``workspace``: where the candidate buffers and sample positions are kept between calls (see
+    :mod:`sasg.core.workspace`); by default they are made afresh for this call."""
     if x.dim() != 2:
         raise ValueError(f"x must have shape (N, n), got {tuple(x.shape)}")
     n = x.shape[1]
@@ -129,7 +126,7 @@ def topk_rows(
     n_sel = x.shape[0] if rows is None else len(rows)
     plan = _sample_plan(n, k)
     if plan is not None and n_sel > 0 and k < n:
-        got = _select_from_candidates(x, k, *plan, rows=rows, scratch_owner=scratch_owner)
+        got = _select_from_candidates(x, k, *plan, rows=rows, workspace=workspace)
         if got is not None:
             return got
     if rows is not None:
@@ -157,18 +154,11 @@ def _sample_plan(n: int, k: int) -> tuple[int, int] | None:
 
 
 def _sample_positions(n: int, size: int, device: torch.device) -> Tensor:
-    key = (n, size, str(device))
-    pos = _sample_cache.get(key)
-    if pos is None:
-        # Distinct positions spread over the whole row, sorted for locality. Single entries, not
-        # blocks: neighbouring gradient entries are strongly correlated (one hidden unit's row of
-        # a weight matrix), which would make a block sample's threshold unreliable.
-        gen = torch.Generator().manual_seed(_SEED + n)
-        pos = torch.randperm(n, generator=gen)[:size].sort().values.to(device)
-        if len(_sample_cache) > 256:
-            _sample_cache.clear()
-        _sample_cache[key] = pos
-    return pos
+    # Distinct positions spread over the whole row, sorted for locality. Single entries, not
+    # blocks: neighbouring gradient entries are strongly correlated (one hidden unit's row of a
+    # weight matrix), which would make a block sample's threshold unreliable.
+    gen = torch.Generator().manual_seed(_SEED + n)
+    return torch.randperm(n, generator=gen)[:size].sort().values.to(device)
 
 
 def _select_from_candidates(
@@ -177,7 +167,7 @@ def _select_from_candidates(
     size: int,
     rank: int,
     rows: Sequence[int] | None = None,
-    scratch_owner: object | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """:func:`topk_rows` through sampled candidates; None when the sample was unlucky or the
     candidates would be no saving (the caller then selects directly)."""
@@ -185,7 +175,8 @@ def _select_from_candidates(
     dev = x.device
     ids = list(range(x.shape[0])) if rows is None else [int(r) for r in rows]
     n_sel = len(ids)
-    pos = _sample_positions(n, size, dev)
+    ws = workspace if workspace is not None else Workspace()  # per call
+    pos = ws.cached(("topk-sample", n, size, str(dev)), lambda: _sample_positions(n, size, dev))
     # Row by row: an index_select along dim 1 of a column slice is several times slower.
     sample = torch.empty(n_sel, size, dtype=x.dtype, device=dev)
     for i, r in enumerate(ids):
@@ -199,9 +190,8 @@ def _select_from_candidates(
     # vectorise on the CPU (measured: 0.5 vs 1.4 ms for 7 rows of 401,408).
     total = n_sel * n
     padded = -(-total // 8) * 8
-    owner = scratch_owner if scratch_owner is not None else SimpleNamespace()  # per call
-    mask = scratch(owner, "candidates", (padded,), x, torch.bool)
-    shrunk = scratch(owner, "shrunk", (n,), x)
+    mask = ws.buffer("topk-candidates", (padded,), x, torch.bool)
+    shrunk = ws.buffer("topk-shrunk", (n,), x)
     for i, (r, t) in enumerate(zip(ids, t_c)):
         torch.hardshrink(x[r], t, out=shrunk)
         mask[i * n : (i + 1) * n].copy_(shrunk)

@@ -11,13 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def worker_seed(seed: int, worker: int, stream: int = 0) -> int:
-    """The seed of worker ``worker``'s own generator for ``stream`` (0: shuffling, 1: augmentation).
-
-    Shared by the simulator and the distributed runner so rank m draws what virtual worker m draws.
-    """
-    return seed * 1_000_003 + 7919 * worker + 1 + 104_729 * stream
+from ..seeds import worker_seed
 
 
 class WorkerSampler:

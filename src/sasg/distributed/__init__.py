@@ -1,24 +1,20 @@
 """Real distributed training on ``torch.distributed`` (gloo on CPU, NCCL on GPU).
 
-- :class:`RankStep` — one rank's round: its own worker + a replica of the server, composed from
-  the algorithm core (the same calls as the simulator) and a transport;
-- :class:`TorchTransport` / :class:`LocalTransport` — the flag ``all_gather`` and the payload
-  ``all_to_all`` with uneven splits (skippers send no payload), with byte counters;
-- :class:`DistributedRun` — the simulator's setting run by one rank (``sasg launch``);
-- ``python -m sasg.distributed.worker`` — the torchrun entry point; ``sasg launch`` starts it.
+- :class:`TorchTransport` — the flag ``all_gather`` and the payload ``all_to_all`` with uneven
+  splits (skippers send no payload), with byte counters: the transport the round engine
+  (:class:`sasg.engine.RoundEngine`) runs over on a rank, holding its own worker and a replica
+  of the server;
+- :class:`DistributedRun` — the simulator's setting run by one rank;
+- :func:`~sasg.distributed.checkpoint.save_checkpoint` and friends — per-rank checkpoints.
+
+The command line on top of this library lives in :mod:`sasg.cli`: ``sasg launch``
+(:mod:`sasg.cli.launch`) starts ``python -m sasg.cli.worker`` (:mod:`sasg.cli.worker`, the torchrun
+entry point) on every process. This package never imports :mod:`sasg.cli`.
 
 See ``docs/distributed.md``.
 """
 
-from .rank import RankStep
-from .transport import (
-    LocalTransport,
-    PeerFailure,
-    TorchTransport,
-    TransportCounters,
-    init_process_group_from_env,
-)
-from .wire import WireFormat
+from .transport import PeerFailure, TorchTransport, init_process_group_from_env
 
 
 def __getattr__(name):  # the runner pulls in the simulator: import it on first use
@@ -29,13 +25,4 @@ def __getattr__(name):  # the runner pulls in the simulator: import it on first 
     raise AttributeError(name)
 
 
-__all__ = [
-    "DistributedRun",
-    "LocalTransport",
-    "PeerFailure",
-    "RankStep",
-    "TorchTransport",
-    "TransportCounters",
-    "WireFormat",
-    "init_process_group_from_env",
-]
+__all__ = ["DistributedRun", "PeerFailure", "TorchTransport", "init_process_group_from_env"]

@@ -6,74 +6,31 @@ only from data every rank already holds, so no rank ever waits on a send that wi
 1. **flags** — ``all_gather`` of one byte per rank: "I upload this round" (lazy triggers only;
    with an always-upload trigger every rank knows the answer and nothing is sent);
 2. **payloads** — one ``all_to_all_single`` with *uneven* splits computed from the flags: an
-   uploader sends its packed message (:mod:`.wire`) to each of the other M-1 ranks, a skipper's
-   splits are all zero, so it sends **no payload bytes**. When nobody uploads, the call is skipped
+   uploader sends its message, packed by its codec (:mod:`sasg.core.codecs`), to each of the
+   other M-1 ranks; a skipper's splits are all zero, so it sends **no payload bytes**. When nobody uploads, the call is skipped
    altogether (every rank knows that from the flags).
 
 :class:`TransportCounters` counts the bytes this rank hands to the collectives for other ranks,
-by line (flags, payload). :class:`LocalTransport` is the one-process case (M = 1).
+by line (flags, payload). It implements :class:`sasg.engine.Transport` with one worker per rank
+(``local_workers == [rank]``); the one-process case is :class:`sasg.engine.InProcessTransport`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..core.payload import Payload
-from .wire import WireFormat
+from ..accounting import FLAG_BITS_PER_WORKER
+from ..core.payloads import Payload
+from ..engine.transport import TransportCounters
 
 
 class PeerFailure(RuntimeError):
     """A collective failed: another rank died, hung past the timeout, or the link broke."""
-
-
-@dataclass
-class TransportCounters:
-    """Bytes this rank sent to / received from other ranks, and the rounds that used each line."""
-
-    flag_bytes_sent: int = 0
-    flag_bytes_recv: int = 0
-    payload_bytes_sent: int = 0
-    payload_bytes_recv: int = 0
-    flag_rounds: int = 0
-    payload_rounds: int = 0  # rounds in which the payload collective ran (someone uploaded)
-    rounds: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def load(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, int(v))
-
-
-class LocalTransport:
-    """One process, one worker: nothing crosses anything."""
-
-    rank = 0
-    world_size = 1
-    device = torch.device("cpu")
-
-    def __init__(self, device=None):
-        self.counters = TransportCounters()
-        if device is not None:
-            self.device = torch.device(device)
-
-    def gather_flags(self, mine: bool) -> Tensor:
-        self.counters.flag_rounds += 1
-        return torch.tensor([bool(mine)])
-
-    def exchange(self, flags: Tensor, mine: Payload, wire: WireFormat) -> Payload:
-        self.counters.rounds += 1
-        return mine
-
-    def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
-        return tensor
 
 
 def _first_line(e: BaseException) -> str:
@@ -109,26 +66,37 @@ class TorchTransport:
                 f"(a worker died, hung past the timeout, or the link broke): {_first_line(e)}"
             ) from e
 
-    def gather_flags(self, mine: bool) -> Tensor:
-        """(M,) bool on CPU: who uploads this round. Costs one byte per rank and peer."""
+    @property
+    def local_workers(self) -> list[int]:
+        return [self.rank]
+
+    def flag_bits_per_round(self) -> int:
+        """One bit per worker on the ledger (sent as one byte per rank and peer); nothing when
+        there is no one to tell."""
+        return FLAG_BITS_PER_WORKER * self.world_size if self.world_size > 1 else 0
+
+    def gather_flags(self, mine: Tensor) -> Tensor:
+        """(M,) bool on CPU: who uploads this round, from this rank's (1,) answer. Costs one byte
+        per rank and peer."""
         M = self.world_size
         out = torch.empty(M, dtype=torch.uint8, device=self.device)
-        t = torch.tensor([1 if mine else 0], dtype=torch.uint8, device=self.device)
+        t = mine.reshape(1).to(device=self.device, dtype=torch.uint8)
         self._call("the flag exchange", self._all_gather, out, t, group=self.group)
         self.counters.flag_rounds += 1
         self.counters.flag_bytes_sent += M - 1
         self.counters.flag_bytes_recv += M - 1
         return out.to("cpu", torch.bool)
 
-    def exchange(self, flags: Tensor, mine: Payload, wire: WireFormat) -> Payload:
+    def exchange(self, flags: Tensor, mine: Payload, template: Payload, codec) -> Payload:
         """The senders' messages (``flags`` True), in rank order, identical on every rank.
 
-        ``mine`` holds this rank's message (one row) if it uploads, zero rows otherwise.
+        ``mine`` holds this rank's message (one row) if it uploads, zero rows otherwise; each
+        message is ``template.message_bytes(codec)`` bytes, so no header is needed.
         """
-        M, me, nb = self.world_size, self.rank, wire.message_bytes
+        M, me, nb = self.world_size, self.rank, template.message_bytes(codec)
         flags = [bool(f) for f in flags.tolist()]
         self.counters.rounds += 1
-        own = wire.encode(mine).reshape(-1).to(self.device) if flags[me] else None
+        own = mine.encode(codec).reshape(-1).to(self.device) if flags[me] else None
         if flags[me] and own.numel() != nb:
             raise ValueError(f"rank {me}: message of {own.numel()} bytes, expected {nb}")
         rows: list[Tensor] = []
@@ -152,8 +120,8 @@ class TorchTransport:
             rows.append(own)
         home = mine.values.device  # where the server replica lives (may differ: gloo + CUDA)
         if not rows:
-            return wire.decode(torch.empty(0, nb, dtype=torch.uint8, device=home))
-        return wire.decode(torch.stack(rows).to(home))
+            return template.decode(codec, torch.empty(0, nb, dtype=torch.uint8, device=home))
+        return template.decode(codec, torch.stack(rows).to(home))
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         """One-time setup broadcast (e.g. initial parameters); not counted per round."""

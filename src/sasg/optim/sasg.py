@@ -19,8 +19,8 @@ Under ``torchrun`` (an initialised default process group) it is one of M workers
 payloads go through :class:`sasg.distributed.TorchTransport`, each rank keeps a replica of the
 server, so all ranks hold the same parameters after every step without broadcasting them. In a
 single process (no process group) it is one worker (M = 1). ``lr`` is the step on the **mean** of
-the M workers' gradients, as with DDP. The round itself is :class:`sasg.distributed.RankStep`, the
-same code the ``sasg launch`` runner uses.
+the M workers' gradients, as with DDP. The round itself is :class:`sasg.engine.RoundEngine`, the
+same code the simulator and the ``sasg launch`` runner use.
 """
 
 from __future__ import annotations
@@ -30,13 +30,9 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ..accounting import CONVENTIONS
-from ..core.algorithms import make_algorithm
-from ..core.compressors import kept_per_segment
 from ..core.layout import Layout
-from ..core.triggers import LazyTrigger
-from ..distributed.rank import RankStep
-from ..distributed.transport import LocalTransport, TorchTransport
+from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
+from ..engine import InProcessTransport, RoundEngine
 
 
 def _check_lr(lr) -> float:
@@ -76,7 +72,9 @@ class SASG(torch.optim.Optimizer):
         density: top-k keeps ``max(1, floor(density * numel))`` entries of every tensor.
         window: D, the lazy rule's window and the most skips in a row.
         c: the lazy rule's threshold scale (larger c: lower threshold, more uploads).
-        algorithm: ``sasg`` (default), ``lasg``, ``sparse`` or ``sgd``.
+        algorithm: ``sasg`` (default), ``lasg``, ``sparse``, ``sgd``, or any composition
+            ``TRIGGER+COMPRESSOR[+MEMORY]`` of registered members (``sasg list``; a plug-in
+            registers its own by being imported).
         transport: where messages go; default: the default process group if one is initialised
             (``group`` picks another), else this process alone.
         broadcast_initial: copy rank 0's parameters to every rank once, at construction (as DDP
@@ -84,7 +82,9 @@ class SASG(torch.optim.Optimizer):
             Buffers are not copied: pass identically initialised models if they matter.
         restore_buffers: tensors (e.g. ``model.buffers()``) put back after the anchor evaluation,
             so BatchNorm running statistics only see the fresh forward pass.
-        convention: bit convention of the accounting (``paper32``).
+        convention: the codec that prices and encodes messages (``paper32``).
+        seed: derives this worker's generator for randomized members, from (seed, rank): use the
+            same seed on every rank, as the simulator does.
 
     Example (under ``torchrun``; in one process it is the single worker M = 1)::
 
@@ -111,6 +111,7 @@ class SASG(torch.optim.Optimizer):
         broadcast_initial: bool = True,
         restore_buffers: Iterable[Tensor] | None = None,
         convention: str = "paper32",
+        seed: int = 0,
     ):
         _check_lr(lr)
         super().__init__(params, dict(lr=float(lr)))
@@ -129,33 +130,29 @@ class SASG(torch.optim.Optimizer):
         plist = [p for p in given if p.requires_grad and p.numel() > 0]
         if not plist:
             raise ValueError("SASG got no trainable parameters (all have requires_grad=False or are empty)")
-        for name, value in (("density", density), ("c", c)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if isinstance(window, bool) or not isinstance(window, (int, float)):
-            raise ValueError(f"window must be an integer >= 1, got {window!r}")
-        if convention not in CONVENTIONS:
-            raise ValueError(f"unknown bit convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
         self._plist = plist
         self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(plist))
-        # Every algorithm checks all three knobs, also those it ignores: a typo fails the same way
-        # whichever algorithm it was written for.
-        kept_per_segment(self.layout, density)
-        LazyTrigger(window, c)
-        self.algorithm = make_algorithm(algorithm, self.layout, density, window, c)
+        # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
+        # ignores, so a typo fails the same way whichever algorithm it was written for.
+        self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c))
+        self.algorithm = self.spec.build(self.layout, check_codec(convention))
         if transport is None:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
+                from ..distributed.transport import TorchTransport
+
                 # NCCL: messages go through this rank's own GPU (cuda:LOCAL_RANK), not the current one.
                 nccl_here = first.is_cuda and dist.get_backend(group) == "nccl"
                 transport = TorchTransport(group=group, device=first.device if nccl_here else None)
             else:
-                transport = LocalTransport(device=first.device)
+                transport = InProcessTransport(1, device=first.device)
         elif group is not None:
             raise ValueError("pass either transport or group, not both")
+        if len(transport.local_workers) != 1:
+            raise ValueError("SASG runs one worker per process: its transport must hold exactly one worker")
         self.transport = transport
-        self.engine = RankStep(self.algorithm, transport, convention, device=first.device, dtype=first.dtype)
+        self.engine = RoundEngine(self.algorithm, transport, seed=seed, device=first.device, dtype=first.dtype)
         self._restore = list(restore_buffers) if restore_buffers is not None else []
         if broadcast_initial and transport.world_size > 1:
             with torch.no_grad():
@@ -264,7 +261,8 @@ class SASG(torch.optim.Optimizer):
                 if devices:
                     torch.cuda.set_rng_state(cuda_after)
 
-        self.engine.step(theta, grad, stale, lr)
+        anchor = self.engine.workers.anchor
+        self.engine.step(theta, grad.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr)
         self._write(theta)
         self._write(grad, grads=True)
         return loss
@@ -279,12 +277,8 @@ class SASG(torch.optim.Optimizer):
         return state
 
     def _settings(self) -> dict:
-        trigger, compressor = self.algorithm.trigger, self.algorithm.compressor
-        return {
-            "density": getattr(compressor, "density", None),
-            "window": trigger.window if self.algorithm.lazy else None,
-            "c": getattr(trigger, "c", None),
-        }
+        s = self.spec.settings
+        return {"density": s.density, "window": s.window, "c": s.threshold_scale}
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)

@@ -14,12 +14,74 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-STYLE = {
-    "sgd": dict(color="tab:blue", linestyle="-"),
-    "sparse": dict(color="tab:orange", linestyle="--"),
-    "lasg": dict(color="tab:green", linestyle="-."),
-    "sasg": dict(color="tab:red", linestyle="-"),
-}
+# Colours: matplotlib's tab10, then the lighter tab20 shades of the same hues.
+_TAB20 = (
+    "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896",
+    "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7",
+    "#bcbd22", "#dbdb8d", "#17becf", "#9edae5",
+)
+_DARK, _LIGHT = _TAB20[0::2], _TAB20[1::2]  # _DARK is tab10, in order
+# Line styles: the four named ones, then dash patterns distinct from them (and each other).
+LINESTYLES = (
+    "-", "--", "-.", ":",
+    (0, (8, 2.5)),                    # long dash
+    (0, (5, 1.5, 1, 1.5, 1, 1.5)),    # dash-dot-dot
+    (0, (1, 3)),                      # loose dots
+    (0, (8, 2, 2, 2)),                # long dash, short dash
+)
+# Line style of each tab10 colour in the first round; the first four are the historical
+# sgd / sparse / lasg / sasg styles (blue solid, orange dashed, green dash-dot, red solid).
+_FIRST_STYLE = (0, 1, 2, 0, 3, 1, 2, 3, 4, 5)
+MARKERS = (None, "o", "s", "^", "D", "v", "P", "X")
+_ROUND = len(_DARK) * len(LINESTYLES)  # 80 unique (colour, line style) pairs per colour set
+_BLOCK = 2 * _ROUND                     # dark then light colours: 160 unique pairs
+
+
+def style_for(index: int) -> dict:
+    """The plot style of the ``index``-th algorithm: ``dict(color=, linestyle=, marker=)``.
+
+    Deterministic. Colour ``index % 10`` of tab10; each pass through the ten colours moves every
+    colour on to its next line style, so the (colour, line style) pairs of indices 0..79 are all
+    different; 80..159 repeat that with tab20's lighter shades, and from 160 on a marker is added,
+    so (colour, line style, marker) stays unique for 160 * len(MARKERS) algorithms.
+    Indices 0..3 give today's sgd / sparse / lasg / sasg styles.
+    """
+    if index < 0:
+        raise ValueError(f"style index must be >= 0, got {index}")
+    block, rest = divmod(index, _BLOCK)
+    light, rest = divmod(rest, _ROUND)
+    rnd, slot = divmod(rest, len(_DARK))
+    colours = _LIGHT if light else _DARK
+    linestyle = LINESTYLES[(_FIRST_STYLE[slot] + rnd) % len(LINESTYLES)]
+    return dict(color=colours[slot], linestyle=linestyle, marker=MARKERS[block % len(MARKERS)])
+
+
+# The built-in algorithms keep their styles whatever else is plotted with them.
+STYLE = {name: style_for(i) for i, name in enumerate(("sgd", "sparse", "lasg", "sasg"))}
+
+
+def styles_for(names) -> dict[str, dict]:
+    """One style per algorithm, all different, for every plot of one run: the built-in names
+    keep their own (``STYLE``), the others take the lowest-index unused ``style_for`` style, in
+    the order they are listed."""
+    names = list(dict.fromkeys(names))
+    styles = {name: dict(STYLE[name]) for name in names if name in STYLE}
+    taken = {_key(st) for st in styles.values()}
+    index = 0
+    for name in names:
+        if name in styles:
+            continue
+        while _key(style_for(index)) in taken:
+            index += 1
+        styles[name] = style_for(index)
+        taken.add(_key(styles[name]))
+    return {name: styles[name] for name in names}
+
+
+def _key(style: dict):
+    return style["color"], str(style["linestyle"]), style["marker"]
+
+
 X_AXES = (
     ("iteration", "iterations", False),
     ("uploads", "communication rounds (uploads)", False),
@@ -56,12 +118,14 @@ def _drawable(xs: np.ndarray, ys: np.ndarray, log_x: bool, log_y: bool) -> np.nd
     return keep
 
 
-def _panel(ax, histories: dict[str, list[list[dict]]], xkey: str, ykey: str, log_x: bool, log_y: bool) -> bool:
+def _panel(ax, histories: dict[str, list[list[dict]]], xkey: str, ykey: str, log_x: bool, log_y: bool,
+           styles: dict[str, dict] | None = None) -> bool:
     """Draw one panel; False when there was nothing finite to draw.
 
     A log y axis (train loss) falls back to linear when no finite positive value is left, as
     after a divergence: matplotlib cannot log-scale nothing and would fail the whole run.
     """
+    styles = styles_for(histories) if styles is None else styles
     curves = {name: _curve(runs, xkey, ykey) for name, runs in histories.items()}
     if log_y and not any(_drawable(xs, mean, log_x, True).any() for xs, mean, _ in curves.values()):
         log_y = False
@@ -71,8 +135,10 @@ def _panel(ax, histories: dict[str, list[list[dict]]], xkey: str, ykey: str, log
         if not keep.any():
             continue
         drawn = True
-        style = STYLE.get(name, {})
-        ax.plot(xs[keep], mean[keep], label=name, marker="o" if keep.sum() == 1 else None, **style)
+        style = dict(styles[name])
+        if keep.sum() == 1 and style["marker"] is None:
+            style["marker"] = "o"  # a lone point has no line to show
+        ax.plot(xs[keep], mean[keep], label=name, **style)
         band = keep & np.isfinite(std)
         if band.any():
             ax.fill_between(xs[band], (mean - std)[band], (mean + std)[band], alpha=0.2, color=style.get("color"))
@@ -95,25 +161,40 @@ def plot_curves(
     y_axes = dict(Y_AXES)
     if metric == "test_top5":
         y_axes = {"test_top5": ("test top-5 accuracy (%)", "test_top5.png"), **Y_AXES}
+    styles = styles_for(histories)  # one mapping for every file of the run
     written = []
-    for ykey, (label, filename) in y_axes.items():
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-        for ax, (xkey, xlabel, log) in zip(axes, X_AXES):
-            drawn = _panel(ax, histories, xkey, ykey, log, ykey == "train_loss")
-            if ykey == metric and drawn:
-                # Zoom on the part that separates the algorithms, not the first few iterations.
-                finals = [_curve(runs, xkey, ykey)[1][-1] for runs in histories.values()]
-                finals = [f for f in finals if np.isfinite(f)]
-                if finals:
-                    ax.set_ylim(bottom=max(0.0, min(finals) - 15.0), top=min(100.0, max(finals) + 3.0))
-            if ykey == metric and target is not None:
-                ax.axhline(target, color="gray", linewidth=0.8, linestyle=":", label=f"target {target:.2f}%")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-        if axes[0].get_legend_handles_labels()[0]:
-            axes[0].legend()
+    for ykey in y_axes:
+        fig = _figure(histories, ykey, y_axes, target, metric, styles)
+        filename = y_axes[ykey][1]
         fig.savefig(folder / filename, dpi=110)
         plt.close(fig)
         written.append(filename)
     return written
+
+
+def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | None = None,
+            target: float | None = None, metric: str = "test_acc", styles: dict[str, dict] | None = None):
+    """The three-panel Figure of one metric (``plot_curves`` saves and closes it). Every panel
+    uses the same algorithm -> style mapping, ``styles_for(histories)`` unless given."""
+    label = (y_axes or Y_AXES).get(ykey, (ykey,))[0]
+    styles = styles_for(histories) if styles is None else styles
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for ax, (xkey, xlabel, log) in zip(axes, X_AXES):
+        drawn = _panel(ax, histories, xkey, ykey, log, ykey == "train_loss", styles)
+        if ykey == metric and drawn:
+            # Zoom on the part that separates the algorithms, not the first few iterations.
+            finals = [_curve(runs, xkey, ykey)[1][-1] for runs in histories.values()]
+            finals = [f for f in finals if np.isfinite(f)]
+            if finals:
+                ax.set_ylim(bottom=max(0.0, min(finals) - 15.0), top=min(100.0, max(finals) + 3.0))
+        if ykey == metric and target is not None:
+            ax.axhline(target, color="gray", linewidth=0.8, linestyle=":", label=f"target {target:.2f}%")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    handles = axes[0].get_legend_handles_labels()[0]
+    if handles:
+        # Many algorithms: smaller text, more columns, so the legend stays inside the panel.
+        many = len(handles) > 8
+        axes[0].legend(fontsize="small" if many else None, ncol=1 + (len(handles) - 1) // 12)
+    return fig

@@ -2,6 +2,8 @@
 
 from .evaluate import evaluate
 from .gradients import LoopGradients, VmapGradients, make_gradients
+from .memory import retain_freed_memory
 from .simulator import RunResult, Simulator
 
-__all__ = ["LoopGradients", "RunResult", "Simulator", "VmapGradients", "evaluate", "make_gradients"]
+__all__ = ["LoopGradients", "RunResult", "Simulator", "VmapGradients", "evaluate", "make_gradients",
+           "retain_freed_memory"]

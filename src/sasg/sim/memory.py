@@ -12,9 +12,11 @@ a round. Two ``mallopt`` settings make freed memory stay in the heap and be reus
 - ``M_TRIM_THRESHOLD = 2**31 - 1``: do not give the heap's free top back to the system.
 
 Numbers are unaffected (this is where memory comes from, not what is computed). The process's
-resident memory stays at its peak instead of shrinking between rounds. Every simulator on the
-CPU applies it (it is process-wide); ``SASG_RETAIN_FREED_MEMORY=0`` in the environment turns it
-off. Only glibc (Linux) has these settings; elsewhere it does nothing.
+resident memory stays at its peak instead of shrinking between rounds. The setting is
+process-wide, so no library object applies it: the ``sasg`` command line (and each worker of
+``sasg launch``) calls :func:`retain_freed_memory` at start; a Python program opts in by calling
+it. ``SASG_RETAIN_FREED_MEMORY=0`` in the environment turns it off. Only glibc (Linux) has these
+settings; elsewhere it does nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""M virtual workers in one process, following the algorithm core round by round.
+"""M workers' data, model and gradients around the round engine: the simulator, and a rank's run.
+
+:class:`Simulator` holds the workers its transport gives it: all ``M`` over the default
+in-process transport (one process simulates every worker, vectorised over them), or one per rank
+over :class:`sasg.distributed.TorchTransport` (:class:`sasg.distributed.DistributedRun`). Either
+way the round is :class:`sasg.engine.RoundEngine`'s, and a held worker draws exactly the
+minibatches, augmentations and member randomness of simulated worker ``m``: the same seed gives
+the same trajectory in every runner.
 
 Deterministic under the seed: the model is initialised from its own generator, the split over
 workers from another, and every worker shuffles its shard with its own generator. The global RNG
@@ -14,18 +21,19 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..accounting import CONVENTIONS, Ledger, downlink_bits_per_round, uplink_bits_per_upload
-from ..core.algorithms import Algorithm, make_algorithm
+from ..config import ConfigError
+from ..core.algorithm import Algorithm
 from ..core.layout import Layout
-from ..core.scratch import scratch
+from ..core.spec import AlgorithmSpec
+from ..core.workspace import Workspace
 from ..data import make_augmentation, make_partition, worker_seed
-from ..data.dataset import ArrayDataset, DataSplit
+from ..data.dataset import ArrayDataset, DataSplit, to_device
 from ..data.sampler import WorkerSampler
+from ..engine import InProcessTransport, RoundEngine
 from ..models import build_model
 from ..schedule import step_decay
 from .evaluate import evaluate
 from .gradients import make_gradients
-from .memory import retain_freed_memory
 
 
 TRAIN_EVAL_SAMPLES = 10_000
@@ -54,11 +62,13 @@ class RunResult:
 
 
 class Simulator:
-    """Simulate ``config.workers`` workers running ``algorithm`` on ``data``.
+    """Run ``config.workers`` workers of ``algorithm`` on ``data``.
 
-    ``algorithm``: one of :data:`~sasg.core.algorithms.ALGORITHMS` (built with the config's
-    density, window and threshold scale), or a function ``layout -> Algorithm`` for a trigger or
-    compressor of your own (see ``docs/extending.md``); the bit count follows its compressor.
+    ``algorithm``: a registered name — an alias (``sgd``, ``sparse``, ``lasg``, ``sasg``) or a
+    composition ``TRIGGER+COMPRESSOR[+MEMORY]`` — built with the config's settings for it
+    (:meth:`RunConfig.settings_for`), or a function ``layout -> Algorithm`` for members built by
+    hand (see ``docs/extending.md``). ``transport``: which workers this object holds (default:
+    all of them, in this process).
 
     Example::
 
@@ -69,12 +79,23 @@ class Simulator:
         print(result.history[-1]["test_acc"], result.ledger.totals()["uploads"])
     """
 
-    def __init__(self, config, algorithm: str | Callable[[Layout], Algorithm], data: DataSplit):
+    def __init__(self, config, algorithm: str | Callable[[Layout], Algorithm], data: DataSplit, transport=None):
         self.config = config
-        self.data = data
         device = torch.device(config.device)
+        if data.train.x.device != device:  # e.g. load_dataset's CPU tensors for a CUDA run
+            data = to_device(data, device)
+        self.data = data
         self.device = device
         self.num_workers = M = config.workers
+        self.transport = InProcessTransport(M, device) if transport is None else transport
+        if self.transport.world_size != M:
+            raise ConfigError(
+                f"--workers {M} but {self.transport.world_size} processes; the number of workers is the "
+                "number of processes"
+            )
+        self.local_workers = list(self.transport.local_workers)
+        self._holds_all = len(self.local_workers) == M
+        self._local = torch.tensor(self.local_workers, dtype=torch.long, device=device)
         self.model = build_model(config.model, data.sample_shape, data.num_classes, config.seed).to(device)
         self.layout = Layout.from_module(self.model)
         self.theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
@@ -84,30 +105,25 @@ class Simulator:
             if built is None or list(built) != list(self.layout.segments):
                 raise ValueError("an algorithm factory must return an Algorithm built on the layout it is given")
         else:
-            self.algorithm = make_algorithm(
-                algorithm, self.layout, config.density, config.window, config.threshold_scale
-            )
-        if device.type == "cpu":
-            retain_freed_memory()  # (M, d) temporaries would page-fault in afresh every round
-        self.workers = self.algorithm.init_worker_state(M, device=device)
-        self.server = self.algorithm.init_server_state(M, device=device)
+            spec = AlgorithmSpec.parse(algorithm, config.settings_for(algorithm))
+            self.algorithm = spec.build(self.layout, config.convention)
+        self.engine = RoundEngine(self.algorithm, self.transport, seed=config.seed, device=device)
         self.shards = make_partition(
             config.partition, data.train.y.cpu(), M, torch.Generator().manual_seed(config.seed),
             beta=config.beta, shards_per_worker=config.shards_per_worker, min_size=config.batch_size,
         )
+        # Every worker's stream (index bookkeeping only): a held worker m draws exactly what
+        # simulated worker m draws, whatever the partition.
         self.sampler = WorkerSampler([s.to(device) for s in self.shards], config.batch_size, config.seed)
         self.augment = make_augmentation(config.augment)
         self.augment_generators = (
             None if config.augment == "none"
             # CPU generators on every device: the draws (a few numbers per image) are moved to the
             # data, so a GPU run augments exactly as a CPU run with the same seed does.
-            else [torch.Generator().manual_seed(worker_seed(config.seed, m, stream=1)) for m in range(M)]
+            else [torch.Generator().manual_seed(worker_seed(config.seed, m, stream=1)) for m in self.local_workers]
         )
         self.gradients = make_gradients(self.model, self.layout, config.backend)
-        convention = CONVENTIONS[config.convention]
-        self.bits_per_upload = uplink_bits_per_upload(self.algorithm.compressor, convention)
-        self.bits_down_per_round = downlink_bits_per_round(self.layout.numel, M, convention)
-        self.ledger = Ledger(num_workers=M)
+        self.workspace = Workspace()  # the gathered anchors of the checked workers
         # Train loss is measured on the whole training set up to TRAIN_EVAL_SAMPLES, else on a
         # fixed evenly spaced subset of that size (a full pass over 50,000 CIFAR images at every
         # evaluation would cost more than the training between evaluations).
@@ -117,14 +133,33 @@ class Simulator:
         else:
             pick = torch.linspace(0, n - 1, TRAIN_EVAL_SAMPLES).long().to(data.train.x.device)
             self._train_eval = ArrayDataset(data.train.x[pick], data.train.y[pick], data.num_classes, data.name)
-        self._step = torch.zeros_like(self.theta)
         self.lr_at: Callable[[int], float] = step_decay(
             config.lr, config.lr_decay_epochs, config.lr_decay_factor, self.sampler.rounds_per_epoch
         )
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+
+    # The engine's state under the names a reader expects.
+    @property
+    def workers(self):
+        return self.engine.workers
+
+    @property
+    def server(self):
+        return self.engine.server
+
+    @property
+    def ledger(self):
+        return self.engine.ledger
+
+    @property
+    def bits_per_upload(self) -> int:
+        return self.engine.bits_per_upload
 
     @property
     def iteration(self) -> int:
-        return self.server.iteration
+        return self.engine.iteration
 
     @property
     def total_iterations(self) -> int:
@@ -133,36 +168,32 @@ class Simulator:
         return max(1, int(round(self.config.epochs * self.sampler.rounds_per_epoch)))
 
     def step(self) -> Tensor:
-        """One round; returns the (M,) bool upload mask."""
+        """One round; returns the (M,) bool flags (who sent)."""
         k = self.iteration
-        lr = self.lr_at(k)
-        M = self.num_workers
         idx = self.sampler.next()
+        if not self._holds_all:
+            idx = idx.index_select(0, self._local)
         x, y = self.data.train.x[idx], self.data.train.y[idx]
         if self.augment_generators is not None:
             # Each worker augments its own batch with its own generator (as a real rank would).
-            x = torch.stack([self.augment(x[m], g) for m, g in enumerate(self.augment_generators)])
+            x = torch.stack([self.augment(x[i], g) for i, g in enumerate(self.augment_generators)])
+        ids = None if self._holds_all else self._local
         # Fresh and (lazy rules, checked workers only) stale gradients as per-parameter column
-        # blocks, as the backend has them: the core reads them block by block, so vmap's
+        # blocks, as the backend has them: the members read them block by block, so vmap's
         # outputs are never copied into a flat buffer. Nothing keeps them past this round.
-        g = self.gradients.blocks(self.theta, x, y)
+        g = self.gradients.blocks(self.theta, x, y, workers=ids)
+        anchor = self.workers.anchor
 
         def stale(rows: Tensor) -> tuple[Tensor, ...]:
-            if rows.numel() == M:  # everyone is checked: no copies of the anchors or the batch
-                return self.gradients.blocks(self.workers.anchor, x, y, workers=rows, update_stats=False)
+            if rows.numel() == len(self.local_workers):  # everyone is checked: no copies
+                return self.gradients.blocks(anchor, x, y, workers=ids, update_stats=False)
             # The anchors of the checked rows, gathered into a buffer reused every round.
-            work = scratch(self, "anchors", (rows.numel(), self.layout.numel), self.theta)
-            anchors = torch.index_select(self.workers.anchor, 0, rows, out=work)
-            return self.gradients.blocks(anchors, x[rows], y[rows], workers=rows, update_stats=False)
+            work = self.workspace.buffer("anchors", (rows.numel(), self.layout.numel), self.theta)
+            anchors = torch.index_select(anchor, 0, rows, out=work)
+            who = rows if ids is None else ids[rows]
+            return self.gradients.blocks(anchors, x[rows], y[rows], workers=who, update_stats=False)
 
-        upload = self.algorithm.decide(k, self.workers, self.server, M, lr, g, stale)
-        q = self.algorithm.upload(self.workers, upload, g, self.theta, lr / M)
-        senders = upload.nonzero().squeeze(1)
-        self.algorithm.aggregate(self.server, senders, q, self._step)
-        self.theta.sub_(self._step)
-        n_up = int(senders.numel())
-        self.ledger.record(n_up, n_up * self.bits_per_upload, self.bits_down_per_round)
-        return upload
+        return self.engine.step(self.theta, g, stale, self.lr_at(k))
 
     def communication_point(self) -> dict:
         """Cumulative counts at the current iteration, the first columns of an eval point."""
@@ -188,32 +219,39 @@ class Simulator:
             "lr": self.lr_at(max(0, self.iteration - 1)),
         }
 
-    def run(self, iterations: int | None = None, progress: Callable[[int], None] | None = None) -> RunResult:
-        """Run to ``iterations`` rounds (default: ``epochs`` worth), evaluating every
-        ``eval_every`` rounds, at round 0 and at the end."""
+    def run(
+        self,
+        iterations: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        after_round: Callable[["Simulator"], None] | None = None,
+    ) -> RunResult:
+        """Run to ``iterations`` rounds (default: ``epochs`` worth), evaluating at round 0, every
+        ``eval_every`` rounds and at the end. Resumable: a loaded state continues its history.
+        ``after_round(self)`` runs after every round (checkpoints)."""
         total = self.total_iterations if iterations is None else iterations
         every = self.config.eval_every
-        history: list[dict] = []
-        train_s = eval_s = 0.0
-        t0 = time.perf_counter()
-        history.append(self.evaluate())
-        eval_s += time.perf_counter() - t0
+        if not self.history:
+            t0 = time.perf_counter()
+            self.history.append(self.evaluate())
+            self.eval_seconds += time.perf_counter() - t0
         while self.iteration < total:
             t0 = time.perf_counter()
             self.step()
-            train_s += time.perf_counter() - t0
+            self.train_seconds += time.perf_counter() - t0
             if self.iteration % every == 0 or self.iteration == total:
                 t0 = time.perf_counter()
-                history.append(self.evaluate())
-                eval_s += time.perf_counter() - t0
+                self.history.append(self.evaluate())
+                self.eval_seconds += time.perf_counter() - t0
             if progress is not None:
                 progress(1)
+            if after_round is not None:
+                after_round(self)
         return RunResult(
             algorithm=self.algorithm.name,
-            history=history,
+            history=list(self.history),
             ledger=self.ledger,
-            train_seconds=train_s,
-            eval_seconds=eval_s,
+            train_seconds=self.train_seconds,
+            eval_seconds=self.eval_seconds,
             backend=self.gradients.backend,
             num_parameters=self.layout.numel,
             theta=self.theta.clone(),
@@ -224,14 +262,15 @@ class Simulator:
         return {
             "algorithm": self.algorithm.name,
             "theta": self.theta.clone(),
-            "workers": self.workers.state_dict(),
-            "server": self.server.state_dict(),
+            "engine": self.engine.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "ledger": self.ledger.state_dict(),
             "gradients": self.gradients.state_dict(),
             "augment_generators": None
             if self.augment_generators is None
             else [g.get_state() for g in self.augment_generators],
+            "history": [dict(p) for p in self.history],
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -239,12 +278,13 @@ class Simulator:
             raise ValueError(f"checkpoint is for {state['algorithm']!r}, not {self.algorithm.name!r}")
         if state["theta"].shape != self.theta.shape:
             raise ValueError("checkpoint parameters do not match this model")
+        self.engine.load_state_dict(state["engine"])
         self.theta.copy_(state["theta"])
-        self.workers.load_state_dict(state["workers"])
-        self.server.load_state_dict(state["server"])
         self.sampler.load_state_dict(state["sampler"])
-        self.ledger.load_state_dict(state["ledger"])
         self.gradients.load_state_dict(state["gradients"])
         if self.augment_generators is not None:
             for g, st in zip(self.augment_generators, state["augment_generators"]):
                 g.set_state(st)
+        self.history = [dict(p) for p in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+        self.eval_seconds = float(state["eval_seconds"])

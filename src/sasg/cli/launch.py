@@ -2,7 +2,7 @@
 
 The launcher validates the flags, the backend, the run and checkpoint folders and the data first
 (one-line errors, nothing started, nothing written), then
-starts ``python -m sasg.distributed.worker <the same flags>`` through torchrun's own launcher
+starts ``python -m sasg.cli.worker <the same flags>`` through torchrun's own launcher
 (``torch.distributed.run``): ``--standalone`` on one node, static rendezvous
 (``--master-addr/--master-port/--node-rank``) across nodes. Rank 0 writes the run folder,
 atomically, once training has finished. When a worker dies, torchrun stops the others; the
@@ -23,6 +23,9 @@ from contextlib import suppress
 from pathlib import Path
 
 from ..config import ConfigError
+
+# The torchrun entry point the launcher starts on every process.
+WORKER_MODULE = "sasg.cli.worker"
 
 # Flags only the launcher reads (each takes one value); everything else goes to the workers.
 LAUNCHER_ONLY = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
@@ -95,7 +98,7 @@ def hide_workers_flag(p: argparse.ArgumentParser) -> None:
             action.help = argparse.SUPPRESS
 
 
-def add_launch_subparser(sub, add_training_flags, algorithms) -> argparse.ArgumentParser:
+def add_launch_subparser(sub, add_training_flags, algo_help: str) -> argparse.ArgumentParser:
     launch = sub.add_parser(
         "launch", help="train with N real worker processes (torchrun)",
         description="Start the same run as `sasg run --workers N` as N real worker processes under "
@@ -103,7 +106,7 @@ def add_launch_subparser(sub, add_training_flags, algorithms) -> argparse.Argume
                     "The number of workers is --nproc-per-node x --nnodes.",
         allow_abbrev=False,  # a prefix such as --nproc must not pass (nor reach torchrun or the workers)
     )
-    launch.add_argument("--algo", required=True, type=str.lower, help=f"one of {', '.join(algorithms)}")
+    launch.add_argument("--algo", required=True, type=str.lower, help=algo_help)
     add_training_flags(launch)
     hide_workers_flag(launch)
     add_worker_flags(launch)
@@ -161,7 +164,7 @@ def check_backend(backend: str, device: str, local_processes: int) -> None:
         n = torch.cuda.device_count()
         raise ConfigError(
             f"{local_processes} processes on this node but {n} CUDA device(s): one GPU per process; "
-            f"use --nproc-per-node {n} or fewer"
+            f"use --nproc-per-node {n} or fewer, or --device cpu"
         )
 
 
@@ -271,7 +274,7 @@ def _quiet_torchrun_logs() -> None:
 
 def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
-    from ..cli.main import check_seeds, config_from_args, resolved
+    from .main import check_seeds, config_from_args, resolved
 
     world = args.nproc_per_node * args.nnodes
     if args.node_rank >= args.nnodes:
@@ -286,6 +289,9 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     if getattr(args, "seeds", None):
         check_seeds(args.seeds)
     args.workers = world
+    from ..plugins import load_plugins
+
+    load_plugins(args.plugin)  # the workers import them again: the flag is forwarded to them
     config = config_from_args(args).validate()
     seeds = list(args.seeds) if getattr(args, "seeds", None) else [config.seed]
     check_checkpoint_flags(args, seeds)
@@ -298,7 +304,7 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
         check_run_folder(out, args.overwrite)
     check_checkpoint_dir(args)
     if args.resume:
-        from .checkpoint import check_resumable
+        from ..distributed.checkpoint import check_resumable
 
         first = args.node_rank * args.nproc_per_node
         check_resumable(args.checkpoint_dir, seeds[0], range(first, first + args.nproc_per_node))
@@ -313,7 +319,7 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         targs += ["--rdzv-backend", "static", "--master-addr", args.master_addr or "127.0.0.1",
                   "--master-port", str(args.master_port), "--node-rank", str(args.node_rank)]
-    targs += ["-m", "sasg.distributed.worker", *forwarded]
+    targs += ["-m", WORKER_MODULE, *forwarded]
     # One intra-op thread per worker, as torchrun would choose: it is also what makes a rank's
     # gradients bit-identical to the simulator's (see docs/distributed.md). Set it to override.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,8 +1,8 @@
-"""One rank of a distributed run: ``python -m sasg.distributed.worker --algo ... <sasg run flags>``.
+"""One rank of a distributed run: ``python -m sasg.cli.worker --algo ... <sasg run flags>``.
 
 ``sasg launch`` starts it under torchrun; it can also be started by hand::
 
-    torchrun --standalone --nproc_per_node 4 -m sasg.distributed.worker --algo sasg --out runs/x
+    torchrun --standalone --nproc_per_node 4 -m sasg.cli.worker --algo sasg --out runs/x
 
 Every rank trains; rank 0 evaluates and, once training has finished, writes the run folder
 atomically (the same files as ``sasg run``, plus ``distributed.json``; by default
@@ -24,10 +24,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from .checkpoint import CheckpointWriteError, load_checkpoint, resume_point, save_checkpoint
+from ..distributed.checkpoint import CheckpointWriteError, load_checkpoint, resume_point, save_checkpoint
+from ..distributed.transport import PeerFailure
+from ..engine import TransportCounters
 from .launch import (add_worker_flags, check_backend, check_checkpoint_dir, check_checkpoint_flags,
                      check_run_folder, default_out, hide_workers_flag)
-from .transport import PeerFailure, TransportCounters
 
 LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
 
@@ -49,12 +50,11 @@ def _on_signal(signum, frame):
 
 
 def build_parser():
-    from ..cli.main import OneLineParser, add_training_flags
-    from ..core.algorithms import ALGORITHMS
+    from .main import ALGO_HELP, OneLineParser, add_training_flags
 
     p = OneLineParser(prog="sasg-worker", description="One rank of a distributed sasg run (started by torchrun); "
                       "the number of workers is the number of processes.", allow_abbrev=False)
-    p.add_argument("--algo", required=True, type=str.lower, help=f"one of {', '.join(ALGORITHMS)}")
+    p.add_argument("--algo", required=True, type=str.lower, help=ALGO_HELP)
     add_training_flags(p)
     hide_workers_flag(p)
     add_worker_flags(p)
@@ -115,14 +115,19 @@ def train(args) -> int:
     import torch.distributed as dist
 
     from ..accounting import flag_bytes, replica_payload_bytes
-    from ..cli.main import check_seeds, config_from_args, resolved
+    from ..distributed.runner import DistributedRun
+    from ..distributed.transport import init_process_group_from_env
     from ..experiment import check_fits, load_data
-    from ..report import ratio_lines, staged_run_dir, text_table, write_run_folder
-    from .runner import DistributedRun
-    from .transport import init_process_group_from_env
+    from ..report import staged_run_dir, write_run_folder
+    from .main import announce, check_seeds, config_from_args, resolved
 
+    from ..plugins import load_plugins
+    from ..sim import retain_freed_memory
+
+    retain_freed_memory()  # process-wide: the worker process is a command-line entry point
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args.command = "launch"
+    plugins = load_plugins(args.plugin)
     if args.workers is None:
         args.workers = world
     if getattr(args, "seeds", None):
@@ -187,10 +192,15 @@ def train(args) -> int:
             },
             "loopback_tx_bytes": None if lo_before is None or lo_after is None else lo_after - lo_before,
             "train_seconds": round(result.train_seconds, 3),
+            # Each rank's peak resident memory so far (VmHWM), in rank order: a rank holds its own
+            # worker and a server replica, so this should barely grow with the number of workers.
+            "peak_rss_bytes": transport.all_gather_int(_peak_rss_bytes()),
         })
 
     if rank == 0:
         settings = resolved(config, seeds)
+        if plugins:
+            settings["plugins"] = plugins
         try:
             from ..experiment import partition_report
 
@@ -208,17 +218,16 @@ def train(args) -> int:
         with folder as stage:
             summary = write_run_folder(stage, runs, config, extra=settings)
             (stage / "distributed.json").write_text(json.dumps(info, indent=2) + "\n")
-        if getattr(folder, "path", out) != out:
-            print(f"sasg: note: {out} was filled by another run meanwhile; this run is in {folder.path}", file=sys.stderr)
-            out = folder.path
-        if not args.quiet:
-            print(text_table(summary["records"]))
-            for line in ratio_lines(summary["vs_sgd"]):
-                print(line)
-        print(f"run folder: {out}", flush=True)
+        announce(out, folder.path, summary, args.quiet)
     transport.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def _hard_exit(code: int) -> None:

@@ -1,0 +1,65 @@
+r"""An algorithm: a trigger, a compressor, a memory and a codec, composed.
+
+=========  =========  ==========  ======
+alias      trigger    compressor  memory
+=========  =========  ==========  ======
+sgd        always     identity    none
+sparse     always     topk        ef
+lasg       wk2        identity    none
+sasg       wk2        topk        ef
+=========  =========  ==========  ======
+
+One round for worker m that uploads (``eta`` is the lr on the **mean** of the M gradients)::
+
+    v   = (eta / M) * g + e_m       # the memory (ef: e_m; none: nothing)
+    q_m = compress(v)               # what crosses the network, priced by the codec
+    e_m = v - q_m
+    anchor_m = theta ; tau_m = 1    # the trigger's and the engine's bookkeeping
+
+A skipper sends nothing and ``tau_m += 1``. The server steps
+:math:`\theta^{k+1} = \theta^k - \sum_m q_m` with the last message of every worker. The round
+itself is :class:`sasg.engine.RoundEngine`; this object only holds the members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .codecs import Codec
+from .compressors import Compressor
+from .layout import Layout
+from .memories import Memory
+from .triggers import Trigger
+
+
+@dataclass
+class Algorithm:
+    name: str
+    trigger: Trigger
+    compressor: Compressor
+    memory: Memory
+    codec: Codec
+
+    @property
+    def layout(self) -> Layout:
+        return self.compressor.layout
+
+    @property
+    def lazy(self) -> bool:
+        return self.trigger.lazy
+
+    @property
+    def worker_buffers(self) -> tuple[str, ...]:
+        names = (*self.trigger.worker_buffers, *self.memory.worker_buffers)
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: the trigger and the memory both keep a buffer named in {names}")
+        return names
+
+    def describe(self) -> dict:
+        return {
+            "algorithm": self.name,
+            **self.trigger.describe(),
+            **self.compressor.describe(),
+            **self.memory.describe(),
+            **self.codec.describe(),
+        }

@@ -1,0 +1,6 @@
+"""Codecs: messages as bytes and their price in bits (see :mod:`.protocol`)."""
+
+from .paper32 import Paper32
+from .protocol import Codec
+
+__all__ = ["Codec", "Paper32"]

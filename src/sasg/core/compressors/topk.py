@@ -1,0 +1,68 @@
+r"""``topk``: keep the largest magnitudes of every segment (the paper's per-layer top-k).
+
+.. math:: C(v)_s = \text{the } k_s = \max(1, \lfloor h\,d_s \rfloor) \text{ entries of } v_s
+          \text{ of largest } |v_i| \text{, the rest } 0
+
+for every segment s (one parameter tensor) of ``d_s`` entries, density ``h``. Ties go to the lower
+index (:mod:`sasg.core.topk`); a message's indices ascend within each segment and segments follow
+the layout. The values are copies of ``v``'s, so error feedback may update ``v`` in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..layout import Layout
+from ..payloads import SparsePayload
+from ..topk import topk_rows
+from ..workspace import Workspace
+
+
+def kept_per_segment(layout: Layout, density: float) -> list[int]:
+    """k_s = max(1, floor(h * d_s)) for every segment s."""
+    if not (0.0 < density <= 1.0) or math.isnan(density):
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    # The small epsilon keeps floor(h*d) exact when h*d is an integer that float rounding puts
+    # just below it (e.g. 0.29 * 100 = 28.999999999999996).
+    return [max(1, min(seg.numel, math.floor(density * seg.numel + 1e-9))) for seg in layout.segments]
+
+
+class TopK:
+    name = "topk"
+    default_memory = "ef"
+
+    def __init__(self, layout: Layout, density: float):
+        self.layout = layout
+        self.density = float(density)
+        self.k_per_segment = kept_per_segment(layout, self.density)
+        self.nnz = sum(self.k_per_segment)
+        self.workspace = Workspace()  # candidate buffers and sample positions, reused every round
+
+    def compress(self, v: Tensor, rows=None, *, generators=None, donate: bool = False) -> SparsePayload:
+        """Rows ``rows`` of ``v`` read where they lie, without a gathered copy of them."""
+        rows = list(range(v.shape[0])) if rows is None else list(rows)
+        everyone = rows == list(range(v.shape[0]))
+        n = len(rows)
+        indices = torch.empty(n, self.nnz, dtype=torch.long, device=v.device)
+        values = torch.empty(n, self.nnz, dtype=v.dtype, device=v.device)
+        col = 0
+        for seg, k in zip(self.layout.segments, self.k_per_segment):
+            idx, val = topk_rows(v[:, seg.offset : seg.end], k, None if everyone else rows, self.workspace)
+            torch.add(idx, seg.offset, out=indices[:, col : col + k])
+            values[:, col : col + k] = val
+            col += k
+        return SparsePayload(indices, values, self.layout.numel)
+
+    def empty(self, n: int, device=None, dtype=torch.float32) -> SparsePayload:
+        # Index 0 with value 0 adds nothing; a valid index keeps index_add_ in bounds.
+        return SparsePayload(
+            torch.zeros(n, self.nnz, dtype=torch.long, device=device),
+            torch.zeros(n, self.nnz, dtype=dtype, device=device),
+            self.layout.numel,
+        )
+
+    def describe(self) -> dict:
+        return {"compressor": self.name, "density": self.density, "nnz_per_message": self.nnz}

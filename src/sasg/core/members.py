@@ -1,0 +1,26 @@
+"""The built-in members and the paper's aliases, registered by name (imported by :mod:`sasg.core`)."""
+
+from __future__ import annotations
+
+from .codecs import Paper32
+from .compressors import Identity, TopK
+from .memories import ErrorFeedback, NoMemory
+from .registry import register, register_alias
+from .triggers import WK2, Always
+
+register("trigger", "always", "every worker uploads every round", lambda layout, s: Always())
+register("trigger", "wk2", "LASG-WK2 lazy rule: upload when the gradient changed since the last upload "
+         "(second gradient at the anchor; --window D, --threshold-scale c)",
+         lambda layout, s: WK2(s.window, s.threshold_scale))
+register("compressor", "identity", "send the dense vector as it is", lambda layout, s: Identity(layout))
+register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes of every tensor (--density h)",
+         lambda layout, s: TopK(layout, s.density))
+register("memory", "ef", "error feedback: keep v - q and add it to the next upload", lambda layout, s: ErrorFeedback())
+register("memory", "none", "keep nothing: what the compressor drops is lost", lambda layout, s: NoMemory())
+register("codec", "paper32", "the paper's count: 32 bits per value, 32 per index; int32 indices + values on the wire",
+         lambda layout, s: Paper32())
+
+register_alias("sgd", "always+identity", "dense SGD (the baseline)")
+register_alias("sparse", "always+topk", "top-k with error feedback, every round")
+register_alias("lasg", "wk2+identity", "LASG-WK2: lazy rule, dense messages")
+register_alias("sasg", "wk2+topk", "SASG: lazy rule, top-k with error feedback")

@@ -1,0 +1,76 @@
+"""Sparse messages: ``K`` (index, value) pairs per worker, the same ``K`` for all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import Tensor
+
+from .rows import all_rows, check_state
+
+
+@dataclass
+class SparsePayload:
+    """``N`` sparse messages: ``indices`` (int64) and ``values`` of shape ``(N, K)`` into a
+    buffer of ``numel`` = ``d`` entries. Within a message no index repeats."""
+
+    indices: Tensor
+    values: Tensor
+    numel: int
+
+    @property
+    def num_messages(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def nnz_per_message(self) -> int:
+        return self.values.shape[1]
+
+    def to_dense(self) -> Tensor:
+        out = self.values.new_zeros(self.values.shape[0], self.numel)
+        return out.scatter_(1, self.indices, self.values)
+
+    def sum(self, out: Tensor) -> Tensor:
+        # index_add_ on a flat view sums worker by worker in order: deterministic, and it touches
+        # only N*K entries instead of N*d.
+        out.zero_()
+        return out.index_add_(0, self.indices.reshape(-1), self.values.reshape(-1))
+
+    def assign(self, rows: Tensor, other: "SparsePayload") -> None:
+        if all_rows(rows, self.values.shape[0]):
+            self.indices.copy_(other.indices)
+            self.values.copy_(other.values)
+        else:
+            self.indices[rows] = other.indices
+            self.values[rows] = other.values
+
+    def subtract_from_(self, target: Tensor, rows: Sequence[int]) -> None:
+        # Only the K sent entries of each row change. Where a value was sent as it is, v - v is
+        # exactly 0: the row keeps what was not sent, bit for bit.
+        if len(rows) == target.shape[0] and list(rows) == list(range(len(rows))):
+            target.scatter_add_(1, self.indices, -self.values)
+            return
+        for i, r in enumerate(rows):
+            target[r].index_add_(0, self.indices[i], self.values[i], alpha=-1)
+
+    def message_bits(self, codec) -> int:
+        return codec.sparse_bits(self.nnz_per_message, self.numel)
+
+    def message_bytes(self, codec) -> int:
+        return codec.sparse_bytes(self.nnz_per_message, self.numel, self.values.dtype)
+
+    def encode(self, codec) -> Tensor:
+        return codec.encode_sparse(self.indices, self.values, self.numel)
+
+    def decode(self, codec, buf: Tensor) -> "SparsePayload":
+        indices, values = codec.decode_sparse(buf, self.nnz_per_message, self.numel, self.values.dtype)
+        return SparsePayload(indices, values, self.numel)
+
+    def state_dict(self) -> dict:
+        return {"kind": "sparse", "indices": self.indices.clone(), "values": self.values.clone(), "numel": self.numel}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_state(state, "sparse", {"indices": self.indices, "values": self.values})
+        self.indices.copy_(state["indices"])
+        self.values.copy_(state["values"])

@@ -1,0 +1,126 @@
+"""One validated algorithm spec, shared by the config, the CLI, ``sasg launch`` and the optimizer.
+
+An algorithm is named by a registered alias (``sgd``, ``sparse``, ``lasg``, ``sasg``) or written
+as a composition ``TRIGGER+COMPRESSOR[+MEMORY]`` of registered members (``wk2+topk`` is
+``sasg``; without a memory the compressor's ``default_memory`` is used). Its numeric knobs are
+:class:`AlgorithmSettings`; every algorithm checks all of them, also those it ignores, so a typo
+fails the same way whichever algorithm it was written for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .algorithm import Algorithm
+from .layout import Layout
+from .registry import ALIASES, REGISTRIES
+from .triggers.wk2 import check_threshold_scale, check_window
+
+# The knobs an algorithm takes; `sasg compare` accepts each per algorithm (`--density sasg=0.05`).
+KNOBS = ("density", "window", "threshold_scale")
+# Windows above this would make the server keep more squared steps than any run has rounds.
+MAX_WINDOW = 10**7
+
+
+@dataclass(frozen=True)
+class AlgorithmSettings:
+    """The algorithms' numeric knobs: density ``h`` (top-k keeps ``max(1, floor(h*d_s))`` of every
+    tensor), window ``D`` and threshold scale ``c`` (the lazy rule)."""
+
+    density: float = 0.01
+    window: int = 10
+    threshold_scale: float = 2.0
+
+    def validate(self) -> "AlgorithmSettings":
+        d = self.density
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise ValueError(f"density must be a number, got {d!r}; e.g. --density 0.01 for 1 %")
+        if not (math.isfinite(d) and 0 < d <= 1):
+            raise ValueError(f"density must be in (0, 1], got {d}; e.g. --density 0.01 for 1 %")
+        try:
+            window = check_window(self.window)
+        except ValueError as e:
+            raise ValueError(f"{e}; e.g. --window 10") from None
+        if window > MAX_WINDOW:
+            raise ValueError(f"window D must be at most {MAX_WINDOW}, got {window}; e.g. --window 10")
+        try:
+            c = check_threshold_scale(self.threshold_scale)
+        except ValueError as e:
+            raise ValueError(f"{e}; e.g. --threshold-scale 2") from None
+        return AlgorithmSettings(float(d), window, c)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A parsed and validated algorithm: its name as given, its members and its settings."""
+
+    name: str
+    trigger: str
+    compressor: str
+    memory: str
+    settings: AlgorithmSettings
+
+    @classmethod
+    def parse(cls, name: str, settings: AlgorithmSettings | None = None) -> "AlgorithmSpec":
+        key = str(name).strip().lower()
+        settings = (settings or AlgorithmSettings()).validate()
+        composition = ALIASES[key][0] if key in ALIASES else key
+        parts = [p.strip() for p in composition.split("+")]
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(_unknown(name))
+        trigger, compressor = parts[0], parts[1]
+        for kind, member in (("trigger", trigger), ("compressor", compressor)) + (
+            (("memory", parts[2]),) if len(parts) == 3 else ()
+        ):
+            if member not in REGISTRIES[kind]:
+                raise ValueError(_unknown(name, f"{member!r} is no registered {kind}"))
+        memory = parts[2] if len(parts) == 3 else None
+        return cls(key, trigger, compressor, memory or "", settings)
+
+    @property
+    def composition(self) -> str:
+        return "+".join(p for p in (self.trigger, self.compressor, self.memory) if p)
+
+    def build(self, layout: Layout, codec: str = "paper32") -> Algorithm:
+        """The members for a model ``layout``; messages priced and encoded by ``codec``."""
+        s = self.settings
+        compressor = REGISTRIES["compressor"].get(self.compressor).factory(layout, s)
+        memory_name = self.memory or getattr(compressor, "default_memory", "none")
+        return Algorithm(
+            name=self.name,
+            trigger=REGISTRIES["trigger"].get(self.trigger).factory(layout, s),
+            compressor=compressor,
+            memory=REGISTRIES["memory"].get(memory_name).factory(layout, s),
+            codec=REGISTRIES["codec"].get(codec).factory(layout, s),
+        )
+
+
+def _unknown(name: str, why: str = "") -> str:
+    triggers, compressors = REGISTRIES["trigger"].names(), REGISTRIES["compressor"].names()
+    return (
+        f"unknown algorithm {name!r}{': ' + why if why else ''}; use one of {', '.join(ALIASES)} or "
+        f"TRIGGER+COMPRESSOR[+MEMORY] with triggers {', '.join(triggers)}, compressors "
+        f"{', '.join(compressors)}, memories {', '.join(REGISTRIES['memory'].names())} "
+        "(see `sasg list`; --plugin MODULE adds members)"
+    )
+
+
+def check_codec(name: str) -> str:
+    key = str(name).strip().lower()
+    if key not in REGISTRIES["codec"]:
+        raise ValueError(f"unknown codec {name!r}; choose from {', '.join(REGISTRIES['codec'].names())}")
+    return key
+
+
+def make_algorithm(
+    name: str, layout: Layout, density: float = 0.01, window: int = 10, c: float = 2.0, codec: str = "paper32"
+) -> Algorithm:
+    """Build algorithm ``name`` (alias or composition) for a parameter layout."""
+    return AlgorithmSpec.parse(name, AlgorithmSettings(density, window, c)).build(layout, check_codec(codec))
+
+
+

@@ -1,0 +1,39 @@
+r"""The Trigger protocol: who uploads this round.
+
+``decide(rnd) -> (N,) bool`` answers for the ``N`` workers this engine holds, from what the round
+offers (:class:`~sasg.engine.round.Round`: the iteration, lr, the workers' state, their fresh
+gradients, the server's recent squared steps, and ``rnd.stale_grads(rows)`` — a second gradient
+at each checked worker's anchor on the same minibatch, which only a rule that needs it calls).
+
+* ``lazy``: ``False`` means everyone uploads every round (then no flag needs to travel);
+* ``history``: how many of the latest squared server steps :math:`\|\theta^{j+1}-\theta^j\|^2`
+  the server keeps for the rule;
+* ``worker_buffers``: the ``(N, d)`` buffers it keeps per worker (e.g. ``anchor``);
+* ``uploaded(workers, rows, theta)``: bookkeeping after the ``rows`` uploaded at ``theta``.
+
+Staleness :math:`\tau_m` (rounds since worker m's last upload, 1 right after one) is kept by the
+engine for every trigger.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class Trigger(Protocol):
+    name: str
+    lazy: bool
+    history: int
+    worker_buffers: tuple[str, ...]
+
+    def decide(self, rnd) -> Tensor:
+        ...
+
+    def uploaded(self, workers, rows: Sequence[int], theta: Tensor) -> None:
+        ...
+
+    def describe(self) -> dict:
+        ...

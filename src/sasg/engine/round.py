@@ -1,0 +1,148 @@
+r"""The round engine: one round of every algorithm, written once, over a transport.
+
+For the ``N`` workers it holds (all ``M`` in the simulator, one per rank in a real run, one in
+the optimizer) and its copy of the server, a round is::
+
+    upload = trigger.decide(round)                 # (N,) who uploads; may ask for stale gradients
+    flags  = transport.gather_flags(upload)        # (M,) lazy triggers only
+    q      = memory.upload(workers, rows, g, eta/M, compressor, generators)
+    trigger.uploaded(...); tau += 1; tau[rows] = 1
+    q_all  = transport.exchange(flags, q, ...)     # the senders' messages, in worker order
+    server.last[senders] = q_all                   # a skipper's last message stands
+    step   = sum_m server.last[m];  theta -= step
+    ledger.record(...)                             # priced here and nowhere else
+
+Members own their fast paths (the error memory updated where it lies, rows compressed where they
+lie); the engine only calls them. Same seeds, same members: the same trajectory in every runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..accounting import Ledger
+from ..core.algorithm import Algorithm
+from ..core.layout import Layout
+from ..core.state import ServerState, WorkerState
+from ..core.workspace import Workspace
+from ..seeds import worker_seed
+
+Blocks = Sequence[Tensor]
+MEMBER_STREAM = 2  # the per-worker generator stream of randomized members (see sasg.seeds)
+
+
+@dataclass
+class Round:
+    """What a trigger sees of the current round (for the ``N`` workers of this engine)."""
+
+    iteration: int
+    lr: float
+    num_workers: int  # M, all workers
+    worker_ids: list[int]  # the global id of each of the N rows
+    layout: Layout
+    workers: WorkerState
+    server: ServerState
+    grads: Blocks  # fresh gradients, one (N, d_s) block per segment
+    stale_grads: Callable[[Tensor], Blocks]  # rows -> their gradients at their anchors, same minibatch
+    workspace: Workspace
+
+
+class RoundEngine:
+    """The state of ``N`` workers plus the server (a replica when ``N < M``), and the round.
+
+    ``seed`` derives every held worker's member generator (rank m draws what simulated row m
+    draws). ``device``/``dtype``: where the state lives."""
+
+    def __init__(self, algorithm: Algorithm, transport, *, seed: int = 0, device=None, dtype=torch.float32):
+        self.algorithm = algorithm
+        self.transport = transport
+        self.num_workers = M = transport.world_size
+        self.local_workers = list(transport.local_workers)
+        d = algorithm.layout.numel
+        self.workers = WorkerState.create(len(self.local_workers), d, algorithm.worker_buffers, device, dtype)
+        self.server = ServerState(
+            last=algorithm.compressor.empty(M, device=device, dtype=dtype),
+            step_sq=torch.zeros(algorithm.trigger.history, dtype=torch.float64),
+        )
+        self.generators = [
+            torch.Generator().manual_seed(worker_seed(seed, m, MEMBER_STREAM)) for m in self.local_workers
+        ]
+        self.workspace = Workspace()
+        self.template = algorithm.compressor.empty(1, device=device, dtype=dtype)
+        # The ledger's prices, from the codec: every message of a payload shape has one size.
+        self.bits_per_upload = self.template.message_bits(algorithm.codec)
+        self.bits_down_per_round = algorithm.codec.dense_bits(d) * M  # parameter-server convention
+        self.bits_flags_per_round = transport.flag_bits_per_round() if algorithm.lazy else 0
+        self.ledger = Ledger(num_workers=M)
+        self._step = torch.zeros(d, device=device, dtype=dtype)
+
+    @property
+    def iteration(self) -> int:
+        return self.server.iteration
+
+    def step(self, theta: Tensor, grads: Tensor | Blocks, stale_grads: Callable[[Tensor], Tensor | Blocks],
+             lr: float) -> Tensor:
+        """One round. ``theta`` (d,) is updated in place; ``grads`` are the held workers' fresh
+        gradients (``(N, d)`` or per-segment blocks); ``stale_grads(rows)`` returns the gradients
+        at the anchors of those rows on their current minibatches (called only when the trigger
+        needs it). Returns the (M,) bool flags: who sent."""
+        alg, M, layout = self.algorithm, self.num_workers, self.algorithm.layout
+        cols = layout.as_columns(grads)
+        rnd = Round(self.iteration, lr, M, self.local_workers, layout, self.workers, self.server, cols,
+                    lambda rows: layout.as_columns(stale_grads(rows)), self.workspace)
+        upload = alg.trigger.decide(rnd)
+        flags = self.transport.gather_flags(upload) if alg.lazy else torch.ones(M, dtype=torch.bool)
+        rows = upload.nonzero().squeeze(1).tolist()
+        q = alg.memory.upload(self.workers, rows, cols, lr / M, alg.compressor, [self.generators[r] for r in rows])
+        alg.trigger.uploaded(self.workers, rows, theta)
+        self.workers.staleness += 1
+        self.workers.staleness[rows] = 1
+        payload = self.transport.exchange(flags, q, self.template, alg.codec)
+        self._aggregate(flags.nonzero().squeeze(1).to(self._step.device), payload)
+        theta.sub_(self._step)
+        n_up = int(flags.sum())
+        self.ledger.record(n_up, n_up * self.bits_per_upload, self.bits_down_per_round, self.bits_flags_per_round)
+        return flags
+
+    def _aggregate(self, senders: Tensor, payload) -> None:
+        """Store the senders' fresh messages, write ``sum_m q_m`` into the step and record its
+        squared norm for the trigger's history."""
+        server, step = self.server, self._step
+        if senders.numel():
+            server.last.assign(senders, payload)
+        server.last.sum(step)
+        server.push_step(float(torch.dot(step, step).item()) if server.step_sq.numel() else 0.0)
+        server.iteration += 1
+
+    # ----- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "algorithm": self.algorithm.name,
+            "num_workers": self.num_workers,
+            "local_workers": list(self.local_workers),
+            "workers": self.workers.state_dict(),
+            "server": self.server.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+            "transport": self.transport.counters.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["algorithm"] != self.algorithm.name:
+            raise ValueError(f"state is for {state['algorithm']!r}, not {self.algorithm.name!r}")
+        saved = (list(state["local_workers"]), int(state["num_workers"]))
+        if saved != (self.local_workers, self.num_workers):
+            raise ValueError(
+                f"state was saved for workers {saved[0]} of {saved[1]}, this holds "
+                f"{self.local_workers} of {self.num_workers}"
+            )
+        self.workers.load_state_dict(state["workers"])
+        self.server.load_state_dict(state["server"])
+        self.ledger.load_state_dict(state["ledger"])
+        for g, s in zip(self.generators, state["generators"]):
+            g.set_state(s)
+        self.transport.counters.load(state["transport"])

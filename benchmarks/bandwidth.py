@@ -10,6 +10,9 @@ each rate R (default 100 Mbit/s and 1 Gbit/s), 4 worker processes (torchrun, glo
   sgd     sasg's runner, dense uploads every round
   sparse  sasg's runner, top-k (1 %) + error feedback every round
   sasg    sasg's runner, lazy rule + top-k + error feedback
+  sparse:rice+sign, sasg:rice+sign   the same with the rice+sign codec (Golomb-Rice index gaps,
+          one sign bit per value + one magnitude per tensor): variable-size messages, whose sizes
+          travel with the flags
 
 on the paper's MNIST setting (FC 784-512-10, batch 10 per worker, lr 0.05 on the mean gradient,
 embedded MNIST-5k, D = 10, c = 2). After ``--warmup`` untimed rounds it times ``--iterations``
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("ddp", "sgd", "sparse", "sasg")
+METHODS = ("ddp", "sgd", "sparse", "sasg", "sparse:rice+sign", "sasg:rice+sign")
 LO_TX = "/sys/class/net/lo/statistics/tx_bytes"
 
 
@@ -44,11 +47,11 @@ LO_TX = "/sys/class/net/lo/statistics/tx_bytes"
 # ----------------------------------------------------------------------------------------------------
 
 
-def _config(workers: int, iterations: int, algo: str):
+def _config(workers: int, iterations: int, algo: str, codec: str = "paper32"):
     from sasg import RunConfig
 
     return RunConfig(algorithms=(algo,), dataset="mnist5k", model="fc", workers=workers, batch_size=10, lr=0.05,
-                     density=0.01, window=10, threshold_scale=2.0, iterations=iterations,
+                     density=0.01, window=10, threshold_scale=2.0, iterations=iterations, codec=codec,
                      eval_every=10**9, seed=0, device="cpu").validate()  # gloo over loopback: CPU tensors
 
 
@@ -66,7 +69,8 @@ def worker(method: str, warmup: int, iterations: int, result: str) -> None:
     transport = init_process_group_from_env("gloo", timeout_s=600)
     rank, M = transport.rank, transport.world_size
     data = load_dataset("mnist5k")
-    cfg = _config(M, warmup + iterations, "sgd" if method == "ddp" else method)
+    algo, _, codec = method.partition(":")
+    cfg = _config(M, warmup + iterations, "sgd" if method == "ddp" else algo, codec or "paper32")
 
     if method == "ddp":
         import torch.nn.functional as F
@@ -91,14 +95,15 @@ def worker(method: str, warmup: int, iterations: int, result: str) -> None:
         from sasg.accounting import flag_bytes, replica_payload_bytes
         from sasg.distributed.runner import DistributedRun
 
-        run = DistributedRun(cfg, method, data, transport)
+        run = DistributedRun(cfg, algo, data, transport)
         step = run.step
         marks = {}
 
         def predicted() -> int:
             up = sum(run.ledger.bits_up[warmup:])
-            flags = iterations if run.algorithm.lazy else 0
-            return replica_payload_bytes(up, M) + flag_bytes(flags, M)
+            fixed = run.engine.template.fixed_size(run.algorithm.codec)  # else sizes travel (4 B each)
+            flags = iterations if (run.algorithm.lazy or not fixed) else 0
+            return replica_payload_bytes(up, M) + flag_bytes(flags, M, 1 if fixed else 4)
 
         extra = {"uploads": lambda: sum(run.ledger.uploads[warmup:])}
 
@@ -170,13 +175,13 @@ def run_method(ns: str, method: str, args, result: Path) -> dict:
 def fmt_table(rate: str, rows: list[dict]) -> str:
     ddp = next((r for r in rows if r["method"] == "ddp"), None)
     lines = [f"rate {rate}  ({rows[0]['workers']} workers, {rows[0]['iterations']} timed iterations)",
-             f"{'method':<7} {'s/iter':>8} {'MB on lo':>10} {'MB predicted':>13} {'lo/pred':>8} "
+             f"{'method':<16} {'s/iter':>8} {'MB on lo':>10} {'MB predicted':>13} {'lo/pred':>8} "
              f"{'uploads':>8} {'speed-up vs ddp':>16}"]
     for r in rows:
         spi = r["seconds"] / r["iterations"]
         speed = (ddp["seconds"] / r["seconds"]) if ddp else float("nan")
         up = str(r.get("uploads", "—"))
-        lines.append(f"{r['method']:<7} {spi:8.4f} {r['lo_bytes'] / 1e6:10.2f} {r['predicted_bytes'] / 1e6:13.2f} "
+        lines.append(f"{r['method']:<16} {spi:8.4f} {r['lo_bytes'] / 1e6:10.2f} {r['predicted_bytes'] / 1e6:13.2f} "
                      f"{r['lo_bytes'] / max(1, r['predicted_bytes']):8.3f} {up:>8} {speed:15.2f}x")
     return "\n".join(lines)
 
@@ -224,10 +229,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (2)")
     p.add_argument("--workers", type=int, default=4, help="worker processes (4)")
     p.add_argument("--rates", type=lambda s: s.split(","), default=["100mbit", "1gbit"], help="100mbit,1gbit")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS), help="ddp,sgd,sparse,sasg")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS),
+                   help="ddp,sgd,sparse,sasg,sparse:rice+sign,sasg:rice+sign (ALGO:CODEC)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per method and rate (600)")
     p.add_argument("--netns", default=None, help="namespace name (default sasg-bw-<pid>)")
-    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

@@ -1,3 +1,5 @@
+import torch
+
 from sasg import Simulator
 from sasg.accounting import Ledger
 from sasg.core.codecs import Paper32
@@ -22,8 +24,11 @@ def test_bit_counts_match_the_paper_formula(synth):
 
 
 def test_fc_dense_upload_is_32_times_407050_bits():
-    assert Paper32().dense_bits(407_050) == 13_025_600
-    assert Paper32().sparse_bits(4_066, 407_050) == 260_224
+    codec = Paper32(407_050)
+    _, sizes = codec.encode_dense(torch.zeros(2, 407_050))
+    assert [8 * s for s in sizes] == [13_025_600] * 2  # 32 bits per value, no header
+    _, sizes = codec.encode_sparse(torch.zeros(3, 4_066, dtype=torch.long), torch.zeros(3, 4_066))
+    assert [8 * s for s in sizes] == [260_224] * 3  # 32 bits per value + 32 per index
 
 
 def test_ledger_totals_upto():

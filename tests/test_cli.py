@@ -143,7 +143,7 @@ GROUPED = {
     "optimization": ["--lr", "--lr-decay-epochs", "--lr-decay-factor", "--epochs", "--iterations", "--seed",
                      "--seeds", "--preset"],
     "trigger": ["--window", "--threshold-scale"],
-    "compression": ["--density"],
+    "compression": ["--density", "--codec"],
     "evaluation": ["--eval-every", "--target-acc", "--target-metric"],
     "output": ["--out", "--overwrite", "--dry-run", "--quiet"],
 }

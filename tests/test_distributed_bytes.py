@@ -45,13 +45,16 @@ def netns():
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def test_loopback_bytes_track_the_accounting_and_skippers_send_nothing(netns, tmp_path):
+@pytest.mark.parametrize("codec", ["paper32", "rice+sign"])
+def test_loopback_bytes_track_the_accounting_and_skippers_send_nothing(netns, tmp_path, codec):
+    """paper32: fixed-size messages, a flag byte per rank; rice+sign: each message its own size,
+    which travels instead of the flag (4 bytes per rank)."""
     M, rounds = 3, 40
     out = tmp_path / "run"
     env = {**os.environ, "SASG_MEASURE_LOOPBACK": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
     cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "sasg", "launch", "--nproc-per-node", str(M),
            "--algo", "sasg", "--iterations", str(rounds), "--eval-every", "1000", "--device", "cpu", "--quiet",
-           "--out", str(out)]  # gloo over loopback, also where a GPU is
+           "--codec", codec, "--out", str(out)]  # gloo over loopback, also where a GPU is
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "distributed.json").read_text())["runs"][0]

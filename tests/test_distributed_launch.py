@@ -402,3 +402,17 @@ def test_checkpoint_write_failure_is_one_line(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(CheckpointWriteError, match="cannot write the checkpoint .*--checkpoint-dir"):
         save_checkpoint(tmp_path / "f" / "ck", 0, 0, 5, {"x": 1})
+
+
+def test_launch_equals_run_with_a_variable_size_codec(tmp_path, one_thread):
+    flags = [*TINY, "--algo", "sasg", "--codec", "rice+sign", "--iterations", "30"]
+    p = sasg("launch", "--nproc-per-node", "2", *flags, "--out", str(tmp_path / "launch"))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert main(["run", "--workers", "2", *flags, "--out", str(tmp_path / "run")]) == 0
+    assert_same_run_folder(tmp_path / "run", tmp_path / "launch")
+    rec = json.loads((tmp_path / "run" / "summary.json").read_text())["records"][0]
+    assert rec["codec"] == "rice+sign" and rec["biased"] is False  # error feedback keeps what sign drops
+    info = json.loads((tmp_path / "launch" / "distributed.json").read_text())["runs"][0]
+    assert info["bytes_counted"]["payload_bytes_sent"] == info["bytes_predicted"]["payload"]
+    assert info["bytes_counted"]["flag_bytes_sent"] == info["bytes_predicted"]["flags"] == 30 * 2 * 1 * 4

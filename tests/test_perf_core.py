@@ -129,9 +129,9 @@ def test_payload_survives_the_next_round():
     engine = RoundEngine(alg, InProcessTransport(4))
     gen = torch.Generator().manual_seed(2)
     cols = lambda: layout.columns(torch.randn(4, 3000, generator=gen))  # noqa: E731
-    q1 = alg.memory.upload(engine.workers, [0, 2], cols(), 0.1, alg.compressor, None)
+    q1 = alg.memory.upload(engine.workers, [0, 2], cols(), 0.1, alg.compressor, None, alg.codec).payload
     kept = (q1.indices.clone(), q1.values.clone())
-    alg.memory.upload(engine.workers, [1, 2, 3], cols(), 0.1, alg.compressor, None)
+    alg.memory.upload(engine.workers, [1, 2, 3], cols(), 0.1, alg.compressor, None, alg.codec)
     assert torch.equal(q1.indices, kept[0]) and torch.equal(q1.values, kept[1])
 
 
@@ -183,7 +183,7 @@ def test_server_keeps_an_owned_dense_payload_instead_of_copying_it():
     assert isinstance(alg.memory, NoMemory)
     engine = RoundEngine(alg, InProcessTransport(3))
     cols = layout.columns(torch.randn(3, 20, generator=torch.Generator().manual_seed(1)))
-    q = alg.memory.upload(engine.workers, [0, 1, 2], cols, 0.5, alg.compressor, None)
+    q = alg.memory.upload(engine.workers, [0, 1, 2], cols, 0.5, alg.compressor, None, alg.codec).payload
     assert q.owned  # the memory gave its fresh v away
     server = engine.server
     server.last.assign(torch.arange(3), q)
@@ -200,6 +200,6 @@ def test_server_keeps_an_owned_dense_payload_instead_of_copying_it():
     # error feedback hands the compressor its own memory: the payload must be a copy
     ef = make_algorithm("always+identity+ef", layout)
     e_engine = RoundEngine(ef, InProcessTransport(3))
-    q = ef.memory.upload(e_engine.workers, [0, 1, 2], cols, 0.5, ef.compressor, None)
+    q = ef.memory.upload(e_engine.workers, [0, 1, 2], cols, 0.5, ef.compressor, None, ef.codec).payload
     assert q.values.data_ptr() != e_engine.workers.error.data_ptr()
     assert e_engine.workers.error.abs().max() == 0 and torch.equal(q.values, cols[0] * 0.5)

@@ -50,7 +50,9 @@ class RunConfig:
     target_acc: float | None = None
     backend: str = "auto"
     device: str = "auto"  # auto: cuda when available, else cpu (validate() resolves it)
-    convention: str = "paper32"
+    # How messages become bytes (the ledger counts 8 x those bytes): paper32 (int32 index + 32-bit
+    # value, the paper's count), INDEX+VALUE (e.g. rice+sign) or VALUE (dense). `sasg list`.
+    codec: str = "paper32"
     # paper-scale experiments
     data_dir: str | None = None
     download: bool = False
@@ -62,8 +64,9 @@ class RunConfig:
     augment: str = "none"  # none | crop-flip | crop-flip-rotate
     target_metric: str = "top1"  # top1 | top5: which test accuracy the target is on
     iterations: int | None = None  # overrides epochs when set
-    # Per-algorithm values of the algorithm knobs (density, window, threshold_scale), e.g.
-    # {"sasg": {"threshold_scale": 0.8}}; an algorithm not named here takes the fields above.
+    # Per-algorithm values of the algorithm knobs (density, window, threshold_scale) and of the
+    # codec, e.g. {"sasg": {"threshold_scale": 0.8, "codec": "rice+sign"}}; an algorithm not
+    # named here takes the fields above.
     per_algorithm: dict = field(default_factory=dict)
     # The paper preset these values came from, as a record (config.json, report). Setting it
     # alone changes no value: RunConfig.from_preset(name, **overrides) applies one.
@@ -85,7 +88,11 @@ class RunConfig:
         """The knobs of ``algorithm``: its own values from ``per_algorithm``, else the shared ones."""
         own = self.per_algorithm.get(str(algorithm).strip().lower(), {})
         shared = {k: getattr(self, k) for k in KNOBS}
-        return AlgorithmSettings(**{**shared, **own})
+        return AlgorithmSettings(**{**shared, **{k: v for k, v in own.items() if k in KNOBS}})
+
+    def codec_for(self, algorithm: str) -> str:
+        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec``."""
+        return self.per_algorithm.get(str(algorithm).strip().lower(), {}).get("codec", self.codec)
 
     @property
     def paper_alpha(self) -> float:
@@ -164,7 +171,10 @@ class RunConfig:
                 "(add --download on a machine with internet)"
             )
         try:
-            self.convention = check_codec(self.convention)
+            self.codec = check_codec(self.codec)
+            for knobs in self.per_algorithm.values():
+                if "codec" in knobs:
+                    knobs["codec"] = check_codec(knobs["codec"])
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.device = resolve_device(self.device)
@@ -206,9 +216,11 @@ def _check_per_algorithm(per: dict) -> dict:
     for name, knobs in per.items():
         if not isinstance(knobs, dict):
             raise ConfigError(f"per_algorithm[{name!r}] must be a {{knob: value}} dict, got {knobs!r}")
-        unknown = sorted(set(knobs) - set(KNOBS))
+        unknown = sorted(set(knobs) - set(KNOBS) - {"codec"})
         if unknown:
-            raise ConfigError(f"per_algorithm[{name!r}]: unknown knob(s) {', '.join(unknown)}; knobs are {', '.join(KNOBS)}")
+            raise ConfigError(
+                f"per_algorithm[{name!r}]: unknown knob(s) {', '.join(unknown)}; knobs are {', '.join(KNOBS)}, codec"
+            )
         out[str(name).strip().lower()] = dict(knobs)
     return out
 

@@ -5,6 +5,6 @@ it (:class:`sasg.engine.RoundEngine`).
 """
 
 from .ledger import Ledger
-from .wire import FLAG_BITS_PER_WORKER, flag_bytes, replica_payload_bytes
+from .wire import FLAG_BITS_PER_WORKER, SIZE_BITS_PER_WORKER, flag_bytes, replica_payload_bytes
 
-__all__ = ["FLAG_BITS_PER_WORKER", "Ledger", "flag_bytes", "replica_payload_bytes"]
+__all__ = ["FLAG_BITS_PER_WORKER", "Ledger", "SIZE_BITS_PER_WORKER", "flag_bytes", "replica_payload_bytes"]

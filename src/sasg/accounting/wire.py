@@ -15,6 +15,9 @@ from __future__ import annotations
 # The per-round "who sends" flag of a real runner: one bit per worker per round on the ledger,
 # counted on its own line (``bits_flags``) and never folded into ``bits_up``.
 FLAG_BITS_PER_WORKER = 1
+# With a codec whose messages vary in size, each rank's message size travels instead (an int32;
+# 0 means "I skip"), so receivers can split the payload exchange.
+SIZE_BITS_PER_WORKER = 32
 
 
 def replica_payload_bytes(bits_up: int, num_workers: int) -> int:
@@ -24,6 +27,7 @@ def replica_payload_bytes(bits_up: int, num_workers: int) -> int:
     return (int(bits_up) // 8) * max(0, int(num_workers) - 1)
 
 
-def flag_bytes(flag_rounds: int, num_workers: int) -> int:
-    """Bytes of the per-round flag exchange: one byte from every rank to every other rank."""
-    return int(flag_rounds) * int(num_workers) * max(0, int(num_workers) - 1)
+def flag_bytes(flag_rounds: int, num_workers: int, width: int = 1) -> int:
+    """Bytes of the per-round flag exchange: ``width`` bytes (1: a flag; 4: a message size) from
+    every rank to every other rank."""
+    return int(flag_rounds) * int(num_workers) * max(0, int(num_workers) - 1) * int(width)

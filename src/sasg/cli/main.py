@@ -61,6 +61,23 @@ def _algo_list(text: str) -> tuple[str, ...]:
     return tuple(a.lower() for a in _items(text, "sgd,sasg"))
 
 
+def _codec_arg(text: str):
+    """A codec name, or per-algorithm codecs ``sparse=rice+sign,sasg=rice+sign`` (a bare name among
+    them is the codec of the algorithms not named)."""
+    if "=" not in text:
+        return text.strip().lower()
+    out = PerAlgorithm()
+    for item in _items(text, "sparse=rice+sign,sasg=rice+sign"):
+        name, sep, value = (p.strip().lower() for p in item.partition("="))
+        key = name if sep else None
+        if (sep and not name) or not (value if sep else name):
+            raise argparse.ArgumentTypeError(f"{item!r}: write ALGO=CODEC, e.g. sasg=rice+sign")
+        if key in out:
+            raise argparse.ArgumentTypeError(f"{text!r} gives {'the shared codec' if key is None else key} twice")
+        out[key] = value if sep else name
+    return out
+
+
 class PerAlgorithm(dict):
     """A knob's value per algorithm, ``{name: value}``; the entry under ``None`` (a bare number)
     is the value of every algorithm not named."""
@@ -184,6 +201,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     g.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    g = groups["compression"]
+    g.add_argument(
+        "--codec", type=_codec_arg,
+        help="how messages become bytes; bits are 8 x those bytes: paper32 (default: int32 index + "
+             "32-bit value, the paper's count) or INDEX+VALUE, e.g. rice+sign (index codes idx32, rice, "
+             "bitmap, auto; values fp32, fp16, bf16, int8, sign). A dense algorithm uses the value "
+             "format alone. Per algorithm: sparse=rice+sign,sasg=rice+sign (the others keep paper32)",
+    )
     add_plugin_flag(p)
     return groups
 
@@ -244,7 +269,7 @@ _FLAG_FIELDS = (
     "dataset", "data_dir", "download", "model", "workers", "batch_size", "lr", "lr_decay_epochs",
     "lr_decay_factor", "density", "window", "threshold_scale", "epochs", "iterations", "eval_every",
     "seed", "partition", "beta", "shards_per_worker", "augment", "target_acc", "target_metric",
-    "backend", "device",
+    "backend", "device", "codec",
 )
 
 
@@ -280,7 +305,7 @@ def _per_algorithm(values: dict, algorithms, args) -> dict:
     from ..core import KNOBS, AlgorithmSpec
 
     per = {name: dict(knobs) for name, knobs in values.get("per_algorithm", {}).items()}
-    for knob in KNOBS:
+    for knob in (*KNOBS, "codec"):
         given = getattr(args, knob, None)  # the flag itself, not a preset's value
         if given is None:
             continue

@@ -188,7 +188,7 @@ def train(args) -> int:
             "bytes_counted": counters,
             "bytes_predicted": {
                 "payload": replica_payload_bytes(totals["bits_up"], world),
-                "flags": flag_bytes(counters["flag_rounds"] // world, world),
+                "flags": flag_bytes(counters["flag_rounds"] // world, world, 1 if run.engine.template.fixed_size(run.algorithm.codec) else 4),
             },
             "loopback_tx_bytes": None if lo_before is None or lo_after is None else lo_after - lo_before,
             "train_seconds": round(result.train_seconds, 3),

@@ -55,6 +55,18 @@ class Algorithm:
             raise ValueError(f"{self.name}: the trigger and the memory both keep a buffer named in {names}")
         return names
 
+    @property
+    def codec_name(self) -> str:
+        """The codec as it applies to this algorithm's messages (a dense algorithm under
+        ``rice+sign`` sends ``sign`` values)."""
+        return self.compressor.empty(1).codec_name(self.codec)
+
+    @property
+    def biased(self) -> bool:
+        """A lossy codec and a memory that does not send what was dropped later: the applied
+        updates are biased (the report says so)."""
+        return not self.codec.lossless and not self.memory.corrects
+
     def describe(self) -> dict:
         return {
             "algorithm": self.name,

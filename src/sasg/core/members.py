@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .codecs import Paper32
+from .codecs.composite import register_parts
 from .compressors import Identity, TopK
 from .memories import ErrorFeedback, NoMemory
 from .registry import register, register_alias
@@ -17,8 +18,10 @@ register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes
          lambda layout, s: TopK(layout, s.density))
 register("memory", "ef", "error feedback: keep v - q and add it to the next upload", lambda layout, s: ErrorFeedback())
 register("memory", "none", "keep nothing: what the compressor drops is lost", lambda layout, s: NoMemory())
-register("codec", "paper32", "the paper's count: 32 bits per value, 32 per index; int32 indices + values on the wire",
-         lambda layout, s: Paper32())
+register("codec", "paper32", "the paper's count: int32 indices + 32-bit values (float32 parameters), no header",
+         lambda layout, s: Paper32(layout.numel))
+
+register_parts()  # index codes and value formats: the parts of INDEX+VALUE codecs
 
 register_alias("sgd", "always+identity", "dense SGD (the baseline)")
 register_alias("sparse", "always+topk", "top-k with error feedback, every round")

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("trigger", "compressor", "memory", "codec")
+# "index" and "value" are the parts of a composite codec INDEX+VALUE (sasg.core.codecs.composite).
+KINDS = ("trigger", "compressor", "memory", "codec", "index", "value")
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class AlgorithmSpec:
             trigger=REGISTRIES["trigger"].get(self.trigger).factory(layout, s),
             compressor=compressor,
             memory=REGISTRIES["memory"].get(memory_name).factory(layout, s),
-            codec=REGISTRIES["codec"].get(codec).factory(layout, s),
+            codec=build_codec(codec, layout, s),
         )
 
 
@@ -109,10 +109,29 @@ def _unknown(name: str, why: str = "") -> str:
     )
 
 
-def check_codec(name: str) -> str:
+def build_codec(name: str, layout: Layout, settings: AlgorithmSettings | None = None):
+    """A registered codec (``paper32``) or a composite ``INDEX+VALUE`` / ``VALUE`` of registered
+    index codes and value formats (see ``sasg list``)."""
     key = str(name).strip().lower()
-    if key not in REGISTRIES["codec"]:
-        raise ValueError(f"unknown codec {name!r}; choose from {', '.join(REGISTRIES['codec'].names())}")
+    if key in REGISTRIES["codec"]:
+        return REGISTRIES["codec"].get(key).factory(layout, settings or AlgorithmSettings())
+    from .codecs.composite import make_codec
+
+    try:
+        return make_codec(key, layout)
+    except ValueError as e:
+        codecs = ", ".join(REGISTRIES["codec"].names())
+        indices, values = ", ".join(REGISTRIES["index"].names()), ", ".join(REGISTRIES["value"].names())
+        raise ValueError(
+            f"unknown codec {name!r} ({e}); use {codecs}, INDEX+VALUE or VALUE with index codes {indices} "
+            f"and value formats {values} (see `sasg list`)"
+        ) from None
+
+
+def check_codec(name: str) -> str:
+    """``name`` lower-cased, if it names a codec (else a ValueError that lists the choices)."""
+    key = str(name).strip().lower()
+    build_codec(key, Layout([("probe", (8,))]))
     return key
 
 

@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..accounting import FLAG_BITS_PER_WORKER
-from ..core.payloads import Payload
+from ..accounting import FLAG_BITS_PER_WORKER, SIZE_BITS_PER_WORKER
+from ..core.codecs import CodecError
+from ..core.payloads import Encoded, Payload
 from ..engine.transport import TransportCounters
 
 
@@ -70,40 +71,57 @@ class TorchTransport:
     def local_workers(self) -> list[int]:
         return [self.rank]
 
-    def flag_bits_per_round(self) -> int:
-        """One bit per worker on the ledger (sent as one byte per rank and peer); nothing when
-        there is no one to tell."""
-        return FLAG_BITS_PER_WORKER * self.world_size if self.world_size > 1 else 0
-
-    def gather_flags(self, mine: Tensor) -> Tensor:
-        """(M,) bool on CPU: who uploads this round, from this rank's (1,) answer. Costs one byte
-        per rank and peer."""
+    def flag_bits_per_round(self, lazy: bool, fixed_size: bool) -> int:
+        """The first exchange on the ledger: one bit per worker for "I send" (lazy triggers with
+        fixed-size messages), a 32-bit size per worker when sizes vary (0 = I skip), nothing when
+        everyone knows the answer or there is no one to tell."""
         M = self.world_size
-        out = torch.empty(M, dtype=torch.uint8, device=self.device)
-        t = mine.reshape(1).to(device=self.device, dtype=torch.uint8)
-        self._call("the flag exchange", self._all_gather, out, t, group=self.group)
+        if M == 1 or (fixed_size and not lazy):
+            return 0
+        return (FLAG_BITS_PER_WORKER if fixed_size else SIZE_BITS_PER_WORKER) * M
+
+    def _gather(self, what: str, value: int, dtype: torch.dtype) -> list[int]:
+        """One small integer from every rank (a collective), counted on the flag line."""
+        M = self.world_size
+        out = torch.empty(M, dtype=dtype, device=self.device)
+        t = torch.tensor([value], dtype=dtype, device=self.device)
+        self._call(what, self._all_gather, out, t, group=self.group)
+        width = out.element_size()
         self.counters.flag_rounds += 1
-        self.counters.flag_bytes_sent += M - 1
-        self.counters.flag_bytes_recv += M - 1
-        return out.to("cpu", torch.bool)
+        self.counters.flag_bytes_sent += (M - 1) * width
+        self.counters.flag_bytes_recv += (M - 1) * width
+        return [int(v) for v in out.tolist()]
 
-    def exchange(self, flags: Tensor, mine: Payload, template: Payload, codec) -> Payload:
-        """The senders' messages (``flags`` True), in rank order, identical on every rank.
+    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool
+                 ) -> tuple[Tensor, Payload, list[int]]:
+        """Who sends, and every sender's message in rank order, identical on every rank.
 
-        ``mine`` holds this rank's message (one row) if it uploads, zero rows otherwise; each
-        message is ``template.message_bytes(codec)`` bytes, so no header is needed.
-        """
-        M, me, nb = self.world_size, self.rank, template.message_bytes(codec)
-        flags = [bool(f) for f in flags.tolist()]
+        ``upload`` is this rank's (1,) answer and ``sent`` its encoded message (one, or none when
+        it skips). Fixed-size messages: a lazy trigger's flags travel as one byte per rank, and
+        every rank knows a message's size. Varying sizes: each rank's size travels instead (an
+        int32; 0 = skip). Then one ``all_to_all_single`` with the senders' sizes as splits."""
+        M, me = self.world_size, self.rank
         self.counters.rounds += 1
-        own = mine.encode(codec).reshape(-1).to(self.device) if flags[me] else None
-        if flags[me] and own.numel() != nb:
-            raise ValueError(f"rank {me}: message of {own.numel()} bytes, expected {nb}")
-        rows: list[Tensor] = []
+        mine = bool(upload.reshape(-1)[0]) if upload.numel() else False
+        if template.fixed_size(codec):
+            size = template.encode(codec)[1][0]
+            if lazy and M > 1:
+                flags = [bool(f) for f in self._gather("the flag exchange", int(mine), torch.uint8)]
+            else:
+                flags = [True] * M if not lazy else [mine]
+            sizes = [size if f else 0 for f in flags]
+        else:
+            own = sent.sizes[0] if mine else 0
+            sizes = self._gather("the size exchange", own, torch.int32) if M > 1 else [own]
+            flags = [n > 0 for n in sizes]
+        if mine and sizes[me] != sent.sizes[0]:
+            raise ValueError(f"rank {me}: message of {sent.sizes[0]} bytes, expected {sizes[me]}")
+        parts: list[Tensor] = []
         if M > 1 and any(flags):  # the flags are the same on every rank: all call, or none
-            in_splits = [nb if flags[me] and s != me else 0 for s in range(M)]
-            out_splits = [nb if flags[s] and s != me else 0 for s in range(M)]
-            send = own.repeat(M - 1) if flags[me] else torch.empty(0, dtype=torch.uint8, device=self.device)
+            in_splits = [sizes[me] if s != me else 0 for s in range(M)]
+            out_splits = [sizes[s] if s != me else 0 for s in range(M)]
+            own_bytes = sent.data.to(self.device) if mine else torch.empty(0, dtype=torch.uint8, device=self.device)
+            send = own_bytes.repeat(M - 1)
             recv = torch.empty(sum(out_splits), dtype=torch.uint8, device=self.device)
             self._call(
                 "the payload exchange", dist.all_to_all_single, recv, send,
@@ -112,16 +130,24 @@ class TorchTransport:
             self.counters.payload_rounds += 1
             self.counters.payload_bytes_sent += sum(in_splits)
             self.counters.payload_bytes_recv += sum(out_splits)
-            chunks = iter(recv.split(nb)) if nb else iter(())
+            chunks = iter(recv.split([n for s, n in enumerate(out_splits) if s != me and flags[s]]))
             for s in range(M):
                 if flags[s]:
-                    rows.append(own if s == me else next(chunks))
-        elif flags[me]:
-            rows.append(own)
-        home = mine.values.device  # where the server replica lives (may differ: gloo + CUDA)
-        if not rows:
-            return template.decode(codec, torch.empty(0, nb, dtype=torch.uint8, device=home))
-        return template.decode(codec, torch.stack(rows).to(home))
+                    parts.append(own_bytes if s == me else next(chunks))
+        elif mine:
+            parts.append(sent.data.to(self.device))
+        senders = [s for s in range(M) if flags[s]]
+        sender_sizes = [sizes[s] for s in senders]
+        home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
+        data = torch.cat(parts).to(home) if parts else torch.empty(0, dtype=torch.uint8, device=home)
+        try:
+            payload = template.decode(codec, data, sender_sizes)
+        except CodecError as e:
+            raise CodecError(
+                f"rank {me}, round {self.counters.rounds}: the messages of rank(s) {senders} do not decode "
+                f"({e}); the link or a peer corrupted them"
+            ) from None
+        return torch.tensor(flags), payload, sender_sizes
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         """One-time setup broadcast (e.g. initial parameters); not counted per round."""

@@ -4,13 +4,12 @@ For the ``N`` workers it holds (all ``M`` in the simulator, one per rank in a re
 the optimizer) and its copy of the server, a round is::
 
     upload = trigger.decide(round)                 # (N,) who uploads; may ask for stale gradients
-    flags  = transport.gather_flags(upload)        # (M,) lazy triggers only
-    q      = memory.upload(workers, rows, g, eta/M, compressor, generators)
+    sent   = memory.upload(workers, rows, g, eta/M, compressor, generators, codec)  # bytes + decoded
     trigger.uploaded(...); tau += 1; tau[rows] = 1
-    q_all  = transport.exchange(flags, q, ...)     # the senders' messages, in worker order
+    flags, q_all, sizes = transport.exchange(upload, sent, ...)  # every sender's message, in order
     server.last[senders] = q_all                   # a skipper's last message stands
     step   = sum_m server.last[m];  theta -= step
-    ledger.record(...)                             # priced here and nowhere else
+    ledger.record(...)                             # 8 x the bytes sent: here and nowhere else
 
 Members own their fast paths (the error memory updated where it lies, rows compressed where they
 lie); the engine only calls them. Same seeds, same members: the same trajectory in every runner.
@@ -32,6 +31,7 @@ from ..core.workspace import Workspace
 from ..seeds import worker_seed
 
 Blocks = Sequence[Tensor]
+DOWNLINK_BITS_PER_VALUE = 32  # the parameter-server convention's dense fp32 broadcast of theta
 MEMBER_STREAM = 2  # the per-worker generator stream of randomized members (see sasg.seeds)
 
 
@@ -73,10 +73,11 @@ class RoundEngine:
         ]
         self.workspace = Workspace()
         self.template = algorithm.compressor.empty(1, device=device, dtype=dtype)
-        # The ledger's prices, from the codec: every message of a payload shape has one size.
-        self.bits_per_upload = self.template.message_bits(algorithm.codec)
-        self.bits_down_per_round = algorithm.codec.dense_bits(d) * M  # parameter-server convention
-        self.bits_flags_per_round = transport.flag_bits_per_round() if algorithm.lazy else 0
+        # The downlink line is the parameter-server convention (a dense fp32 theta to each of the M
+        # workers every round), kept so that every runner reports the same figure; the replica
+        # runner never broadcasts theta (docs/distributed.md).
+        self.bits_down_per_round = DOWNLINK_BITS_PER_VALUE * d * M
+        self.bits_flags_per_round = transport.flag_bits_per_round(algorithm.lazy, self.template.fixed_size(algorithm.codec))
         self.ledger = Ledger(num_workers=M)
         self._step = torch.zeros(d, device=device, dtype=dtype)
 
@@ -95,17 +96,16 @@ class RoundEngine:
         rnd = Round(self.iteration, lr, M, self.local_workers, layout, self.workers, self.server, cols,
                     lambda rows: layout.as_columns(stale_grads(rows)), self.workspace)
         upload = alg.trigger.decide(rnd)
-        flags = self.transport.gather_flags(upload) if alg.lazy else torch.ones(M, dtype=torch.bool)
         rows = upload.nonzero().squeeze(1).tolist()
-        q = alg.memory.upload(self.workers, rows, cols, lr / M, alg.compressor, [self.generators[r] for r in rows])
+        sent = alg.memory.upload(self.workers, rows, cols, lr / M, alg.compressor,
+                                 [self.generators[r] for r in rows], alg.codec)
         alg.trigger.uploaded(self.workers, rows, theta)
         self.workers.staleness += 1
         self.workers.staleness[rows] = 1
-        payload = self.transport.exchange(flags, q, self.template, alg.codec)
+        flags, payload, sizes = self.transport.exchange(upload, sent, self.template, alg.codec, alg.lazy)
         self._aggregate(flags.nonzero().squeeze(1).to(self._step.device), payload)
         theta.sub_(self._step)
-        n_up = int(flags.sum())
-        self.ledger.record(n_up, n_up * self.bits_per_upload, self.bits_down_per_round, self.bits_flags_per_round)
+        self.ledger.record(int(flags.sum()), 8 * sum(sizes), self.bits_down_per_round, self.bits_flags_per_round)
         return flags
 
     def _aggregate(self, senders: Tensor, payload) -> None:

@@ -1,16 +1,19 @@
 """The Transport protocol: how a round's flags and messages reach the server (replica).
 
 A round engine holds ``N`` of the ``M`` workers (``local_workers``: their global ids, ascending)
-and the server's state. Each round it asks its transport for two exchanges, both symmetric (every
-holder makes the same calls in the same order, decided only from data all of them hold):
+and the server's state. Each round it hands its transport this holder's answer and messages,
+``exchange(upload, sent, template, codec, lazy) -> (flags, payload, sizes)``:
 
-1. ``gather_flags(mine) -> (M,) bool``: who uploads, from every holder's ``(N,)`` answer (lazy
-   triggers only: with an always-upload trigger everyone knows);
-2. ``exchange(flags, mine, template, codec) -> payload``: the senders' messages in worker order,
-   given this holder's uploaders' payload; ``template`` (one empty message) and ``codec`` say how
-   a message looks in bytes. Skippers send nothing.
+* ``upload``: ``(N,)`` bool, who of the held workers uploads; ``sent``: their
+  :class:`~sasg.core.payloads.Encoded` messages (bytes, sizes and the decoded payload);
+* returns the ``(M,)`` flags (who sent), every sender's message in worker order (decoded by
+  ``template``'s kind with ``codec``) and every sender's message size in bytes.
 
-``flag_bits_per_round()`` is what the flag exchange costs on the ledger's flag line.
+A real transport makes symmetric collectives (every holder the same calls in the same order,
+decided only from data all of them hold): first who sends — and, when the codec's messages vary
+in size, how many bytes — then the messages. Skippers send no message bytes.
+``flag_bits_per_round(lazy, fixed_size)`` is what the first exchange costs on the ledger's flag
+line.
 
 :class:`InProcessTransport` holds all ``M`` workers in one process (the simulator; with M = 1 the
 optimizer outside ``torchrun``): nothing crosses anything. The ``torch.distributed`` transport is
@@ -25,7 +28,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..core.payloads import Payload
+from ..core.payloads import Encoded, Payload
 
 
 @dataclass
@@ -59,13 +62,11 @@ class Transport(Protocol):
     def local_workers(self) -> Sequence[int]:
         ...
 
-    def flag_bits_per_round(self) -> int:
+    def flag_bits_per_round(self, lazy: bool, fixed_size: bool) -> int:
         ...
 
-    def gather_flags(self, mine: Tensor) -> Tensor:
-        ...
-
-    def exchange(self, flags: Tensor, mine: Payload, template: Payload, codec) -> Payload:
+    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool
+                 ) -> tuple[Tensor, Payload, list[int]]:
         ...
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
@@ -89,16 +90,15 @@ class InProcessTransport:
     def local_workers(self) -> range:
         return range(self.world_size)
 
-    def flag_bits_per_round(self) -> int:
+    def flag_bits_per_round(self, lazy: bool, fixed_size: bool) -> int:
         return 0  # the workers share a process: no flag travels
 
-    def gather_flags(self, mine: Tensor) -> Tensor:
-        self.counters.flag_rounds += 1
-        return mine
-
-    def exchange(self, flags: Tensor, mine: Payload, template: Payload, codec) -> Payload:
+    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool
+                 ) -> tuple[Tensor, Payload, list[int]]:
         self.counters.rounds += 1
-        return mine
+        if lazy:
+            self.counters.flag_rounds += 1
+        return upload, sent.payload, sent.sizes
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         return tensor

@@ -82,7 +82,10 @@ class SASG(torch.optim.Optimizer):
             Buffers are not copied: pass identically initialised models if they matter.
         restore_buffers: tensors (e.g. ``model.buffers()``) put back after the anchor evaluation,
             so BatchNorm running statistics only see the fresh forward pass.
-        convention: the codec that prices and encodes messages (``paper32``).
+        codec: how messages become bytes, and so what the ledger counts (``paper32``: int32 index +
+            32-bit value; or ``INDEX+VALUE`` such as ``rice+sign``, see ``sasg list``). With a lossy
+            value format the parameters move by the decoded message and error feedback keeps the
+            rest.
         seed: derives this worker's generator for randomized members, from (seed, rank): use the
             same seed on every rank, as the simulator does.
 
@@ -110,7 +113,7 @@ class SASG(torch.optim.Optimizer):
         group=None,
         broadcast_initial: bool = True,
         restore_buffers: Iterable[Tensor] | None = None,
-        convention: str = "paper32",
+        codec: str = "paper32",
         seed: int = 0,
     ):
         _check_lr(lr)
@@ -135,7 +138,7 @@ class SASG(torch.optim.Optimizer):
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
         # ignores, so a typo fails the same way whichever algorithm it was written for.
         self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c))
-        self.algorithm = self.spec.build(self.layout, check_codec(convention))
+        self.algorithm = self.spec.build(self.layout, check_codec(codec))
         if transport is None:
             import torch.distributed as dist
 
@@ -174,7 +177,8 @@ class SASG(torch.optim.Optimizer):
     # ----- what the optimizer reports -------------------------------------------------------------
     @property
     def ledger(self):
-        """Per-step uploads and bits (uplink, downlink convention, flags): ``ledger.totals()``."""
+        """Per-step uploads and bits (uplink: 8 x the bytes sent; downlink: parameter-server
+        convention; flags): ``ledger.totals()``."""
         return self.engine.ledger
 
     @property

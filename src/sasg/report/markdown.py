@@ -14,9 +14,9 @@ def render_report(summary: dict, plots: list[str]) -> str:
         f"{cfg['batch_size']}, lr {cfg['lr']} on the mean gradient (paper α = {cfg['paper_alpha']:g}), "
         f"density {cfg['density']}, window D = {cfg['window']}, c = {cfg['threshold_scale']}, "
         f"{_length(cfg)}, {_seeds(summary)}. Partition: {_partition(cfg)}. Augmentation: {cfg.get('augment', 'none')}. "
-        f"Learning rate: {_schedule(cfg)}. Bits under the `{summary['bit_convention']}` "
-        "convention (dense upload 32·d bits; sparse 32 bits per value + 32 per index); downlink is a "
-        "dense broadcast of θ to every worker each round.",
+        f"Learning rate: {_schedule(cfg)}. Bits up are 8 × the bytes each algorithm's codec produced "
+        "(codec column; `paper32`: 32 bits per value + 32 per index, the paper's count); bits down are "
+        "the parameter-server convention, a dense fp32 broadcast of θ to every worker each round.",
         "",
         _target_line(summary),
         "",
@@ -25,7 +25,7 @@ def render_report(summary: dict, plots: list[str]) -> str:
     ]
     notes = table_notes(summary["records"])
     if notes:
-        lines += [f"**Diverged.** {n}" for n in notes] + [""]
+        lines += [f"**{'Biased' if ' is biased' in n else 'Diverged'}.** {n}" for n in notes] + [""]
     ratios = ratio_lines(summary.get("vs_sgd", {}))
     if ratios:
         lines += ["## Against SGD", ""] + [f"- {r}" for r in ratios] + [""]

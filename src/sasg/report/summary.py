@@ -94,6 +94,8 @@ def record(result: RunResult, target: float | None, metric: str = "top1") -> dic
         "bits_to_target": None if hit is None else hit["bits_up"],
         "num_parameters": result.num_parameters,
         "backend": result.backend,
+        "codec": result.codec,
+        "biased": result.biased,
         "wall_seconds": round(result.wall_seconds, 3),
         "train_seconds": round(result.train_seconds, 3),
         "iters_per_second": round(result.iters_per_second, 2),
@@ -108,6 +110,11 @@ def reached(r: dict) -> tuple[int, int]:
 
 
 TO_TARGET = ("iters_to_target", "uploads_to_target", "bits_to_target")
+
+DOWNLINK = (
+    "bits_down is the parameter-server convention: a dense fp32 theta to every worker each round "
+    "(32 x d x M bits); the replica runner of sasg launch never sends theta (see distributed.json)"
+)
 
 
 def ratios_vs(records: list[dict], baseline: str = "sgd") -> dict[str, dict]:
@@ -191,7 +198,8 @@ def aggregate_records(per_seed: list[list[dict]]) -> list[dict]:
     for i, first in enumerate(per_seed[0]):
         rows = [seed_records[i] for seed_records in per_seed]
         agg = {"algorithm": first["algorithm"], "seeds": len(rows), "target_metric": first["target_metric"],
-               "num_parameters": first["num_parameters"], "backend": first["backend"]}
+               "num_parameters": first["num_parameters"], "backend": first["backend"],
+               "codec": first.get("codec", "paper32"), "biased": first.get("biased", False)}
         for key in AGGREGATED:
             values = [r[key] for r in rows]
             agg[key], agg[key + "_std"] = _mean_std(values)
@@ -226,7 +234,8 @@ def build_summary(runs: dict[int, dict[str, RunResult]], config) -> dict:
         "sasg_version": _version(),
         "config": config.to_dict(),
         "seeds": seeds,
-        "bit_convention": config.convention,
+        "codec": config.codec,  # the default; each record names its own (what made its bits)
+        "downlink": DOWNLINK,
         "accuracy_unit": "percent",
         "target_acc": target,
         "target_metric": config.target_metric,

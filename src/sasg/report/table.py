@@ -12,6 +12,7 @@ from .summary import TO_TARGET
 
 COLUMNS = (
     ("algorithm", "algorithm", "{}"),
+    ("codec", "codec", "{}"),
     ("iterations", "iters", "{:d}"),
     ("uploads", "uploads", "{:d}"),
     ("skipped", "skipped", "{:d}"),
@@ -68,14 +69,19 @@ def _number(value, fmt: str) -> str:
 def _cells(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     cols = columns(records)
     header = [title for _, title, _ in cols]
-    rows = [[_cell(r, key, fmt) if key != "algorithm" else r[key] for key, _, fmt in cols] for r in records]
+    rows = [[_cell(r, key, fmt) if key not in ("algorithm", "codec") else str(r.get(key, "—")) for key, _, fmt in cols]
+            for r in records]
     return header, rows
 
 
 def table_notes(records: list[dict]) -> list[str]:
-    """Sentences under the table: which runs diverged (so a missing loss is not a mystery)."""
+    """Sentences under the table: which runs diverged (so a missing loss is not a mystery) and
+    which are biased (a lossy codec without error feedback)."""
     notes = []
     for r in records:
+        if r.get("biased"):
+            notes.append(f"{r['algorithm']} is biased: its codec {r['codec']} rounds values and it keeps no "
+                         "error memory, so what the rounding drops is never sent.")
         if not r.get("diverged"):
             continue
         if "seeds" in r:

@@ -51,6 +51,8 @@ class RunResult:
     backend: str
     num_parameters: int
     theta: Tensor = field(repr=False)
+    codec: str = "paper32"  # what made its bits (for a dense algorithm: the value format alone)
+    biased: bool = False  # a lossy codec without a memory that sends the rounding error later
 
     @property
     def wall_seconds(self) -> float:
@@ -106,7 +108,7 @@ class Simulator:
                 raise ValueError("an algorithm factory must return an Algorithm built on the layout it is given")
         else:
             spec = AlgorithmSpec.parse(algorithm, config.settings_for(algorithm))
-            self.algorithm = spec.build(self.layout, config.convention)
+            self.algorithm = spec.build(self.layout, config.codec_for(algorithm))
         self.engine = RoundEngine(self.algorithm, self.transport, seed=config.seed, device=device)
         self.shards = make_partition(
             config.partition, data.train.y.cpu(), M, torch.Generator().manual_seed(config.seed),
@@ -152,10 +154,6 @@ class Simulator:
     @property
     def ledger(self):
         return self.engine.ledger
-
-    @property
-    def bits_per_upload(self) -> int:
-        return self.engine.bits_per_upload
 
     @property
     def iteration(self) -> int:
@@ -255,6 +253,8 @@ class Simulator:
             backend=self.gradients.backend,
             num_parameters=self.layout.numel,
             theta=self.theta.clone(),
+            codec=self.algorithm.codec_name,
+            biased=self.algorithm.biased,
         )
 
     # ----- checkpointing ----------------------------------------------------------------------

@@ -1,22 +1,21 @@
-"""``paper32``: the SASG paper's count, and the fixed-size bytes behind it.
+"""``paper32``: the SASG paper's count, as real bytes.
 
-Price (the ledger): 32 bits per value of a dense message; 32 bits per value plus 32 per index of
-a sparse one.
-
-Bytes (what a real runner sends): a sparse message is its ``K`` indices as int32 (int64 when
-``d >= 2**31``), then its ``K`` values in the parameters' dtype; a dense message is its ``d``
-values. For float32 parameters ``8 * bytes == bits`` exactly; other dtypes send their own width
-per value (the price stays the paper's). Packing is a pure reinterpretation of bits, so
-``decode(encode(q))`` is ``q`` bit for bit on every rank.
+A sparse message is its ``K`` indices as int32 (int64 when ``d >= 2**31``), then its ``K`` values;
+a dense message is its ``d`` values. Values travel in the parameters' dtype: for float32
+parameters that is exactly the paper's 32 bits per value plus 32 per index (64 bits per kept
+entry, 32 per dense entry); a float64 model's optimizer sends 8 bytes per value, and the ledger
+counts them. Every message of one shape has one size (no header), and packing is a pure
+reinterpretation of bits, so ``decode(encode(q))`` is ``q`` bit for bit on every rank.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
-VALUE_BITS = 32
-INDEX_BITS = 32
+from .protocol import CodecError
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -47,34 +46,42 @@ def _from_bytes(b: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class Paper32:
-    name = "paper32"
+    name = dense_name = "paper32"
+    lossless = True
+    fixed_size = True
+    dense_fixed_size = True
 
-    def dense_bits(self, numel: int) -> int:
-        return VALUE_BITS * int(numel)
+    def __init__(self, numel: int):
+        self.numel = int(numel)
 
-    def sparse_bits(self, nnz: int, numel: int) -> int:
-        return (VALUE_BITS + INDEX_BITS) * int(nnz)
+    def _rows(self, data: Tensor, sizes: Sequence[int], size: int) -> Tensor:
+        n = len(sizes)
+        if any(int(s) != size for s in sizes) or data.numel() != n * size:
+            raise CodecError(
+                f"paper32: {n} message(s) of {data.numel()} bytes in all (sizes {list(sizes)[:4]}...), "
+                f"expected {size} bytes each"
+            )
+        return data.reshape(n, size)
 
-    def dense_bytes(self, numel: int, dtype: torch.dtype) -> int:
-        return int(numel) * _itemsize(dtype)
+    def encode_sparse(self, indices: Tensor, values: Tensor) -> tuple[Tensor, list[int]]:
+        rows = torch.cat([_as_bytes(indices.to(_index_dtype(self.numel))), _as_bytes(values)], dim=1)
+        return rows.reshape(-1), [rows.shape[1]] * rows.shape[0]
 
-    def sparse_bytes(self, nnz: int, numel: int, dtype: torch.dtype) -> int:
-        return int(nnz) * (_itemsize(_index_dtype(numel)) + _itemsize(dtype))
-
-    def encode_dense(self, values: Tensor) -> Tensor:
-        return _as_bytes(values)
-
-    def decode_dense(self, buf: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
-        return _from_bytes(buf.reshape(-1, self.dense_bytes(numel, dtype)), dtype)
-
-    def encode_sparse(self, indices: Tensor, values: Tensor, numel: int) -> Tensor:
-        return torch.cat([_as_bytes(indices.to(_index_dtype(numel))), _as_bytes(values)], dim=1)
-
-    def decode_sparse(self, buf: Tensor, nnz: int, numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        buf = buf.reshape(-1, self.sparse_bytes(nnz, numel, dtype))
-        index_dtype = _index_dtype(numel)
+    def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        index_dtype = _index_dtype(self.numel)
         split = nnz * _itemsize(index_dtype)
-        return _from_bytes(buf[:, :split], index_dtype).to(torch.long), _from_bytes(buf[:, split:], dtype)
+        rows = self._rows(data, sizes, split + nnz * _itemsize(dtype))
+        indices = _from_bytes(rows[:, :split], index_dtype).to(torch.long)
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.numel):
+            raise CodecError(f"paper32: an index is outside 0..{self.numel - 1}: corrupted message")
+        return indices, _from_bytes(rows[:, split:], dtype)
+
+    def encode_dense(self, values: Tensor) -> tuple[Tensor, list[int]]:
+        rows = _as_bytes(values)
+        return rows.reshape(-1), [rows.shape[1]] * rows.shape[0]
+
+    def decode_dense(self, data: Tensor, sizes: Sequence[int], dtype: torch.dtype) -> Tensor:
+        return _from_bytes(self._rows(data, sizes, self.numel * _itemsize(dtype)), dtype)
 
     def describe(self) -> dict:
         return {"codec": self.name}

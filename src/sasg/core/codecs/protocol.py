@@ -1,50 +1,57 @@
-r"""The Codec protocol: how a message becomes bytes, and what it costs.
+r"""The Codec protocol: how messages become bytes, and back.
 
-A codec turns a payload's messages into one ``uint8`` row each (``encode_*``), back
-(``decode_*``), and states the price of one message in bits for the ledger (``*_bits``). It is
-deterministic and the same on every rank and device: ``decode(encode(q)) == q`` bit for bit for
-a lossless codec. Payloads call the method of their own kind (``encode_sparse`` for a sparse
-payload), so a codec never inspects a payload's type.
+A codec turns the ``N`` messages of a payload into bytes — one ``uint8`` tensor holding the
+messages back to back, and each message's size — and back again. The ledger counts
+``8 x bytes`` of what it produced (:class:`sasg.engine.RoundEngine`), in every runner: the codec
+is the one source of truth for bits.
 
-Every message of one payload kind and shape has one size here, so a receiver knows in advance
-how many bytes each sender's message takes.
+* Sparse messages (``(N, K)`` indices, ascending within each tensor of the layout, and values)
+  go through ``encode_sparse``/``decode_sparse``; dense ones (``(N, d)`` values) through
+  ``encode_dense``/``decode_dense``. Payloads call the method of their own kind, so a codec never
+  inspects a payload's type.
+* ``lossless``: ``decode(encode(q)) == q`` bit for bit. A lossy codec (bf16, int8, sign values)
+  decodes to the same values on every call and every rank; the server applies the *decoded*
+  message and error feedback keeps ``v - decoded(q)``, so what rounding drops is sent later.
+* ``fixed_size`` (sparse messages) and ``dense_fixed_size``: every message of one payload shape
+  has one size (``paper32``; a dense message under any value format), so a receiver knows it in
+  advance and no sizes need to travel.
+* Bytes that do not decode (corrupted, truncated) raise :class:`CodecError`, never a silent wrong
+  message or an error from deep inside torch.
+
+A codec is built for a model's :class:`~sasg.core.layout.Layout` (some codes work per tensor).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
 
+class CodecError(ValueError):
+    """Bytes that are not a message of this codec (corrupted or truncated)."""
+
+
 @runtime_checkable
 class Codec(Protocol):
     name: str
+    dense_name: str  # what it is called for dense messages (the value format alone)
+    lossless: bool
+    fixed_size: bool
+    dense_fixed_size: bool
 
-    def dense_bits(self, numel: int) -> int:
-        """Price of one dense message of ``numel`` values."""
+    def encode_sparse(self, indices: Tensor, values: Tensor) -> tuple[Tensor, list[int]]:
+        """``(N, K)`` int64 indices and values -> (uint8 1-D: the N messages back to back, sizes)."""
 
-    def sparse_bits(self, nnz: int, numel: int) -> int:
-        """Price of one message of ``nnz`` (index, value) pairs into ``numel`` entries."""
+    def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """-> ``(N, nnz)`` int64 indices and ``(N, nnz)`` values of ``dtype``."""
 
-    def dense_bytes(self, numel: int, dtype: torch.dtype) -> int:
-        ...
+    def encode_dense(self, values: Tensor) -> tuple[Tensor, list[int]]:
+        """``(N, d)`` values -> (uint8 1-D, sizes)."""
 
-    def sparse_bytes(self, nnz: int, numel: int, dtype: torch.dtype) -> int:
-        ...
-
-    def encode_dense(self, values: Tensor) -> Tensor:
-        """``(N, numel)`` values -> ``(N, dense_bytes)`` uint8."""
-
-    def decode_dense(self, buf: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
-        ...
-
-    def encode_sparse(self, indices: Tensor, values: Tensor, numel: int) -> Tensor:
-        """``(N, K)`` indices and values -> ``(N, sparse_bytes)`` uint8."""
-
-    def decode_sparse(self, buf: Tensor, nnz: int, numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        ...
+    def decode_dense(self, data: Tensor, sizes: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """-> ``(N, d)`` values of ``dtype``."""
 
     def describe(self) -> dict:
         ...

@@ -1,4 +1,5 @@
-r"""``none``: no memory. What the compressor drops is lost: :math:`q_m = C(s\,g)`."""
+r"""``none``: no memory. What the compressor drops, or a lossy codec rounds away, is lost:
+:math:`q_m = C(s\,g)` (a lossy codec makes such a run biased; the report says so)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..payloads import Encoded, transmit
+
 
 class NoMemory:
     name = "none"
+    corrects = False  # what the compressor and the codec drop is lost
     worker_buffers: tuple[str, ...] = ()
 
-    def upload(self, workers, rows: Sequence[int], grads: Sequence[Tensor], scale: float, compressor, generators):
+    def upload(self, workers, rows: Sequence[int], grads: Sequence[Tensor], scale: float, compressor, generators,
+               codec) -> Encoded:
         segments = compressor.layout.segments
         n, everyone = len(rows), len(rows) == grads[0].shape[0]
         # v = s * g formed block by block into one fresh (n, d) buffer, handed to the compressor
@@ -21,7 +26,7 @@ class NoMemory:
         index = None if everyone else torch.as_tensor(list(rows), dtype=torch.long, device=v.device)
         for seg, g in zip(segments, grads):
             torch.mul(g if everyone else g.index_select(0, index), scale, out=v[:, seg.offset : seg.end])
-        return compressor.compress(v, range(n), generators=generators, donate=True)
+        return transmit(compressor.compress(v, range(n), generators=generators, donate=True), codec)
 
     def describe(self) -> dict:
         return {"memory": self.name}

@@ -4,11 +4,14 @@ An uploading worker with fresh gradient ``g`` and step scale ``s`` (``s = eta / 
 
 .. math:: q_m = C(v), \qquad v = s\,g + (\text{what its memory adds})
 
-and its memory decides what it keeps for later rounds. ``upload(workers, rows, grads, scale,
-compressor, generators)`` does this for the uploading ``rows`` of a batch of workers and returns
-their payload (one message per row, in ``rows`` order). ``grads`` holds all ``N`` workers' fresh
-gradients as per-segment column blocks (:meth:`~sasg.core.layout.Layout.as_columns`).
+encoded by the codec, and its memory decides what it keeps for later rounds, from the message
+as it will be *decoded* (:func:`~sasg.core.payloads.transmit`). ``upload(workers, rows, grads,
+scale, compressor, generators, codec)`` does this for the uploading ``rows`` of a batch of workers
+and returns their :class:`~sasg.core.payloads.Encoded` messages (one per row, in ``rows``
+order). ``grads`` holds all ``N`` workers' fresh gradients as per-segment column blocks (:meth:`~sasg.core.layout.Layout.as_columns`).
 
+``corrects``: what the compressor and a lossy codec drop is sent in later rounds (error feedback),
+so a lossy codec leaves the updates unbiased over time; without it such a run is biased.
 ``worker_buffers`` names the ``(N, d)`` buffers it keeps per worker (created zero by the
 :class:`~sasg.core.state.WorkerState`, saved in checkpoints). A fast path (updating its buffer
 where it lies) belongs in the member's ``upload``, never in the round engine.
@@ -21,12 +24,13 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..payloads import Payload
+from ..payloads import Encoded
 
 
 @runtime_checkable
 class Memory(Protocol):
     name: str
+    corrects: bool
     worker_buffers: tuple[str, ...]
 
     def upload(
@@ -37,7 +41,8 @@ class Memory(Protocol):
         scale: float,
         compressor,
         generators: Sequence[torch.Generator] | None,
-    ) -> Payload:
+        codec,
+    ) -> Encoded:
         ...
 
     def describe(self) -> dict:

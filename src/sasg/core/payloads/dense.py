@@ -53,17 +53,18 @@ class DensePayload:
         for i, r in enumerate(rows):
             target[r].sub_(self.values[i])
 
-    def message_bits(self, codec) -> int:
-        return codec.dense_bits(self.numel)
+    def codec_name(self, codec) -> str:
+        return codec.dense_name
 
-    def message_bytes(self, codec) -> int:
-        return codec.dense_bytes(self.numel, self.values.dtype)
+    def fixed_size(self, codec) -> bool:
+        return codec.dense_fixed_size
 
-    def encode(self, codec) -> Tensor:
+    def encode(self, codec) -> tuple[Tensor, list[int]]:
         return codec.encode_dense(self.values)
 
-    def decode(self, codec, buf: Tensor) -> "DensePayload":
-        return DensePayload(codec.decode_dense(buf, self.numel, self.values.dtype))
+    def decode(self, codec, data: Tensor, sizes: Sequence[int]) -> "DensePayload":
+        values = codec.decode_dense(data, sizes, self.values.dtype)
+        return DensePayload(values.to(self.values.device), owned=True)
 
     def state_dict(self) -> dict:
         return {"kind": "dense", "values": self.values.clone()}

@@ -7,9 +7,10 @@ so a skipper's last message :math:`q_m` is reused in
 .. math:: \theta^{k+1} = \theta^k - \sum_m q_m .
 
 A payload knows its own kind: it sums itself, subtracts itself from rows (error feedback keeps
-:math:`v - q`), sizes and encodes itself through a :class:`~sasg.core.codecs.Codec`, and decodes
-a buffer into a payload of its own shape (a one-message ``empty`` payload serves as the template
-a receiver decodes with). Nothing outside a payload class looks at its concrete type.
+:math:`v - q`), encodes itself through a :class:`~sasg.core.codecs.Codec`, and decodes bytes
+into a payload of its own kind and shape (any payload of that shape, e.g. a compressor's one-row
+``empty``, serves as the template a receiver decodes with). Nothing outside a payload class
+looks at its concrete type.
 """
 
 from __future__ import annotations
@@ -41,17 +42,18 @@ class Payload(Protocol):
     def subtract_from_(self, target: Tensor, rows: Sequence[int]) -> None:
         """``target[rows[i]] -= q_i`` in place (``target`` is ``(n, d)``)."""
 
-    def message_bits(self, codec) -> int:
-        """Bits of ONE message of this shape under ``codec`` (the ledger's price)."""
+    def codec_name(self, codec) -> str:
+        """What ``codec`` is called for messages of this kind (a sparse codec ``rice+sign`` sends a
+        dense message's values as ``sign``)."""
 
-    def message_bytes(self, codec) -> int:
-        """Bytes of ONE message as ``codec`` puts it on the wire."""
+    def fixed_size(self, codec) -> bool:
+        """Every message of this kind and shape has one size under ``codec`` (no sizes travel)."""
 
-    def encode(self, codec) -> Tensor:
-        """``(N, message_bytes)`` uint8: one row per message."""
+    def encode(self, codec) -> tuple[Tensor, list[int]]:
+        """The N messages as bytes: (uint8 1-D, back to back; each message's size in bytes)."""
 
-    def decode(self, codec, buf: Tensor) -> "Payload":
-        """Messages of this payload's shape from ``buf`` (``(N, message_bytes)`` or flat)."""
+    def decode(self, codec, data: Tensor, sizes: Sequence[int]) -> "Payload":
+        """Messages of this payload's kind and shape (K per message, dtype) from ``data``."""
 
     def state_dict(self) -> dict:
         ...

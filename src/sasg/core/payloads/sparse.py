@@ -54,18 +54,19 @@ class SparsePayload:
         for i, r in enumerate(rows):
             target[r].index_add_(0, self.indices[i], self.values[i], alpha=-1)
 
-    def message_bits(self, codec) -> int:
-        return codec.sparse_bits(self.nnz_per_message, self.numel)
+    def codec_name(self, codec) -> str:
+        return codec.name
 
-    def message_bytes(self, codec) -> int:
-        return codec.sparse_bytes(self.nnz_per_message, self.numel, self.values.dtype)
+    def fixed_size(self, codec) -> bool:
+        return codec.fixed_size
 
-    def encode(self, codec) -> Tensor:
-        return codec.encode_sparse(self.indices, self.values, self.numel)
+    def encode(self, codec) -> tuple[Tensor, list[int]]:
+        return codec.encode_sparse(self.indices, self.values)
 
-    def decode(self, codec, buf: Tensor) -> "SparsePayload":
-        indices, values = codec.decode_sparse(buf, self.nnz_per_message, self.numel, self.values.dtype)
-        return SparsePayload(indices, values, self.numel)
+    def decode(self, codec, data: Tensor, sizes: Sequence[int]) -> "SparsePayload":
+        indices, values = codec.decode_sparse(data, sizes, self.nnz_per_message, self.values.dtype)
+        device = self.values.device
+        return SparsePayload(indices.to(device), values.to(device), self.numel)
 
     def state_dict(self) -> dict:
         return {"kind": "sparse", "indices": self.indices.clone(), "values": self.values.clone(), "numel": self.numel}

@@ -1,0 +1,596 @@
+r"""Index codes: the kept positions of a sparse message as bytes, and back.
+
+A sparse message keeps ``K`` entries of a flat buffer of ``d`` entries laid out in tensors
+(:class:`~sasg.core.layout.Layout` segments ``s`` of ``d_s`` entries from ``offset_s``); its
+indices ascend (within each tensor, tensors in layout order: so the whole row ascends) and never
+repeat. Every code here writes the index part of one message so that it is **self-delimiting**:
+given the layout and ``K`` the decoder learns where the part ends (the value part follows it).
+All messages of a batch are coded together with tensor ops (no Python loop over entries).
+
+Notation: ``c_s`` kept entries in tensor ``s`` (``sum_s c_s = K``); their positions inside the
+tensor ``l_1 < l_2 < ... < l_{c_s}``; the **gaps** ``g_1 = l_1``, ``g_j = l_j - l_{j-1} - 1``
+(so ``g >= 0`` and ``sum_j g_j = l_{c_s} + 1 - c_s``). ``W`` is the width of a count or an index:
+4 bytes (int32) when ``d < 2**31``, else 8 (int64); every multi-byte number is little-endian and
+bit streams are big-endian within a byte (:mod:`.bitstream`).
+
+* ``idx32`` — the indices as they are: ``K`` x int32 (int64 when ``d >= 2**31``), no header;
+  ``32 K`` bits (the ``paper32`` index bytes exactly).
+* ``rice`` — Golomb–Rice codes of the gaps, one Rice parameter ``b_s`` per tensor:
+  ``g = q 2^{b_s} + r`` with ``q = g >> b_s`` written in unary (``q`` ones then a zero) and
+  ``r < 2^{b_s}`` in ``b_s`` bits, ``b_s = max(0, floor(log2(mean_j g_j)))`` (0 for an empty
+  tensor, at most ``min(48, floor(log2 d_s))``). For geometric gaps of mean ``m`` this costs about
+  ``log2 m + 2`` bits per entry. Two streams make decoding vectorizable: the unary parts of all
+  entries in one (a decoder finds the terminating zeros with ``nonzero``), the remainders in
+  another (their widths follow from the header). Bytes of one message::
+
+      counts  S x W   c_s (int32/int64)
+      U       W       length in bytes of the unary stream
+      params  S x 1   b_s (uint8)
+      remainders      ceil(sum_s c_s b_s / 8) bytes: every entry's r in b_s bits, tensor after
+                      tensor; zero-padded
+      unary           U bytes: every entry's 1^q 0, in the same order; padded with ones (fewer
+                      than 8 padding bits)
+
+  Header: ``(S + 1) W + S`` bytes (24 for the 4 tensors of an FC 784-512-10, 314 for the 62 of a
+  ResNet-18). ``c(b + 1) + sum q`` bits per tensor plus the header and byte padding.
+* ``bitmap`` — one bit per entry of ``d`` (bit ``i`` set iff index ``i`` is kept): ``ceil(d/8)``
+  bytes whatever ``K``, no header; smaller than ``idx32`` above a density of 1/32 (~3 %).
+* ``auto`` — per tensor the cheapest of the three (estimated bits: ``8 W c_s`` for idx32,
+  ``c_s (b_s + 1) + sum q`` for rice, ``d_s`` for bitmap; ties to the first of idx32, rice,
+  bitmap), with a tag per tensor. Bytes of one message::
+
+      counts  S x W   c_s
+      U       W       length of the unary stream
+      params  S x 1   b_s (0 for tensors not coded by rice)
+      tags    S x 1   0 = idx32, 1 = rice, 2 = bitmap
+      idx32 section   the indices (global, int32/int64) of the idx32 tensors, in order
+      bitmap section  ceil(sum of d_s over the bitmap tensors / 8) bytes: their d_s bits each,
+                      back to back; zero-padded
+      remainders      as in rice, over the rice tensors only
+      unary           U bytes, as in rice
+
+  Header: ``(S + 1) W + 2 S`` bytes. Rice with ``b_s = 0`` is itself at most ``d_s`` bits
+  (``c_s + sum g = l_{c_s} + 1``), so bitmap wins only where the mean-gap rule picks ``b_s > 0``
+  at high density, and idx32 only for empty tensors or ``d_s >= 2**31``; at 1 % top-k every
+  nonempty tensor is rice-coded and auto costs ``S`` bytes more than rice.
+
+Decoders check everything a corrupted message can get wrong without a checksum: lengths
+(truncated or trailing bytes), counts (in range, summing to ``K``), parameters and tags in range,
+padding bits, the number of unary codes, and that decoded indices stay inside their tensor and
+ascend. A corruption that yields another valid message (e.g. a flipped remainder bit moving one
+index) cannot be detected without a checksum and decodes to that message.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..layout import Layout
+from .bitstream import (
+    MAX_FIELD_BITS,
+    as_bytes,
+    bit_length,
+    exclusive_cumsum,
+    from_bytes,
+    ones_then_zero,
+    pack_bits,
+    pack_fields,
+    set_bit_positions,
+    unpack_fields,
+    zero_positions,
+)
+from .protocol import CodecError
+
+
+def _first(mask: Tensor) -> int | None:
+    """Position of the first True of a 1-D bool tensor, or None."""
+    if mask.numel() == 0 or not bool(mask.any()):
+        return None
+    return int(torch.nonzero(mask)[0, 0])
+
+
+def _fail(who: str, i: int | None, what: str):
+    raise CodecError(f"{who}: message {i} {what}" if i is not None else f"{who}: {what}")
+
+
+def message_rows(data: Tensor, starts: Sequence[int], sizes: Sequence[int], offsets, length: int) -> Tensor:
+    """``(N, length)`` uint8: ``length`` bytes of every message from ``offsets`` (one int or a
+    list) bytes into it. A view where the messages all have one size, else a stacked copy."""
+    n = len(starts)
+    if n == 0:
+        return data.new_zeros(0, length)
+    if isinstance(offsets, int):
+        if sizes[0] > 0 and all(s == sizes[0] for s in sizes):
+            return data.reshape(n, sizes[0])[:, offsets : offsets + length]
+        offsets = [offsets] * n
+    return torch.stack([data[s + o : s + o + length] for s, o in zip(starts, offsets)])
+
+
+def _check_room(who: str, sizes: Sequence[int], need) -> None:
+    """Every message at least ``need`` bytes (an int or a per-message tensor), else truncated."""
+    if isinstance(need, int):
+        for i, s in enumerate(sizes):
+            if s < need:
+                _fail(who, i, f"is truncated: {s} bytes, needs at least {need}")
+        return
+    size_t = torch.tensor(list(sizes), dtype=torch.long)
+    need = need.cpu()
+    i = _first(need > size_t)
+    if i is not None:
+        _fail(who, i, f"is truncated: {int(size_t[i])} bytes, needs at least {int(need[i])}")
+
+
+class LayoutTables:
+    """The layout's offsets and sizes as tensors (per device), and the widths derived from it."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.S = len(layout.segments)
+        self.d = layout.numel
+        self.index_dtype = torch.int32 if self.d < 2**31 else torch.int64
+        self.W = 4 if self.index_dtype == torch.int32 else 8
+        self._cache: dict = {}
+
+    def on(self, device) -> dict:
+        device = torch.device(device)
+        t = self._cache.get(device)
+        if t is None:
+            segs = self.layout.segments
+            offsets = torch.tensor([s.offset for s in segs], dtype=torch.long, device=device)
+            numels = torch.tensor([s.numel for s in segs], dtype=torch.long, device=device)
+            t = self._cache[device] = {
+                "offsets": offsets,
+                "numels": numels,
+                "bounds": torch.cat([offsets, offsets.new_tensor([self.d])]),
+                "bmax": (bit_length(numels) - 1).clamp(0, MAX_FIELD_BITS),  # floor(log2 d_s), capped
+            }
+        return t
+
+    def counts_of(self, indices: Tensor) -> Tensor:
+        """``(N, S)``: how many indices of every row fall in every tensor (rows ascending, or not)."""
+        N, K = indices.shape
+        tab = self.on(indices.device)
+        if K == 0:
+            return torch.zeros(N, self.S, dtype=torch.long, device=indices.device)
+        indices = indices.contiguous()
+        if bool((indices[:, 1:] >= indices[:, :-1]).all()):
+            pos = torch.searchsorted(indices, tab["bounds"].expand(N, self.S + 1).contiguous())
+            return torch.diff(pos, dim=1)
+        # Unordered rows (only ever encoded, e.g. a size template): group by bucket.
+        seg = torch.bucketize(indices, tab["offsets"][1:], right=True)
+        key = (seg + torch.arange(N, device=indices.device).unsqueeze(1) * self.S).reshape(-1)
+        return torch.bincount(key, minlength=N * self.S).view(N, self.S)
+
+
+def _check_ascending(indices: Tensor, d: int, who: str, error=CodecError) -> None:
+    """Every row strictly ascending inside ``0..d-1``, else ``error`` naming the first bad row."""
+    if indices.numel() == 0:
+        return
+    order = (indices[:, 1:] <= indices[:, :-1]).any(1)
+    outside = (indices[:, 0] < 0) | (indices[:, -1] >= d)
+    i = _first(order | outside)
+    if i is None:
+        return
+    if bool(order[i]):
+        raise error(f"{who}: message {i} has indices that do not ascend (repeated or out of order)")
+    raise error(f"{who}: message {i} has an index outside 0..{d - 1}")
+
+
+class IndexCode:
+    """Base: an index code for one layout.
+
+    ``encode(indices (N, K) int64)`` -> (bytes: an ``(N, B)`` uint8 tensor when every message has
+    ``B`` bytes, else each message's list of pieces; the ``(N, S)`` per-tensor counts, or None).
+    ``decode(data, starts, sizes, tail, nnz, who)`` -> (indices ``(N, nnz)``, counts ``(N, S)``,
+    index bytes used per message ``(N,)``): the messages lie in ``data`` at ``starts`` with
+    ``sizes``, each ending with a ``tail`` of ``tail`` bytes (the value part)."""
+
+    name = "index"
+    fixed_size = False
+
+    def __init__(self, layout: Layout, settings=None):
+        self.tables = LayoutTables(layout)
+
+    def counts_of(self, indices: Tensor) -> Tensor:
+        return self.tables.counts_of(indices)
+
+    def describe(self) -> dict:
+        return {"index": self.name}
+
+
+class Idx32(IndexCode):
+    """``idx32``: every index as int32 (int64 when d >= 2**31), ``K W`` bytes, no header."""
+
+    name = "idx32"
+    fixed_size = True
+
+    def part_bytes(self, nnz: int) -> int:
+        return nnz * self.tables.W
+
+    def encode(self, indices: Tensor) -> tuple[Tensor, None]:
+        # No check: any indices encode (a fixed-size transport sizes messages from an all-zero
+        # template), as in paper32; the decoder checks that they ascend inside 0..d-1.
+        return as_bytes(indices.to(self.tables.index_dtype)), None
+
+    def decode(self, data, starts, sizes, tail, nnz, who):
+        B = self.part_bytes(nnz)
+        _check_room(who, sizes, B + tail)
+        rows = message_rows(data, starts, sizes, 0, B)
+        indices = from_bytes(rows, self.tables.index_dtype).to(torch.long)
+        _check_ascending(indices, self.tables.d, who)
+        return indices, self.counts_of(indices), torch.full((len(sizes),), B, dtype=torch.long)
+
+
+class Bitmap(IndexCode):
+    """``bitmap``: bit ``i`` of a ``ceil(d/8)``-byte stream set iff index ``i`` is kept."""
+
+    name = "bitmap"
+    fixed_size = True
+
+    def part_bytes(self, nnz: int) -> int:
+        return (self.tables.d + 7) // 8
+
+    def encode(self, indices: Tensor) -> tuple[Tensor, None]:
+        N, K = indices.shape
+        d, nb = self.tables.d, self.part_bytes(K)
+        if K and (bool((indices < 0).any()) or bool((indices >= d).any())):
+            raise ValueError(f"bitmap: an index is outside 0..{d - 1}")
+        rows = torch.arange(N, device=indices.device).unsqueeze(1)
+        if K == 0 or bool((indices[:, 1:] > indices[:, :-1]).all()):
+            # Distinct indices: add each one's bit into its byte (disjoint bits never carry).
+            acc = torch.zeros(N * nb, dtype=torch.int32, device=indices.device)
+            pos = (rows * nb + (indices >> 3)).reshape(-1)
+            acc.index_add_(0, pos, (128 >> (indices & 7)).reshape(-1).to(torch.int32))
+            return acc.to(torch.uint8).view(N, nb), None
+        bits = torch.zeros(N, nb * 8, dtype=torch.bool, device=indices.device)  # repeats: set semantics
+        bits[rows.expand_as(indices), indices] = True
+        return pack_bits(bits).to(indices.device), None
+
+    def decode(self, data, starts, sizes, tail, nnz, who):
+        N, d, B = len(sizes), self.tables.d, self.part_bytes(nnz)
+        _check_room(who, sizes, B + tail)
+        rows = message_rows(data, starts, sizes, 0, B).reshape(-1)
+        pos = set_bit_positions(rows)
+        msg, idx = pos // (8 * B), pos % (8 * B)
+        i = _first(idx >= d)
+        if i is not None:
+            _fail(who, int(msg[i]), f"has a padding bit set in its bitmap (past entry {d - 1})")
+        found = torch.bincount(msg, minlength=N)
+        i = _first(found != nnz)
+        if i is not None:
+            _fail(who, i, f"has {int(found[i])} bits set in its bitmap, expected {nnz}")
+        indices = idx.view(N, nnz)
+        return indices, self.counts_of(indices), torch.full((N,), B, dtype=torch.long)
+
+
+def work_dtype(n_messages: int, d: int, nnz: int) -> torch.dtype:
+    """The integer type of per-entry arithmetic: int32 (twice as fast as int64, memory-bound)
+    wherever every index, gap, stream bit position and running sum of a batch fits in it."""
+    return torch.int32 if n_messages * (2 * d + 64 * nnz + 64) < 2**31 else torch.int64
+
+
+def _diff(x: Tensor) -> Tensor:
+    """``x[j] - x[j - 1] - 1`` (``x[0] - 1`` first), in ``x``'s dtype."""
+    out = torch.empty_like(x)
+    if x.numel():
+        torch.sub(x[1:], x[:-1], out=out[1:])
+        out[0] = x[0]
+        out -= 1
+    return out
+
+
+def _group_bounds(sizes: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """For consecutive groups of ``sizes`` elements of ``x``: (cumsum of x in ``dtype``, int64 sum
+    of x before each group, int64 sum up to each group's end). A group's exclusive cumsum is
+    ``cumsum - x - before`` (``before`` repeated over the group)."""
+    c = torch.cumsum(x, 0, dtype=dtype)
+    end = torch.cumsum(sizes, 0)
+    begin = end - sizes
+    if c.numel() == 0:
+        zero = torch.zeros_like(sizes)
+        return c, zero, zero
+    before = torch.where(begin > 0, c[(begin - 1).clamp(min=0)].long(), 0)
+    after = torch.where(end > 0, c[(end - 1).clamp(min=0)].long(), 0)
+    return c, before, after
+
+
+def _rice_streams(q: Tensor, r: Tensor, w: Tensor, per_msg: Tensor, it: torch.dtype):
+    """The remainder and unary streams of every message (entries message after message,
+    ``per_msg`` of them each): (remainder bytes, their length per message, unary bytes, length per
+    message). Each message's streams start on a byte boundary."""
+    E = q.numel()
+    cw, before, after = _group_bounds(per_msg, w, it)
+    Rb = (after - before + 7) // 8
+    shift = (8 * exclusive_cumsum(Rb) - before).to(it)  # each message's stream starts on a byte
+    starts = cw - w + torch.repeat_interleave(shift, per_msg, output_size=E)
+    rem = pack_fields(r, w, starts, int(Rb.sum()))
+    q1 = q + 1
+    cl, before, after = _group_bounds(per_msg, q1, it)
+    U = (after - before + 7) // 8
+    shift = (8 * exclusive_cumsum(U) - before - 1).to(it)
+    ends = cl + torch.repeat_interleave(shift, per_msg, output_size=E)
+    un = ones_then_zero(ends, 8 * int(U.sum())).to(q.device)
+    return rem, Rb, un, U
+
+
+def _rice_read(data, rem_at, Rb, un_at, U, w, per_msg, who, it: torch.dtype):
+    """Read back what :func:`_rice_streams` wrote, from each message's remainder stream at byte
+    ``rem_at`` (``Rb`` bytes) and unary stream at ``un_at`` (``U`` bytes): (q, r) in ``it``."""
+    E = w.numel()
+    dev = data.device
+    cw, before, after = _group_bounds(per_msg, w, it)
+    R = after - before
+    starts = cw - w + torch.repeat_interleave((8 * rem_at - before).to(it), per_msg, output_size=E)
+    r = unpack_fields(data, w, starts).to(it)
+    pad = 8 * Rb - R
+    has_pad = pad > 0
+    if bool(has_pad.any()):
+        last = data[(rem_at + Rb - 1)[has_pad]].long()
+        bad = torch.zeros_like(has_pad)
+        bad[has_pad] = (last & ((1 << pad[has_pad]) - 1)) != 0
+        i = _first(bad)
+        if i is not None:
+            _fail(who, i, "has a padding bit set after its Rice remainders")
+    # unary parts: q ones, then the zero that ends the code
+    ub = torch.cat([data[a : a + u] for a, u in zip(un_at.tolist(), U.tolist())])
+    z = zero_positions(ub).to(dev)
+    Uoff8 = 8 * exclusive_cumsum(U)
+    found = torch.diff(torch.searchsorted(z, torch.cat([Uoff8, 8 * U.sum().reshape(1)])))
+    i = _first(found != per_msg)
+    if i is not None:
+        _fail(who, i, f"has {int(found[i])} unary codes in its unary stream, its counts say {int(per_msg[i])}")
+    first = exclusive_cumsum(per_msg)
+    nonempty = per_msg > 0
+    used = torch.zeros_like(U)  # bits up to each message's last code
+    if E:
+        used[nonempty] = z[(first + per_msg - 1)[nonempty]] + 1 - Uoff8[nonempty]
+    i = _first(U != (used + 7) // 8)
+    if i is not None:
+        _fail(who, i, f"has a unary stream of {int(U[i])} bytes whose codes end in byte {int((used[i] + 7) // 8)}")
+    z = z.to(it)
+    q = _diff(z)
+    if E:
+        fn = first[nonempty]
+        q[fn] = (z[fn].long() - Uoff8[nonempty]).to(it)
+    return q, r
+
+
+class _Sections(IndexCode):
+    """``rice`` and ``auto``: a header (counts, unary length, Rice parameters[, tags]) and up to
+    four sections (idx32, bitmap, remainders, unary). ``rice`` is ``auto`` with every tag 1 and
+    no tag bytes."""
+
+    TAGS = False  # whether the header carries a tag per tensor
+
+    def header_bytes(self) -> int:
+        t = self.tables
+        return (t.S + 1) * t.W + t.S * (2 if self.TAGS else 1)
+
+    # ---------------------------------------------------------------- encode
+    def encode(self, indices: Tensor) -> tuple[list[list[Tensor]], Tensor]:
+        t = self.tables
+        tab = t.on(indices.device)
+        S, W = t.S, t.W
+        N, K = indices.shape
+        dev = indices.device
+        indices = indices.contiguous()
+        _check_ascending(indices, t.d, self.name, error=ValueError)
+        counts = t.counts_of(indices)
+        it = work_dtype(N, t.d, K)
+        c = counts.reshape(-1)
+        flat = indices.reshape(-1)
+        off = tab["offsets"].repeat(N)
+        first = exclusive_cumsum(c)
+        nonempty = c > 0
+        # gaps: index - previous index - 1 inside a tensor; a tensor's first from its first entry
+        gap = _diff(flat.to(it))
+        fpos = first[nonempty]
+        gap[fpos] = (flat[fpos] - off[nonempty]).to(it)
+        last_local = flat[(first + c - 1).clamp(min=0)] - off if flat.numel() else torch.zeros_like(c)
+        sum_gap = torch.where(nonempty, last_local + 1 - c, 0)
+        b = torch.minimum((bit_length(sum_gap // c.clamp(min=1)) - 1).clamp(min=0), tab["bmax"].repeat(N))
+        w = torch.repeat_interleave(b.to(it), c, output_size=N * K)
+        q = gap >> w
+        r = gap - (q << w)
+        numels = tab["numels"].repeat(N)
+        if self.TAGS:
+            _, before, after = _group_bounds(c, q, it)
+            tag = self.choose_tags(c * (8 * W), c * (b + 1) + after - before, numels)
+        else:
+            tag = torch.ones_like(c)
+        b = torch.where(tag == 1, b, 0)
+
+        def per_message(x: Tensor) -> Tensor:  # (N*S,) -> (N,): sum over each message's tensors
+            return x.view(N, S).sum(1)
+
+        empty = [flat.new_zeros(0, dtype=torch.uint8)] * N
+        sec0 = sec2 = empty
+        if bool((tag == 1).all()):
+            per_msg = per_message(c)
+        else:
+            tag_e = torch.repeat_interleave(tag, c, output_size=N * K)
+            m0, m1, m2 = tag_e == 0, tag_e == 1, tag_e == 2
+            n0 = per_message(c * (tag == 0))
+            if int(n0.sum()):
+                sec0 = as_bytes(flat[m0].to(t.index_dtype)).split((n0 * W).tolist())
+            reg_len = numels * (tag == 2)
+            B2b = (per_message(reg_len) + 7) // 8
+            if int(B2b.sum()):
+                reg_start = (torch.cumsum(reg_len.view(N, S), 1) - reg_len.view(N, S)).reshape(-1)
+                reg_start = reg_start + torch.repeat_interleave(8 * exclusive_cumsum(B2b), S) - off
+                pos2 = flat[m2] + torch.repeat_interleave(reg_start, c, output_size=N * K)[m2]
+                bits = torch.zeros(8 * int(B2b.sum()), dtype=torch.bool, device=dev)
+                bits[pos2] = True
+                sec2 = pack_bits(bits).to(dev).split(B2b.tolist())
+            q, r, w = q[m1], r[m1], w[m1]
+            per_msg = per_message(c * (tag == 1))
+        rem, Rb, un, U = _rice_streams(q, r, w, per_msg, it)
+        sec_r, sec_u = rem.split(Rb.tolist()), un.split(U.tolist())
+        parts = [as_bytes(counts.to(t.index_dtype)), as_bytes(U.view(N, 1).to(t.index_dtype)),
+                 b.view(N, S).to(torch.uint8)]
+        if self.TAGS:
+            parts.append(tag.view(N, S).to(torch.uint8))
+        header = torch.cat(parts, dim=1)
+        pieces = [[header[n], sec0[n], sec2[n], sec_r[n], sec_u[n]] for n in range(N)]
+        return pieces, counts
+
+    # ---------------------------------------------------------------- decode
+    def decode(self, data, starts, sizes, tail, nnz, who):
+        t = self.tables
+        tab = t.on(data.device)
+        S, W, N, d = t.S, t.W, len(sizes), t.d
+        dev = data.device
+        H = self.header_bytes()
+        _check_room(who, sizes, H + tail)
+        hdr = message_rows(data, starts, sizes, 0, H).contiguous()
+        counts = from_bytes(hdr[:, : S * W], t.index_dtype).long()  # (N, S)
+        U = from_bytes(hdr[:, S * W : (S + 1) * W], t.index_dtype).long().reshape(N)
+        b = hdr[:, (S + 1) * W : (S + 1) * W + S].long()
+        tag = hdr[:, (S + 1) * W + S :].long() if self.TAGS else torch.ones_like(b)
+        numels = tab["numels"]
+
+        i = _first((tag > 2).any(1))
+        if i is not None:
+            _fail(who, i, f"has a tensor tag {int(tag[i].max())} (0 = idx32, 1 = rice, 2 = bitmap): corrupted header")
+        i = _first(((counts < 0) | (counts > numels)).any(1))
+        if i is not None:
+            _fail(who, i, f"has a per-tensor count outside 0..d_s (counts {counts[i].tolist()[:8]}): corrupted header")
+        total = counts.sum(1)
+        i = _first(total != nnz)
+        if i is not None:
+            _fail(who, i, f"has per-tensor counts summing to {int(total[i])}, expected {nnz}: corrupted header")
+        i = _first(((b > tab["bmax"]) | ((tag != 1) & (b != 0))).any(1))
+        if i is not None:
+            _fail(who, i, f"has a Rice parameter out of range ({b[i].tolist()[:8]}): corrupted header")
+        size_t = torch.tensor(list(sizes), dtype=torch.long, device=dev)
+        i = _first((U < 0) | (U > size_t))
+        if i is not None:
+            _fail(who, i, f"has an impossible unary stream length {int(U[i])}: corrupted header")
+
+        is0, is1, is2 = tag == 0, tag == 1, tag == 2
+        n0 = (counts * is0).sum(1)
+        B2b = ((numels * is2).sum(1) + 7) // 8
+        Rb = ((counts * b).sum(1) + 7) // 8  # b is 0 outside rice tensors
+        start_t = torch.tensor(list(starts), dtype=torch.long, device=dev)
+        p0 = start_t + H
+        p2 = p0 + n0 * W
+        pr = p2 + B2b
+        pu = pr + Rb
+        end = pu + U
+        _check_room(who, sizes, end - start_t + tail)
+
+        c = counts.reshape(-1)
+        tflat = tag.reshape(-1)
+        off = tab["offsets"].repeat(N)
+        nums = numels.repeat(N)
+        keys = torch.arange(N * S, device=dev)
+        all_rice = bool(is1.all())
+        if all_rice:
+            c1 = c
+        else:
+            out = torch.empty(N * nnz, dtype=torch.long, device=dev)
+            tag_e = torch.repeat_interleave(tflat, c, output_size=N * nnz)
+            c1 = c * (tflat == 1)
+            if int(n0.sum()):
+                m0 = tag_e == 0
+                k0 = torch.repeat_interleave(keys, c, output_size=N * nnz)[m0]
+                raw = torch.cat([data[a:z] for a, z in zip(p0.tolist(), p2.tolist())])
+                idx0 = from_bytes(raw, t.index_dtype).long()
+                lo = off[k0]
+                same = torch.zeros_like(k0, dtype=torch.bool)
+                same[1:] = k0[1:] == k0[:-1]
+                bad = (idx0 < lo) | (idx0 >= lo + nums[k0]) | (same & (idx0 <= torch.roll(idx0, 1)))
+                j = _first(bad)
+                if j is not None:
+                    _fail(who, int(k0[j]) // S, "has an idx32 index outside its tensor or not ascending")
+                out[m0] = idx0
+            if int(B2b.sum()):
+                raw = torch.cat([data[a:z] for a, z in zip(p2.tolist(), pr.tolist())])
+                pos = set_bit_positions(raw)
+                reg_len = nums * (tflat == 2)
+                reg_start = (torch.cumsum(reg_len.view(N, S), 1) - reg_len.view(N, S)).reshape(-1)
+                reg_start = reg_start + torch.repeat_interleave(8 * exclusive_cumsum(B2b), S)
+                rkey = keys[tflat == 2]
+                rs, rl = reg_start[rkey], reg_len[rkey]
+                reg = (torch.searchsorted(rs, pos, right=True) - 1).clamp(min=0)
+                loc = pos - rs[reg]
+                j = _first((loc < 0) | (loc >= rl[reg]))
+                if j is not None:
+                    _fail(who, int(rkey[reg[j]]) // S, "has a padding bit set in its bitmap section")
+                found = torch.bincount(reg, minlength=rkey.numel())
+                j = _first(found != c[rkey])
+                if j is not None:
+                    _fail(who, int(rkey[j]) // S,
+                          f"has {int(found[j])} bits set in the bitmap of tensor {int(rkey[j]) % S}, "
+                          f"its count says {int(c[rkey[j]])}")
+                out[tag_e == 2] = loc + off[rkey[reg]]
+
+        per_msg = c1.view(N, S).sum(1)
+        E1 = int(per_msg.sum())
+        idx1 = torch.zeros(0, dtype=torch.long, device=dev)
+        if E1 or int(U.sum()) or int(Rb.sum()):
+            it = work_dtype(N, d, nnz)
+            w = torch.repeat_interleave(b.reshape(-1).to(it), c1, output_size=E1)
+            q, r = _rice_read(data, pr, Rb, pu, U, w, per_msg, who, it)
+            if E1:
+                bmx = int(b.max())
+                if (int(q.max()) << bmx) + (1 << bmx) > d:  # a gap may pass its tensor: check each
+                    n1 = torch.repeat_interleave(nums, c1, output_size=E1)
+                    j = _first(q > ((n1 - 1) >> w))
+                    if j is not None:
+                        k1 = torch.repeat_interleave(keys, c1, output_size=E1)
+                        _fail(who, int(k1[j]) // S, "has a Rice gap past the end of its tensor")
+                # Now every gap < d. index = offset + sum of (gap + 1) over the tensor's entries so
+                # far, less one: a running sum of the batch's (gap + 1), less its value before the tensor.
+                g1 = (q << w) | r
+                g1 += 1
+                y, base, _ = _group_bounds(c1, g1, it)
+                if it == torch.int32 and E1 > 1 and bool((y[1:] <= y[:-1]).any()):
+                    # The sum wrapped: only corrupted gaps add up that far; redo it exactly (the
+                    # range check below then names the message).
+                    y, base, _ = _group_bounds(c1, g1, torch.int64)
+                idx1 = y + torch.repeat_interleave((off - base - 1).to(y.dtype), c1, output_size=E1)
+                nz = c1 > 0
+                lastpos = (exclusive_cumsum(c1) + c1 - 1)[nz]
+                j = _first(idx1[lastpos].long() >= (off + nums)[nz])
+                if j is not None:
+                    _fail(who, int(keys[nz][j]) // S, "has a Rice-coded index past the end of its tensor")
+                idx1 = idx1.long()
+        if all_rice:
+            out = idx1
+        else:
+            out[tag_e == 1] = idx1
+        return out.view(N, nnz), counts, end - start_t
+
+
+class Rice(_Sections):
+    """``rice``: Golomb–Rice coded gaps, per-tensor parameter (see the module docstring)."""
+
+    name = "rice"
+    TAGS = False
+
+
+class Auto(_Sections):
+    """``auto``: per tensor the cheapest of idx32, rice and bitmap, tagged (module docstring)."""
+
+    name = "auto"
+    TAGS = True
+
+    def choose_tags(self, idx32_bits: Tensor, rice_bits: Tensor, bitmap_bits: Tensor) -> Tensor:
+        """Every (message, tensor)'s code, from each code's bits for it: the smallest, the first
+        of idx32, rice, bitmap on ties (an empty tensor: idx32, 0 bits)."""
+        return torch.argmin(torch.stack([idx32_bits, rice_bits, bitmap_bits]), dim=0)
+
+
+INDEX_CODES = {
+    "idx32": (Idx32, "every index as int32 (int64 when d >= 2**31): 32 bits per kept entry, the paper's bytes"),
+    "rice": (Rice, "Golomb-Rice coded gaps between kept indices, one Rice parameter per tensor "
+                   "(~log2(1/density) + 2 bits per kept entry)"),
+    "bitmap": (Bitmap, "one bit per entry of the model (d bits), cheaper than idx32 above ~3 % density"),
+    "auto": (Auto, "per tensor the smallest of idx32, rice and bitmap, with a tag per tensor"),
+}
+
+__all__ = ["Auto", "Bitmap", "INDEX_CODES", "Idx32", "IndexCode", "LayoutTables", "Rice", "message_rows"]

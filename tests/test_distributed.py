@@ -242,3 +242,44 @@ def test_runner_follows_the_simulator_with_a_lossy_variable_size_codec(tmp_path,
         per_upload = sum(ref.ledger.bits_up) / sum(ref.ledger.uploads)
         assert per_upload < 0.5 * sum(paper.ledger.bits_up) / sum(paper.ledger.uploads)
         assert len(set(b // max(1, u) for b, u in zip(ref.ledger.bits_up, ref.ledger.uploads) if u)) > 1  # sizes vary
+
+
+class _Truncating:
+    """rice+fp32, except that rank 1 drops the last byte of what it sends: a damaged link."""
+
+    def __init__(self, codec, rank):
+        self.codec, self.rank = codec, rank
+
+    def __getattr__(self, name):
+        return getattr(self.codec, name)
+
+    def encode_sparse(self, indices, values):
+        data, sizes = self.codec.encode_sparse(indices, values)
+        if self.rank == 1 and sizes:
+            return data[:-1], [*sizes[:-1], sizes[-1] - 1]
+        return data, sizes
+
+
+def _damaged(rank, world, folder):
+    from sasg.core.codecs import CodecError
+    from sasg.distributed.runner import DistributedRun
+    from sasg.distributed.transport import TorchTransport
+
+    run = DistributedRun(small_config(workers=world, codec="rice+fp32"), "sparse", synth(), TorchTransport())
+    run.algorithm.codec = _Truncating(run.algorithm.codec, rank)
+    try:
+        run.run(iterations=3)
+    except CodecError as e:
+        message = str(e)
+    else:
+        message = "no error"
+    with open(os.path.join(folder, f"error-rank{rank}.txt"), "w") as f:
+        f.write(message)
+
+
+def test_bytes_that_do_not_decode_stop_every_rank_with_one_clear_error(tmp_path, one_thread):
+    spawn(_damaged, 2, str(tmp_path))
+    for r in range(2):
+        message = (tmp_path / f"error-rank{r}.txt").read_text()
+        assert f"rank {r}, round 1: the messages of rank(s) [0, 1] do not decode" in message, message
+        assert "rice+fp32" in message and "truncated" in message

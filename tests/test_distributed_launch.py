@@ -388,12 +388,13 @@ def test_worker_ranks_agree_who_reports(tmp_path):
 
 def test_worker_resume_without_checkpoints_is_an_error(tmp_path):
     from sasg.config import ConfigError
-    from sasg.distributed.checkpoint import resume_point
+    from sasg.distributed.checkpoint import load_resume_state, save_checkpoint
 
     with pytest.raises(ConfigError, match="no checkpoint found in .*drop --resume to start afresh"):
-        resume_point(tmp_path / "ck", 0, 0, _FakeTransport(0, [0, 0]))
+        load_resume_state(tmp_path / "ck", 0, 0, _FakeTransport(0, [0, 0]))
+    save_checkpoint(tmp_path / "ck", 0, 0, 10, {"config": {}, "run": {"x": torch.ones(2)}})
     with pytest.raises(ConfigError, match=r"rank\(s\) 1 have no checkpoint at all"):
-        resume_point(tmp_path / "ck", 0, 0, _FakeTransport(0, [10, 0]))
+        load_resume_state(tmp_path / "ck", 0, 0, _FakeTransport(0, [10, 0]))
 
 
 def test_checkpoint_write_failure_is_one_line(tmp_path):
@@ -402,6 +403,32 @@ def test_checkpoint_write_failure_is_one_line(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(CheckpointWriteError, match="cannot write the checkpoint .*--checkpoint-dir"):
         save_checkpoint(tmp_path / "f" / "ck", 0, 0, 5, {"x": 1})
+    # a failure inside torch.save (RuntimeError, not OSError) is the same one line, no temp file left
+    with pytest.raises(CheckpointWriteError, match="cannot write the checkpoint"):
+        save_checkpoint(tmp_path / "ck", 0, 0, 5, {"config": {}, "run": {"f": lambda: 0}})
+    assert list((tmp_path / "ck").iterdir()) == []
+
+
+class _Planted:
+    def __reduce__(self):
+        return (os.system, ("touch planted-was-executed",))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_a_planted_one_never_runs(tmp_path, capsys, monkeypatch):
+    from sasg.distributed.checkpoint import checkpoint_path, load_resume_state, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    for it in (10, 20):
+        save_checkpoint(tmp_path / "ck", 0, 0, it, {"config": {}, "run": {"it": torch.tensor(it)}})
+    newest = checkpoint_path(tmp_path / "ck", 0, 0, 20)
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk or a crash
+    point, state = load_resume_state(tmp_path / "ck", 0, 0, _FakeTransport(0, [10]))
+    assert point == 10 and int(state["run"]["it"]) == 10
+    assert "iter20.pt cannot be read" in capsys.readouterr().err
+    torch.save({"config": {}, "run": _Planted()}, newest)  # a planted file
+    point, _ = load_resume_state(tmp_path / "ck", 0, 0, _FakeTransport(0, [10]))
+    assert point == 10 and not (tmp_path / "planted-was-executed").exists()
+    assert "damaged or not a sasg checkpoint" in capsys.readouterr().err
 
 
 def test_launch_equals_run_with_a_variable_size_codec(tmp_path, one_thread):

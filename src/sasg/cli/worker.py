@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from ..distributed.checkpoint import CheckpointWriteError, load_checkpoint, resume_point, save_checkpoint
+from ..distributed.checkpoint import CheckpointWriteError, load_resume_state, save_checkpoint
 from ..distributed.transport import PeerFailure
 from ..engine import TransportCounters
 from .launch import (add_worker_flags, check_backend, check_checkpoint_dir, check_checkpoint_flags,
@@ -155,8 +155,7 @@ def train(args) -> int:
         transport.counters = TransportCounters()  # bytes of this seed's run only
         run = DistributedRun(cfg, algo, data, transport)
         if args.resume:
-            point = resume_point(args.checkpoint_dir, seed, rank, transport)  # an error if none
-            state = load_checkpoint(args.checkpoint_dir, seed, rank, point)
+            _, state = load_resume_state(args.checkpoint_dir, seed, rank, transport)  # an error if none
             _check_same_setting(state["config"], cfg)
             run.load_state_dict(state["run"])
 

@@ -3,18 +3,23 @@
 Each rank writes its own file ``seed<S>-rank<R>-iter<K>.pt`` (its worker state — error memory,
 anchor, staleness — the server replica with every worker's last message and the trigger window,
 theta, its sampler streams, the ledger and, on rank 0, the evaluation history), atomically
-(temporary file + rename), every ``--checkpoint-every`` rounds, and keeps the last two.
+(temporary file, fsync, rename: a crash leaves the old file or the new one, never half of one),
+every ``--checkpoint-every`` rounds, and keeps the last two. Any failure of the write (disk full
+included) is one :class:`CheckpointWriteError` naming the file, and no temporary file is left.
 
-Ranks save between the same two collectives, so when a run dies their latest checkpoints differ
-by at most one interval; :func:`resume_point` picks the newest iteration every rank still holds.
-``--resume`` with nothing to resume from is an error (:func:`check_resumable` before the workers
-start, :func:`resume_point` in them), never a silent fresh start.
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
+so a planted file cannot run code. Ranks save between the same two collectives, so when a run
+dies their latest checkpoints differ by at most one interval; :func:`load_resume_state` picks the
+newest iteration every rank holds intact (a damaged newest file is reported and the previous one
+used). ``--resume`` with nothing to resume from is an error (:func:`check_resumable` before the
+workers start, :func:`load_resume_state` in them), never a silent fresh start.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from contextlib import suppress
 from pathlib import Path
 
@@ -47,28 +52,62 @@ class CheckpointWriteError(RuntimeError):
     the folder changed under the run)."""
 
 
+class CheckpointReadError(ConfigError):
+    """A checkpoint file that does not load: damaged (truncated), or not a sasg checkpoint."""
+
+
 def save_checkpoint(folder: Path, seed: int, rank: int, iteration: int, state: dict) -> Path:
     folder = Path(folder)
     path = checkpoint_path(folder, seed, rank, iteration)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except OSError as e:
+        _fsync_folder(folder)
+    except BaseException as e:  # disk full may surface as RuntimeError from torch.save; Ctrl-C too
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not isinstance(e, Exception):
+            raise
+        text = str(e).strip()
+        reason = getattr(e, "strerror", None) or (text.splitlines()[0][:160] if text else type(e).__name__)
         raise CheckpointWriteError(
-            f"cannot write the checkpoint {path}: {e.strerror or e}; free space or choose another "
-            "--checkpoint-dir, then --resume"
+            f"cannot write the checkpoint {path}: {reason}; free space or choose another --checkpoint-dir, then --resume"
         ) from None
     for it in saved_iterations(folder, seed, rank)[:-KEEP]:
         checkpoint_path(folder, seed, rank, it).unlink(missing_ok=True)
     return path
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every file system allows it)."""
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def load_checkpoint(folder: Path, seed: int, rank: int, iteration: int) -> dict:
-    return torch.load(checkpoint_path(folder, seed, rank, iteration), map_location="cpu", weights_only=False)
+    """The state saved by :func:`save_checkpoint`. Read with ``weights_only=True``: a file holding
+    anything but tensors and plain containers is refused, never executed."""
+    path = checkpoint_path(folder, seed, rank, iteration)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, unreadable file
+        text = str(e).strip()
+        first = text.splitlines()[0][:160] if text else type(e).__name__
+        raise CheckpointReadError(
+            f"the checkpoint {path} cannot be read ({first}): it is damaged or not a sasg checkpoint"
+        ) from None
+    if not isinstance(state, dict) or "run" not in state or "config" not in state:
+        raise CheckpointReadError(f"the checkpoint {path} is not a sasg checkpoint (no run state in it)")
+    return state
 
 
 def _nothing_to_resume(folder: Path, seed: int) -> ConfigError:
@@ -99,17 +138,30 @@ def check_resumable(folder: Path, seed: int, ranks) -> int:
     return point
 
 
-def resume_point(folder: Path, seed: int, rank: int, transport) -> int:
-    """The newest iteration that every rank has a checkpoint for (a collective; every rank gets the
-    same answer or the same error)."""
-    mine = saved_iterations(folder, seed, rank)
-    latest = transport.all_gather_int(mine[-1] if mine else 0)
+def load_resume_state(folder: Path, seed: int, rank: int, transport) -> tuple[int, dict]:
+    """The newest iteration that every rank holds an intact checkpoint of, and this rank's state
+    there (a collective; every rank gets the same iteration or the same error). A damaged newest
+    checkpoint is reported on stderr and the previous one is used."""
+    mine = saved_iterations(folder, seed, rank)[::-1]  # newest first
+    loaded: dict[int, dict | None] = {}
+
+    def intact(it: int) -> bool:
+        if it not in loaded:
+            try:
+                loaded[it] = load_checkpoint(folder, seed, rank, it)
+            except CheckpointReadError as e:
+                print(f"sasg: note: rank {rank}: {e}; trying the previous checkpoint", file=sys.stderr, flush=True)
+                loaded[it] = None
+        return loaded[it] is not None
+
+    best = next((it for it in mine if intact(it)), 0)
+    latest = transport.all_gather_int(best)
     if not any(latest):
         raise _nothing_to_resume(folder, seed)
     point = min(latest)
     if not point:
         raise _no_common(folder, 0, [r for r, v in enumerate(latest) if not v])
-    have = transport.all_gather_int(1 if point in mine else 0)
+    have = transport.all_gather_int(1 if point in mine and intact(point) else 0)
     if not all(have):
         raise _no_common(folder, point, [r for r, h in enumerate(have) if not h])
-    return point
+    return point, loaded[point]

@@ -30,10 +30,10 @@ from sasg.core import Layout, TopK
 from sasg.core.codecs import bitstream
 from sasg.core.codecs.bitstream import pack_bits, pack_fields, unpack_bits, unpack_fields
 from sasg.core.codecs.composite import SparseCodec, make_codec, parse_codec_name
-from sasg.core.codecs.indices import INDEX_CODES, Auto
+from sasg.core.codecs.index import INDEX_CODES, Auto
 from sasg.core.codecs.paper32 import Paper32
 from sasg.core.codecs.protocol import Codec, CodecError
-from sasg.core.codecs.values import VALUE_FORMATS
+from sasg.core.codecs.value import VALUE_FORMATS
 
 INDEX = list(INDEX_CODES)
 VALUE = list(VALUE_FORMATS)

@@ -1,14 +1,14 @@
 r"""``INDEX+VALUE`` codecs: an index code and a value format, as real bytes on the wire.
 
 ``make_codec("rice+bf16", layout)`` builds a :class:`SparseCodec` (the :class:`.protocol.Codec`
-protocol) from an index code (:mod:`.indices`: ``idx32``, ``rice``, ``bitmap``, ``auto``) and a
-value format (:mod:`.values`: ``fp32``, ``fp16``, ``bf16``, ``int8``, ``sign``). A value-only name
+protocol) from an index code (:mod:`.index`: ``idx32``, ``rice``, ``bitmap``, ``auto``) and a
+value format (:mod:`.value`: ``fp32``, ``fp16``, ``bf16``, ``int8``, ``sign``). A value-only name
 (``"bf16"``) means ``idx32`` indices for sparse messages; dense messages always use the value
 format alone.
 
 Bytes of one sparse message: ``[index part][value part]``. The index part is self-delimiting
-(see :mod:`.indices`); the value part has a size fixed by ``K`` and the layout (see
-:mod:`.values`); the decoder checks that both together fill the message exactly. A dense message
+(see :mod:`.index`); the value part has a size fixed by ``K`` and the layout (see
+:mod:`.value`); the decoder checks that both together fill the message exactly. A dense message
 is its value part for ``n = d``. Messages of a batch lie back to back, their sizes alongside.
 ``idx32+fp32`` on float32 values writes exactly ``paper32``'s bytes.
 
@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
-from .indices import INDEX_CODES, IndexCode
+from .index import INDEX_CODES, IndexCode
 from .protocol import CodecError
-from .values import VALUE_FORMATS, Groups, ValueFormat
+from .value import VALUE_FORMATS, Groups, ValueFormat
 
 
 def _build(kind: str, name: str, layout: Layout, settings):

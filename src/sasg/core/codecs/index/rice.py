@@ -1,76 +1,32 @@
-r"""Index codes: the kept positions of a sparse message as bytes, and back.
+r"""``rice`` — Golomb–Rice codes of the gaps, one Rice parameter ``b_s`` per tensor:
+``g = q 2^{b_s} + r`` with ``q = g >> b_s`` written in unary (``q`` ones then a zero) and
+``r < 2^{b_s}`` in ``b_s`` bits, ``b_s = max(0, floor(log2(mean_j g_j)))`` (0 for an empty
+tensor, at most ``min(48, floor(log2 d_s))``). For geometric gaps of mean ``m`` this costs about
+``log2 m + 2`` bits per entry. Two streams make decoding vectorizable: the unary parts of all
+entries in one (a decoder finds the terminating zeros with ``nonzero``), the remainders in
+another (their widths follow from the header). Bytes of one message::
 
-A sparse message keeps ``K`` entries of a flat buffer of ``d`` entries laid out in tensors
-(:class:`~sasg.core.layout.Layout` segments ``s`` of ``d_s`` entries from ``offset_s``); its
-indices ascend (within each tensor, tensors in layout order: so the whole row ascends) and never
-repeat. Every code here writes the index part of one message so that it is **self-delimiting**:
-given the layout and ``K`` the decoder learns where the part ends (the value part follows it).
-All messages of a batch are coded together with tensor ops (no Python loop over entries).
+    counts  S x W   c_s (int32/int64)
+    U       W       length in bytes of the unary stream
+    params  S x 1   b_s (uint8)
+    remainders      ceil(sum_s c_s b_s / 8) bytes: every entry's r in b_s bits, tensor after
+                    tensor; zero-padded
+    unary           U bytes: every entry's 1^q 0, in the same order; padded with ones (fewer
+                    than 8 padding bits)
 
-Notation: ``c_s`` kept entries in tensor ``s`` (``sum_s c_s = K``); their positions inside the
-tensor ``l_1 < l_2 < ... < l_{c_s}``; the **gaps** ``g_1 = l_1``, ``g_j = l_j - l_{j-1} - 1``
-(so ``g >= 0`` and ``sum_j g_j = l_{c_s} + 1 - c_s``). ``W`` is the width of a count or an index:
-4 bytes (int32) when ``d < 2**31``, else 8 (int64); every multi-byte number is little-endian and
-bit streams are big-endian within a byte (:mod:`.bitstream`).
+Header: ``(S + 1) W + S`` bytes (24 for the 4 tensors of an FC 784-512-10, 314 for the 62 of a
+ResNet-18). ``c(b + 1) + sum q`` bits per tensor plus the header and byte padding.
 
-* ``idx32`` — the indices as they are: ``K`` x int32 (int64 when ``d >= 2**31``), no header;
-  ``32 K`` bits (the ``paper32`` index bytes exactly).
-* ``rice`` — Golomb–Rice codes of the gaps, one Rice parameter ``b_s`` per tensor:
-  ``g = q 2^{b_s} + r`` with ``q = g >> b_s`` written in unary (``q`` ones then a zero) and
-  ``r < 2^{b_s}`` in ``b_s`` bits, ``b_s = max(0, floor(log2(mean_j g_j)))`` (0 for an empty
-  tensor, at most ``min(48, floor(log2 d_s))``). For geometric gaps of mean ``m`` this costs about
-  ``log2 m + 2`` bits per entry. Two streams make decoding vectorizable: the unary parts of all
-  entries in one (a decoder finds the terminating zeros with ``nonzero``), the remainders in
-  another (their widths follow from the header). Bytes of one message::
-
-      counts  S x W   c_s (int32/int64)
-      U       W       length in bytes of the unary stream
-      params  S x 1   b_s (uint8)
-      remainders      ceil(sum_s c_s b_s / 8) bytes: every entry's r in b_s bits, tensor after
-                      tensor; zero-padded
-      unary           U bytes: every entry's 1^q 0, in the same order; padded with ones (fewer
-                      than 8 padding bits)
-
-  Header: ``(S + 1) W + S`` bytes (24 for the 4 tensors of an FC 784-512-10, 314 for the 62 of a
-  ResNet-18). ``c(b + 1) + sum q`` bits per tensor plus the header and byte padding.
-* ``bitmap`` — one bit per entry of ``d`` (bit ``i`` set iff index ``i`` is kept): ``ceil(d/8)``
-  bytes whatever ``K``, no header; smaller than ``idx32`` above a density of 1/32 (~3 %).
-* ``auto`` — per tensor the cheapest of the three (estimated bits: ``8 W c_s`` for idx32,
-  ``c_s (b_s + 1) + sum q`` for rice, ``d_s`` for bitmap; ties to the first of idx32, rice,
-  bitmap), with a tag per tensor. Bytes of one message::
-
-      counts  S x W   c_s
-      U       W       length of the unary stream
-      params  S x 1   b_s (0 for tensors not coded by rice)
-      tags    S x 1   0 = idx32, 1 = rice, 2 = bitmap
-      idx32 section   the indices (global, int32/int64) of the idx32 tensors, in order
-      bitmap section  ceil(sum of d_s over the bitmap tensors / 8) bytes: their d_s bits each,
-                      back to back; zero-padded
-      remainders      as in rice, over the rice tensors only
-      unary           U bytes, as in rice
-
-  Header: ``(S + 1) W + 2 S`` bytes. Rice with ``b_s = 0`` is itself at most ``d_s`` bits
-  (``c_s + sum g = l_{c_s} + 1``), so bitmap wins only where the mean-gap rule picks ``b_s > 0``
-  at high density, and idx32 only for empty tensors or ``d_s >= 2**31``; at 1 % top-k every
-  nonempty tensor is rice-coded and auto costs ``S`` bytes more than rice.
-
-Decoders check everything a corrupted message can get wrong without a checksum: lengths
-(truncated or trailing bytes), counts (in range, summing to ``K``), parameters and tags in range,
-padding bits, the number of unary codes, and that decoded indices stay inside their tensor and
-ascend. A corruption that yields another valid message (e.g. a flipped remainder bit moving one
-index) cannot be detected without a checksum and decodes to that message.
+Notation as in :mod:`sasg.core.codecs.index`. The sectioned message (:class:`_Sections`) and its
+two streams serve :mod:`.auto` too.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
-from ..layout import Layout
-from .bitstream import (
-    MAX_FIELD_BITS,
+from ..bitstream import (
     as_bytes,
     bit_length,
     exclusive_cumsum,
@@ -82,188 +38,7 @@ from .bitstream import (
     unpack_fields,
     zero_positions,
 )
-from .protocol import CodecError
-
-
-def _first(mask: Tensor) -> int | None:
-    """Position of the first True of a 1-D bool tensor, or None."""
-    if mask.numel() == 0 or not bool(mask.any()):
-        return None
-    return int(torch.nonzero(mask)[0, 0])
-
-
-def _fail(who: str, i: int | None, what: str):
-    raise CodecError(f"{who}: message {i} {what}" if i is not None else f"{who}: {what}")
-
-
-def message_rows(data: Tensor, starts: Sequence[int], sizes: Sequence[int], offsets, length: int) -> Tensor:
-    """``(N, length)`` uint8: ``length`` bytes of every message from ``offsets`` (one int or a
-    list) bytes into it. A view where the messages all have one size, else a stacked copy."""
-    n = len(starts)
-    if n == 0:
-        return data.new_zeros(0, length)
-    if isinstance(offsets, int):
-        if sizes[0] > 0 and all(s == sizes[0] for s in sizes):
-            return data.reshape(n, sizes[0])[:, offsets : offsets + length]
-        offsets = [offsets] * n
-    return torch.stack([data[s + o : s + o + length] for s, o in zip(starts, offsets)])
-
-
-def _check_room(who: str, sizes: Sequence[int], need) -> None:
-    """Every message at least ``need`` bytes (an int or a per-message tensor), else truncated."""
-    if isinstance(need, int):
-        for i, s in enumerate(sizes):
-            if s < need:
-                _fail(who, i, f"is truncated: {s} bytes, needs at least {need}")
-        return
-    size_t = torch.tensor(list(sizes), dtype=torch.long)
-    need = need.cpu()
-    i = _first(need > size_t)
-    if i is not None:
-        _fail(who, i, f"is truncated: {int(size_t[i])} bytes, needs at least {int(need[i])}")
-
-
-class LayoutTables:
-    """The layout's offsets and sizes as tensors (per device), and the widths derived from it."""
-
-    def __init__(self, layout: Layout):
-        self.layout = layout
-        self.S = len(layout.segments)
-        self.d = layout.numel
-        self.index_dtype = torch.int32 if self.d < 2**31 else torch.int64
-        self.W = 4 if self.index_dtype == torch.int32 else 8
-        self._cache: dict = {}
-
-    def on(self, device) -> dict:
-        device = torch.device(device)
-        t = self._cache.get(device)
-        if t is None:
-            segs = self.layout.segments
-            offsets = torch.tensor([s.offset for s in segs], dtype=torch.long, device=device)
-            numels = torch.tensor([s.numel for s in segs], dtype=torch.long, device=device)
-            t = self._cache[device] = {
-                "offsets": offsets,
-                "numels": numels,
-                "bounds": torch.cat([offsets, offsets.new_tensor([self.d])]),
-                "bmax": (bit_length(numels) - 1).clamp(0, MAX_FIELD_BITS),  # floor(log2 d_s), capped
-            }
-        return t
-
-    def counts_of(self, indices: Tensor) -> Tensor:
-        """``(N, S)``: how many indices of every row fall in every tensor (rows ascending, or not)."""
-        N, K = indices.shape
-        tab = self.on(indices.device)
-        if K == 0:
-            return torch.zeros(N, self.S, dtype=torch.long, device=indices.device)
-        indices = indices.contiguous()
-        if bool((indices[:, 1:] >= indices[:, :-1]).all()):
-            pos = torch.searchsorted(indices, tab["bounds"].expand(N, self.S + 1).contiguous())
-            return torch.diff(pos, dim=1)
-        # Unordered rows (only ever encoded, e.g. a size template): group by bucket.
-        seg = torch.bucketize(indices, tab["offsets"][1:], right=True)
-        key = (seg + torch.arange(N, device=indices.device).unsqueeze(1) * self.S).reshape(-1)
-        return torch.bincount(key, minlength=N * self.S).view(N, self.S)
-
-
-def _check_ascending(indices: Tensor, d: int, who: str, error=CodecError) -> None:
-    """Every row strictly ascending inside ``0..d-1``, else ``error`` naming the first bad row."""
-    if indices.numel() == 0:
-        return
-    order = (indices[:, 1:] <= indices[:, :-1]).any(1)
-    outside = (indices[:, 0] < 0) | (indices[:, -1] >= d)
-    i = _first(order | outside)
-    if i is None:
-        return
-    if bool(order[i]):
-        raise error(f"{who}: message {i} has indices that do not ascend (repeated or out of order)")
-    raise error(f"{who}: message {i} has an index outside 0..{d - 1}")
-
-
-class IndexCode:
-    """Base: an index code for one layout.
-
-    ``encode(indices (N, K) int64)`` -> (bytes: an ``(N, B)`` uint8 tensor when every message has
-    ``B`` bytes, else each message's list of pieces; the ``(N, S)`` per-tensor counts, or None).
-    ``decode(data, starts, sizes, tail, nnz, who)`` -> (indices ``(N, nnz)``, counts ``(N, S)``,
-    index bytes used per message ``(N,)``): the messages lie in ``data`` at ``starts`` with
-    ``sizes``, each ending with a ``tail`` of ``tail`` bytes (the value part)."""
-
-    name = "index"
-    fixed_size = False
-
-    def __init__(self, layout: Layout, settings=None):
-        self.tables = LayoutTables(layout)
-
-    def counts_of(self, indices: Tensor) -> Tensor:
-        return self.tables.counts_of(indices)
-
-    def describe(self) -> dict:
-        return {"index": self.name}
-
-
-class Idx32(IndexCode):
-    """``idx32``: every index as int32 (int64 when d >= 2**31), ``K W`` bytes, no header."""
-
-    name = "idx32"
-    fixed_size = True
-
-    def part_bytes(self, nnz: int) -> int:
-        return nnz * self.tables.W
-
-    def encode(self, indices: Tensor) -> tuple[Tensor, None]:
-        # No check: any indices encode (a fixed-size transport sizes messages from an all-zero
-        # template), as in paper32; the decoder checks that they ascend inside 0..d-1.
-        return as_bytes(indices.to(self.tables.index_dtype)), None
-
-    def decode(self, data, starts, sizes, tail, nnz, who):
-        B = self.part_bytes(nnz)
-        _check_room(who, sizes, B + tail)
-        rows = message_rows(data, starts, sizes, 0, B)
-        indices = from_bytes(rows, self.tables.index_dtype).to(torch.long)
-        _check_ascending(indices, self.tables.d, who)
-        return indices, self.counts_of(indices), torch.full((len(sizes),), B, dtype=torch.long)
-
-
-class Bitmap(IndexCode):
-    """``bitmap``: bit ``i`` of a ``ceil(d/8)``-byte stream set iff index ``i`` is kept."""
-
-    name = "bitmap"
-    fixed_size = True
-
-    def part_bytes(self, nnz: int) -> int:
-        return (self.tables.d + 7) // 8
-
-    def encode(self, indices: Tensor) -> tuple[Tensor, None]:
-        N, K = indices.shape
-        d, nb = self.tables.d, self.part_bytes(K)
-        if K and (bool((indices < 0).any()) or bool((indices >= d).any())):
-            raise ValueError(f"bitmap: an index is outside 0..{d - 1}")
-        rows = torch.arange(N, device=indices.device).unsqueeze(1)
-        if K == 0 or bool((indices[:, 1:] > indices[:, :-1]).all()):
-            # Distinct indices: add each one's bit into its byte (disjoint bits never carry).
-            acc = torch.zeros(N * nb, dtype=torch.int32, device=indices.device)
-            pos = (rows * nb + (indices >> 3)).reshape(-1)
-            acc.index_add_(0, pos, (128 >> (indices & 7)).reshape(-1).to(torch.int32))
-            return acc.to(torch.uint8).view(N, nb), None
-        bits = torch.zeros(N, nb * 8, dtype=torch.bool, device=indices.device)  # repeats: set semantics
-        bits[rows.expand_as(indices), indices] = True
-        return pack_bits(bits).to(indices.device), None
-
-    def decode(self, data, starts, sizes, tail, nnz, who):
-        N, d, B = len(sizes), self.tables.d, self.part_bytes(nnz)
-        _check_room(who, sizes, B + tail)
-        rows = message_rows(data, starts, sizes, 0, B).reshape(-1)
-        pos = set_bit_positions(rows)
-        msg, idx = pos // (8 * B), pos % (8 * B)
-        i = _first(idx >= d)
-        if i is not None:
-            _fail(who, int(msg[i]), f"has a padding bit set in its bitmap (past entry {d - 1})")
-        found = torch.bincount(msg, minlength=N)
-        i = _first(found != nnz)
-        if i is not None:
-            _fail(who, i, f"has {int(found[i])} bits set in its bitmap, expected {nnz}")
-        indices = idx.view(N, nnz)
-        return indices, self.counts_of(indices), torch.full((N,), B, dtype=torch.long)
+from .common import IndexCode, _check_ascending, _check_room, _fail, _first, message_rows
 
 
 def work_dtype(n_messages: int, d: int, nnz: int) -> torch.dtype:
@@ -571,26 +346,3 @@ class Rice(_Sections):
 
     name = "rice"
     TAGS = False
-
-
-class Auto(_Sections):
-    """``auto``: per tensor the cheapest of idx32, rice and bitmap, tagged (module docstring)."""
-
-    name = "auto"
-    TAGS = True
-
-    def choose_tags(self, idx32_bits: Tensor, rice_bits: Tensor, bitmap_bits: Tensor) -> Tensor:
-        """Every (message, tensor)'s code, from each code's bits for it: the smallest, the first
-        of idx32, rice, bitmap on ties (an empty tensor: idx32, 0 bits)."""
-        return torch.argmin(torch.stack([idx32_bits, rice_bits, bitmap_bits]), dim=0)
-
-
-INDEX_CODES = {
-    "idx32": (Idx32, "every index as int32 (int64 when d >= 2**31): 32 bits per kept entry, the paper's bytes"),
-    "rice": (Rice, "Golomb-Rice coded gaps between kept indices, one Rice parameter per tensor "
-                   "(~log2(1/density) + 2 bits per kept entry)"),
-    "bitmap": (Bitmap, "one bit per entry of the model (d bits), cheaper than idx32 above ~3 % density"),
-    "auto": (Auto, "per tensor the smallest of idx32, rice and bitmap, with a tag per tensor"),
-}
-
-__all__ = ["Auto", "Bitmap", "INDEX_CODES", "Idx32", "IndexCode", "LayoutTables", "Rice", "message_rows"]

@@ -1,0 +1,107 @@
+"""What every value format shares: the :class:`ValueFormat` base, :class:`Groups` (which tensor
+each value belongs to, and the per-tensor reductions), and the checks that name a bad message."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...layout import Layout
+from ..protocol import CodecError
+
+
+class Groups:
+    """Which tensor each of the ``n`` values of each of ``N`` messages belongs to, and the
+    per-tensor reductions the formats need. A message's values come tensor by tensor (a sparse
+    message's indices ascend), so ``(N, S)`` counts say it all: ``sparse(counts)``; ``dense``:
+    the layout's segments, in order, for every message."""
+
+    def __init__(self, counts: Tensor, n: int, layout: Layout | None = None):
+        self.N, self.S = counts.shape
+        self.n = n
+        self._counts = counts
+        self.layout = layout  # dense: reduce over column blocks (no per-entry tables)
+
+    @classmethod
+    def sparse(cls, counts: Tensor, n: int) -> "Groups":
+        return cls(counts, n)
+
+    @classmethod
+    def dense(cls, layout: Layout, N: int, device=None) -> "Groups":
+        numels = torch.tensor([s.numel for s in layout.segments], dtype=torch.long, device=device)
+        return cls(numels.expand(N, len(numels)), layout.numel, layout)
+
+    def counts(self, device=None) -> Tensor:
+        """``(N, S)``: how many values of each message belong to each tensor."""
+        return self._counts if device is None else self._counts.to(device)
+
+    def amax(self, x: Tensor) -> Tensor:
+        """``(N, S)`` max of ``x >= 0`` (``(N, n)``) per tensor; 0 for an empty one; NaN propagates."""
+        if self.layout is not None:
+            return torch.stack([blk.amax(1) for blk in self.layout.columns(x)], dim=1)
+        if self.n == 0:
+            return x.new_zeros(self.N, self.S)
+        return torch.segment_reduce(x, "max", lengths=self.counts(x.device), axis=1, unsafe=True, initial=0)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """``(N, S)`` float32 mean of ``x`` per tensor (sparse: summed in float64; dense: torch's
+        float32 cascade sum, in float64 where that overflows); 0 for an empty tensor."""
+        c = self.counts(x.device)
+        if self.layout is not None:
+            tot = torch.stack([_sum_rows(blk) for blk in self.layout.columns(x)], dim=1)
+        elif self.n == 0:
+            tot = torch.zeros(self.N, self.S, dtype=torch.float64, device=x.device)
+        else:
+            tot = torch.segment_reduce(x.to(torch.float64), "sum", lengths=c, axis=1, unsafe=True)
+        return torch.where(c > 0, tot / c.clamp(min=1), 0.0).to(torch.float32)
+
+    def expand(self, t: Tensor) -> Tensor:
+        """``(N, S)`` per-tensor numbers -> ``(N, n)``: each value's own tensor's number."""
+        c = self.counts(t.device)
+        if self.layout is not None:
+            return torch.repeat_interleave(t, c[0], dim=1, output_size=self.n)
+        return torch.repeat_interleave(t.reshape(-1), c.reshape(-1), output_size=self.N * self.n).view(self.N, self.n)
+
+
+def _sum_rows(blk: Tensor) -> Tensor:
+    """Row sums as float64: torch's float32 (cascade) sum, redone in float64 where it overflowed."""
+    tot = blk.sum(1)
+    if bool(torch.isinf(tot).any()):
+        return blk.to(torch.float64).sum(1)
+    return tot.to(torch.float64)
+
+
+def _first_row(mask: Tensor) -> int | None:
+    rows = mask.reshape(mask.shape[0], -1).any(1)
+    if not bool(rows.any()):
+        return None
+    return int(torch.nonzero(rows)[0, 0])
+
+
+class ValueFormat:
+    """Base: ``nbytes(n)``; ``encode(values (N, n), groups) -> (N, nbytes(n))`` uint8;
+    ``decode(rows, groups, dtype, who) -> (N, n)``."""
+
+    name = "value"
+    lossless = False
+    fixed_size = True  # every format's size depends only on n and S
+    needs_groups = False
+
+    def __init__(self, layout: Layout, settings=None):
+        self.S = len(layout.segments)
+
+    def describe(self) -> dict:
+        return {"value": self.name}
+
+
+
+def _check_scales(scales: Tensor, groups: Groups, who: str, what: str) -> None:
+    """Scales come from max or mean of magnitudes: never negative (NaN aside), 0 for an empty tensor."""
+    bad = torch.signbit(scales) & ~torch.isnan(scales)
+    i = _first_row(bad)
+    if i is not None:
+        raise CodecError(f"{who}: message {i} has a negative {what} ({scales[i][bad[i]][0].item()}): corrupted")
+    empty = groups.counts(scales.device) == 0
+    i = _first_row(empty & (scales != 0))
+    if i is not None:
+        raise CodecError(f"{who}: message {i} has a nonzero {what} for a tensor it holds no value of: corrupted")

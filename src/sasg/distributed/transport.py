@@ -116,30 +116,25 @@ class TorchTransport:
             flags = [n > 0 for n in sizes]
         if mine and sizes[me] != sent.sizes[0]:
             raise ValueError(f"rank {me}: message of {sent.sizes[0]} bytes, expected {sizes[me]}")
-        parts: list[Tensor] = []
+        home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
         if M > 1 and any(flags):  # the flags are the same on every rank: all call, or none
-            in_splits = [sizes[me] if s != me else 0 for s in range(M)]
-            out_splits = [sizes[s] if s != me else 0 for s in range(M)]
+            # Every sender's message to every rank, itself included: the receive buffer is then all
+            # the messages in rank order, decoded where it lies (no concatenated copy). The copy a
+            # rank sends itself never leaves the process and is not counted.
             own_bytes = sent.data.to(self.device) if mine else torch.empty(0, dtype=torch.uint8, device=self.device)
-            send = own_bytes.repeat(M - 1)
-            recv = torch.empty(sum(out_splits), dtype=torch.uint8, device=self.device)
+            recv = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
             self._call(
-                "the payload exchange", dist.all_to_all_single, recv, send,
-                output_split_sizes=out_splits, input_split_sizes=in_splits, group=self.group,
+                "the payload exchange", dist.all_to_all_single, recv, own_bytes.repeat(M),
+                output_split_sizes=list(sizes), input_split_sizes=[sizes[me]] * M, group=self.group,
             )
             self.counters.payload_rounds += 1
-            self.counters.payload_bytes_sent += sum(in_splits)
-            self.counters.payload_bytes_recv += sum(out_splits)
-            chunks = iter(recv.split([n for s, n in enumerate(out_splits) if s != me and flags[s]]))
-            for s in range(M):
-                if flags[s]:
-                    parts.append(own_bytes if s == me else next(chunks))
-        elif mine:
-            parts.append(sent.data.to(self.device))
+            self.counters.payload_bytes_sent += sizes[me] * (M - 1)
+            self.counters.payload_bytes_recv += sum(sizes) - sizes[me]
+            data = recv.to(home)
+        else:
+            data = sent.data.to(home) if mine else torch.empty(0, dtype=torch.uint8, device=home)
         senders = [s for s in range(M) if flags[s]]
         sender_sizes = [sizes[s] for s in senders]
-        home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
-        data = torch.cat(parts).to(home) if parts else torch.empty(0, dtype=torch.uint8, device=home)
         try:
             payload = template.decode(codec, data, sender_sizes)
         except CodecError as e:

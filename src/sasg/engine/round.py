@@ -77,7 +77,9 @@ class RoundEngine:
         # workers every round), kept so that every runner reports the same figure; the replica
         # runner never broadcasts theta (docs/distributed.md).
         self.bits_down_per_round = DOWNLINK_BITS_PER_VALUE * d * M
-        self.bits_flags_per_round = transport.flag_bits_per_round(algorithm.lazy, self.template.fixed_size(algorithm.codec))
+        self.bits_flags_per_round = transport.flag_bits_per_round(
+            algorithm.lazy, self.template.fixed_size(algorithm.codec)
+        )
         self.ledger = Ledger(num_workers=M)
         self._step = torch.zeros(d, device=device, dtype=dtype)
 

@@ -145,7 +145,7 @@ GROUPED = {
     "trigger": ["--window", "--threshold-scale"],
     "compression": ["--density", "--codec"],
     "evaluation": ["--eval-every", "--target-acc", "--target-metric"],
-    "output": ["--out", "--overwrite", "--dry-run", "--quiet"],
+    "output": ["--out", "--overwrite", "--dry-run", "--quiet", "--log-every", "--tensorboard"],
 }
 
 

@@ -99,6 +99,10 @@ def expected_values(fmt: str, layout: Layout, seg: torch.Tensor, v: torch.Tensor
                 scale = vs.abs().max() / 127
                 q = torch.nan_to_num(vs / scale, nan=0.0, posinf=0.0, neginf=0.0).round().clamp(-127, 127)
                 out[n][m] = q.to(torch.int8).float() * scale  # an int8 has no -0
+            elif fmt == "ternary":
+                scale = vs.abs().max()
+                t = torch.nan_to_num(vs / scale, nan=0.0, posinf=0.0, neginf=0.0).round()
+                out[n][m] = (t + 0.0) * scale  # -1, 0 or +1 times the scale; no -0 digit
             else:  # sign
                 mag = (vs.double().abs().sum() / vs.numel()).float()
                 out[n][m] = torch.where(vs < 0, -mag, mag)

@@ -1,4 +1,4 @@
-"""docs/extending.md: its plug-in (a random-k compressor and a trigger of its own) runs as written
+"""docs/extending.md: its plug-in (a random-block compressor and a trigger of its own) runs as written
 through `sasg run --plugin`, `sasg launch --plugin` (the same run folder) and `SASG(...)`."""
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ def summary(folder: Path) -> dict:
 def test_the_plugin_runs_from_sasg_run_and_is_priced_by_its_payload(plugin, tmp_path, capsys):
     out = tmp_path / "run"
     flags = [*TINY, "--workers", "2", "--iterations", "20"]
-    assert main(["run", "--plugin", str(plugin), "--algo", "alternate+randomk", *flags, "--out", str(out)]) == 0
+    assert main(["run", "--plugin", str(plugin), "--algo", "alternate+randblock", *flags, "--out", str(out)]) == 0
     rec = summary(out)["records"][0]
     nnz = make_algorithm("sparse", _layout_of(out), density=0.1).compressor.nnz
     # alternate: exactly one of the two workers uploads each round; 64 bits per kept entry
-    assert rec["algorithm"] == "alternate+randomk" and rec["uploads"] == 20 and rec["skipped"] == 20
+    assert rec["algorithm"] == "alternate+randblock" and rec["uploads"] == 20 and rec["skipped"] == 20
     assert rec["bits_up"] == 20 * 64 * nnz
     assert json.loads((out / "config.json").read_text())["plugins"] == [str(plugin)]
     assert main(["list", "--plugin", str(plugin)]) == 0
     listed = capsys.readouterr().out
-    assert re.search(r"^compressor\s+randomk\s+keep max", listed, re.M)
+    assert re.search(r"^compressor\s+randblock\s+keep a block", listed, re.M)
     assert re.search(r"^trigger\s+alternate\s+worker m uploads", listed, re.M)
 
 
@@ -59,8 +59,8 @@ def _layout_of(run_folder: Path) -> Layout:
 
 @pytest.mark.slow
 def test_launch_with_the_plugin_equals_the_simulator(plugin, tmp_path, one_thread):
-    """Rank m draws its random-k entries from worker m's generator, as the simulator's row m."""
-    flags = [*TINY, "--plugin", str(plugin), "--algo", "wk2+randomk", "--iterations", "24"]
+    """Rank m draws its random blocks from worker m's generator, as the simulator's row m."""
+    flags = [*TINY, "--plugin", str(plugin), "--algo", "wk2+randblock", "--iterations", "24"]
     p = sasg("launch", "--nproc-per-node", "2", *flags, "--out", str(tmp_path / "launch"))
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
@@ -73,7 +73,7 @@ def test_launch_with_the_plugin_equals_the_simulator(plugin, tmp_path, one_threa
 def test_the_plugin_in_the_optimizer_and_from_the_environment(plugin, monkeypatch, capsys):
     monkeypatch.setenv("SASG_PLUGINS", str(plugin))
     assert main(["list"]) == 0
-    assert "randomk" in capsys.readouterr().out
+    assert "randblock" in capsys.readouterr().out
     from sasg.optim import SASG
 
     def train(seed):
@@ -81,7 +81,7 @@ def test_the_plugin_in_the_optimizer_and_from_the_environment(plugin, monkeypatc
         with torch.no_grad():
             model.weight.copy_(torch.arange(18.0).view(3, 6) / 18)
             model.bias.zero_()
-        opt = SASG(model.parameters(), lr=0.1, density=0.2, algorithm="alternate+randomk", seed=seed)
+        opt = SASG(model.parameters(), lr=0.1, density=0.2, algorithm="alternate+randblock", seed=seed)
         gen = torch.Generator().manual_seed(0)
         for _ in range(10):
             x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
@@ -106,17 +106,17 @@ def test_the_plugin_in_the_optimizer_and_from_the_environment(plugin, monkeypatc
 
 def test_registry_names_and_errors(plugin):
     main(["list", "--plugin", str(plugin)])  # registers the members in this process
-    assert "randomk" in REGISTRIES["compressor"] and "alternate" in REGISTRIES["trigger"]
-    spec = AlgorithmSpec.parse("alternate+randomk")
-    assert (spec.trigger, spec.compressor, spec.memory) == ("alternate", "randomk", "")
-    assert make_algorithm("alternate+randomk", Layout([("w", (4, 5))]), density=0.25).memory.name == "ef"
-    assert make_algorithm("alternate+randomk+none", Layout([("w", (4, 5))])).memory.name == "none"
+    assert "randblock" in REGISTRIES["compressor"] and "alternate" in REGISTRIES["trigger"]
+    spec = AlgorithmSpec.parse("alternate+randblock")
+    assert (spec.trigger, spec.compressor, spec.memory) == ("alternate", "randblock", "")
+    assert make_algorithm("alternate+randblock", Layout([("w", (4, 5))]), density=0.25).memory.name == "ef"
+    assert make_algorithm("alternate+randblock+none", Layout([("w", (4, 5))])).memory.name == "none"
     with pytest.raises(ValueError, match="'randk' is no registered compressor"):
         AlgorithmSpec.parse("wk2+randk")
     with pytest.raises(ValueError, match="is already registered"):
         from sasg.core import register
 
-        register("compressor", "randomk", "another one", lambda layout, s: None)
+        register("compressor", "randblock", "another one", lambda layout, s: None)
     assert main(["run", "--algo", "wk2+nothing", "--dry-run"]) == 2
 
 

@@ -16,6 +16,31 @@ from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
 # Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
 MAX_SEED = 2**32 - 1
 
+# Upper bounds of the numeric settings, checked by RunConfig.validate() before anything runs. Each
+# lies far above any real experiment (the paper: M = 10 workers, batches of 10..128, lr <= 0.1,
+# runs of at most ~1e5 rounds), so only a typo or a nonsense value (1e300) meets one: refused here
+# in one line instead of overflowing to NaN/inf, or exhausting memory, hours into a run.
+# lr: real ones are <= ~1; above 1e4 a single step lr * gradient heads for float32's 3.4e38.
+MAX_LR = 1e4
+# Rounds of one run (iterations, or epochs x rounds per epoch): 1e8 is ~1000 x the paper's longest
+# run (ResNet-18, 200 epochs x 390 rounds), over a day even at 1 ms a round, and rounds.csv keeps a
+# row per round. Also bounds --lr-decay-epochs and (in sasg launch) --checkpoint-every.
+MAX_ROUNDS = 10**8
+# Workers: each simulated worker holds model-sized state (error memory, last gradient); 1e5 is
+# 1e4 x the paper's M = 10 and already beyond any machine's memory for a real model.
+MAX_WORKERS = 100_000
+# Batch size per worker: more than any data set here holds (60 000 training samples).
+MAX_BATCH_SIZE = 1_000_000
+# Evaluation interval: anything above MAX_ROUNDS already means "evaluate at the end only".
+MAX_EVAL_EVERY = 10**9
+# The threshold scale c has no bound of its own: a larger c only lowers the lazy threshold towards
+# 0 (every round uploads), and c * M * lr overflowing to inf gives exactly 0, so no c can break a run.
+# Dirichlet beta: from ~1e3 on the split is the iid one for all purposes; 1e6 leaves room for
+# sweeps, and larger concentrations only test the gamma sampler's precision.
+MAX_BETA = 1e6
+# Label shards per worker: more than the training samples of any data set here (60 000).
+MAX_SHARDS_PER_WORKER = 10**6
+
 
 class ConfigError(ValueError):
     """A bad setting; the message says which one and how to fix it."""
@@ -132,15 +157,21 @@ class RunConfig:
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
         _int_at_least("workers", self.workers, 1, "--workers")
+        _at_most("workers", self.workers, MAX_WORKERS, "--workers 10")
         _int_at_least("batch size", self.batch_size, 1, "--batch-size")
+        _at_most("batch size", self.batch_size, MAX_BATCH_SIZE, "--batch-size 10")
         _int_at_least("eval interval", self.eval_every, 1, "--eval-every")
+        _at_most("eval interval", self.eval_every, MAX_EVAL_EVERY, "--eval-every 10")
         _int_at_least("seed", self.seed, 0, "--seed")
         if self.seed > MAX_SEED:
             raise ConfigError(f"seed must be at most {MAX_SEED} (2**32 - 1), got {self.seed}; e.g. --seed 1")
         if not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}; e.g. --lr 0.05")
+        _at_most("lr", self.lr, MAX_LR, "--lr 0.05", why="a larger step overflows float32")
         if not _finite(self.epochs) or self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}; e.g. --epochs 20")
+        # Every epoch is at least one round, so this holds whatever the data set.
+        _at_most("epochs", self.epochs, MAX_ROUNDS, "--epochs 20", why="a run is at most 1e8 rounds")
         if self.target_acc is not None and (not _finite(self.target_acc) or not 0 <= self.target_acc <= 100):
             raise ConfigError(f"target accuracy is in percent, 0..100; got {self.target_acc}")
         if self.backend not in ("auto", "vmap", "loop"):
@@ -149,10 +180,13 @@ class RunConfig:
             raise ConfigError(f"unknown partition {self.partition!r}; choose from {', '.join(PARTITIONS)}")
         if not _finite(self.beta) or self.beta <= 0:
             raise ConfigError(f"Dirichlet beta must be > 0, got {self.beta}; e.g. --beta 0.5")
+        _at_most("Dirichlet beta", self.beta, MAX_BETA, "--beta 0.5")
         _int_at_least("shards per worker", self.shards_per_worker, 1, "--shards-per-worker")
+        _at_most("shards per worker", self.shards_per_worker, MAX_SHARDS_PER_WORKER, "--shards-per-worker 2")
         for e in self.lr_decay_epochs:
             if not _finite(e) or e <= 0:
                 raise ConfigError(f"lr decay epochs must be > 0, got {e}; e.g. --lr-decay-epochs 20")
+            _at_most("lr decay epochs", e, MAX_ROUNDS, "--lr-decay-epochs 20", why="a run is at most 1e8 rounds")
         if len(set(self.lr_decay_epochs)) != len(self.lr_decay_epochs):
             raise ConfigError(
                 f"lr decay epochs list an epoch twice ({self.lr_decay_epochs}); list each once, e.g. --lr-decay-epochs 20,30"
@@ -165,6 +199,9 @@ class RunConfig:
             raise ConfigError(f"unknown target metric {self.target_metric!r}; choose from top1, top5")
         if self.iterations is not None:
             _int_at_least("iterations", self.iterations, 1, "--iterations")
+            _at_most("iterations", self.iterations, MAX_ROUNDS, "--iterations 1000")
+        else:
+            self._check_rounds()
         if DATASETS[self.dataset].needs_files and not self.data_dir:
             raise ConfigError(
                 f"data set {self.dataset!r} loads from its published files; pass --data-dir FOLDER "
@@ -195,6 +232,23 @@ class RunConfig:
                     f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
                 )
         return self
+
+    def _check_rounds(self) -> None:
+        """``epochs`` x rounds per epoch stays within :data:`MAX_ROUNDS` (an upper estimate of the
+        rounds per epoch from the data set's training size; the split may drop a few samples)."""
+        from .data import DATASETS
+
+        size = DATASETS[self.dataset].train_size
+        if size is None:
+            return  # unknown until loaded; epochs <= MAX_ROUNDS is checked already
+        per_epoch = max(1, size // (self.workers * self.batch_size))
+        rounds = self.epochs * per_epoch
+        if rounds > MAX_ROUNDS:
+            raise ConfigError(
+                f"epochs {self.epochs:g} make about {rounds:.3g} rounds ({per_epoch} per epoch: {self.dataset} with "
+                f"{self.workers} workers x batch {self.batch_size}), and a run is at most 1e8 rounds; "
+                f"e.g. --epochs {max(1, MAX_ROUNDS // per_epoch)} or fewer"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -234,3 +288,16 @@ def _int_at_least(what: str, value, low: int, flag: str) -> None:
         raise ConfigError(f"{what} must be an integer, got {value!r}; e.g. {flag} {max(low, 1)}")
     if value < low:
         raise ConfigError(f"{what} must be >= {low}, got {value}; e.g. {flag} {max(low, 1)}")
+
+
+def _at_most(what: str, value, high, example: str, why: str = "") -> None:
+    """``value`` (already checked to be a finite number) is at most ``high``; else one line naming
+    the setting, the bound, why (when given) and an example fix."""
+    if value > high:
+        reason = f" ({why})" if why else ""
+        raise ConfigError(f"{what} must be at most {_fmt(high)}{reason}, got {_fmt(value)}; e.g. {example}")
+
+
+def _fmt(x) -> str:
+    """An int as written (100000), a float short (1e+300, 0.5)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..core.state import at_least, check_like, counts
+
 
 @dataclass
 class Ledger:
@@ -47,7 +49,23 @@ class Ledger:
             "num_workers": self.num_workers,
         }
 
+    @staticmethod
+    def check_state_dict(state, where: str = "ledger") -> None:
+        """Raise a ``ValueError`` naming what is missing or wrong in ``state`` (a ledger's
+        ``state_dict()``: four lists of counts >= 0, one entry per round); changes nothing."""
+        check_like(state, {"uploads": counts, "bits_up": counts, "bits_down": counts, "bits_flags": counts,
+                           "num_workers": at_least(0)}, where)
+        lengths = {k: len(state[k]) for k in ("uploads", "bits_up", "bits_down", "bits_flags")}
+        common = max(lengths.values(), key=list(lengths.values()).count)
+        odd = next((k for k, n in lengths.items() if n != common), None)
+        if odd is not None:
+            raise ValueError(
+                f"state part {where + '.' + odd!r} covers {lengths[odd]} rounds, the other lists of the "
+                f"ledger {common}: its lists cover different numbers of rounds"
+            )
+
     def load_state_dict(self, state: dict) -> None:
+        self.check_state_dict(state)
         self.uploads = list(state["uploads"])
         self.bits_up = list(state["bits_up"])
         self.bits_down = list(state["bits_down"])

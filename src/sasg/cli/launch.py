@@ -6,7 +6,8 @@ starts ``python -m sasg.cli.worker <the same flags>`` through torchrun's own lau
 (``torch.distributed.run``): ``--standalone`` on one node, static rendezvous
 (``--master-addr/--master-port/--node-rank``) across nodes. Rank 0 writes the run folder,
 atomically, once training has finished. When a worker dies, torchrun stops the others; the
-launcher reports it in one line and exits non-zero.
+launcher reports it in one line and exits non-zero. When the launcher itself dies (even by
+``kill -9``), every worker gets SIGTERM from the kernel (Linux's parent-death signal) and stops.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ import os
 import re
 import sys
 import tempfile
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import MAX_ROUNDS, MAX_WORKERS, ConfigError
 
 # The torchrun entry point the launcher starts on every process.
 WORKER_MODULE = "sasg.cli.worker"
+
+# Set for the workers to the pid of `sasg launch`, their parent (torchrun's agent runs in it), so
+# that a worker started after its launcher died notices and stops (see worker.die_with_parent).
+LAUNCHER_PID_ENV = "SASG_LAUNCHER_PID"
+
+# Seconds a worker gets between SIGTERM and SIGKILL when the run stops (a stopped or hung one
+# ignores SIGTERM).
+SHUTDOWN_GRACE_S = 5
 
 # Flags only the launcher reads (each takes one value); everything else goes to the workers.
 LAUNCHER_ONLY = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
@@ -48,6 +57,31 @@ def _int_at_least(low: int):
 _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
+# A collective may wait at most a day for a peer: longer is no timeout at all (a hung peer would
+# hold every rank for days), and torch turns the seconds into a timedelta, which ``inf`` or 1e300
+# overflow (OverflowError in every worker).
+MAX_TIMEOUT_S = 86400.0
+
+
+def _at_most(parse, high: int, example: str, why: str):
+    """``parse``, then refuse a value above ``high`` (one line: bound, reason, example)."""
+
+    def bounded(text: str) -> int:
+        v = parse(text)
+        if v > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high} ({why}), got {v}; e.g. {example}")
+        return v
+
+    bounded.__name__ = "int"
+    return bounded
+
+
+# A checkpoint interval past the longest run (config.MAX_ROUNDS) would never write one.
+_checkpoint_interval = _at_most(_nonneg_int, MAX_ROUNDS, "--checkpoint-every 1000", "a run is at most 1e8 rounds")
+# Processes: the run's workers (config.MAX_WORKERS bounds --nproc-per-node x --nnodes too).
+_processes = _at_most(_positive_int, MAX_WORKERS, "--nproc-per-node 4", "the most workers a run may have")
+_nodes = _at_most(_positive_int, MAX_WORKERS, "--nnodes 2", "the most workers a run may have")
+
 
 def _port(text: str) -> int:
     v = _positive_int(text)
@@ -61,8 +95,26 @@ def _seconds(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not v > 0:
+    if v <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    if not v <= MAX_TIMEOUT_S:  # inf and nan too
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds, at most {MAX_TIMEOUT_S:g} (one day), got {text}; e.g. --timeout 120"
+        )
+    return v
+
+
+def _heartbeat_seconds(text: str) -> float:
+    """``--heartbeat-timeout``: 0 (off) or a finite number of seconds up to a day."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= v <= MAX_TIMEOUT_S:  # negative, inf and nan too
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (off) or a finite number of seconds, at most {MAX_TIMEOUT_S:g} (one day), got {text}; "
+            "e.g. --heartbeat-timeout 60"
+        )
     return v
 
 
@@ -74,9 +126,12 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=_seconds, default=120.0,
                    help="seconds a collective may wait for a peer before the run fails (120); "
                         "a peer that dies is noticed at once")
+    g.add_argument("--heartbeat-timeout", type=_heartbeat_seconds, default=60.0,
+                   help="stop the run when a rank has not answered for this many seconds, i.e. it is "
+                        "hung or stopped (60; 0: off; see sasg.distributed.heartbeat)")
     g.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="write per-rank checkpoints here (seed<S>-rank<R>-iter<K>.pt, last two kept)")
-    g.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
+    g.add_argument("--checkpoint-every", type=_checkpoint_interval, default=0,
                    help="checkpoint every N iterations (0: never; needs --checkpoint-dir)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint all ranks hold in --checkpoint-dir")
@@ -84,8 +139,8 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
 
 def add_launcher_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("launcher (torchrun)")
-    g.add_argument("--nproc-per-node", type=_positive_int, required=True, help="worker processes on this node")
-    g.add_argument("--nnodes", type=_positive_int, default=1, help="number of nodes (1)")
+    g.add_argument("--nproc-per-node", type=_processes, required=True, help="worker processes on this node")
+    g.add_argument("--nnodes", type=_nodes, default=1, help="number of nodes (1)")
     g.add_argument("--node-rank", type=_nonneg_int, default=0, help="this node's rank, 0..nnodes-1 (0)")
     g.add_argument("--master-addr", default=None, help="address of node 0 (multi-node; static rendezvous)")
     g.add_argument("--master-port", type=_port, default=29500, help="port on node 0, 1..65535 (29500; multi-node)")
@@ -272,6 +327,27 @@ def _quiet_torchrun_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+@contextmanager
+def _grace_before_sigkill(seconds: int):
+    """torchrun's ``--shutdown-timeout`` covers only a launcher stopped by a signal: when a worker
+    fails, torch 2.13 gives the others a fixed 30 s between SIGTERM and SIGKILL
+    (``PContext.close()`` called with its default; pytorch/pytorch#119856, PR #192815), so a hung
+    worker (SIGSTOP) would hold the launcher 30 s after a peer reported it. For this run only,
+    cap that grace at ``seconds``."""
+    from torch.distributed.elastic.multiprocessing.api import PContext
+
+    original = PContext.close
+
+    def close(self, death_sig=None, timeout: int = seconds):
+        return original(self, death_sig, min(timeout, seconds))
+
+    PContext.close = close
+    try:
+        yield
+    finally:
+        PContext.close = original
+
+
 def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
     from .main import check_seeds, config_from_args, resolved
@@ -313,7 +389,7 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     forwarded = worker_argv(argv) + ["--out", str(out), "--workers", str(world)]
     # Stop the other workers within 0.1 s of a failure; SIGKILL what ignores SIGTERM after 5 s.
     targs = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--monitor-interval", "0.1",
-             "--shutdown-timeout", "5"]
+             "--shutdown-timeout", str(SHUTDOWN_GRACE_S)]
     if args.nnodes == 1 and not args.master_addr:
         targs += ["--standalone"]
     else:
@@ -329,8 +405,13 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    # The workers' parent: each asks for SIGTERM when it dies and checks it is still there (see
+    # worker.die_with_parent). Set for the run only, so it never reaches other processes.
+    before = os.environ.get(LAUNCHER_PID_ENV)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     try:
-        run(parse_args(targs))
+        with _grace_before_sigkill(SHUTDOWN_GRACE_S):
+            run(parse_args(targs))
     except ChildFailedError as e:
         print(f"sasg: error: {_failure_line(e)}", file=sys.stderr)
         return 1
@@ -339,4 +420,9 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
         name = getattr(sig, "name", "a signal")
         print(f"sasg: error: stopped by {name}; the workers were stopped; no run folder written", file=sys.stderr)
         return 130 if name == "SIGINT" else 1
+    finally:
+        if before is None:
+            os.environ.pop(LAUNCHER_PID_ENV, None)
+        else:
+            os.environ[LAUNCHER_PID_ENV] = before
     return 0

@@ -201,6 +201,12 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     g.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    g.add_argument("--log-every", type=_number(float), metavar="SECONDS",
+                   help="when stderr is not a terminal (a batch log, nohup): a progress line every SECONDS "
+                        "with iteration, uploads, bits and accuracy (60; 0: none)")
+    g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="also log accuracy, loss, uploads and bits to TensorBoard in DIR "
+                        "(needs the tensorboard package: pip install 'sasg[tensorboard]')")
     g = groups["compression"]
     g.add_argument(
         "--codec", type=_codec_arg,
@@ -211,6 +217,61 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     )
     add_plugin_flag(p)
     return groups
+
+
+def add_checkpoint_flags(p) -> None:
+    """``sasg run`` / ``sasg compare``: save every run as it goes, and continue after a crash."""
+    g = p.add_argument_group("checkpoints", "continue a long run after a crash or a preemption")
+    g.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="save each run here (seed<S>-<algorithm>-iter<K>.pt, the last two kept, and "
+                        "seed<S>-<algorithm>-done.pt when it finishes)")
+    g.add_argument("--checkpoint-every", type=_number(int), default=0,
+                   help="checkpoint every N iterations (0: only finished runs; needs --checkpoint-dir)")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the finished runs in --checkpoint-dir and continue the interrupted one "
+                        "bit-exactly; the run folder equals an uninterrupted run's but for timings")
+
+
+def check_checkpoints(args, config, seeds) -> "Checkpoints | None":
+    """The checkpoint flags of run/compare, checked before anything runs."""
+    from ..experiment import Checkpoints, has_checkpoints
+    from .launch import check_checkpoint_dir
+
+    every = args.checkpoint_every
+    if isinstance(every, bool) or not 0 <= every <= 10**8:
+        raise ConfigError(f"--checkpoint-every must be an integer in 0..100000000, got {every}; e.g. --checkpoint-every 500")
+    if args.checkpoint_dir is None:
+        if every or args.resume:
+            flag = "--resume" if args.resume else "--checkpoint-every"
+            raise ConfigError(f"{flag} needs --checkpoint-dir FOLDER (where the checkpoints are kept)")
+        return None
+    check_checkpoint_dir(argparse.Namespace(checkpoint_dir=args.checkpoint_dir, checkpoint_every=1))
+    if args.resume and not has_checkpoints(args.checkpoint_dir, seeds, config.algorithms):
+        raise ConfigError(
+            f"no checkpoint found in {args.checkpoint_dir} for these runs; drop --resume to start afresh, "
+            "or pass the --checkpoint-dir (and --seed/--algos) of the run to continue"
+        )
+    return Checkpoints(Path(args.checkpoint_dir), every, bool(args.resume))
+
+
+LOG_EVERY_S = 60.0  # progress lines in a batch log: often enough to see a run move, rarely enough to read
+
+
+def make_watchers(args) -> list:
+    """Progress lines (only where stderr is no terminal: there the bar shows) and TensorBoard."""
+    import math
+
+    from ..report.live import ProgressLines, TensorBoardLog
+
+    every = LOG_EVERY_S if getattr(args, "log_every", None) is None else args.log_every
+    if not (math.isfinite(every) and 0 <= every <= 86400):
+        raise ConfigError(f"--log-every must be a number of seconds in 0..86400, got {every}; e.g. --log-every 60")
+    watchers = []
+    if every and not args.quiet and not sys.stderr.isatty():
+        watchers.append(ProgressLines(every))
+    if getattr(args, "tensorboard", None) is not None:
+        watchers.append(TensorBoardLog(args.tensorboard))
+    return watchers
 
 
 def add_plugin_flag(p) -> None:
@@ -239,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train with one algorithm", description="Train with one algorithm and write a run folder.")
     run.add_argument("--algo", required=True, type=str.lower, help=ALGO_HELP)
     add_training_flags(run)
+    add_checkpoint_flags(run)
     cmp_ = sub.add_parser(
         "compare", help="run several algorithms on one setting",
         description="Run several algorithms on the same data and seed; write summary.json, metrics.csv, plots and report.md.",
@@ -246,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--algos", type=_algo_list, default=ALGORITHMS,
                       help=f"comma-separated, each {ALGO_HELP} (default: sgd,sparse,lasg,sasg)")
     add_training_flags(cmp_)
+    add_checkpoint_flags(cmp_)
     add_launch_subparser(sub, add_training_flags, ALGO_HELP)
     listing = sub.add_parser("list", help="list the registered triggers, compressors, memories, codecs and aliases",
                              description="Every registered member, one line each: kind, name, description.")
@@ -380,14 +443,21 @@ def execute(args: argparse.Namespace) -> int:
         return 0
     out = args.out or default_run_dir(args.command)
     check_destination(out, args.overwrite)
+    checkpoints = check_checkpoints(args, config, seeds)
+    watchers = make_watchers(args)
     data = load_data(config)
     check_fits(config, data)
     settings["partition_detail"] = partition_report(config, data)
     folder = staged_run_dir(out, args.overwrite)
     with folder as stage:
-        runs = run_seeds(config, seeds, data=data, progress=not args.quiet)
+        runs = run_seeds(config, seeds, data=data, progress=not args.quiet, checkpoints=checkpoints, watchers=watchers)
         summary = write_run_folder(stage, runs, config, extra=settings)
     announce(out, folder.path, summary, args.quiet)
+    failed = [r["algorithm"] for r in summary["records"] if r.get("failed")]
+    if failed:  # the folder keeps them all, but a script must not take this run for a clean one
+        print(f"sasg: error: {', '.join(failed)} failed (see the notes); the other results are in the run folder",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -430,6 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         # Loader and partition errors name the file or setting and the fix; no traceback.
         print(f"sasg: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from ..distributed.checkpoint import CheckpointWriteError  # torch: imported only when needed
+
+        if not isinstance(e, CheckpointWriteError):
+            raise
+        # Disk full or unwritable: the finished runs' results are in --checkpoint-dir already.
+        print(f"sasg: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         # e.g. a download without internet: the message lists what was tried and the fix.
         print(f"sasg: error: {e}", file=sys.stderr)

@@ -6,8 +6,9 @@
 
 Every rank trains; rank 0 evaluates and, once training has finished, writes the run folder
 atomically (the same files as ``sasg run``, plus ``distributed.json``; by default
-``runs/launch-<time>``, named as ``sasg run`` names its own). A lost peer or a collective timeout
-ends every rank with one line on stderr and a non-zero exit code.
+``runs/launch-<time>``, named as ``sasg run`` names its own). A lost peer, a hung one (silent for
+``--heartbeat-timeout``, see :mod:`sasg.distributed.heartbeat`) or a collective timeout ends every
+rank with one line on stderr and a non-zero exit code.
 
 Before training, the checks of ``sasg launch`` run here too (for runs started with torchrun
 directly): the backend, rank 0's run folder, every rank's checkpoint folder. A problem any rank
@@ -24,11 +25,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from ..distributed.checkpoint import CheckpointWriteError, load_resume_state, save_checkpoint
+from ..distributed.checkpoint import CheckpointWriteError, check_same_setting, load_resume_state, save_checkpoint
 from ..distributed.transport import PeerFailure
 from ..engine import TransportCounters
-from .launch import (add_worker_flags, check_backend, check_checkpoint_dir, check_checkpoint_flags,
-                     check_run_folder, default_out, hide_workers_flag)
+from .launch import (LAUNCHER_PID_ENV, add_worker_flags, check_backend, check_checkpoint_dir,
+                     check_checkpoint_flags, check_run_folder, default_out, hide_workers_flag)
 
 LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
 
@@ -47,6 +48,32 @@ class PeerStopped(Exception):
 
 def _on_signal(signum, frame):
     raise Stopped(signal.Signals(signum).name)
+
+
+# prctl(2) option: the signal this process gets when its parent dies (Linux only).
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Make this worker get SIGTERM when its parent (torchrun's agent, i.e. ``sasg launch``) dies,
+    even by SIGKILL, which gives the agent no chance to stop its workers; then leave at once if the
+    parent is gone already (it died before the request was made: the worker has been handed to
+    init or a subreaper). Linux only; elsewhere, or if prctl is unavailable, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    expected = os.environ.get(LAUNCHER_PID_ENV, "")
+    parent = os.getppid()
+    if parent == 1 or (expected.isdigit() and parent != int(expected)):
+        print("sasg: error: the launcher is gone (killed?); this worker stops", file=sys.stderr)
+        _hard_exit(1)
 
 
 def build_parser():
@@ -70,16 +97,6 @@ def loopback_tx_bytes() -> int | None:
         return int(Path(LOOPBACK_STATS).read_text())
     except OSError:
         return None
-
-
-def _check_same_setting(saved: dict, config) -> None:
-    now = config.to_dict()
-    for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
-            raise ConfigError(
-                f"the checkpoint was made with {key}={saved.get(key)!r}, this run has {key}={now.get(key)!r}; "
-                "resume with the same flags, or start again without --resume"
-            )
 
 
 def local_problem(args, out: Path, rank: int) -> ConfigError | None:
@@ -115,11 +132,12 @@ def train(args) -> int:
     import torch.distributed as dist
 
     from ..accounting import flag_bytes, replica_payload_bytes
+    from ..distributed.heartbeat import start_heartbeat
     from ..distributed.runner import DistributedRun
     from ..distributed.transport import init_process_group_from_env
     from ..experiment import check_fits, load_data
     from ..report import staged_run_dir, write_run_folder
-    from .main import announce, check_seeds, config_from_args, resolved
+    from .main import announce, check_seeds, config_from_args, make_watchers, resolved
 
     from ..plugins import load_plugins
     from ..sim import retain_freed_memory
@@ -142,9 +160,17 @@ def train(args) -> int:
     algo = config.algorithms[0]
     # Fail before training, not after it: rank 0's run folder, every rank's checkpoint folder.
     problem = local_problem(args, out, int(os.environ.get("RANK", "0")))
+    watchers = []  # rank 0's progress lines and TensorBoard log (it alone evaluates)
+    if problem is None and os.environ.get("RANK", "0") == "0":
+        try:
+            watchers = make_watchers(args)
+        except ConfigError as e:
+            problem = e
 
     transport = init_process_group_from_env(args.dist_backend, args.timeout, config.device)
     rank = transport.rank
+    # A hung rank (alive, not answering) stops every rank in --heartbeat-timeout s, not --timeout.
+    heartbeat = start_heartbeat(args.heartbeat_timeout, rank, transport.world_size)
     agree(transport, problem)
     data = load_data(config)
     check_fits(config, data)
@@ -156,13 +182,15 @@ def train(args) -> int:
         run = DistributedRun(cfg, algo, data, transport)
         if args.resume:
             _, state = load_resume_state(args.checkpoint_dir, seed, rank, transport)  # an error if none
-            _check_same_setting(state["config"], cfg)
+            check_same_setting(state["config"], cfg.to_dict())
             run.load_state_dict(state["run"])
 
         def checkpoint(r: DistributedRun, seed=seed, cfg=cfg) -> None:
             k = r.iteration
             if args.checkpoint_every and k % args.checkpoint_every == 0 and k < r.total_iterations:
                 save_checkpoint(args.checkpoint_dir, seed, rank, k, {"config": cfg.to_dict(), "run": r.state_dict()})
+            for w in watchers:
+                w(r, f"seed {seed} {algo}" if len(seeds) > 1 else algo)
 
         bar = _progress(run.total_iterations - run.iteration, rank == 0 and not args.quiet)
         transport.barrier()
@@ -172,6 +200,8 @@ def train(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
+            for w in watchers:
+                w.close()
         transport.barrier()
         lo_after = loopback_tx_bytes() if rank == 0 else None
         counters = run.transport_totals()
@@ -213,12 +243,14 @@ def train(args) -> int:
             "design": "server replica on every rank; uploaders send to the M-1 other ranks; flags by all_gather",
             "runs": records,
         }
-        folder = staged_run_dir(out, args.overwrite)
+        folder = staged_run_dir(out, args.overwrite, if_busy="beside")  # results in hand: never refused now
         with folder as stage:
             summary = write_run_folder(stage, runs, config, extra=settings)
             (stage / "distributed.json").write_text(json.dumps(info, indent=2) + "\n")
         announce(out, folder.path, summary, args.quiet)
     transport.barrier()
+    if heartbeat is not None:
+        heartbeat.stop()  # marks this rank finished: ranks that leave later never report it
     dist.destroy_process_group()
     return 0
 
@@ -237,6 +269,7 @@ def _hard_exit(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # first: a worker must never outlive its launcher (kill -9 on sasg launch)
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))

@@ -49,11 +49,13 @@ class Algorithm:
         return self.trigger.lazy
 
     @property
-    def worker_buffers(self) -> tuple[str, ...]:
-        names = (*self.trigger.worker_buffers, *self.memory.worker_buffers)
+    def worker_buffers(self) -> tuple:
+        """The members' per-worker buffers: names of ``(N, d)`` ones, ``(name, width)`` pairs."""
+        entries = (*self.trigger.worker_buffers, *self.memory.worker_buffers)
+        names = [e if isinstance(e, str) else e[0] for e in entries]
         if len(set(names)) != len(names):
-            raise ValueError(f"{self.name}: the trigger and the memory both keep a buffer named in {names}")
-        return names
+            raise ValueError(f"{self.name}: the trigger and the memory both keep a buffer named in {tuple(names)}")
+        return entries
 
     @property
     def codec_name(self) -> str:

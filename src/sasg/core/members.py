@@ -5,17 +5,32 @@ from __future__ import annotations
 from .codecs import Paper32
 from .codecs.composite import register_parts
 from .compressors import Identity, TopK
+from .compressors import GlobalTopK, RandomK, ScaledSign, TernGrad
 from .memories import ErrorFeedback, NoMemory
 from .registry import register, register_alias
-from .triggers import WK2, Always
+from .triggers import PS, WK1, WK2, Always
 
 register("trigger", "always", "every worker uploads every round", lambda layout, s: Always())
 register("trigger", "wk2", "LASG-WK2 lazy rule: upload when the gradient changed since the last upload "
          "(second gradient at the anchor; --window D, --threshold-scale c)",
          lambda layout, s: WK2(s.window, s.threshold_scale))
+register("trigger", "wk1", "LASG-WK1 lazy rule: upload when the fresh gradient moved away from the last uploaded "
+         "one (no second gradient; --window D, --threshold-scale c)",
+         lambda layout, s: WK1(s.window, s.threshold_scale))
+register("trigger", "ps", "LASG-PS lazy rule: upload when L_m^2 x the parameter drift since the last upload is "
+         "large, L_m a secant estimate (no second gradient; --window D, --threshold-scale c)",
+         lambda layout, s: PS(s.window, s.threshold_scale))
 register("compressor", "identity", "send the dense vector as it is", lambda layout, s: Identity(layout))
 register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes of every tensor (--density h)",
          lambda layout, s: TopK(layout, s.density))
+register("compressor", "randomk", "keep max(1, floor(h*d_s)) entries of every tensor drawn uniformly from the "
+         "worker's generator (--density h)", lambda layout, s: RandomK(layout, s.density))
+register("compressor", "globaltopk", "keep the sum_s max(1, floor(h*d_s)) largest magnitudes of the whole model "
+         "(--density h)", lambda layout, s: GlobalTopK(layout, s.density))
+register("compressor", "sign", "scaled sign (EF-signSGD): per tensor mean|v_s| * sign(v_s), dense",
+         lambda layout, s: ScaledSign(layout))
+register("compressor", "terngrad", "TernGrad: per tensor max|v_s| * sign(v_i) * Bernoulli(|v_i|/max|v_s|), "
+         "unbiased, dense", lambda layout, s: TernGrad(layout))
 register("memory", "ef", "error feedback: keep v - q and add it to the next upload", lambda layout, s: ErrorFeedback())
 register("memory", "none", "keep nothing: what the compressor drops is lost", lambda layout, s: NoMemory())
 register("codec", "paper32", "the paper's count: int32 indices + 32-bit values (float32 parameters), no header",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from .algorithm import Algorithm
 from .layout import Layout
 from .registry import ALIASES, REGISTRIES
-from .triggers.wk2 import check_threshold_scale, check_window
+from .triggers.lazy import check_threshold_scale, check_window
 
 # The knobs an algorithm takes; `sasg compare` accepts each per algorithm (`--density sasg=0.05`).
 KNOBS = ("density", "window", "threshold_scale")

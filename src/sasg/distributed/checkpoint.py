@@ -28,21 +28,32 @@ import torch
 from ..config import ConfigError
 
 KEEP = 2
-_NAME = re.compile(r"seed(\d+)-rank(\d+)-iter(\d+)\.pt$")
+_NAME = re.compile(r"seed(\d+)-(.+)-iter(\d+)\.pt$")
 
 
-def checkpoint_path(folder: Path, seed: int, rank: int, iteration: int) -> Path:
-    return Path(folder) / f"seed{seed}-rank{rank}-iter{iteration}.pt"
+def _tag(who) -> str:
+    """Whose checkpoint: a rank (``rank<R>``, a distributed run) or an algorithm's name (one of the
+    runs of ``sasg run``/``sasg compare``)."""
+    return f"rank{who}" if isinstance(who, int) else str(who)
 
 
-def saved_iterations(folder: Path, seed: int, rank: int) -> list[int]:
-    folder = Path(folder)
+def checkpoint_path(folder: Path, seed: int, who, iteration: int) -> Path:
+    return Path(folder) / f"seed{seed}-{_tag(who)}-iter{iteration}.pt"
+
+
+def result_path(folder: Path, seed: int, who) -> Path:
+    """Where a finished run's result is kept (``sasg compare --resume`` skips it)."""
+    return Path(folder) / f"seed{seed}-{_tag(who)}-done.pt"
+
+
+def saved_iterations(folder: Path, seed: int, who) -> list[int]:
+    folder, tag = Path(folder), _tag(who)
     if not folder.is_dir():
         return []
     its = []
     for p in folder.iterdir():
         m = _NAME.match(p.name)
-        if m and int(m.group(1)) == seed and int(m.group(2)) == rank:
+        if m and int(m.group(1)) == seed and m.group(2) == tag:
             its.append(int(m.group(3)))
     return sorted(its)
 
@@ -56,9 +67,19 @@ class CheckpointReadError(ConfigError):
     """A checkpoint file that does not load: damaged (truncated), or not a sasg checkpoint."""
 
 
-def save_checkpoint(folder: Path, seed: int, rank: int, iteration: int, state: dict) -> Path:
-    folder = Path(folder)
-    path = checkpoint_path(folder, seed, rank, iteration)
+def save_checkpoint(folder: Path, seed: int, who, iteration: int, state: dict) -> Path:
+    """Write ``state`` as the checkpoint of ``who`` (a rank or an algorithm) at ``iteration``,
+    atomically; keep the last :data:`KEEP`."""
+    path = write_atomically(checkpoint_path(folder, seed, who, iteration), state)
+    for it in saved_iterations(folder, seed, who)[:-KEEP]:
+        checkpoint_path(folder, seed, who, it).unlink(missing_ok=True)
+    return path
+
+
+def write_atomically(path: Path, state: dict) -> Path:
+    """``torch.save`` into a temporary file, fsync, rename: ``path`` holds the old bytes or the
+    new ones, never half of them. Any failure is one :class:`CheckpointWriteError`."""
+    folder = path.parent
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,8 +99,6 @@ def save_checkpoint(folder: Path, seed: int, rank: int, iteration: int, state: d
         raise CheckpointWriteError(
             f"cannot write the checkpoint {path}: {reason}; free space or choose another --checkpoint-dir, then --resume"
         ) from None
-    for it in saved_iterations(folder, seed, rank)[:-KEEP]:
-        checkpoint_path(folder, seed, rank, it).unlink(missing_ok=True)
     return path
 
 
@@ -93,10 +112,14 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def load_checkpoint(folder: Path, seed: int, rank: int, iteration: int) -> dict:
-    """The state saved by :func:`save_checkpoint`. Read with ``weights_only=True``: a file holding
+def load_checkpoint(folder: Path, seed: int, who, iteration: int) -> dict:
+    """The state saved by :func:`save_checkpoint`."""
+    return read_state(checkpoint_path(folder, seed, who, iteration))
+
+
+def read_state(path: Path) -> dict:
+    """A file written by :func:`write_atomically`. Read with ``weights_only=True``: a file holding
     anything but tensors and plain containers is refused, never executed."""
-    path = checkpoint_path(folder, seed, rank, iteration)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, unreadable file
@@ -138,22 +161,46 @@ def check_resumable(folder: Path, seed: int, ranks) -> int:
     return point
 
 
-def load_resume_state(folder: Path, seed: int, rank: int, transport) -> tuple[int, dict]:
-    """The newest iteration that every rank holds an intact checkpoint of, and this rank's state
-    there (a collective; every rank gets the same iteration or the same error). A damaged newest
-    checkpoint is reported on stderr and the previous one is used."""
-    mine = saved_iterations(folder, seed, rank)[::-1]  # newest first
+def _loader(folder: Path, seed: int, who, label: str):
+    """``intact(iteration) -> bool`` that loads (once) and keeps each checkpoint of ``who`` in
+    ``loaded``; a damaged one is reported on stderr and counts as absent."""
     loaded: dict[int, dict | None] = {}
 
     def intact(it: int) -> bool:
         if it not in loaded:
             try:
-                loaded[it] = load_checkpoint(folder, seed, rank, it)
+                loaded[it] = load_checkpoint(folder, seed, who, it)
             except CheckpointReadError as e:
-                print(f"sasg: note: rank {rank}: {e}; trying the previous checkpoint", file=sys.stderr, flush=True)
+                print(f"sasg: note: {label}: {e}; trying the previous checkpoint", file=sys.stderr, flush=True)
                 loaded[it] = None
         return loaded[it] is not None
 
+    return intact, loaded
+
+
+def newest_intact(folder: Path, seed: int, who) -> tuple[int, dict] | None:
+    """The newest intact checkpoint of ``who`` (falling back past damaged ones), or None."""
+    intact, loaded = _loader(folder, seed, who, _tag(who))
+    it = next((it for it in saved_iterations(folder, seed, who)[::-1] if intact(it)), None)
+    return None if it is None else (it, loaded[it])
+
+
+def check_same_setting(saved: dict, now: dict) -> None:
+    """A checkpoint resumes only the run that made it: name the first setting that differs."""
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise ConfigError(
+                f"the checkpoint was made with {key}={saved.get(key)!r}, this run has {key}={now.get(key)!r}; "
+                "resume with the same flags, or start again without --resume"
+            )
+
+
+def load_resume_state(folder: Path, seed: int, rank: int, transport) -> tuple[int, dict]:
+    """The newest iteration that every rank holds an intact checkpoint of, and this rank's state
+    there (a collective; every rank gets the same iteration or the same error). A damaged newest
+    checkpoint is reported on stderr and the previous one is used."""
+    mine = saved_iterations(folder, seed, rank)[::-1]  # newest first
+    intact, loaded = _loader(folder, seed, rank, f"rank {rank}")
     best = next((it for it in mine if intact(it)), 0)
     latest = transport.all_gather_int(best)
     if not any(latest):

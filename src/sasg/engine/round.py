@@ -17,6 +17,7 @@ lie); the engine only calls them. Same seeds, same members: the same trajectory 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,7 +27,8 @@ from torch import Tensor
 from ..accounting import Ledger
 from ..core.algorithm import Algorithm
 from ..core.layout import Layout
-from ..core.state import ServerState, WorkerState
+from ..core.state import (ServerState, WorkerState, at_least, check_like, equal_to, generator_state,
+                          part_name)
 from ..core.workspace import Workspace
 from ..seeds import worker_seed
 
@@ -49,6 +51,7 @@ class Round:
     grads: Blocks  # fresh gradients, one (N, d_s) block per segment
     stale_grads: Callable[[Tensor], Blocks]  # rows -> their gradients at their anchors, same minibatch
     workspace: Workspace
+    theta: Tensor  # the current parameters theta^k, (d,), read only (e.g. the drift since an anchor)
 
 
 class RoundEngine:
@@ -96,7 +99,7 @@ class RoundEngine:
         alg, M, layout = self.algorithm, self.num_workers, self.algorithm.layout
         cols = layout.as_columns(grads)
         rnd = Round(self.iteration, lr, M, self.local_workers, layout, self.workers, self.server, cols,
-                    lambda rows: layout.as_columns(stale_grads(rows)), self.workspace)
+                    lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta)
         upload = alg.trigger.decide(rnd)
         rows = upload.nonzero().squeeze(1).tolist()
         sent = alg.memory.upload(self.workers, rows, cols, lr / M, alg.compressor,
@@ -133,17 +136,45 @@ class RoundEngine:
             "transport": self.transport.counters.to_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["algorithm"] != self.algorithm.name:
-            raise ValueError(f"state is for {state['algorithm']!r}, not {self.algorithm.name!r}")
-        saved = (list(state["local_workers"]), int(state["num_workers"]))
-        if saved != (self.local_workers, self.num_workers):
+    def check_state_dict(self, state, where: str = "") -> None:
+        """Raise one ``ValueError`` naming the first part of ``state`` (a ``state_dict()``; named
+        ``where`` inside a larger state) that is missing or does not fit this engine: another
+        algorithm, other workers, other shapes. Changes nothing."""
+        saved = state.get("algorithm") if isinstance(state, Mapping) else None
+        if isinstance(saved, str) and saved != self.algorithm.name:
             raise ValueError(
-                f"state was saved for workers {saved[0]} of {saved[1]}, this holds "
-                f"{self.local_workers} of {self.num_workers}"
+                f"state part {part_name(where, 'algorithm')!r}: the state is for {saved!r}, not {self.algorithm.name!r}"
             )
-        self.workers.load_state_dict(state["workers"])
-        self.server.load_state_dict(state["server"])
+        check_like(state, {
+            "algorithm": self.algorithm.name,
+            "num_workers": equal_to(self.num_workers, " (saved by a run with another number of workers?)"),
+            "local_workers": equal_to(self.local_workers, " (saved by another rank?)"),
+            "workers": self.workers.check_state_dict,
+            "server": self.server.check_state_dict,
+            "ledger": self._check_ledger,
+            "generators": [generator_state] * len(self.generators),
+            "transport": {k: at_least(0) for k in self.transport.counters.to_dict()},
+        }, where)
+        rounds, iteration = len(state["ledger"]["uploads"]), state["server"]["iteration"]
+        if rounds != iteration:
+            raise ValueError(
+                f"state part {part_name(where, 'ledger')!r} records {rounds} rounds but "
+                f"{part_name(where, 'server.iteration')!r} is {iteration}"
+            )
+
+    def _check_ledger(self, state, where: str) -> None:
+        self.ledger.check_state_dict(state, where)
+        equal_to(self.num_workers)(state["num_workers"], part_name(where, "num_workers"))
+
+    def load_state_dict(self, state: dict) -> None:
+        """All or nothing: :meth:`check_state_dict` first, then every part."""
+        self.check_state_dict(state)
+        self._apply_state(state)
+
+    def _apply_state(self, state: dict) -> None:
+        """Copy a state that :meth:`check_state_dict` passed (nothing here can fail on one)."""
+        self.workers._apply(state["workers"])
+        self.server._apply(state["server"])
         self.ledger.load_state_dict(state["ledger"])
         for g, s in zip(self.generators, state["generators"]):
             g.set_state(s)

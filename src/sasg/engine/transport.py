@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core.payloads import Encoded, Payload
+from ..core.state import at_least, check_like
 
 
 @dataclass
@@ -46,7 +47,9 @@ class TransportCounters:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def load(self, state: dict) -> None:
+    def load(self, state: dict, where: str = "transport") -> None:
+        """Take saved counters: all of them, or (anything missing or not a count) none."""
+        check_like(state, {k: at_least(0) for k in self.to_dict()}, where)
         for k, v in state.items():
             setattr(self, k, int(v))
 

@@ -25,13 +25,17 @@ same code the simulator and the ``sasg launch`` runner use.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from numbers import Integral
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
+from ..config import MAX_SEED
 from ..core.layout import Layout
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
+from ..core.state import check_like, part_name
 from ..engine import InProcessTransport, RoundEngine
 
 
@@ -117,6 +121,15 @@ class SASG(torch.optim.Optimizer):
         seed: int = 0,
     ):
         _check_lr(lr)
+        if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
+        if not isinstance(broadcast_initial, bool):
+            raise ValueError(f"broadcast_initial must be True or False, got {broadcast_initial!r}")
+        if restore_buffers is not None:
+            restore_buffers = list(restore_buffers)
+            bad = next((b for b in restore_buffers if not isinstance(b, Tensor)), None)
+            if bad is not None:
+                raise ValueError(f"restore_buffers must be tensors (e.g. model.buffers()), got {type(bad).__name__}")
         super().__init__(params, dict(lr=float(lr)))
         if len(self.param_groups) != 1:
             raise ValueError("SASG takes one parameter group (one lr for all parameters; the lazy rule uses it)")
@@ -155,7 +168,7 @@ class SASG(torch.optim.Optimizer):
         if len(transport.local_workers) != 1:
             raise ValueError("SASG runs one worker per process: its transport must hold exactly one worker")
         self.transport = transport
-        self.engine = RoundEngine(self.algorithm, transport, seed=seed, device=first.device, dtype=first.dtype)
+        self.engine = RoundEngine(self.algorithm, transport, seed=int(seed), device=first.device, dtype=first.dtype)
         self._restore = list(restore_buffers) if restore_buffers is not None else []
         if broadcast_initial and transport.world_size > 1:
             with torch.no_grad():
@@ -285,14 +298,44 @@ class SASG(torch.optim.Optimizer):
         return {"density": s.density, "window": s.window, "c": s.threshold_scale}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """All or nothing: the whole state is checked first (the ``torch.optim`` part, the settings
+        and every part of the SASG state: the worker's anchor, error memory and staleness, the
+        server replica with the trigger's step window, the ledger, the generator); a state with a
+        part missing or wrong is one ``ValueError`` naming it, and this optimizer is left as it was."""
+        check_like(state_dict, {
+            "state": _a_dict,  # torch.optim's per-parameter state (SASG keeps none there)
+            "param_groups": [self._check_group],
+            "sasg": self._check_sasg,
+        })
         state_dict = dict(state_dict)
-        engine = state_dict.pop("sasg", None)
-        if engine is not None:
-            engine = dict(engine)
-            saved, mine = engine.pop("settings", None), self._settings()
-            if saved is not None and saved != mine:
-                differ = ", ".join(f"{k} {saved[k]} (saved) vs {mine[k]}" for k in mine if saved.get(k) != mine[k])
-                raise ValueError(f"optimizer state was saved with other settings: {differ}; build SASG with the saved ones")
-        super().load_state_dict(state_dict)
-        if engine is not None:
-            self.engine.load_state_dict(engine)
+        engine = {k: v for k, v in state_dict.pop("sasg").items() if k != "settings"}
+        super().load_state_dict(state_dict)  # checked: takes it whole
+        self.engine._apply_state(engine)
+
+    def _check_sasg(self, saved, where: str) -> None:
+        """The SASG part: the settings it was saved with (these, or a clear error), then the engine's."""
+        _a_dict(saved, where)
+        if "settings" not in saved:
+            raise ValueError(f"state part {part_name(where, 'settings')!r} is missing (saved by another version?)")
+        settings, mine = saved["settings"], self._settings()
+        check_like(settings, {k: 0.0 for k in mine}, part_name(where, "settings"))
+        if settings != mine:
+            differ = ", ".join(f"{k} {settings[k]} (saved) vs {mine[k]}" for k in mine if settings[k] != mine[k])
+            raise ValueError(f"optimizer state was saved with other settings: {differ}; build SASG with the saved ones")
+        self.engine.check_state_dict({k: v for k, v in saved.items() if k != "settings"}, where)
+
+    def _check_group(self, group, where: str) -> None:
+        """The saved parameter group: this one's parameters (as many) and a usable lr."""
+        if not isinstance(group, Mapping) or "params" not in group or "lr" not in group:
+            raise ValueError(f"state part {where!r} must be a parameter group with 'params' and 'lr'")
+        n = len(self.param_groups[0]["params"])
+        check_like(group["params"], [0] * n, part_name(where, "params"))
+        try:
+            _check_lr(group["lr"])
+        except ValueError as e:
+            raise ValueError(f"state part {part_name(where, 'lr')!r}: {e}") from None
+
+
+def _a_dict(saved, where: str) -> None:
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"state part {where!r} is {type(saved).__name__}, expected a dict")

@@ -42,7 +42,7 @@ def _target_line(summary: dict) -> str:
     if cfg.get("target_acc") is not None or "sgd" not in cfg.get("algorithms", ["sgd"]):
         return line
     if target is None:
-        return line + " (SGD diverged, so there is no default target; pass --target-acc)"
+        return line + " (SGD diverged or failed, so there is no default target; pass --target-acc)"
     return line + f" (SGD's final {metric} accuracy − 0.5 points)"
 
 

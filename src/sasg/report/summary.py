@@ -44,8 +44,9 @@ def default_target(results: dict[str, RunResult], explicit: float | None, metric
     if explicit is not None:
         return float(explicit)
     sgd = results.get("sgd")
-    if sgd is None or diverged_at(sgd.history) is not None:
-        # A diverged SGD's final accuracy is chance level: a target below it would be meaningless.
+    if sgd is None or diverged_at(sgd.history) is not None or getattr(sgd, "failed", None):
+        # A diverged SGD's final accuracy is chance level, a failed one's is where it stopped: a
+        # target below either would be meaningless.
         return None
     final = sgd.history[-1][METRIC_KEYS[metric]]
     return round(final - TARGET_MARGIN, 6) if is_finite(final) else None
@@ -87,6 +88,8 @@ def record(result: RunResult, target: float | None, metric: str = "top1") -> dic
         "final_train_loss": last["train_loss"],
         "diverged": at is not None,
         "diverged_at_iteration": at,
+        "failed": getattr(result, "failed", None),  # why the run stopped early (an error), or null
+        "failed_at_iteration": totals["iterations"] if getattr(result, "failed", None) else None,
         "target_acc": target,
         "target_metric": metric,
         "iters_to_target": None if hit is None else hit["iteration"],
@@ -186,13 +189,14 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return _tidy(statistics.fmean(values)), std
 
 
-def aggregate_records(per_seed: list[list[dict]]) -> list[dict]:
+def aggregate_records(per_seed: list[list[dict]], seeds: list[int] | None = None) -> list[dict]:
     """Mean and sample std over seeds of every numeric field, per algorithm.
 
     The required fields hold the mean; ``<field>_std`` the std (null with fewer than two values).
     A 'to target' mean is over the seeds that reached the target (``reached_target`` says how
     many); null if none did. A count is an int when every seed has the same value, else the
-    float mean. ``diverged_seeds`` counts the seeds whose train loss became non-finite.
+    float mean. ``diverged_seeds`` counts the seeds whose train loss became non-finite,
+    ``failed_seeds`` those that stopped on an error (``failed``: the first one's, with its seed).
     """
     out = []
     for i, first in enumerate(per_seed[0]):
@@ -209,6 +213,9 @@ def aggregate_records(per_seed: list[list[dict]]) -> list[dict]:
         agg["reached_target"] = sum(r["iters_to_target"] is not None for r in rows)
         agg["diverged_seeds"] = sum(r["diverged"] for r in rows)
         agg["diverged"] = agg["diverged_seeds"] > 0
+        agg["failed_seeds"] = sum(r.get("failed") is not None for r in rows)
+        agg["failed"] = next((f"seed {s}: {r['failed']}" for s, r in zip(seeds or range(len(rows)), rows)
+                              if r.get("failed")), None)
         out.append(agg)
     return out
 
@@ -227,7 +234,7 @@ def build_summary(runs: dict[int, dict[str, RunResult]], config) -> dict:
         records = per_seed[seeds[0]]
         target = targets[seeds[0]]
     else:
-        records = aggregate_records(list(per_seed.values()))
+        records = aggregate_records(list(per_seed.values()), seeds)
         known = [t for t in targets.values() if t is not None]
         target = _tidy(statistics.fmean(known)) if known else None
     summary = {

@@ -47,6 +47,8 @@ def _fraction(r: dict, count_key: str) -> str:
 def _cell(r: dict, key: str, fmt: str) -> str:
     value = r.get(key)
     multi = "seeds" in r
+    if key == "final_train_loss" and r.get("failed"):
+        return "failed" + (f" {_fraction(r, 'failed_seeds')}" if multi else "")
     if key == "final_train_loss" and r.get("diverged"):
         return "diverged" + (f" {_fraction(r, 'diverged_seeds')}" if multi else "")
     if multi and key in TO_TARGET and r.get("target_acc") is not None and r["reached_target"] < r["seeds"]:
@@ -75,13 +77,20 @@ def _cells(records: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def table_notes(records: list[dict]) -> list[str]:
-    """Sentences under the table: which runs diverged (so a missing loss is not a mystery) and
+    """Sentences under the table: which runs diverged or failed (so a missing loss is not a mystery) and
     which are biased (a lossy codec without error feedback)."""
     notes = []
     for r in records:
         if r.get("biased"):
             notes.append(f"{r['algorithm']} is biased: its codec {r['codec']} rounds values and it keeps no "
                          "error memory, so what the rounding drops is never sent.")
+        if r.get("failed"):
+            if "seeds" in r:
+                notes.append(f"{r['algorithm']} failed in {r['failed_seeds']}/{r['seeds']} seeds ({r['failed']}); "
+                             "its figures stop where each failed.")
+            else:
+                notes.append(f"{r['algorithm']} failed at iteration {r['failed_at_iteration']} ({r['failed']}); its "
+                             "figures stop there, the other algorithms ran on.")
         if not r.get("diverged"):
             continue
         if "seeds" in r:

@@ -15,16 +15,19 @@ is never used.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..accounting import Ledger
+from ..config import ConfigError, RunConfig
 from ..core.algorithm import Algorithm
 from ..core.layout import Layout
 from ..core.spec import AlgorithmSpec
+from ..core.state import at_least, check_like, generator_state, list_of, optional
 from ..core.workspace import Workspace
 from ..data import make_augmentation, make_partition, worker_seed
 from ..data.dataset import ArrayDataset, DataSplit, to_device
@@ -53,6 +56,9 @@ class RunResult:
     theta: Tensor = field(repr=False)
     codec: str = "paper32"  # what made its bits (for a dense algorithm: the value format alone)
     biased: bool = False  # a lossy codec without a memory that sends the rounding error later
+    # Set when the run stopped on an error (e.g. a member refusing non-finite values): what went
+    # wrong, in one line. Its history and ledger stop at that round; `sasg compare` keeps the others.
+    failed: str | None = None
 
     @property
     def wall_seconds(self) -> float:
@@ -61,6 +67,26 @@ class RunResult:
     @property
     def iters_per_second(self) -> float:
         return self.ledger.iterations / self.train_seconds if self.train_seconds > 0 else float("inf")
+
+    def state_dict(self) -> dict:
+        """Everything the run folder needs (a finished run that ``sasg compare --resume`` keeps)."""
+        return {
+            "algorithm": self.algorithm, "history": [dict(p) for p in self.history],
+            "ledger": self.ledger.state_dict(), "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds, "backend": self.backend, "num_parameters": self.num_parameters,
+            "theta": self.theta.clone(), "codec": self.codec, "biased": self.biased, "failed": self.failed,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "RunResult":
+        ledger = Ledger()
+        ledger.load_state_dict(state["ledger"])
+        return cls(
+            algorithm=state["algorithm"], history=[dict(p) for p in state["history"]], ledger=ledger,
+            train_seconds=float(state["train_seconds"]), eval_seconds=float(state["eval_seconds"]),
+            backend=state["backend"], num_parameters=int(state["num_parameters"]), theta=state["theta"],
+            codec=state["codec"], biased=bool(state["biased"]), failed=state.get("failed"),
+        )
 
 
 class Simulator:
@@ -82,7 +108,20 @@ class Simulator:
     """
 
     def __init__(self, config, algorithm: str | Callable[[Layout], Algorithm], data: DataSplit, transport=None):
-        self.config = config
+        if not isinstance(config, RunConfig):
+            raise TypeError(f"Simulator needs a sasg.RunConfig, got {type(config).__name__}")
+        # Checked before anything is built (a bad setting is one ConfigError, not NaNs hours into
+        # a run), on a copy: validate() normalizes in place (device auto -> cpu/cuda, ...) and the
+        # caller's config stays as it was. Idempotent, so a validated config comes out equal.
+        self.config = config = replace(config).validate()
+        spec = None
+        if not callable(algorithm):
+            try:  # the algorithm run here need not be one of config.algorithms: checked here too
+                spec = AlgorithmSpec.parse(algorithm, config.settings_for(algorithm))
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         device = torch.device(config.device)
         if data.train.x.device != device:  # e.g. load_dataset's CPU tensors for a CUDA run
             data = to_device(data, device)
@@ -107,7 +146,6 @@ class Simulator:
             if built is None or list(built) != list(self.layout.segments):
                 raise ValueError("an algorithm factory must return an Algorithm built on the layout it is given")
         else:
-            spec = AlgorithmSpec.parse(algorithm, config.settings_for(algorithm))
             self.algorithm = spec.build(self.layout, config.codec_for(algorithm))
         self.engine = RoundEngine(self.algorithm, self.transport, seed=config.seed, device=device)
         self.shards = make_partition(
@@ -244,6 +282,10 @@ class Simulator:
                 progress(1)
             if after_round is not None:
                 after_round(self)
+        return self.result()
+
+    def result(self, failed: str | None = None) -> RunResult:
+        """What the run has produced so far (``failed``: why it stopped early, if it did)."""
         return RunResult(
             algorithm=self.algorithm.name,
             history=list(self.history),
@@ -255,6 +297,7 @@ class Simulator:
             theta=self.theta.clone(),
             codec=self.algorithm.codec_name,
             biased=self.algorithm.biased,
+            failed=failed,
         )
 
     # ----- checkpointing ----------------------------------------------------------------------
@@ -273,12 +316,46 @@ class Simulator:
             "eval_seconds": self.eval_seconds,
         }
 
+    def check_state_dict(self, state) -> None:
+        """Raise one ``ValueError`` naming the first part of ``state`` (a :meth:`state_dict`) that is
+        missing or does not fit this run: another algorithm, model, number of workers, augmentation
+        or backend. Changes nothing."""
+        saved = state.get("algorithm") if isinstance(state, Mapping) else None
+        if isinstance(saved, str) and saved != self.algorithm.name:
+            raise ValueError(f"checkpoint is for {saved!r}, not {self.algorithm.name!r}")
+        sampler = self.sampler
+        check_like(state, {
+            "algorithm": self.algorithm.name,
+            "theta": self.theta,
+            "engine": self.engine.check_state_dict,
+            "sampler": {
+                "round": at_least(0),
+                "generators": [generator_state] * len(sampler.generators),
+                # a worker's shuffled shard (None before its first batch), and where it stands in it
+                "order": [optional(shard) for shard in sampler.shards],
+                "pos": [at_least(0)] * len(sampler.shards),
+            },
+            "gradients": self._gradients_reference(),
+            "augment_generators": None
+            if self.augment_generators is None
+            else [generator_state] * len(self.augment_generators),
+            "history": list_of(_history_point),
+            "train_seconds": 0.0,
+            "eval_seconds": 0.0,
+        })
+
+    def _gradients_reference(self):
+        """What the gradient backend's state looks like: the loop backend keeps the running
+        statistics (the model's buffers) of each worker it has seen, made on first use; vmap none."""
+        if self.gradients.backend == "loop":
+            return {"worker_buffers": list_of(dict(self.model.named_buffers()))}
+        return self.gradients.state_dict()
+
     def load_state_dict(self, state: dict) -> None:
-        if state["algorithm"] != self.algorithm.name:
-            raise ValueError(f"checkpoint is for {state['algorithm']!r}, not {self.algorithm.name!r}")
-        if state["theta"].shape != self.theta.shape:
-            raise ValueError("checkpoint parameters do not match this model")
-        self.engine.load_state_dict(state["engine"])
+        """All or nothing: :meth:`check_state_dict` first (a state with a part missing or wrong is
+        refused and this simulator is left as it was), then every part."""
+        self.check_state_dict(state)
+        self.engine._apply_state(state["engine"])
         self.theta.copy_(state["theta"])
         self.sampler.load_state_dict(state["sampler"])
         self.gradients.load_state_dict(state["gradients"])
@@ -288,3 +365,8 @@ class Simulator:
         self.history = [dict(p) for p in state["history"]]
         self.train_seconds = float(state["train_seconds"])
         self.eval_seconds = float(state["eval_seconds"])
+
+
+def _history_point(saved, where: str) -> None:
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"state part {where!r} is {type(saved).__name__}, expected a dict (an evaluation point)")

@@ -57,12 +57,7 @@ class TopK:
         return SparsePayload(indices, values, self.layout.numel)
 
     def empty(self, n: int, device=None, dtype=torch.float32) -> SparsePayload:
-        # Index 0 with value 0 adds nothing; a valid index keeps index_add_ in bounds.
-        return SparsePayload(
-            torch.zeros(n, self.nnz, dtype=torch.long, device=device),
-            torch.zeros(n, self.nnz, dtype=dtype, device=device),
-            self.layout.numel,
-        )
+        return SparsePayload.zeros(n, self.nnz, self.layout.numel, device, dtype)
 
     def describe(self) -> dict:
         return {"compressor": self.name, "density": self.density, "nnz_per_message": self.nnz}

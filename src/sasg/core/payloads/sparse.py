@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from .rows import all_rows, check_state
@@ -18,6 +19,13 @@ class SparsePayload:
     indices: Tensor
     values: Tensor
     numel: int
+
+    @classmethod
+    def zeros(cls, n: int, nnz: int, numel: int, device=None, dtype=torch.float32) -> "SparsePayload":
+        """``n`` messages of ``nnz`` entries that add nothing: index 0 with value 0 (a valid index
+        keeps ``index_add_`` in bounds)."""
+        return cls(torch.zeros(n, nnz, dtype=torch.long, device=device),
+                   torch.zeros(n, nnz, dtype=dtype, device=device), numel)
 
     @property
     def num_messages(self) -> int:

@@ -2,6 +2,9 @@
 
 from .always import Always
 from .protocol import Trigger
-from .wk2 import WK2, forced_uploads, lazy_threshold
+from .ps import PS
+from .wk1 import WK1
+from .lazy import forced_uploads, lazy_threshold
+from .wk2 import WK2
 
-__all__ = ["Always", "Trigger", "WK2", "forced_uploads", "lazy_threshold"]
+__all__ = ["Always", "PS", "Trigger", "WK1", "WK2", "forced_uploads", "lazy_threshold"]

@@ -1,14 +1,18 @@
 r"""The Trigger protocol: who uploads this round.
 
 ``decide(rnd) -> (N,) bool`` answers for the ``N`` workers this engine holds, from what the round
-offers (:class:`~sasg.engine.round.Round`: the iteration, lr, the workers' state, their fresh
-gradients, the server's recent squared steps, and ``rnd.stale_grads(rows)`` — a second gradient
-at each checked worker's anchor on the same minibatch, which only a rule that needs it calls).
+offers (:class:`~sasg.engine.round.Round`: the iteration, lr, the current parameters ``theta``,
+the workers' state, their fresh gradients, the server's recent squared steps, and
+``rnd.stale_grads(rows)`` — a second gradient at each checked worker's anchor on the same
+minibatch, which only a rule that needs it calls: ``wk2`` does, ``wk1`` and ``ps`` never do).
+The answer is final (the engine sends exactly the flagged rows), so a rule that keeps something
+of the uploaders' fresh gradients records it in ``decide``, the only place that sees them.
 
 * ``lazy``: ``False`` means everyone uploads every round (then no flag needs to travel);
 * ``history``: how many of the latest squared server steps :math:`\|\theta^{j+1}-\theta^j\|^2`
   the server keeps for the rule;
-* ``worker_buffers``: the ``(N, d)`` buffers it keeps per worker (e.g. ``anchor``);
+* ``worker_buffers``: the ``(N, d)`` buffers it keeps per worker, by name (e.g. ``anchor``), or
+  ``(name, width)`` for an ``(N, width)`` one (e.g. ``("lipschitz", 1)``: one number per worker);
 * ``uploaded(workers, rows, theta)``: bookkeeping after the ``rows`` uploaded at ``theta``.
 
 Staleness :math:`\tau_m` (rounds since worker m's last upload, 1 right after one) is kept by the
@@ -27,7 +31,7 @@ class Trigger(Protocol):
     name: str
     lazy: bool
     history: int
-    worker_buffers: tuple[str, ...]
+    worker_buffers: tuple  # names, or (name, width) pairs
 
     def decide(self, rnd) -> Tensor:
         ...

@@ -45,10 +45,16 @@ class Groups:
 
     def mean(self, x: Tensor) -> Tensor:
         """``(N, S)`` float32 mean of ``x`` per tensor (sparse: summed in float64; dense: torch's
-        float32 cascade sum, in float64 where that overflows); 0 for an empty tensor."""
+        float32 cascade sum, in float64 where that overflows, the mean then rounded into the
+        tensor's [min, max]); 0 for an empty tensor. Either way the mean of equal numbers is that
+        number exactly (so a dense ``sign`` compressor's message ``±m_s`` decodes to itself)."""
         c = self.counts(x.device)
         if self.layout is not None:
-            tot = torch.stack([_sum_rows(blk) for blk in self.layout.columns(x)], dim=1)
+            blocks = self.layout.columns(x)
+            tot = torch.stack([_sum_rows(blk) for blk in blocks], dim=1)
+            mean = (tot / c).to(torch.float32)
+            lo, hi = (torch.stack(t, dim=1) for t in zip(*(blk.aminmax(dim=1) for blk in blocks)))
+            return torch.minimum(torch.maximum(mean, lo.to(torch.float32)), hi.to(torch.float32))
         elif self.n == 0:
             tot = torch.zeros(self.N, self.S, dtype=torch.float64, device=x.device)
         else:

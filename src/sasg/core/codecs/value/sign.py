@@ -1,6 +1,7 @@
 r"""``sign`` — one bit per value (1 = negative, ``v < 0``; so ``sign(+0) = sign(-0) = sign(NaN) =
 +``) and per tensor one float32 magnitude ``m_s`` = mean ``|v_j|`` over that tensor's values in
-the message (0 for an empty tensor); decoded value ``-m_s`` or ``+m_s``. Bytes: ``S`` x float32
+the message (0 for an empty tensor; a tensor whose values all have one magnitude sends exactly
+it, see :meth:`.common.Groups.mean`); decoded value ``-m_s`` or ``+m_s``. Bytes: ``S`` x float32
 magnitudes, then ``ceil(n / 8)`` bytes of sign bits, zero-padded. A tensor holding ±inf or NaN
 has a non-finite magnitude, which every value of it decodes to (with its sign).
 """

@@ -21,7 +21,8 @@ sides). It prints seconds per iteration, the bytes measured on ``lo``, the bytes
 predicts (sasg: uploads x message x (M-1) + flags; ddp: the ring all-reduce volume
 2 (M-1) x 4d), and each method's speed-up over DDP in the same run. ``lo`` is ONE shared link:
 R caps the traffic of all workers together. The namespace is removed at the end, also on failure
-or Ctrl-C (try/finally + signal handlers; ``bandwidth.sh`` adds a shell ``trap``).
+or Ctrl-C (try/finally + signal handlers; ``bandwidth.sh`` adds a shell ``trap``). The namespace
+and ``tc`` code is benchmarks/netns.py's, shared with benchmarks/two_nodes.py and the tests.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from netns import Unavailable, parse_rate, private_namespace, shape_device, sh  # noqa: E402  (benchmarks/netns.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("ddp", "sgd", "sparse", "sasg", "sparse:rice+sign", "sasg:rice+sign")
@@ -97,7 +101,6 @@ def worker(method: str, warmup: int, iterations: int, result: str) -> None:
 
         run = DistributedRun(cfg, algo, data, transport)
         step = run.step
-        marks = {}
 
         def predicted() -> int:
             up = sum(run.ledger.bits_up[warmup:])
@@ -131,32 +134,12 @@ def worker(method: str, warmup: int, iterations: int, result: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), check=check, capture_output=True, text=True)
-
-
 def ensure_iproute2() -> None:
     if shutil.which("ip") and shutil.which("tc"):
         return
     print("ip/tc missing: installing iproute2 (apt-get update; apt-get install -y iproute2)", flush=True)
     subprocess.run(["apt-get", "update"], check=True)
     subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "iproute2"], check=True)
-
-
-def parse_rate(text: str) -> tuple[str, float]:
-    """'100mbit' -> ('100mbit', 1e8 bit/s)."""
-    t = text.strip().lower()
-    for unit, mult in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
-        if t.endswith(unit):
-            return t, float(t[: -len(unit)]) * mult
-    raise argparse.ArgumentTypeError(f"rate like 100mbit or 1gbit, got {text!r}")
-
-
-def set_rate(ns: str, rate: str, bits_per_s: float) -> None:
-    # burst: at least one 64 KiB loopback packet, else ~10 ms at the rate; a 200 ms queue.
-    burst = max(131072, int(bits_per_s / 8 / 100))
-    sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", "lo", "root", "tbf",
-       "rate", rate, "burst", str(burst), "latency", "200ms")
 
 
 def run_method(ns: str, method: str, args, result: Path) -> dict:
@@ -190,6 +173,12 @@ def orchestrate(args) -> int:
     if os.geteuid() != 0:
         print("bandwidth.py: needs root (ip netns add, tc); run it with sudo", file=sys.stderr)
         return 2
+    try:
+        for rate_text in args.rates:
+            parse_rate(rate_text)
+    except ValueError as e:
+        print(f"bandwidth.py: --rates: {e}", file=sys.stderr)
+        return 2
     ensure_iproute2()
     ns = args.netns or f"sasg-bw-{os.getpid()}"
 
@@ -198,18 +187,13 @@ def orchestrate(args) -> int:
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
-    r = sh("ip", "netns", "add", ns, check=False)
-    if r.returncode != 0:
-        print(f"bandwidth.py: cannot create network namespace {ns}: {r.stderr.strip()}", file=sys.stderr)
-        return 2
     try:
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        links = sh("ip", "netns", "exec", ns, "ip", "-o", "link", "show").stdout.strip().splitlines()
-        assert len(links) == 1 and ": lo:" in links[0], f"namespace has more than loopback: {links}"
-        with tempfile.TemporaryDirectory() as tmp:
+        with private_namespace(ns), tempfile.TemporaryDirectory() as tmp:
+            links = sh("ip", "netns", "exec", ns, "ip", "-o", "link", "show").stdout.strip().splitlines()
+            assert len(links) == 1 and ": lo:" in links[0], f"namespace has more than loopback: {links}"
             for rate_text in args.rates:
-                rate, bps = parse_rate(rate_text)
-                set_rate(ns, rate, bps)
+                rate, _ = parse_rate(rate_text)
+                shape_device(ns, "lo", rate)
                 rows = []
                 for method in args.methods:
                     res = Path(tmp) / f"{rate}-{method}.json"
@@ -218,8 +202,9 @@ def orchestrate(args) -> int:
                     print(f"  {rate:>8} {method:<7} done in {time.time() - t:5.1f} s", file=sys.stderr, flush=True)
                 print(fmt_table(rate, rows), flush=True)
                 print(flush=True)
-    finally:
-        sh("ip", "netns", "del", ns, check=False)
+    except Unavailable as e:
+        print(f"bandwidth.py: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -303,3 +303,13 @@ def test_compare_and_the_optimizer_take_the_new_members(tmp_path):
 
         opt.step(closure)
         assert opt.ledger.totals()["uploads"] == 1
+
+
+def test_a_codec_that_decodes_the_members_messages_exactly_is_not_biased():
+    layout = Layout([("w", (4, 3)), ("b", (3,))])
+    biased = {(a, c): make_algorithm(a, layout, codec=c).biased
+              for a, c in [("always+terngrad", "ternary"), ("always+qsgd", "elias"), ("always+terngrad", "int8"),
+                           ("always+qsgd", "sign"), ("sgd", "bf16"), ("always+terngrad", "paper32")]}
+    assert biased == {("always+terngrad", "ternary"): False, ("always+qsgd", "elias"): False,
+                      ("always+terngrad", "int8"): True, ("always+qsgd", "sign"): True,
+                      ("sgd", "bf16"): True, ("always+terngrad", "paper32"): False}

@@ -68,7 +68,7 @@ def test_a_killed_run_resumes_only_with_its_own_setting(tmp_path, capsys, one_th
     resume = ["--checkpoint-dir", str(ck), "--checkpoint-every", "20", "--resume"]
     assert main(["run", *flags, "--lr", "0.3", *resume, "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
-    assert "the checkpoint was made with lr=0.2, this run has lr=0.3" in err and not (tmp_path / "other").exists()
+    assert "the checkpoint was made with lr=0.2, this run has lr=0.3; resume with the same --lr as that run" in err and not (tmp_path / "other").exists()
     assert main(["run", *flags, *resume, "--out", str(tmp_path / "part")]) == 0
     assert main(["run", *flags, "--out", str(tmp_path / "full")]) == 0
     same_run_folder(tmp_path / "full", tmp_path / "part")

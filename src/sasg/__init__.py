@@ -25,9 +25,9 @@ def compare(config: RunConfig, data=None, progress: bool = False) -> dict[str, R
 
 
 def __getattr__(name: str):
-    # ``sasg.optim`` and ``sasg.distributed`` load on first use (they import torch.distributed),
-    # so ``import sasg; sasg.optim.SASG(...)`` works without importing them up front.
-    if name in ("optim", "distributed"):
+    # ``sasg.optim``, ``sasg.distributed`` and ``sasg.ddp`` load on first use (they import
+    # torch.distributed), so ``import sasg; sasg.optim.SASG(...)`` works without importing them up front.
+    if name in ("optim", "distributed", "ddp"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -42,6 +42,12 @@ MAX_BETA = 1e6
 MAX_SHARDS_PER_WORKER = 10**6
 
 
+def _probe_layout():
+    from .core import Layout
+
+    return Layout([("weight", (4, 4)), ("bias", (4,))])
+
+
 class ConfigError(ValueError):
     """A bad setting; the message says which one and how to fix it."""
 
@@ -69,6 +75,11 @@ class RunConfig:
     density: float = 0.01
     window: int = 10
     threshold_scale: float = 2.0
+    # Variants of the lazy threshold (the authors' code, to match published numbers): how many
+    # recent server steps it sums ("D-1", or "D"), and by how many epochs its lr lags the schedule
+    # (0: the round's own lr; matters only with --lr-decay-epochs).
+    window_sum: str = "D-1"
+    threshold_lr_lag: float = 0.0
     epochs: float = 20
     eval_every: int = 10
     seed: int = 0
@@ -89,9 +100,9 @@ class RunConfig:
     augment: str = "none"  # none | crop-flip | crop-flip-rotate
     target_metric: str = "top1"  # top1 | top5: which test accuracy the target is on
     iterations: int | None = None  # overrides epochs when set
-    # Per-algorithm values of the algorithm knobs (density, window, threshold_scale) and of the
-    # codec, e.g. {"sasg": {"threshold_scale": 0.8, "codec": "rice+sign"}}; an algorithm not
-    # named here takes the fields above.
+    # Per-algorithm values of the algorithm knobs (density, window, threshold_scale, window_sum,
+    # threshold_lr_lag) and of the codec, e.g. {"sasg": {"threshold_scale": 0.8, "codec":
+    # "rice+sign"}}; an algorithm not named here takes the fields above.
     per_algorithm: dict = field(default_factory=dict)
     # The paper preset these values came from, as a record (config.json, report). Setting it
     # alone changes no value: RunConfig.from_preset(name, **overrides) applies one.
@@ -140,11 +151,21 @@ class RunConfig:
         self.algorithms = algos
         self.per_algorithm = _check_per_algorithm(self.per_algorithm)
         try:
+            own = {}
             for a in algos:  # one validated spec per algorithm: members known, knobs in range
-                AlgorithmSpec.parse(a, self.settings_for(a))
-            AlgorithmSettings(**{k: getattr(self, k) for k in KNOBS}).validate()
+                spec = AlgorithmSpec.parse(a, self.settings_for(a))
+                # Built once on a tiny layout: members that refuse each other (clag without ef21)
+                # say so now, not after the algorithms before them in a compare have run.
+                spec.build(_probe_layout())
+                own[a] = spec.settings
+            shared = AlgorithmSettings(**{k: getattr(self, k) for k in KNOBS}).validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        # The threshold variants as config.json records them ("d-1" -> "D-1", a lag of 1 -> 1.0).
+        self.window_sum, self.threshold_lr_lag = shared.window_sum, shared.threshold_lr_lag
+        for a, settings in own.items():
+            knobs = self.per_algorithm.get(a, {})
+            knobs.update({k: getattr(settings, k) for k in ("window_sum", "threshold_lr_lag") if k in knobs})
         decay = self.lr_decay_epochs
         decay = (decay,) if isinstance(decay, (int, float)) and not isinstance(decay, bool) else decay
         if not all(_finite(e) for e in decay):

@@ -73,6 +73,7 @@ def run_seeds(
     check_fits(config, data)
     configs = [replace(config, seed=s) for s in seeds]
     per_run = Simulator(configs[0], config.algorithms[0], data).total_iterations
+    _note_long_windows(config, per_run)
     bar = _progress_bar(per_run * len(seeds) * len(config.algorithms)) if progress else nullcontext()
     runs: dict[int, dict[str, RunResult]] = {}
     with bar as pbar, _closing(watchers):
@@ -146,6 +147,20 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
         for it in saved_iterations(ck.folder, cfg.seed, name):
             checkpoint_path(ck.folder, cfg.seed, name, it).unlink(missing_ok=True)
     return result
+
+
+def _note_long_windows(config: RunConfig, rounds: int) -> None:
+    """A lazy rule whose window D covers the whole run never skips (its warm-up is D rounds): not
+    an error (a quick trial run often is that short), but worth a line, as it looks like one."""
+    from .core import REGISTRIES, AlgorithmSpec, Layout
+
+    for name in config.algorithms:
+        spec = AlgorithmSpec.parse(name, config.settings_for(name))
+        # Only a rule with a warm-up window (not always, not clag, which has no window).
+        trigger = REGISTRIES["trigger"].get(spec.trigger).factory(Layout([("probe", (8,))]), spec.settings)
+        if getattr(trigger, "window", None) is not None and spec.settings.window >= rounds:
+            print(f"sasg: note: {name}: window D = {spec.settings.window} covers the whole run ({rounds} rounds), "
+                  "so it uploads every round (warm-up); use a smaller --window or a longer run", file=sys.stderr)
 
 
 def has_checkpoints(folder: Path, seeds: list[int], algorithms) -> bool:

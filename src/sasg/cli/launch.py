@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import tempfile
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 from ..config import MAX_ROUNDS, MAX_WORKERS, ConfigError
@@ -348,6 +348,48 @@ def _grace_before_sigkill(seconds: int):
         PContext.close = original
 
 
+# Seconds node 0's agent waits, after torchrun's exit barrier, for the other nodes' agents to leave it.
+EXIT_BARRIER_GRACE_S = 10.0
+_CHECKED_OUT_KEY = "sasg/launch/checked-out"
+
+
+@contextmanager
+def _store_outlives_exit_barrier(seconds: float = EXIT_BARRIER_GRACE_S):
+    """Multi-node: when its workers succeed, each node's agent waits in torchrun's exit barrier,
+    on the store that node 0's agent hosts. The last agent to arrive sets the barrier's key and
+    then waits on it; node 0 may see the key, return and close the store first, and that agent
+    then logs "Error waiting on exit barrier" with a traceback (and a C++ stack from the store)
+    although the run succeeded (pytorch/pytorch#69520; seen across two network namespaces). For
+    this run only: after the barrier every agent checks out, and node 0's waits until all have
+    (at most ``seconds``) before it leaves and takes the store with it."""
+    import time
+
+    from torch.distributed.elastic.agent.server.api import SimpleElasticAgent
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    original = SimpleElasticAgent._exit_barrier
+
+    def exit_barrier(self):
+        original(self)
+        group = self._worker_group
+        try:
+            left = self._store.add(_CHECKED_OUT_KEY, 1)
+            deadline = time.monotonic() + seconds
+            while group.group_rank == 0 and left < group.group_world_size and time.monotonic() < deadline:
+                time.sleep(0.02)
+                left = self._store.add(_CHECKED_OUT_KEY, 0)
+        except SignalException:
+            raise
+        except Exception:  # the store is gone: nobody is left to wait for
+            pass
+
+    SimpleElasticAgent._exit_barrier = exit_barrier
+    try:
+        yield
+    finally:
+        SimpleElasticAgent._exit_barrier = original
+
+
 def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
     from .main import check_seeds, config_from_args, resolved
@@ -410,7 +452,8 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     before = os.environ.get(LAUNCHER_PID_ENV)
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     try:
-        with _grace_before_sigkill(SHUTDOWN_GRACE_S):
+        with _grace_before_sigkill(SHUTDOWN_GRACE_S), \
+                (_store_outlives_exit_barrier() if args.nnodes > 1 else nullcontext()):
             run(parse_args(targs))
     except ChildFailedError as e:
         print(f"sasg: error: {_failure_line(e)}", file=sys.stderr)

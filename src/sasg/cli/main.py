@@ -86,7 +86,7 @@ class PerAlgorithm(dict):
 def _knob(kind):
     """A number, or per-algorithm values ``sasg=0.8,lasg=0.2`` (a bare number among them is the
     value of the algorithms not named): ``--threshold-scale 1,sasg=0.8``."""
-    number = _number(kind)
+    number = _number(kind) if kind in (int, float) else kind  # or a parser of its own (_window_sum)
 
     def parse(text: str):
         if "=" not in text:
@@ -104,6 +104,16 @@ def _knob(kind):
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _window_sum(text: str) -> str:
+    """``D-1`` or ``D`` (any case), normalized."""
+    from ..core.triggers.lazy import check_window_sum
+
+    try:
+        return check_window_sum(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither D-1 nor D") from None
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -182,6 +192,17 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g.add_argument(
         "--threshold-scale", type=_knob(float),
         help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads){per}",
+    )
+    g.add_argument(
+        "--window-sum", type=_knob(_window_sum), metavar="{D-1,D}",
+        help="how many recent server steps the lazy threshold sums: D-1 (default, the paper's formula) or D "
+             "(all D, a variant for matching the authors' code); per algorithm: ALGO=VALUE,... (e.g. sasg=D)",
+    )
+    g.add_argument(
+        "--threshold-lr-lag", type=_knob(float), metavar="EPOCHS",
+        help=f"the lazy threshold divides by the lr of EPOCHS epochs earlier ({d.threshold_lr_lag:g}: this "
+             "round's lr; the authors' notebook lags 1, their distributed code 0.4); matters only with "
+             f"--lr-decay-epochs{per}",
     )
 
     g = groups["compression"]
@@ -330,9 +351,9 @@ def list_members(args) -> int:
 
 _FLAG_FIELDS = (
     "dataset", "data_dir", "download", "model", "workers", "batch_size", "lr", "lr_decay_epochs",
-    "lr_decay_factor", "density", "window", "threshold_scale", "epochs", "iterations", "eval_every",
-    "seed", "partition", "beta", "shards_per_worker", "augment", "target_acc", "target_metric",
-    "backend", "device", "codec",
+    "lr_decay_factor", "density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "epochs",
+    "iterations", "eval_every", "seed", "partition", "beta", "shards_per_worker", "augment", "target_acc",
+    "target_metric", "backend", "device", "codec",
 )
 
 

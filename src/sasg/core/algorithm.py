@@ -40,6 +40,14 @@ class Algorithm:
     memory: Memory
     codec: Codec
 
+    def __post_init__(self):
+        # A member that works only with certain others says so (clag needs the ef21 estimate):
+        # its check_algorithm(algorithm) raises a ValueError that names the fix.
+        for member in (self.trigger, self.compressor, self.memory):
+            check = getattr(member, "check_algorithm", None)
+            if callable(check):
+                check(self)
+
     @property
     def layout(self) -> Layout:
         return self.compressor.layout
@@ -66,8 +74,10 @@ class Algorithm:
     @property
     def biased(self) -> bool:
         """A lossy codec and a memory that does not send what was dropped later: the applied
-        updates are biased (the report says so)."""
-        return not self.codec.lossless and not self.memory.corrects
+        updates are biased (the report says so). Not when the compressor's messages are exactly
+        representable in that codec (``exact_under``: e.g. terngrad's under ``ternary``)."""
+        exact = self.codec_name in getattr(self.compressor, "exact_under", ())
+        return not self.codec.lossless and not self.memory.corrects and not exact
 
     def describe(self) -> dict:
         return {

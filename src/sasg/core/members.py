@@ -6,20 +6,26 @@ from .codecs import Paper32
 from .codecs.composite import register_parts
 from .compressors import Identity, TopK
 from .compressors import GlobalTopK, RandomK, ScaledSign, TernGrad
+from .compressors import DGC
 from .memories import ErrorFeedback, NoMemory
 from .registry import register, register_alias
 from .triggers import PS, WK1, WK2, Always
+from .compressors.powersgd import PowerSGD
+from .memories.ef21 import EF21
+from .triggers.clag import CLAG
+from .compressors.qsgd import QSGD
+from .codecs.value.elias import Elias
 
 register("trigger", "always", "every worker uploads every round", lambda layout, s: Always())
 register("trigger", "wk2", "LASG-WK2 lazy rule: upload when the gradient changed since the last upload "
          "(second gradient at the anchor; --window D, --threshold-scale c)",
-         lambda layout, s: WK2(s.window, s.threshold_scale))
+         lambda layout, s: WK2(s.window, s.threshold_scale, s.window_sum))
 register("trigger", "wk1", "LASG-WK1 lazy rule: upload when the fresh gradient moved away from the last uploaded "
          "one (no second gradient; --window D, --threshold-scale c)",
-         lambda layout, s: WK1(s.window, s.threshold_scale))
+         lambda layout, s: WK1(s.window, s.threshold_scale, s.window_sum))
 register("trigger", "ps", "LASG-PS lazy rule: upload when L_m^2 x the parameter drift since the last upload is "
          "large, L_m a secant estimate (no second gradient; --window D, --threshold-scale c)",
-         lambda layout, s: PS(s.window, s.threshold_scale))
+         lambda layout, s: PS(s.window, s.threshold_scale, s.window_sum))
 register("compressor", "identity", "send the dense vector as it is", lambda layout, s: Identity(layout))
 register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes of every tensor (--density h)",
          lambda layout, s: TopK(layout, s.density))
@@ -31,10 +37,26 @@ register("compressor", "sign", "scaled sign (EF-signSGD): per tensor mean|v_s| *
          lambda layout, s: ScaledSign(layout))
 register("compressor", "terngrad", "TernGrad: per tensor max|v_s| * sign(v_i) * Bernoulli(|v_i|/max|v_s|), "
          "unbiased, dense", lambda layout, s: TernGrad(layout))
+register("compressor", "qsgd", "QSGD: per tensor ||v_s||_2/s * sign(v_i) * xi_i, xi_i the stochastic rounding of "
+         "s|v_i|/||v_s||_2 to an integer level, s = 16; unbiased, dense (natural codec: elias)",
+         lambda layout, s: QSGD(layout))
+register("compressor", "dgc", "Deep Gradient Compression: per tensor the entries with |v| >= the round(h*n)-th "
+         "largest |v| of a 1 % sample of n, at most max(1, floor(h*d_s)) of them (the exact top ones): the count "
+         "varies, its real nnz is priced (--density h)", lambda layout, s: DGC(layout, s.density))
+register("trigger", "clag", "CLAG (3PC) lazy rule: upload C(s*g - h) when ||s*g - h||^2 > (1/c) ||s*g - s*g_prev||^2, "
+         "h the EF21 estimate (no second gradient, default memory ef21; --threshold-scale c)",
+         lambda layout, s: CLAG(s.threshold_scale))
+register("compressor", "powersgd", "PowerSGD rank 2: per matrix P = M Q summed over uploaders and orthonormalized, "
+         "then Q = M^T P; warm start, vectors sent as they are", lambda layout, s: PowerSGD(layout))
+register("memory", "ef21", "EF21: keep the estimate h, send C(s*g - h), h += decoded on worker and server, "
+         "the server applies sum_m h_m", lambda layout, s: EF21())
 register("memory", "ef", "error feedback: keep v - q and add it to the next upload", lambda layout, s: ErrorFeedback())
 register("memory", "none", "keep nothing: what the compressor drops is lost", lambda layout, s: NoMemory())
 register("codec", "paper32", "the paper's count: int32 indices + 32-bit values (float32 parameters), no header",
          lambda layout, s: Paper32(layout.numel))
+register("codec", "elias", "QSGD's coding: per tensor a float32 unit, per value an Elias gamma coded integer level "
+         "and a sign bit (exact for qsgd; other values round to the nearest of 17 levels); sparse: idx32 indices first",
+         lambda layout, s: Elias(layout))
 
 register_parts()  # index codes and value formats: the parts of INDEX+VALUE codecs
 

@@ -15,22 +15,30 @@ from dataclasses import asdict, dataclass
 from .algorithm import Algorithm
 from .layout import Layout
 from .registry import ALIASES, REGISTRIES
-from .triggers.lazy import check_threshold_scale, check_window
+from .triggers.lazy import check_threshold_scale, check_window, check_window_sum
 
 # The knobs an algorithm takes; `sasg compare` accepts each per algorithm (`--density sasg=0.05`).
-KNOBS = ("density", "window", "threshold_scale")
+KNOBS = ("density", "window", "threshold_scale", "window_sum", "threshold_lr_lag")
 # Windows above this would make the server keep more squared steps than any run has rounds.
 MAX_WINDOW = 10**7
+# A lag of the threshold's lr, in epochs: a run is at most 1e8 rounds (config.MAX_ROUNDS), so at
+# most 1e8 epochs; a lag beyond the run's length just keeps the initial lr in the threshold.
+MAX_THRESHOLD_LR_LAG = 1e8
 
 
 @dataclass(frozen=True)
 class AlgorithmSettings:
-    """The algorithms' numeric knobs: density ``h`` (top-k keeps ``max(1, floor(h*d_s))`` of every
-    tensor), window ``D`` and threshold scale ``c`` (the lazy rule)."""
+    """The algorithms' knobs: density ``h`` (top-k keeps ``max(1, floor(h*d_s))`` of every
+    tensor), window ``D`` and threshold scale ``c`` (the lazy rule), and two variants of the lazy
+    threshold: ``window_sum`` (``"D-1"``: thr_k sums the last D - 1 server steps, ``"D"``: the
+    last D) and ``threshold_lr_lag`` (epochs by which the threshold's lr lags the schedule; 0:
+    the lr of the round itself)."""
 
     density: float = 0.01
     window: int = 10
     threshold_scale: float = 2.0
+    window_sum: str = "D-1"
+    threshold_lr_lag: float = 0.0
 
     def validate(self) -> "AlgorithmSettings":
         d = self.density
@@ -48,7 +56,21 @@ class AlgorithmSettings:
             c = check_threshold_scale(self.threshold_scale)
         except ValueError as e:
             raise ValueError(f"{e}; e.g. --threshold-scale 2") from None
-        return AlgorithmSettings(float(d), window, c)
+        try:
+            window_sum = check_window_sum(self.window_sum)
+        except ValueError as e:
+            raise ValueError(f"{e}; e.g. --window-sum D-1") from None
+        lag = self.threshold_lr_lag
+        if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not (math.isfinite(lag) and lag >= 0):
+            raise ValueError(
+                f"threshold lr lag must be a finite number of epochs >= 0, got {lag!r}; e.g. --threshold-lr-lag 1"
+            )
+        if lag > MAX_THRESHOLD_LR_LAG:
+            raise ValueError(
+                f"threshold lr lag must be at most {MAX_THRESHOLD_LR_LAG:g} epochs, got {lag:g}; "
+                "e.g. --threshold-lr-lag 1"
+            )
+        return AlgorithmSettings(float(d), window, c, window_sum, float(lag))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,10 +111,14 @@ class AlgorithmSpec:
         """The members for a model ``layout``; messages priced and encoded by ``codec``."""
         s = self.settings
         compressor = REGISTRIES["compressor"].get(self.compressor).factory(layout, s)
-        memory_name = self.memory or getattr(compressor, "default_memory", "none")
+        trigger = REGISTRIES["trigger"].get(self.trigger).factory(layout, s)
+        # No memory written: the trigger's default if it reads a memory's state (clag: ef21),
+        # else the compressor's.
+        memory_name = (self.memory or getattr(trigger, "default_memory", None)
+                       or getattr(compressor, "default_memory", "none"))
         return Algorithm(
             name=self.name,
-            trigger=REGISTRIES["trigger"].get(self.trigger).factory(layout, s),
+            trigger=trigger,
             compressor=compressor,
             memory=REGISTRIES["memory"].get(memory_name).factory(layout, s),
             codec=build_codec(codec, layout, s),
@@ -136,10 +162,13 @@ def check_codec(name: str) -> str:
 
 
 def make_algorithm(
-    name: str, layout: Layout, density: float = 0.01, window: int = 10, c: float = 2.0, codec: str = "paper32"
+    name: str, layout: Layout, density: float = 0.01, window: int = 10, c: float = 2.0, codec: str = "paper32",
+    window_sum: str = "D-1",
 ) -> Algorithm:
-    """Build algorithm ``name`` (alias or composition) for a parameter layout."""
-    return AlgorithmSpec.parse(name, AlgorithmSettings(density, window, c)).build(layout, check_codec(codec))
+    """Build algorithm ``name`` (alias or composition) for a parameter layout. (A threshold lr lag
+    is the runner's: it passes the lagged lr to :meth:`sasg.engine.RoundEngine.step`.)"""
+    settings = AlgorithmSettings(density, window, c, window_sum)
+    return AlgorithmSpec.parse(name, settings).build(layout, check_codec(codec))
 
 
 

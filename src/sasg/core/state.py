@@ -239,11 +239,15 @@ class WorkerState:
 
 @dataclass
 class ServerState:
-    """What the server holds: the last message of every worker and the recent squared steps."""
+    """What the server holds: the last message of every worker and the recent squared steps.
 
-    last: Payload  # M messages, q_m
+    ``buffers``: a compressor's server-side state by name (``powersgd``: its warm-start ``Q``),
+    saved under ``buffers`` only when there is any (every other algorithm's state is unchanged)."""
+
+    last: Payload  # M messages, q_m (or a memory's own per-worker store: ef21's estimates h_m)
     step_sq: Tensor  # (history,) float64, oldest first: ||theta^{j+1} - theta^j||^2
     iteration: int = 0
+    buffers: dict[str, Tensor] = field(default_factory=dict)
 
     def push_step(self, step_sq: float) -> None:
         if self.step_sq.numel():
@@ -251,7 +255,10 @@ class ServerState:
             self.step_sq[-1] = step_sq
 
     def state_dict(self) -> dict:
-        return {"last": self.last.state_dict(), "step_sq": self.step_sq.clone(), "iteration": self.iteration}
+        state = {"last": self.last.state_dict(), "step_sq": self.step_sq.clone(), "iteration": self.iteration}
+        if self.buffers:
+            state["buffers"] = {k: v.clone() for k, v in self.buffers.items()}
+        return state
 
     def check_state_dict(self, state, where: str = "server") -> None:
         """Raise a ``ValueError`` naming what is missing or wrong in ``state``; changes nothing."""
@@ -259,9 +266,12 @@ class ServerState:
         if isinstance(step_sq, Tensor) and step_sq.shape != self.step_sq.shape:
             raise ValueError(
                 f"state part {part_name(where, 'step_sq')!r}: saved window of {tuple(step_sq.shape)} steps, this "
-                f"run keeps {tuple(self.step_sq.shape)} (another window D?)"
+                f"run keeps {tuple(self.step_sq.shape)} (another window D or --window-sum?)"
             )
-        check_like(state, {"last": self.last.state_dict(), "step_sq": self.step_sq, "iteration": at_least(0)}, where)
+        expected = {"last": self.last.state_dict(), "step_sq": self.step_sq, "iteration": at_least(0)}
+        if self.buffers:
+            expected["buffers"] = self.buffers
+        check_like(state, expected, where)
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state_dict(state)
@@ -273,3 +283,5 @@ class ServerState:
         self.last.load_state_dict(state["last"])
         self.step_sq = state["step_sq"].clone().to(self.step_sq)
         self.iteration = int(state["iteration"])
+        for k, v in self.buffers.items():
+            v.copy_(state["buffers"][k])

@@ -185,13 +185,20 @@ def newest_intact(folder: Path, seed: int, who) -> tuple[int, dict] | None:
     return None if it is None else (it, loaded[it])
 
 
+# Config fields whose flag is not --<field with dashes>.
+_FLAGS = {"algorithms": "--algos", "per_algorithm": "the per-algorithm values (e.g. --density sasg=0.05)",
+          "paper_alpha": "--lr / --workers", "target_acc": "--target-acc"}
+
+
 def check_same_setting(saved: dict, now: dict) -> None:
-    """A checkpoint resumes only the run that made it: name the first setting that differs."""
+    """A checkpoint resumes only the run that made it: name the first setting that differs and the
+    flag that sets it."""
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
+            flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
             raise ConfigError(
                 f"the checkpoint was made with {key}={saved.get(key)!r}, this run has {key}={now.get(key)!r}; "
-                "resume with the same flags, or start again without --resume"
+                f"resume with the same {flag} as that run, or start again without --resume"
             )
 
 

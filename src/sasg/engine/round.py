@@ -11,6 +11,20 @@ the optimizer) and its copy of the server, a round is::
     step   = sum_m server.last[m];  theta -= step
     ledger.record(...)                             # 8 x the bytes sent: here and nowhere else
 
+Members' capabilities, called where a member has them (never a switch on a member's type):
+
+* ``memory.server_store(compressor, M, ...)`` / ``memory.receive(store, senders, q_all)``: the
+  server keeps the memory's own per-worker state instead of the last messages (``ef21``: the
+  estimates, ``h_m += decoded(c_m)``); the step is still ``store.sum``;
+* ``compressor.server_buffers(seed, ...)``: server-side buffers of a compressor (saved with the
+  server's state; ``powersgd``: the warm-start ``Q``);
+* ``compressor.begin_round(link)``: a compressor whose messages need an exchange of their own
+  first (``powersgd``: every uploader's ``P``, summed, orthonormalized, before the ``Q`` are
+  computed). It returns the round's compressor; the memory calls its ``compress`` as usual, which
+  exchanges through ``link`` (the transport, same flags, bits added to the round's ledger entry);
+  ``close()`` makes that exchange on a holder whose memory did not call it; ``empty(1)`` is the
+  template the engine's exchange decodes with; ``received(senders, q_all)`` follows it.
+
 Members own their fast paths (the error memory updated where it lies, rows compressed where they
 lie); the engine only calls them. Same seeds, same members: the same trajectory in every runner.
 """
@@ -52,6 +66,35 @@ class Round:
     stale_grads: Callable[[Tensor], Blocks]  # rows -> their gradients at their anchors, same minibatch
     workspace: Workspace
     theta: Tensor  # the current parameters theta^k, (d,), read only (e.g. the drift since an anchor)
+    # The lr the lazy threshold divides by: the round's lr (None), or the schedule's lr some rounds
+    # earlier when the runner lags it (--threshold-lr-lag).
+    threshold_lr: float | None = None
+
+    def __post_init__(self):
+        if self.threshold_lr is None:
+            self.threshold_lr = self.lr
+
+
+@dataclass
+class Link:
+    """The round's own exchange of a compressor that needs one (``begin_round``: PowerSGD sends its
+    ``P`` factors before its messages): the held workers' answer ``upload``, the server replica
+    (its ``buffers``), the algorithm's ``codec``, and ``exchange(sent, template, codec)`` — the
+    transport's, with the same flags — whose bits the engine adds to the round's ledger entry."""
+
+    upload: Tensor
+    server: ServerState
+    codec: object
+    transport: object
+    lazy: bool
+    bits: int = 0
+    flag_bits: int = 0
+
+    def exchange(self, sent, template, codec):
+        flags, payload, sizes = self.transport.exchange(self.upload, sent, template, codec, self.lazy)
+        self.bits += 8 * sum(sizes)
+        self.flag_bits += self.transport.flag_bits_per_round(self.lazy, template.fixed_size(codec))
+        return flags, payload, sizes
 
 
 class RoundEngine:
@@ -67,10 +110,17 @@ class RoundEngine:
         self.local_workers = list(transport.local_workers)
         d = algorithm.layout.numel
         self.workers = WorkerState.create(len(self.local_workers), d, algorithm.worker_buffers, device, dtype)
+        # Members' server-side capabilities: a memory whose server keeps its own state per worker
+        # (ef21: the estimates h_m, accumulated) and a compressor's server buffers (powersgd: Q).
+        store = getattr(algorithm.memory, "server_store", None)
+        own = getattr(algorithm.compressor, "server_buffers", None)
         self.server = ServerState(
-            last=algorithm.compressor.empty(M, device=device, dtype=dtype),
+            last=(store(algorithm.compressor, M, device=device, dtype=dtype) if store is not None
+                  else algorithm.compressor.empty(M, device=device, dtype=dtype)),
             step_sq=torch.zeros(algorithm.trigger.history, dtype=torch.float64),
+            buffers=own(seed, device=device, dtype=dtype) if own is not None else {},
         )
+        self._receive = getattr(algorithm.memory, "receive", None)
         self.generators = [
             torch.Generator().manual_seed(worker_seed(seed, m, MEMBER_STREAM)) for m in self.local_workers
         ]
@@ -91,26 +141,42 @@ class RoundEngine:
         return self.server.iteration
 
     def step(self, theta: Tensor, grads: Tensor | Blocks, stale_grads: Callable[[Tensor], Tensor | Blocks],
-             lr: float) -> Tensor:
+             lr: float, threshold_lr: float | None = None) -> Tensor:
         """One round. ``theta`` (d,) is updated in place; ``grads`` are the held workers' fresh
         gradients (``(N, d)`` or per-segment blocks); ``stale_grads(rows)`` returns the gradients
         at the anchors of those rows on their current minibatches (called only when the trigger
-        needs it). Returns the (M,) bool flags: who sent."""
+        needs it). ``threshold_lr``: the lr a lazy rule's threshold divides by (default ``lr``;
+        a runner passes a lagged one for ``--threshold-lr-lag``). Returns the (M,) bool flags:
+        who sent."""
         alg, M, layout = self.algorithm, self.num_workers, self.algorithm.layout
         cols = layout.as_columns(grads)
         rnd = Round(self.iteration, lr, M, self.local_workers, layout, self.workers, self.server, cols,
-                    lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta)
+                    lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta,
+                    threshold_lr=threshold_lr)
         upload = alg.trigger.decide(rnd)
         rows = upload.nonzero().squeeze(1).tolist()
-        sent = alg.memory.upload(self.workers, rows, cols, lr / M, alg.compressor,
+        compressor, template, link = alg.compressor, self.template, None
+        begin = getattr(compressor, "begin_round", None)
+        if begin is not None:  # a compressor with an exchange of its own (powersgd: P, then Q)
+            link = Link(upload, self.server, alg.codec, self.transport, alg.lazy)
+            compressor = begin(link)
+        sent = alg.memory.upload(self.workers, rows, cols, lr / M, compressor,
                                  [self.generators[r] for r in rows], alg.codec)
+        if link is not None:
+            compressor.close()  # its exchange ran on every holder, also where nobody uploads
+            template = compressor.empty(1, device=self.template.values.device, dtype=self.template.values.dtype)
         alg.trigger.uploaded(self.workers, rows, theta)
         self.workers.staleness += 1
         self.workers.staleness[rows] = 1
-        flags, payload, sizes = self.transport.exchange(upload, sent, self.template, alg.codec, alg.lazy)
-        self._aggregate(flags.nonzero().squeeze(1).to(self._step.device), payload)
+        flags, payload, sizes = self.transport.exchange(upload, sent, template, alg.codec, alg.lazy)
+        senders = flags.nonzero().squeeze(1).to(self._step.device)
+        self._aggregate(senders, payload)
         theta.sub_(self._step)
-        self.ledger.record(int(flags.sum()), 8 * sum(sizes), self.bits_down_per_round, self.bits_flags_per_round)
+        bits, flag_bits = 8 * sum(sizes), self.bits_flags_per_round
+        if link is not None:
+            compressor.received(senders, payload)
+            bits, flag_bits = bits + link.bits, flag_bits + link.flag_bits
+        self.ledger.record(int(flags.sum()), bits, self.bits_down_per_round, flag_bits)
         return flags
 
     def _aggregate(self, senders: Tensor, payload) -> None:
@@ -118,7 +184,10 @@ class RoundEngine:
         squared norm for the trigger's history."""
         server, step = self.server, self._step
         if senders.numel():
-            server.last.assign(senders, payload)
+            if self._receive is not None:  # the memory's server side (ef21: h_m += decoded c_m)
+                self._receive(server.last, senders, payload)
+            else:
+                server.last.assign(senders, payload)
         server.last.sum(step)
         server.push_step(float(torch.dot(step, step).item()) if server.step_sq.numel() else 0.0)
         server.iteration += 1

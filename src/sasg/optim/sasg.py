@@ -25,6 +25,7 @@ same code the simulator and the ``sasg launch`` runner use.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from numbers import Integral
 from typing import Callable, Iterable
@@ -32,7 +33,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ..config import MAX_SEED
+from ..config import MAX_ROUNDS, MAX_SEED
 from ..core.layout import Layout
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
 from ..core.state import check_like, part_name
@@ -44,6 +45,129 @@ def _check_lr(lr) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < float("inf")):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     return float(lr)
+
+
+# ----- parameter groups -------------------------------------------------------------------------------
+# What a group may hold besides "params" and "lr": the update's hyperparameters and their defaults
+# (the defaults give plain SASG, bit for bit).
+UPDATE_DEFAULTS = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
+                   "decoupled_weight_decay": False}
+# Keys torch.optim or an lr scheduler put into a group for their own bookkeeping; SASG never reads them.
+_BOOKKEEPING = ("param_names", "initial_lr")
+# Keys other optimizers take, refused with the reason.
+_REFUSED = {
+    "maximize": "the messages carry lr times the gradient of the loss the closure returns; "
+                "to maximize f, return -f from the closure",
+    "foreach": "the update is a few operations on one flat vector; there is no per-tensor kernel to choose",
+    "fused": "the update is a few operations on one flat vector; there is no per-tensor kernel to choose",
+    "differentiable": "step() sends messages and runs under torch.no_grad(); it cannot be differentiated through",
+    "capturable": "a round reads the lazy rule's decision and exchanges messages on the host; "
+                  "it cannot be captured in a CUDA graph",
+}
+_ADAPTIVE = ("betas", "eps", "amsgrad", "alpha", "centered", "rho", "lr_decay", "initial_accumulator_value")
+
+
+def _known_keys() -> str:
+    return ", ".join(["params", "lr", *UPDATE_DEFAULTS])
+
+
+def _check_group_keys(group: Mapping) -> None:
+    """Every key of a group SASG is given must be one it uses: anything else is a ValueError
+    naming the key, why (where a key is known from another optimizer) and what is supported."""
+    for key in group:
+        if key in ("params", "lr", *UPDATE_DEFAULTS, *_BOOKKEEPING):
+            continue
+        if key in _REFUSED:
+            why = _REFUSED[key]
+        elif key in _ADAPTIVE:
+            why = ("SASG's update is SGD with momentum on the aggregated step; adaptive per-coordinate "
+                   "scaling (Adam, RMSprop, Adagrad) is not part of it")
+        else:
+            why = "SASG does not know it"
+        raise ValueError(f"SASG parameter groups do not take {key!r}: {why}; a group takes {_known_keys()}")
+
+
+class _BadValue(ValueError):
+    """A group's value that SASG cannot use; ``key`` names it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _check_update(group: Mapping) -> tuple[float, float, float, float, bool, bool]:
+    """``(lr, momentum, dampening, weight_decay, nesterov, decoupled_weight_decay)`` of a group,
+    checked (a scheduler or the user may have changed them since the last step)."""
+    try:
+        lr = _check_lr(group["lr"])
+    except ValueError as e:
+        raise _BadValue("lr", str(e)) from None
+    momentum, dampening, weight_decay = group["momentum"], group["dampening"], group["weight_decay"]
+    for key, v, ok, span in (("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+                             ("dampening", dampening, lambda v: 0 <= v <= 1, "in [0, 1]"),
+                             ("weight_decay", weight_decay, lambda v: 0 <= v < float("inf"), "a finite number >= 0")):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+            raise _BadValue(key, f"{key} must be {span}, got {v!r}")
+    momentum, dampening, weight_decay = float(momentum), float(dampening), float(weight_decay)
+    nesterov, decoupled = group["nesterov"], group["decoupled_weight_decay"]
+    for key, v in (("nesterov", nesterov), ("decoupled_weight_decay", decoupled)):
+        if not isinstance(v, bool):
+            raise _BadValue(key, f"{key} must be True or False, got {v!r}")
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise _BadValue(
+            "nesterov",
+            "nesterov needs momentum > 0 and dampening 0: its look-ahead step u + momentum * b is "
+            f"defined for undamped heavy-ball momentum (got momentum {momentum:g}, dampening {dampening:g})"
+        )
+    return lr, momentum, dampening, weight_decay, nesterov, decoupled
+
+
+def sasg_update(theta: Tensor, step: Tensor, buf: Tensor | None, *, lr: float, momentum: float,
+                dampening: float, weight_decay: float, nesterov: bool, decoupled_weight_decay: bool,
+                ) -> Tensor | None:
+    r"""The parameter update on the aggregated step (the functional core of :class:`SASG`).
+
+    ``theta`` (:math:`\theta^k`, flat) is updated in place to :math:`\theta^{k+1}`; ``step`` is
+    :math:`s^k = \sum_m q_m` (the round's aggregate, lr already inside); ``buf`` the momentum
+    buffer :math:`b^{k-1}` (``None`` before the first step with momentum), updated in place.
+    Returns the buffer (``None`` while momentum is 0). With every hyperparameter 0 this is
+    ``theta.sub_(step)``, the round engine's own update."""
+    u = step
+    decay = lr * weight_decay
+    if weight_decay != 0 and not decoupled_weight_decay:
+        u = step.add(theta, alpha=decay)
+    if momentum != 0:
+        if buf is None:
+            buf = u.clone()
+        else:
+            buf.mul_(momentum).add_(u, alpha=1 - dampening)
+        u = u.add(buf, alpha=momentum) if nesterov else buf
+    if weight_decay != 0 and decoupled_weight_decay:
+        theta.mul_(1 - decay)
+    theta.sub_(u)
+    return buf
+
+
+# ----- random streams the closure draws from --------------------------------------------------------
+def cuda_rng_device(device: torch.device) -> torch.device | None:
+    """The CUDA device whose generator the closure's random draws (dropout) on parameters that
+    live on ``device`` use: that device itself, whatever the current device is (a rank that moved
+    its model to ``cuda:LOCAL_RANK`` without ``torch.cuda.set_device``). ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+
+
+def rng_state(cuda: torch.device | None) -> tuple[Tensor, Tensor | None]:
+    """The CPU generator's state and, with ``cuda``, that device's generator state."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(cuda) if cuda is not None else None)
+
+
+def set_rng_state(state: tuple[Tensor, Tensor | None], cuda: torch.device | None) -> None:
+    """Put back what :func:`rng_state` read for the same ``cuda`` device."""
+    torch.set_rng_state(state[0])
+    if cuda is not None:
+        torch.cuda.set_rng_state(state[1], cuda)
 
 
 class SASG(torch.optim.Optimizer):
@@ -60,17 +184,82 @@ class SASG(torch.optim.Optimizer):
             \frac{1}{c\,M\,\eta} \sum_{j=k-D+1}^{k-1} \|\theta^{j+1} - \theta^j\|^2 \\
         \text{on upload:}\quad v &= \tfrac{\eta}{M} g + e_m,\quad q_m = \mathrm{TopK}(v),
             \quad e_m = v - q_m,\quad \hat\theta_m = \theta^k \\
-        \theta^{k+1} &= \theta^k - \textstyle\sum_{m} q_m
-            \quad\text{(a skipper's last message stands in for it)}
+        s^k &= \textstyle\sum_{m} q_m
+            \quad\text{(a skipper's last message stands in for it)} \\
+        \theta^{k+1} &= \theta^k - s^k \quad\text{(the defaults; the update in general is below)}
 
     ``TopK`` keeps ``max(1, floor(density * numel))`` entries of every parameter tensor. The
     baselines switch parts off: ``sgd`` always uploads and sends dense, ``sparse`` always uploads,
     ``lasg`` sends dense.
 
+    **Momentum and weight decay** act on the aggregated step :math:`s^k`, which every rank holds
+    alike (each keeps a replica of the server): they are never sent, compressed, error-fed or
+    skipped. With :math:`\mu` = ``momentum``, :math:`\delta` = ``dampening``, :math:`\lambda` =
+    ``weight_decay`` and :math:`b` the momentum buffer (in ``state[p]["momentum_buffer"]``):
+
+    .. math::
+        u &= s^k + \eta\lambda\,\theta^k \quad\text{(coupled, the default; } u = s^k
+            \text{ when decoupled)} \\
+        b^k &= \begin{cases} u & \text{the first step with } \mu > 0 \\
+                              \mu\, b^{k-1} + (1-\delta)\, u & \text{after} \end{cases} \qquad
+        d = \begin{cases} u + \mu\, b^k & \text{nesterov} \\ b^k & \text{else} \end{cases}
+            \qquad (d = u \text{ when } \mu = 0) \\
+        \theta^{k+1} &= \theta^k - d \quad\text{(coupled)}, \qquad
+        \theta^{k+1} = (1 - \eta\lambda)\,\theta^k - d \quad\text{(decoupled)}
+
+    With one worker, ``algorithm="sgd"`` and a constant lr this is ``torch.optim.SGD`` with the
+    same momentum, dampening, nesterov and weight_decay (``decoupled_weight_decay=True``: SGDW),
+    to float rounding, since :math:`s^k = \eta g`. The buffer is kept in step units (lr already
+    inside, as the messages have it, error memory included): :math:`s^k/\eta` is not a gradient
+    once the error memory holds residuals made at other lrs, nor defined at lr = 0. So when a
+    scheduler changes lr, the change reaches the step through the buffer over a few steps, and at
+    lr = 0 the parameters coast on the buffer, which decays by :math:`\mu` per step. With the
+    defaults (:math:`\mu = \lambda = 0`) every number is the plain update above, bit for bit.
+
+    Weight decay and the lazy rule: the decay term is computed from the current
+    :math:`\theta^k` every round, on every rank, whether or not anyone uploaded; a skipper's stale
+    message carries its old loss gradient only, never an old decay term. The lazy rule itself is
+    unchanged: its window sums :math:`\|s^j\|^2`, the aggregated message steps (which equal
+    :math:`\|\theta^{j+1}-\theta^j\|^2` with the defaults), not the steps momentum or decay
+    make. L2 *inside* the messages is not offered: :math:`\lambda\theta` is dense and the same on
+    every rank, so sending it would spend top-k slots on it, error feedback would delay it and a
+    skipper's message would carry it from its anchor. To have it anyway, add
+    :math:`\tfrac{\lambda}{2}\|\theta\|^2` to the loss in the closure: it is then part of the
+    gradient, compressed and skipped like the rest.
+
+    **Recipes.** ``step`` may evaluate the closure twice on the same minibatch (the lazy rule's
+    gradient at the anchor), replaying the CPU generator and that of the parameters' CUDA device
+    (dropout masks), so everything the closure uses must be fixed before ``step`` (capture the
+    batch, never draw it inside). Mixed precision: run the forward pass under autocast inside the
+    closure and ``backward()`` outside it; bf16 needs no loss scaling, and parameters, gradients,
+    messages and error memory stay in the parameters' dtype (``torch.amp.GradScaler`` cannot
+    step an optimizer with a closure, so fp16 is not a recipe here)::
+
+        def closure():
+            with torch.autocast("cuda", dtype=torch.bfloat16):   # "cpu" on the CPU
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+    Gradient accumulation: split the batch inside the closure and call ``backward()`` once per
+    micro-batch; the gradients add up in ``.grad`` (``step`` clears it before each evaluation).
+    Divide each loss by the number of micro-batches to get the mean over the whole batch::
+
+        def closure():
+            total = 0.0
+            for xb, yb in zip(x.chunk(k), y.chunk(k)):
+                loss = F.cross_entropy(model(xb), yb) / k
+                loss.backward()
+                total += loss.detach()
+            return total
+
     Args:
-        params: the model's parameters (one parameter group; one lr for all). Tensors with
-            ``requires_grad=False`` (frozen) and empty tensors are left alone and never sent; the
-            set of trained tensors is fixed here, as every rank must agree on the message layout.
+        params: the model's parameters, or one parameter group (a dict with ``params`` and any of
+            ``lr``, ``momentum``, ``dampening``, ``weight_decay``, ``nesterov``,
+            ``decoupled_weight_decay``; any other key is a ``ValueError`` that names it). One
+            group: one lr for all, which the lazy rule uses. Tensors with ``requires_grad=False``
+            (frozen) and empty tensors are left alone and never sent; the set of trained tensors
+            is fixed here, as every rank must agree on the message layout.
         lr: step size on the **mean** of the workers' gradients (eta), as with DDP. The paper's
             alpha on the sum is ``lr / M``. A scheduler may change it, down to 0.
         density: top-k keeps ``max(1, floor(density * numel))`` entries of every tensor.
@@ -92,6 +281,19 @@ class SASG(torch.optim.Optimizer):
             rest.
         seed: derives this worker's generator for randomized members, from (seed, rank): use the
             same seed on every rank, as the simulator does.
+        window_sum: ``"D-1"`` (default, the paper's formula) or ``"D"``: how many of the last
+            server steps the lazy threshold sums (``--window-sum``).
+        threshold_lr_lag: the lazy threshold divides by the lr this optimizer used that many
+            **steps** earlier (the lr of step ``max(0, k - lag)``; default 0: this step's lr). An
+            optimizer knows no epochs: for the CLI's ``--threshold-lr-lag 1`` pass the steps of one
+            epoch (e.g. ``len(loader)``). It matters only when a scheduler changes the lr.
+        momentum: heavy-ball momentum on the aggregated step, in [0, 1) (default 0: none).
+        dampening: dampening of the momentum buffer's new term, in [0, 1] (default 0).
+        weight_decay: lambda >= 0 (default 0), applied on the aggregated step, never sent.
+        nesterov: Nesterov's look-ahead (needs momentum > 0 and dampening 0).
+        decoupled_weight_decay: False (default): the decay term joins the step before momentum, as
+            in ``torch.optim.SGD``; True: the parameters shrink by ``1 - lr * weight_decay``
+            outside momentum (SGDW / AdamW style).
 
     Example (under ``torchrun``; in one process it is the single worker M = 1)::
 
@@ -119,10 +321,27 @@ class SASG(torch.optim.Optimizer):
         restore_buffers: Iterable[Tensor] | None = None,
         codec: str = "paper32",
         seed: int = 0,
+        window_sum: str = "D-1",
+        threshold_lr_lag: int = 0,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        decoupled_weight_decay: bool = False,
     ):
-        _check_lr(lr)
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "decoupled_weight_decay": decoupled_weight_decay}
+        _check_update(defaults)
         if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
+        lag = threshold_lr_lag
+        if isinstance(lag, bool) or not isinstance(lag, Integral) or not 0 <= lag <= MAX_ROUNDS:
+            raise ValueError(
+                f"threshold_lr_lag is a number of optimizer steps, an integer from 0 to {MAX_ROUNDS}, got {lag!r}; "
+                "e.g. threshold_lr_lag=len(loader) for one epoch"
+            )
+        self._lag = int(lag)
+        self._lrs: deque = deque()  # (step, lr) where the lr changed, back to step k - lag
         if not isinstance(broadcast_initial, bool):
             raise ValueError(f"broadcast_initial must be True or False, got {broadcast_initial!r}")
         if restore_buffers is not None:
@@ -130,9 +349,10 @@ class SASG(torch.optim.Optimizer):
             bad = next((b for b in restore_buffers if not isinstance(b, Tensor)), None)
             if bad is not None:
                 raise ValueError(f"restore_buffers must be tensors (e.g. model.buffers()), got {type(bad).__name__}")
-        super().__init__(params, dict(lr=float(lr)))
+        super().__init__(params, {**defaults, "lr": float(lr)})
         if len(self.param_groups) != 1:
             raise ValueError("SASG takes one parameter group (one lr for all parameters; the lazy rule uses it)")
+        _check_update(self.param_groups[0])  # the group's own values, where it set any
         given: list[Tensor] = self.param_groups[0]["params"]
         if not given:
             raise ValueError("SASG got no parameters")
@@ -147,10 +367,14 @@ class SASG(torch.optim.Optimizer):
         if not plist:
             raise ValueError("SASG got no trainable parameters (all have requires_grad=False or are empty)")
         self._plist = plist
+        # Their indices in the group: the keys of their entries in state_dict()["state"].
+        self._trained = [i for i, p in enumerate(given) if p.requires_grad and p.numel() > 0]
+        self._momentum: Tensor | None = None  # flat buffer b; state[p]["momentum_buffer"] are views of it
+        self._cuda_rng = cuda_rng_device(first.device)  # the generator dropout on these parameters uses
         self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(plist))
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
         # ignores, so a typo fails the same way whichever algorithm it was written for.
-        self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c))
+        self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum))
         self.algorithm = self.spec.build(self.layout, check_codec(codec))
         if transport is None:
             import torch.distributed as dist
@@ -185,6 +409,8 @@ class SASG(torch.optim.Optimizer):
                 "SASG cannot add a parameter group after construction: the message layout is fixed; "
                 "build a new SASG over all parameters instead"
             )
+        if isinstance(param_group, Mapping):
+            _check_group_keys(param_group)
         super().add_param_group(param_group)
 
     # ----- what the optimizer reports -------------------------------------------------------------
@@ -248,25 +474,22 @@ class SASG(torch.optim.Optimizer):
                 "SASG.step needs a closure that recomputes the loss and calls backward() (like "
                 "torch.optim.LBFGS): the lazy rule re-evaluates it at the worker's last upload point"
             )
-        devices = [torch.cuda.current_device()] if self._plist[0].is_cuda else []
-        rng = torch.get_rng_state()  # read only: the closure's own random draws (dropout) ...
-        cuda_rng = torch.cuda.get_rng_state() if devices else None
-        lr = _check_lr(self.param_groups[0]["lr"])  # a scheduler may have set it
+        cuda = self._cuda_rng
+        rng = rng_state(cuda)  # read only: the closure's own random draws (dropout) ...
+        update = _check_update(self.param_groups[0])  # a scheduler may have set lr (or momentum)
+        lr, momentum, _, weight_decay = update[:4]
         loss = self._evaluate(closure)
         self._check_grads()
         theta = self._flat_params()
         grad = self._flat_grads()
-        after = torch.get_rng_state()
-        cuda_after = torch.cuda.get_rng_state() if devices else None
+        after = rng_state(cuda)
 
         def stale(anchor: Tensor) -> Tensor:
             saved = [b.detach().clone() for b in self._restore]
             self._write(anchor)
             # ... are replayed at the anchor: same minibatch, same masks; afterwards the stream
             # is where the fresh evaluation left it, as if no second evaluation had happened.
-            torch.set_rng_state(rng)
-            if devices:
-                torch.cuda.set_rng_state(cuda_rng)
+            set_rng_state(rng, cuda)
             try:
                 self._evaluate(closure)
                 return self._flat_grads()
@@ -274,15 +497,52 @@ class SASG(torch.optim.Optimizer):
                 self._write(theta)
                 for b, s in zip(self._restore, saved):
                     b.copy_(s)
-                torch.set_rng_state(after)
-                if devices:
-                    torch.cuda.set_rng_state(cuda_after)
+                set_rng_state(after, cuda)
 
+        # With momentum or weight decay the update starts again from theta^k, on the engine's
+        # aggregated step; with neither, the engine's own theta^k - s^k stands (bit for bit).
+        start = theta.clone() if momentum != 0 or weight_decay != 0 else None
         anchor = self.engine.workers.anchor
-        self.engine.step(theta, grad.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr)
+        self.engine.step(theta, grad.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr,
+                         self._threshold_lr(lr) if self._lag else None)
+        if start is not None:
+            self._update(start, update)
+            theta = start
         self._write(theta)
         self._write(grad, grads=True)
         return loss
+
+    def _threshold_lr(self, lr: float) -> float:
+        """The lr the lazy threshold divides by at this step k: ``lr`` itself, or (``threshold_lr_lag``
+        L > 0) the lr of step ``max(0, k - L)``, from the changes of the lr kept since then."""
+        if not self._lag:
+            return lr
+        k, lrs = self.engine.iteration, self._lrs
+        if not lrs or lrs[-1][1] != lr:
+            lrs.append((k, lr))
+        while len(lrs) > 1 and lrs[1][0] <= k - self._lag:
+            lrs.popleft()  # the lr of step k - L is the last change at or before it
+        return lrs[0][1]
+
+    def _update(self, theta: Tensor, update: tuple) -> None:
+        """theta^k -> theta^{k+1} in place by :func:`sasg_update` on the round's aggregated step."""
+        lr, momentum, dampening, weight_decay, nesterov, decoupled = update
+        buf = sasg_update(theta, self.engine._step, self._momentum, lr=lr, momentum=momentum,
+                          dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                          decoupled_weight_decay=decoupled)
+        if buf is not None and buf is not self._momentum:
+            self._set_momentum(buf)
+
+    def _set_momentum(self, flat: Tensor | None) -> None:
+        """Hold the flat momentum buffer and show it per parameter as ``state[p]["momentum_buffer"]``
+        (views of it, as ``torch.optim.SGD`` keeps them); ``None``: no buffer."""
+        self._momentum = flat
+        views = self.layout.views(flat) if flat is not None else {}
+        for i, p in enumerate(self._plist):
+            if flat is None:
+                self.state.pop(p, None)
+            else:
+                self.state[p]["momentum_buffer"] = views[str(i)]
 
     # ----- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -291,11 +551,14 @@ class SASG(torch.optim.Optimizer):
         the ledger). Parameters are the model's: save ``model.state_dict()`` beside it."""
         state = super().state_dict()
         state["sasg"] = {**self.engine.state_dict(), "settings": self._settings()}
+        if self._lag:  # the lrs the threshold will still look back to
+            state["sasg"]["threshold_lrs"] = [[k, lr] for k, lr in self._lrs]
         return state
 
     def _settings(self) -> dict:
         s = self.spec.settings
-        return {"density": s.density, "window": s.window, "c": s.threshold_scale}
+        return {"density": s.density, "window": s.window, "c": s.threshold_scale, "window_sum": s.window_sum,
+                "threshold_lr_lag": self._lag}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """All or nothing: the whole state is checked first (the ``torch.optim`` part, the settings
@@ -303,14 +566,21 @@ class SASG(torch.optim.Optimizer):
         server replica with the trigger's step window, the ledger, the generator); a state with a
         part missing or wrong is one ``ValueError`` naming it, and this optimizer is left as it was."""
         check_like(state_dict, {
-            "state": _a_dict,  # torch.optim's per-parameter state (SASG keeps none there)
+            "state": self._check_state,  # torch.optim's per-parameter state: the momentum buffers
             "param_groups": [self._check_group],
             "sasg": self._check_sasg,
         })
         state_dict = dict(state_dict)
-        engine = {k: v for k, v in state_dict.pop("sasg").items() if k != "settings"}
+        saved = state_dict.pop("sasg")
+        engine = {k: v for k, v in saved.items() if k not in ("settings", "threshold_lrs")}
+        mine = {k: self.param_groups[0][k] for k in UPDATE_DEFAULTS}
         super().load_state_dict(state_dict)  # checked: takes it whole
+        for k, v in mine.items():  # a state saved before a key existed keeps this optimizer's value
+            self.param_groups[0].setdefault(k, v)
+        bufs = [self.state.get(p, {}).get("momentum_buffer") for p in self._plist]
+        self._set_momentum(None if bufs[0] is None else torch.cat([b.reshape(-1) for b in bufs]))
         self.engine._apply_state(engine)
+        self._lrs = deque((int(k), float(lr)) for k, lr in saved.get("threshold_lrs", ()))
 
     def _check_sasg(self, saved, where: str) -> None:
         """The SASG part: the settings it was saved with (these, or a clear error), then the engine's."""
@@ -318,22 +588,75 @@ class SASG(torch.optim.Optimizer):
         if "settings" not in saved:
             raise ValueError(f"state part {part_name(where, 'settings')!r} is missing (saved by another version?)")
         settings, mine = saved["settings"], self._settings()
-        check_like(settings, {k: 0.0 for k in mine}, part_name(where, "settings"))
+        if isinstance(settings, Mapping):  # a state saved before the threshold variants: their defaults
+            settings = {**_SETTINGS_BEFORE_VARIANTS, **settings}
+        check_like(settings, {k: _a_str if isinstance(v, str) else 0.0 for k, v in mine.items()},
+                   part_name(where, "settings"))
         if settings != mine:
             differ = ", ".join(f"{k} {settings[k]} (saved) vs {mine[k]}" for k in mine if settings[k] != mine[k])
             raise ValueError(f"optimizer state was saved with other settings: {differ}; build SASG with the saved ones")
-        self.engine.check_state_dict({k: v for k, v in saved.items() if k != "settings"}, where)
+        if self._lag:  # (k, lr) pairs, oldest first
+            lrs = saved.get("threshold_lrs")
+            name = part_name(where, "threshold_lrs")
+            if lrs is None:
+                raise ValueError(f"state part {name!r} is missing (saved by another version?)")
+            if not isinstance(lrs, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], int) and not isinstance(p[0], bool)
+                and isinstance(p[1], (int, float)) and not isinstance(p[1], bool) for p in lrs
+            ):
+                raise ValueError(f"state part {name!r} must be a list of [step, lr] pairs")
+        self.engine.check_state_dict({k: v for k, v in saved.items() if k not in ("settings", "threshold_lrs")},
+                                     where)
 
     def _check_group(self, group, where: str) -> None:
-        """The saved parameter group: this one's parameters (as many) and a usable lr."""
+        """The saved parameter group: this one's parameters (as many) and usable hyperparameters
+        (one missing, from a state saved before it existed, is this optimizer's own). Keys that
+        schedulers write (``initial_lr``, ``max_momentum``, ...) are kept; keys of other
+        optimizers that SASG refuses (``maximize``, ``betas``, ...) are refused here too."""
         if not isinstance(group, Mapping) or "params" not in group or "lr" not in group:
             raise ValueError(f"state part {where!r} must be a parameter group with 'params' and 'lr'")
         n = len(self.param_groups[0]["params"])
         check_like(group["params"], [0] * n, part_name(where, "params"))
+        for key in group:
+            if key in _REFUSED or key in _ADAPTIVE:
+                try:
+                    _check_group_keys({key: None})
+                except ValueError as e:
+                    raise ValueError(f"state part {part_name(where, key)!r}: {e}") from None
         try:
-            _check_lr(group["lr"])
-        except ValueError as e:
-            raise ValueError(f"state part {part_name(where, 'lr')!r}: {e}") from None
+            _check_update({**{k: self.param_groups[0][k] for k in UPDATE_DEFAULTS}, **group})
+        except _BadValue as e:
+            raise ValueError(f"state part {part_name(where, e.key)!r}: {e}") from None
+
+    def _check_state(self, saved, where: str) -> None:
+        """The per-parameter state: empty (no momentum buffer yet) or one ``momentum_buffer`` of
+        the parameter's shape for each trained parameter, keyed by its index in the group."""
+        _a_dict(saved, where)
+        if not saved:
+            return
+        given = self.param_groups[0]["params"]
+        for key in saved:
+            if key not in self._trained:
+                raise ValueError(
+                    f"state part {part_name(where, key)!r} is not the state of a parameter SASG trains "
+                    "(frozen, empty or out of range: saved for another model?)"
+                )
+        for i in self._trained:
+            if i not in saved:
+                raise ValueError(
+                    f"state part {part_name(where, i)!r} is missing: the momentum buffer is saved for "
+                    "some parameters, so it must be there for all"
+                )
+            check_like(saved[i], {"momentum_buffer": given[i].detach()}, part_name(where, i))
+
+
+# The settings a state saved before --window-sum and --threshold-lr-lag existed was made with.
+_SETTINGS_BEFORE_VARIANTS = {"window_sum": "D-1", "threshold_lr_lag": 0}
+
+
+def _a_str(saved, where: str) -> None:
+    if not isinstance(saved, str):
+        raise ValueError(f"state part {where!r} is {type(saved).__name__}, expected a string")
 
 
 def _a_dict(saved, where: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .groups import grid_lines
 from .table import METRIC_NAMES, markdown_table, ratio_lines, table_notes
 
 
@@ -12,7 +13,7 @@ def render_report(summary: dict, plots: list[str]) -> str:
         "",
         f"Data `{cfg['dataset']}`, model `{cfg['model']}`, {cfg['workers']} workers × batch "
         f"{cfg['batch_size']}, lr {cfg['lr']} on the mean gradient (paper α = {cfg['paper_alpha']:g}), "
-        f"density {cfg['density']}, window D = {cfg['window']}, c = {cfg['threshold_scale']}, "
+        f"density {cfg['density']}, window D = {cfg['window']}, c = {cfg['threshold_scale']}{_variants(cfg)}, "
         f"{_length(cfg)}, {_seeds(summary)}. Partition: {_partition(cfg)}. Augmentation: {cfg.get('augment', 'none')}. "
         f"Learning rate: {_schedule(cfg)}. Bits up are 8 × the bytes each algorithm's codec produced "
         "(codec column; `paper32`: 32 bits per value + 32 per index, the paper's count); bits down are "
@@ -25,14 +26,23 @@ def render_report(summary: dict, plots: list[str]) -> str:
     ]
     notes = table_notes(summary["records"])
     if notes:
-        lines += [f"**{'Biased' if ' is biased' in n else 'Diverged'}.** {n}" for n in notes] + [""]
+        lines += [f"**{_kind(n)}.** {n}" for n in notes] + [""]
     ratios = ratio_lines(summary.get("vs_sgd", {}))
     if ratios:
         lines += ["## Against SGD", ""] + [f"- {r}" for r in ratios] + [""]
+    grid = grid_lines(summary["records"])
+    if grid:
+        lines += ["## By trigger and compressor", "",
+                  "Bits up to the target and final test accuracy of each pair that ran (mean over seeds "
+                  "with several).", ""] + grid + [""]
     lines += ["## Curves", ""]
     lines += [f"![{p}]({p})" for p in plots]
     lines.append("")
     return "\n".join(lines)
+
+
+def _kind(note: str) -> str:
+    return "Biased" if " is biased" in note else "Failed" if " failed " in note else "Diverged"
 
 
 def _target_line(summary: dict) -> str:
@@ -67,6 +77,27 @@ def _schedule(cfg: dict) -> str:
     if not decay:
         return "constant"
     return f"× {cfg['lr_decay_factor']} at epoch {', '.join(f'{e:g}' for e in decay)}"
+
+
+def _variants(cfg: dict) -> str:
+    """The lazy threshold's variants where any is set (shared, then per algorithm); else nothing."""
+
+    default = {"window_sum": "D-1", "threshold_lr_lag": 0.0}
+    shared = {k: cfg.get(k, v) for k, v in default.items()}
+
+    def words(knobs: dict, base: dict) -> list[str]:  # what differs from base
+        out = []
+        if knobs.get("window_sum", base["window_sum"]) != base["window_sum"]:
+            out.append(f"thr_k over the last {knobs['window_sum']} steps")
+        if knobs.get("threshold_lr_lag", base["threshold_lr_lag"]) != base["threshold_lr_lag"]:
+            out.append(f"threshold lr {knobs['threshold_lr_lag']:g} epoch(s) late")
+        return out
+
+    parts = words(shared, default) + [
+        f"{name}: {', '.join(words(knobs, shared))}"
+        for name, knobs in (cfg.get("per_algorithm") or {}).items() if words(knobs, shared)
+    ]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _length(cfg: dict) -> str:

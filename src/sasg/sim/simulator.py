@@ -34,7 +34,7 @@ from ..data.dataset import ArrayDataset, DataSplit, to_device
 from ..data.sampler import WorkerSampler
 from ..engine import InProcessTransport, RoundEngine
 from ..models import build_model
-from ..schedule import step_decay
+from ..schedule import lagged, step_decay
 from .evaluate import evaluate
 from .gradients import make_gradients
 
@@ -176,6 +176,10 @@ class Simulator:
         self.lr_at: Callable[[int], float] = step_decay(
             config.lr, config.lr_decay_epochs, config.lr_decay_factor, self.sampler.rounds_per_epoch
         )
+        # The lr the lazy threshold divides by: lr_at itself, or lr_at --threshold-lr-lag epochs
+        # late (the algorithm's own lag; a hand-built algorithm takes the shared one).
+        lag = spec.settings.threshold_lr_lag if spec is not None else config.threshold_lr_lag
+        self.threshold_lr_at: Callable[[int], float] = lagged(self.lr_at, lag, self.sampler.rounds_per_epoch)
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
@@ -229,7 +233,9 @@ class Simulator:
             who = rows if ids is None else ids[rows]
             return self.gradients.blocks(anchors, x[rows], y[rows], workers=who, update_stats=False)
 
-        return self.engine.step(self.theta, g, stale, self.lr_at(k))
+        if self.threshold_lr_at is self.lr_at:  # no lag: the threshold takes the round's lr
+            return self.engine.step(self.theta, g, stale, self.lr_at(k))
+        return self.engine.step(self.theta, g, stale, self.lr_at(k), self.threshold_lr_at(k))
 
     def communication_point(self) -> dict:
         """Cumulative counts at the current iteration, the first columns of an eval point."""

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..layout import Layout
 from .index import INDEX_CODES, IndexCode
-from .protocol import CodecError
+from .protocol import CodecError, check_messages
 from .value import VALUE_FORMATS, Groups, ValueFormat
 
 
@@ -116,6 +116,15 @@ class SparseCodec:
         groups = Groups.sparse(counts, nnz) if self.value.needs_groups else None
         return indices, self.value.decode(rows, groups, dtype, self.name)
 
+    def sparse_nnz(self, data: Tensor, sizes: Sequence[int], dtype: torch.dtype) -> list[int]:
+        """How many entries each sparse message holds, read from its bytes (for messages of
+        varying length; the index code knows: see :meth:`.index.IndexCode.nnz_of`)."""
+        sizes = self._check_batch(data, sizes)
+        starts = [0] * len(sizes)
+        for n in range(1, len(sizes)):
+            starts[n] = starts[n - 1] + sizes[n - 1]
+        return [int(n) for n in self.index.nnz_of(data, starts, sizes, self.value.nbytes, self.name)]
+
     # ------------------------------------------------------------------ dense
     def encode_dense(self, values: Tensor) -> tuple[Tensor, list[int]]:
         if values.dim() != 2 or values.shape[1] != self.layout.numel:
@@ -143,16 +152,7 @@ class SparseCodec:
 
     # ------------------------------------------------------------------
     def _check_batch(self, data: Tensor, sizes: Sequence[int]) -> list[int]:
-        if not isinstance(data, Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
-            raise CodecError(f"{self.name}: expected the messages as a 1-D uint8 tensor, got "
-                             f"{type(data).__name__} {getattr(data, 'dtype', '')} {tuple(getattr(data, 'shape', ()))}")
-        sizes = [int(s) for s in sizes]
-        if any(s < 0 for s in sizes):
-            raise CodecError(f"{self.name}: negative message size in {sizes[:8]}")
-        if sum(sizes) != data.numel():
-            raise CodecError(f"{self.name}: the sizes of {len(sizes)} message(s) sum to {sum(sizes)} bytes, "
-                             f"the data holds {data.numel()}")
-        return sizes
+        return check_messages(self.name, data, sizes)
 
     def describe(self) -> dict:
         return {"codec": self.name, "codec_index": self.index.name, "codec_value": self.value.name}

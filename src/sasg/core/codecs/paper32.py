@@ -76,6 +76,18 @@ class Paper32:
             raise CodecError(f"paper32: an index is outside 0..{self.numel - 1}: corrupted message")
         return indices, _from_bytes(rows[:, split:], dtype)
 
+    def sparse_nnz(self, data: Tensor, sizes: Sequence[int], dtype: torch.dtype) -> list[int]:
+        """How many entries each sparse message holds, from its size alone (for messages of
+        varying length: every entry costs one index and one value, nothing else travels)."""
+        per = _itemsize(_index_dtype(self.numel)) + _itemsize(dtype)
+        if sum(int(s) for s in sizes) != data.numel():
+            raise CodecError(f"paper32: the sizes of {len(sizes)} message(s) sum to {sum(int(s) for s in sizes)} "
+                             f"bytes, the data holds {data.numel()}")
+        for i, s in enumerate(sizes):
+            if int(s) < 0 or int(s) % per:
+                raise CodecError(f"paper32: message {i} has {int(s)} bytes, not a whole number of {per}-byte entries")
+        return [int(s) // per for s in sizes]
+
     def encode_dense(self, values: Tensor) -> tuple[Tensor, list[int]]:
         rows = _as_bytes(values)
         return rows.reshape(-1), [rows.shape[1]] * rows.shape[0]

@@ -33,6 +33,21 @@ class CodecError(ValueError):
     """Bytes that are not a message of this codec (corrupted or truncated)."""
 
 
+def check_messages(name: str, data: Tensor, sizes: Sequence[int]) -> list[int]:
+    """``sizes`` as ints, once ``data`` is a 1-D uint8 tensor they exactly cover (else a
+    :class:`CodecError` naming codec ``name``): what every decoder checks first."""
+    if not isinstance(data, Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
+        raise CodecError(f"{name}: expected the messages as a 1-D uint8 tensor, got "
+                         f"{type(data).__name__} {getattr(data, 'dtype', '')} {tuple(getattr(data, 'shape', ()))}")
+    sizes = [int(s) for s in sizes]
+    if any(s < 0 for s in sizes):
+        raise CodecError(f"{name}: negative message size in {sizes[:8]}")
+    if sum(sizes) != data.numel():
+        raise CodecError(f"{name}: the sizes of {len(sizes)} message(s) sum to {sum(sizes)} bytes, "
+                         f"the data holds {data.numel()}")
+    return sizes
+
+
 @runtime_checkable
 class Codec(Protocol):
     name: str

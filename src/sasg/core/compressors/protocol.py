@@ -16,8 +16,24 @@ send; the compressor itself is stateless between rounds.
   instead of a copy. Without it, the payload must not alias ``v`` (error feedback then updates
   ``v`` in place).
 
+Optional ``exact_under``: names of lossy codecs (value formats) that nevertheless decode this
+member's messages bit for bit (``terngrad`` under ``ternary``), so a run with them is not biased.
+
 ``default_memory`` names the memory a composition gets when none is written (``topk``: error
 feedback; ``identity``: none).
+
+Optional engine capabilities (:mod:`sasg.engine.round` calls them where a compressor has them):
+
+* ``server_buffers(seed, device=..., dtype=...) -> {name: tensor}``: server-side state, created
+  the same on every holder and saved with the server's state (``powersgd``: the warm-start Q);
+* ``begin_round(link) -> compressor``: a compressor whose messages need an exchange of their own
+  first (a linear one: ``powersgd`` sums every uploader's ``P`` before the ``Q`` are computed).
+  The returned object is this round's compressor (``compress``, ``empty``, ``layout``); its
+  ``compress`` exchanges through ``link.exchange(sent, template, codec)`` (the transport, with the
+  round's flags; the engine adds those bits to the ledger), ``close()`` makes that exchange where
+  the memory did not call ``compress`` (every holder takes part in every collective), ``empty(1)``
+  is the template the engine's own exchange decodes with, and ``received(senders, q_all)`` sees
+  every sender's decoded message after it.
 """
 
 from __future__ import annotations

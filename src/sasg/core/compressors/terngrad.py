@@ -26,6 +26,7 @@ from ..payloads import DensePayload
 class TernGrad:
     name = "terngrad"
     default_memory = "none"
+    exact_under = ("ternary", "elias")  # lossy codecs that still decode its messages bit for bit
 
     def __init__(self, layout: Layout):
         self.layout = layout

@@ -9,6 +9,7 @@ from torch import Tensor
 class Always:
     name = "always"
     lazy = False
+    needs_stale_grads = False
     history = 0
     worker_buffers: tuple[str, ...] = ()
 

@@ -7,6 +7,15 @@ or when its own measure of change exceeds
 .. math:: thr_k = \frac{1}{c\,M\,\eta} \sum_{j=k-D+1}^{k-1} \|\theta^{j+1} - \theta^j\|^2
 
 (:func:`lazy_threshold`, over the last ``D - 1`` server steps the server keeps: ``history``).
+
+Two variants of the authors' code, for matching published numbers (both off by default):
+
+* ``window_sum="D"`` sums the last ``D`` squared steps (``j = k-D .. k-1``) instead of ``D - 1``;
+  the server's ``history`` follows (:data:`WINDOW_SUMS`).
+* the lr in the threshold may lag the schedule (``--threshold-lr-lag EPOCHS``): the runner passes
+  it as ``Round.threshold_lr`` (the round's own lr unless a lag is set) and
+  :meth:`LazyRule.threshold` divides by it. A rule that calls :meth:`LazyRule.threshold` gets
+  both variants.
 """
 
 from __future__ import annotations
@@ -30,6 +39,20 @@ def check_window(window) -> int:
     return int(window)
 
 
+# --window-sum: how many of the last server steps thr_k sums -> how many the server keeps.
+WINDOW_SUMS = {"D-1": -1, "D": 0}
+
+
+def check_window_sum(window_sum) -> str:
+    """``"D-1"`` or ``"D"`` (case and spaces ignored: ``"d - 1"``), normalized."""
+    key = "".join(str(window_sum).split()).upper() if isinstance(window_sum, str) else None
+    if key not in WINDOW_SUMS:
+        raise ValueError(
+            f"window sum must be 'D-1' or 'D' (how many recent server steps thr_k sums), got {window_sum!r}"
+        )
+    return key
+
+
 def check_threshold_scale(c) -> float:
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not (c > 0) or math.isinf(c):
         raise ValueError(f"threshold scale c must be a finite number > 0, got {c!r}")
@@ -37,7 +60,8 @@ def check_threshold_scale(c) -> float:
 
 
 def lazy_threshold(recent_step_sq: Tensor, c: float, num_workers: int, lr: float) -> float:
-    """thr_k = sum(recent squared steps) / (c * M * lr); ``recent_step_sq`` holds the last D-1.
+    """thr_k = sum(recent squared steps) / (c * M * lr); ``recent_step_sq`` holds the last D-1
+    (the last D with ``window_sum="D"``).
 
     ``lr = 0`` (a schedule that ends at 0) takes the limit lr -> 0+: an infinite threshold (nobody
     needs to send, nothing would move) unless the recent steps were all 0, where it stays 0."""
@@ -65,14 +89,21 @@ def set_anchor(workers, rows: Sequence[int], theta: Tensor) -> None:
 
 
 class LazyRule:
-    """The window ``D`` and threshold scale ``c`` of a lazy rule, checked; its server history."""
+    """The window ``D``, threshold scale ``c`` and window sum (``"D-1"``: the last D - 1 server
+    steps, ``"D"``: the last D) of a lazy rule, checked; its server history (that many steps)."""
 
     lazy = True
 
-    def __init__(self, window: int, c: float):
+    def __init__(self, window: int, c: float, window_sum: str = "D-1"):
         self.window = check_window(window)
         self.c = check_threshold_scale(c)
-        self.history = self.window - 1
+        self.window_sum = check_window_sum(window_sum)
+        self.history = self.window + WINDOW_SUMS[self.window_sum]
+
+    def threshold(self, rnd) -> float:
+        """thr_k of round ``rnd``: the server's recent squared steps over ``c M eta``, with eta the
+        round's ``threshold_lr`` (its lr unless the runner lags it)."""
+        return lazy_threshold(rnd.server.step_sq, self.c, rnd.num_workers, rnd.threshold_lr)
 
     def describe(self) -> dict:
-        return {"trigger": self.name, "window": self.window, "threshold_scale": self.c}
+        return {"trigger": self.name, "window": self.window, "threshold_scale": self.c, "window_sum": self.window_sum}

@@ -13,7 +13,11 @@ of the uploaders' fresh gradients records it in ``decide``, the only place that 
   the server keeps for the rule;
 * ``worker_buffers``: the ``(N, d)`` buffers it keeps per worker, by name (e.g. ``anchor``), or
   ``(name, width)`` for an ``(N, width)`` one (e.g. ``("lipschitz", 1)``: one number per worker);
-* ``uploaded(workers, rows, theta)``: bookkeeping after the ``rows`` uploaded at ``theta``.
+* ``uploaded(workers, rows, theta)``: bookkeeping after the ``rows`` uploaded at ``theta``;
+* ``needs_stale_grads`` (optional): ``True`` if ``decide`` may call ``rnd.stale_grads`` (``wk2``),
+  ``False`` if it never does (``always``, ``wk1``, ``ps``). Runners that cannot evaluate the loss a
+  second time (the DDP communication hook, :mod:`sasg.ddp`) run only triggers that never do. A
+  trigger without the attribute is answered by :func:`needs_stale_grads` (see there).
 
 Staleness :math:`\tau_m` (rounds since worker m's last upload, 1 right after one) is kept by the
 engine for every trigger.
@@ -41,3 +45,17 @@ class Trigger(Protocol):
 
     def describe(self) -> dict:
         ...
+
+
+def needs_stale_grads(trigger) -> bool:
+    """Whether ``trigger`` may ask for a second gradient at the anchor (``rnd.stale_grads``).
+
+    Its own ``needs_stale_grads`` attribute when it has one. A trigger without it (a plug-in
+    written before the attribute existed; it is optional, so such plug-ins keep working in every
+    runner that offers the second gradient) is taken to need it exactly when it is lazy: a rule
+    that uploads every round never compares gradients, and a lazy one that is wrongly assumed not
+    to need it would fail in the middle of a round on some ranks only."""
+    declared = getattr(trigger, "needs_stale_grads", None)
+    if declared is not None:
+        return bool(declared)
+    return bool(getattr(trigger, "lazy", True))

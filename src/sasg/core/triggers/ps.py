@@ -51,7 +51,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .lazy import LazyRule, forced_uploads, lazy_threshold, set_anchor
+from .lazy import LazyRule, forced_uploads, set_anchor
 from .wk1 import distance_to_rows, store_rows
 
 
@@ -69,6 +69,7 @@ class PS(LazyRule):
     """LASG-PS with window ``D``, threshold scale ``c`` and a secant estimate of each L_m."""
 
     name = "ps"
+    needs_stale_grads = False
     # (name, width): lipschitz is one number per worker, the others (N, d).
     worker_buffers = ("anchor", "last_grad", ("lipschitz", 1))
 
@@ -83,7 +84,7 @@ class PS(LazyRule):
         moved = drift(rnd.theta, anchor, work)
         check = (~upload).nonzero().squeeze(1)
         if check.numel():
-            thr = lazy_threshold(rnd.server.step_sq, self.c, rnd.num_workers, rnd.lr)
+            thr = self.threshold(rnd)
             bound = lipschitz[check].double().square() * moved[check].double()
             upload[check] = bound > thr
         rows = upload.nonzero().squeeze(1)

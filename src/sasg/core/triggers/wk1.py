@@ -40,7 +40,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .lazy import LazyRule, forced_uploads, lazy_threshold
+from .lazy import LazyRule, forced_uploads
 
 
 def distance_to_rows(grads: Sequence[Tensor], other: Tensor, rows: Tensor, work: Tensor) -> Tensor:
@@ -79,6 +79,7 @@ class WK1(LazyRule):
     """LASG-WK1 with window ``D`` and threshold scale ``c``: no second gradient."""
 
     name = "wk1"
+    needs_stale_grads = False
     worker_buffers = ("last_grad",)
 
     def decide(self, rnd) -> Tensor:
@@ -88,7 +89,7 @@ class WK1(LazyRule):
         if check.numel():
             work = rnd.workspace.buffer("wk1-difference", (rnd.layout.numel,), rnd.grads[0])
             diff_sq = distance_to_rows(rnd.grads, last, check, work)
-            thr = lazy_threshold(rnd.server.step_sq, self.c, rnd.num_workers, rnd.lr)
+            thr = self.threshold(rnd)
             upload[check] = diff_sq > thr
         store_rows(last, rnd.grads, upload.nonzero().squeeze(1))
         return upload

@@ -10,8 +10,9 @@ At round k, worker m uploads if any of
 
   .. math:: thr_k = \frac{1}{c\,M\,\eta} \sum_{j=k-D+1}^{k-1} \|\theta^{j+1} - \theta^j\|^2 .
 
-The sum runs over the last ``D - 1`` server steps (``history``). Larger ``c`` lowers the threshold
-(more uploads); larger ``D`` allows longer skips and averages over more steps. The second
+The sum runs over the last ``D - 1`` server steps (``history``; the last ``D`` with
+``window_sum="D"``, and ``eta`` may lag the schedule: see :mod:`.lazy`). Larger ``c`` lowers the
+threshold (more uploads); larger ``D`` allows longer skips and averages over more steps. The second
 gradient is computed only for workers the rule must check: never in warm-up, never for a forced
 upload.
 """
@@ -23,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .lazy import LazyRule, forced_uploads, lazy_threshold, set_anchor
+from .lazy import LazyRule, forced_uploads, set_anchor
 
 
 def squared_change(grads: Sequence[Tensor], rows: Tensor, stale: Sequence[Tensor], work: Tensor) -> Tensor:
@@ -49,6 +50,7 @@ class WK2(LazyRule):
     """LASG-WK2 with window ``D`` and threshold scale ``c``."""
 
     name = "wk2"
+    needs_stale_grads = True  # the gradient at the anchor on the same minibatch
     worker_buffers = ("anchor",)
 
     def decide(self, rnd) -> Tensor:
@@ -58,7 +60,7 @@ class WK2(LazyRule):
             stale = rnd.stale_grads(check)
             work = rnd.workspace.buffer("wk2-difference", (rnd.layout.numel,), rnd.grads[0])
             diff_sq = squared_change(rnd.grads, check, stale, work)
-            thr = lazy_threshold(rnd.server.step_sq, self.c, rnd.num_workers, rnd.lr)
+            thr = self.threshold(rnd)
             upload[check] = diff_sq > thr
         return upload
 

@@ -35,6 +35,14 @@ class Bitmap(IndexCode):
         bits[rows.expand_as(indices), indices] = True
         return pack_bits(bits).to(indices.device), None
 
+    def nnz_of(self, data, starts, sizes, value_nbytes, who) -> list[int]:
+        """The bits set in each message's bitmap (its size is the same for every count)."""
+        B = self.part_bytes(0)
+        _check_room(who, sizes, B)
+        rows = message_rows(data, starts, sizes, 0, B).reshape(-1)
+        msg = set_bit_positions(rows) // (8 * B)
+        return torch.bincount(msg, minlength=len(sizes)).tolist()
+
     def decode(self, data, starts, sizes, tail, nnz, who):
         N, d, B = len(sizes), self.tables.d, self.part_bytes(nnz)
         _check_room(who, sizes, B + tail)

@@ -126,5 +126,38 @@ class IndexCode:
     def counts_of(self, indices: Tensor) -> Tensor:
         return self.tables.counts_of(indices)
 
+    def nnz_of(self, data: Tensor, starts: Sequence[int], sizes: Sequence[int], value_nbytes, who: str) -> list[int]:
+        """How many entries each message holds, from its bytes alone (messages of varying length):
+        ``value_nbytes(n)`` is the value part's size for ``n`` entries. This base serves a code
+        whose part has ``part_bytes(n)`` bytes, strictly more for more entries (``idx32``): the
+        one ``n`` whose index and value parts fill the message. A code whose size does not tell
+        (``bitmap``) or that writes its counts (``rice``, ``auto``) reads them instead."""
+        part = getattr(self, "part_bytes", None)
+        if part is None:
+            raise ValueError(f"{who}: index code {self.name!r} cannot tell how many entries a message holds "
+                             "(it defines neither nnz_of nor part_bytes)")
+
+        def fill(n: int) -> int:
+            return part(n) + value_nbytes(n)
+
+        out = []
+        for i, s in enumerate(sizes):
+            hi = 1
+            while fill(hi) < s:
+                hi *= 2
+                if hi > 8 * s + 8:
+                    _fail(who, i, f"has {s} bytes, which no number of entries fills")
+            lo = 0  # the smallest n with fill(n) >= s lies in lo..hi
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (mid + 1, hi) if fill(mid) < s else (lo, mid)
+            if fill(lo) != s:
+                _fail(who, i, f"has {s} bytes, which no number of entries fills (corrupted or truncated)")
+            if fill(lo + 1) == s:
+                raise ValueError(f"{who}: index code {self.name!r} writes {s} bytes for {lo} and {lo + 1} entries: "
+                                 "the size does not tell how many entries a message holds")
+            out.append(lo)
+        return out
+
     def describe(self) -> dict:
         return {"index": self.name}

@@ -213,6 +213,13 @@ class _Sections(IndexCode):
         return pieces, counts
 
     # ---------------------------------------------------------------- decode
+    def nnz_of(self, data, starts, sizes, value_nbytes, who) -> list[int]:
+        """The sum of each message's per-tensor counts (its header's first ``S W`` bytes)."""
+        t = self.tables
+        _check_room(who, sizes, self.header_bytes())
+        hdr = message_rows(data, starts, sizes, 0, t.S * t.W).contiguous()
+        return from_bytes(hdr, t.index_dtype).long().sum(1).tolist()
+
     def decode(self, data, starts, sizes, tail, nnz, who):
         t = self.tables
         tab = t.on(data.device)

@@ -1,0 +1,89 @@
+"""PyTorch Lightning with sasg's DDP communication hook.
+
+    pip install "sasg[lightning]"
+    python examples/lightning_ddp.py                      # 2 CPU processes (gloo)
+    python examples/lightning_ddp.py --devices 4 --max-steps 500
+
+Lightning takes a communication hook and its state through ``DDPStrategy(ddp_comm_hook=...,
+ddp_comm_state=...)``. The state is a :class:`sasg.ddp.HookState` built from the LightningModule
+before the Trainer exists; it joins the process group at the first gradient bucket. Lightning
+(2.x) installs that hook on CUDA devices only, although gloo/CPU DDP runs hooks as well, so on the
+CPU the small callback below installs the same hook on the same state once DDP has wrapped the
+model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import sasg.ddp
+from sasg.data import load_mnist5k
+
+
+class MnistFC(L.LightningModule):
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr = lr
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class InstallHookOnCPU(L.Callback):
+    """Lightning installs ``ddp_comm_hook`` on CUDA only; on the CPU do what it would do."""
+
+    def __init__(self, state: sasg.ddp.HookState):
+        self.state = state
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.strategy.root_device.type != "cuda":
+            trainer.strategy.model.register_comm_hook(self.state, sasg.ddp.comm_hook)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            t = self.state.ledger.totals()
+            print(f"sasg hook: {t['iterations']} rounds, {t['uploads']} uploads, bits up {t['bits_up']:.3e}, "
+                  f"bits sent per rank {self.state.bits_by_rank}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--algo", default="always+topk")
+    p.add_argument("--codec", default="rice+sign")
+    p.add_argument("--density", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args()
+
+    L.seed_everything(0, verbose=False)
+    data = load_mnist5k()
+    loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=args.batch_size, shuffle=True)
+    model = MnistFC(args.lr)
+    state = sasg.ddp.HookState(model, algo=args.algo, codec=args.codec, density=args.density)
+    on_gpu = torch.cuda.is_available()
+    strategy = DDPStrategy(ddp_comm_state=state, ddp_comm_hook=sasg.ddp.comm_hook,
+                           process_group_backend="nccl" if on_gpu else "gloo")
+    trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=args.devices, strategy=strategy,
+                        max_steps=args.max_steps, callbacks=[InstallHookOnCPU(state)], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(model, loader)
+
+
+if __name__ == "__main__":
+    main()

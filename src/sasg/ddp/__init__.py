@@ -1,0 +1,25 @@
+"""sasg inside your own DDP job: a ``DistributedDataParallel`` communication hook.
+
+One line after wrapping the model::
+
+    model = DistributedDataParallel(model)
+    state = sasg.ddp.register(model, algo="always+topk", codec="rice+sign")
+    # ... the usual loop: loss.backward(); optimizer.step() (SGD, momentum, AdamW, ...)
+
+Each backward pass is one round of the algorithm: every rank compresses its gradient (top-k per
+tensor with error feedback, or any registered compressor and memory), encodes it with the codec,
+exchanges the bytes with the other ranks, decodes everyone's message and hands the mean of the
+decompressed messages to DDP, which puts it in ``.grad``. Lazy rules without a second gradient
+(``wk1``, ``ps``) let a rank skip: it sends nothing and its last message stands. ``wk2``
+(``sasg``, ``lasg``) needs a second backward pass and is refused; :class:`sasg.optim.SASG` runs it.
+
+Modules: :mod:`.hook` (the hook, :func:`register`), :mod:`.state` (one rank's state, checkpoints),
+:mod:`.buckets` (DDP's buckets <-> the model's flat vector), :mod:`.transport` (the distributed
+runner's exchange, with bits per rank), :mod:`.rules` (which algorithms run in a hook).
+"""
+
+from .hook import comm_hook, register
+from .rules import check_runs_in_hook, hook_algorithm, hook_triggers
+from .state import HookState
+
+__all__ = ["HookState", "check_runs_in_hook", "comm_hook", "hook_algorithm", "hook_triggers", "register"]

@@ -1,0 +1,96 @@
+"""DDP's gradient buckets and the model's flat vector: gather the gradients, scatter the result.
+
+DDP groups the gradients into buckets of about 25 MB and calls the communication hook once per
+bucket, in bucket order, on every rank. Which parameters share a bucket is DDP's business: it
+chooses them at construction and chooses again after the first iteration (in the order the
+gradients became ready). The algorithm state, by contrast, lives in one flat vector in the
+order of ``model.parameters()`` (a :class:`~sasg.core.layout.Layout` with one segment per tensor,
+so top-k keeps ``max(1, floor(h d_s))`` of every tensor, as the simulator does). This module maps
+one onto the other through the parameters themselves, so a rebuild of the buckets changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from torch import Tensor
+
+from ..core.layout import Layout, Segment
+
+
+class ParameterIndex:
+    """The trained parameters of a model, in ``model.parameters()`` order, as one flat layout.
+
+    ``named``: ``(name, parameter)`` pairs; tensors without ``requires_grad`` and empty ones are
+    left out (DDP gives them no gradient; nothing to send)."""
+
+    def __init__(self, named: Iterable[tuple[str, Tensor]]):
+        kept = [(n, p) for n, p in named if p.requires_grad and p.numel() > 0]
+        if not kept:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False or are empty)")
+        self.names = [n for n, _ in kept]
+        self.params = [p for _, p in kept]
+        self.layout = Layout((n, tuple(p.shape)) for n, p in kept)
+        self._segment = {id(p): seg for p, seg in zip(self.params, self.layout.segments)}
+        first = self.params[0]
+        self.device = first.device
+
+    @property
+    def numel(self) -> int:
+        return self.layout.numel
+
+    def flat_params(self, out: Tensor) -> Tensor:
+        """The current parameters as one flat vector (``out``, any float dtype: cast on copy)."""
+        for p, seg in zip(self.params, self.layout.segments):
+            out[seg.offset : seg.end].copy_(p.detach().reshape(-1))
+        return out
+
+    def _pairs(self, bucket) -> list[tuple[Segment, Tensor]]:
+        pairs = []
+        for p, g in zip(bucket.parameters(), bucket.gradients()):
+            seg = self._segment.get(id(p))
+            if seg is None:
+                if p.numel() == 0:
+                    continue
+                raise RuntimeError(
+                    f"DDP bucket {bucket.index()} holds a parameter of shape {tuple(p.shape)} that the sasg hook "
+                    "state does not know: build the state from the model DDP wraps (sasg.ddp.register does)"
+                )
+            pairs.append((seg, g))
+        return pairs
+
+    def gather(self, buckets: Sequence, out: Tensor) -> Tensor:
+        """Every parameter's gradient from the round's ``buckets`` into ``out`` (flat, in layout
+        order; cast to ``out``'s dtype). Each parameter must come exactly once."""
+        seen = 0
+        filled = set()
+        for bucket in buckets:
+            for seg, g in self._pairs(bucket):
+                if seg.offset in filled:
+                    raise RuntimeError(f"parameter {seg.name!r} came twice in one round of DDP buckets")
+                filled.add(seg.offset)
+                out[seg.offset : seg.end].copy_(g.reshape(-1))
+                seen += 1
+        if seen != len(self.layout.segments):
+            missing = [s.name for s in self.layout.segments if s.offset not in filled]
+            raise RuntimeError(
+                f"{len(missing)} trained parameter(s) reached no DDP bucket this round (e.g. {missing[0]!r}): "
+                "parameters DDP ignores must be frozen (requires_grad=False) or left out of the hook state"
+            )
+        return out
+
+    def scatter(self, flat: Tensor, buckets: Sequence) -> None:
+        """Write ``flat`` (layout order) into the buckets' buffers, each in its own dtype."""
+        for bucket in buckets:
+            for seg, g in self._pairs(bucket):
+                g.copy_(flat[seg.offset : seg.end].view(g.shape))
+
+    def describe(self) -> list[list]:
+        """``[name, numel]`` per tensor: what every rank must agree on."""
+        return [[seg.name, seg.numel] for seg in self.layout.segments]
+
+
+def bucket_nbytes(bucket) -> int:
+    buffer = bucket.buffer()
+    return buffer.numel() * buffer.element_size()

@@ -1,0 +1,80 @@
+"""The communication hook and the one call that installs it.
+
+No ``from __future__ import annotations`` here: DDP checks the hook's annotations against the
+real ``dist.GradBucket`` and ``torch.futures.Future[torch.Tensor]`` types.
+"""
+
+import torch
+import torch.distributed as dist
+
+from .rules import hook_algorithm
+from .state import HookState
+
+
+def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook running the sasg round (install it with :func:`register`, or hand
+    it to a framework with a :class:`HookState`: ``DDPStrategy(ddp_comm_hook=comm_hook,
+    ddp_comm_state=state)``).
+
+    DDP calls it once per gradient bucket, in bucket order. The buckets of one backward pass are
+    one round: each bucket's future completes when the last bucket has arrived, the whole
+    model's gradient has been compressed, exchanged and aggregated, and every bucket holds its
+    part of the aggregate (the mean of the decompressed messages)."""
+    return state.on_bucket(bucket)
+
+
+def register(
+    ddp_model,
+    algo: str = "always+topk",
+    codec: str = "paper32",
+    *,
+    density: float = 0.01,
+    window: int = 10,
+    threshold_scale: float = 2.0,
+    lr=None,
+    start_iter: int = 0,
+    seed: int = 0,
+    process_group=None,
+) -> HookState:
+    """Install the sasg hook on a ``DistributedDataParallel`` model; returns its state.
+
+    Args:
+        ddp_model: the DDP-wrapped model (call on every rank, after ``init_process_group``).
+        algo: ``TRIGGER+COMPRESSOR[+MEMORY]`` with a trigger that needs no second gradient:
+            ``always`` (every round), ``wk1`` or ``ps`` (lazy rules), or a plug-in that declares
+            ``needs_stale_grads = False``. ``wk2`` (``sasg``, ``lasg``) is refused: it needs a
+            second backward pass at the anchor (use :class:`sasg.optim.SASG` for it).
+        codec: how messages become bytes, and so what crosses the network and what the ledger
+            counts: ``paper32`` or ``INDEX+VALUE`` such as ``rice+sign`` (see ``sasg list``).
+        density, window, threshold_scale: the algorithm's knobs (top-k density h; the lazy rule's
+            window D and threshold scale c).
+        lr: lazy rules only: the optimizer's learning rate, as a number, a function returning the
+            current one, or the optimizer itself (its first group's lr, read every round).
+        start_iter: rounds of plain all-reduce before the first compressed round. Default 0: the
+            state follows the model's parameters, not DDP's buckets, so the bucket rebuild after
+            the first iteration needs no dense rounds, and the run is the simulator's from round 0.
+        seed: derives each rank's generator for randomized members from (seed, rank), as the
+            simulator does; the same on every rank.
+        process_group: default: the DDP model's own group.
+
+    The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
+    ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.
+    """
+    # The algorithm first: a rule that cannot run in a hook is refused before anything else.
+    hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale)
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(ddp_model, DistributedDataParallel):
+        raise TypeError(
+            "sasg.ddp.register needs a torch.nn.parallel.DistributedDataParallel model, "
+            f"got {type(ddp_model).__name__}; "
+            "wrap it first: model = DistributedDataParallel(model)"
+        )
+    ignored = set(getattr(ddp_model, "parameters_to_ignore", ()) or ())
+    named = [(n, p) for n, p in ddp_model.module.named_parameters() if n not in ignored]
+    group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
+    state = HookState(named, algo, codec, density=density, window=window, threshold_scale=threshold_scale, lr=lr,
+                      start_iter=start_iter, seed=seed, process_group=group)
+    state.start()
+    ddp_model.register_comm_hook(state, comm_hook)
+    return state

@@ -1,0 +1,295 @@
+r"""The hook's state: one worker of the algorithm per rank, over the whole model.
+
+Every rank holds what a rank of the distributed runner holds: its worker's state (error memory,
+the lazy rule's buffers, staleness), a replica of the server (every worker's last message, the
+recent squared steps), its member generators (seeded from ``(seed, rank)`` as in the simulator)
+and the ledger. All of it is a :class:`sasg.engine.RoundEngine` over one flat
+:class:`~sasg.core.layout.Layout` of the model's trained parameters in ``model.parameters()``
+order: not per bucket, so DDP rebuilding its buckets after the first iteration changes nothing
+and top-k is per tensor exactly as in the simulator.
+
+Scale. The hook gets each rank's own gradient :math:`g_m` (DDP leaves the averaging to the hook)
+and hands back, on every rank,
+
+.. math:: G = \sum_m \mathrm{decoded}(q_m), \qquad q_m = C(v_m), \qquad
+          v_m = \tfrac{1}{M} g_m + e_m, \qquad e_m \leftarrow v_m - \mathrm{decoded}(q_m)
+
+— the engine's round with ``lr = 1``: the mean of the decompressed messages, in gradient units,
+which is what DDP's own all-reduce hook returns (the mean gradient) when nothing is compressed.
+The user's optimizer then steps on :math:`G`; with plain SGD at lr :math:`\eta` that is the
+simulator's :math:`\theta \leftarrow \theta - \sum_m q_m` with its messages (formed from
+:math:`\tfrac{\eta}{M} g`) written in units of :math:`\eta`. The error memory is fp32 whatever
+the gradients' dtype (bf16/fp16 buckets are cast for compression and the result cast back).
+
+Lazy rules (``wk1``, ``ps``) compare against
+:math:`thr_k = \frac{1}{cM\eta}\sum_j \|\theta^{j+1}-\theta^j\|^2`. With plain SGD the step is
+:math:`\eta G_j`, so :math:`thr_k = \frac{\eta}{cM}\sum_j\|G_j\|^2`: the hook passes the engine
+``1/eta`` as the threshold's lr, which gives exactly that. It needs the lr (``lr=``: a number, a
+function returning the current one, or the optimizer, whose first group's lr is read every round);
+with momentum or Adam the real step is not :math:`\eta G_j` and the rule is an approximation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from numbers import Integral
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..config import MAX_SEED
+from ..core.spec import check_codec
+from ..core.state import at_least, check_like, equal_to, part_name
+from ..engine import RoundEngine
+from .buckets import ParameterIndex, bucket_nbytes
+from .rules import hook_algorithm
+from .transport import CountingTransport
+
+
+def _lr_reader(lr) -> Callable[[], float] | None:
+    """``lr`` as a function returning the current lr (``None`` stays ``None``)."""
+    if lr is None:
+        return None
+    if isinstance(lr, torch.optim.Optimizer):
+        return lambda: lr.param_groups[0]["lr"]
+    if callable(lr):
+        return lr
+    _check_lr(lr)
+    value = float(lr)
+    return lambda: value
+
+
+def _check_lr(lr) -> float:
+    if isinstance(lr, Tensor) and lr.numel() == 1:
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < math.inf):
+        raise ValueError(f"lr must be a finite number >= 0 (the optimizer's learning rate), got {lr!r}")
+    return float(lr)
+
+
+class HookState:
+    """One rank's state of the sasg communication hook (:func:`sasg.ddp.register` makes it).
+
+    ``model``: the module DDP wraps (or its ``(name, parameter)`` pairs). The algorithm is
+    checked at once (a rule that needs a second gradient is refused); the round engine is built
+    when the process group exists: in :func:`~sasg.ddp.register`, or at the first bucket when
+    the state is handed to a framework that registers the hook itself (Lightning's
+    ``DDPStrategy(ddp_comm_hook=..., ddp_comm_state=...)``).
+
+    After that: ``ledger`` (per round: uploads, bits; ``ledger.totals()``), ``bits_by_rank``
+    (8 x the bytes each rank has sent), ``rounds`` (hook rounds so far, plain all-reduce ones
+    included), ``state_dict()`` / ``load_state_dict()`` for checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Iterable[tuple[str, Tensor]],
+        algo: str = "always+topk",
+        codec: str = "paper32",
+        *,
+        density: float = 0.01,
+        window: int = 10,
+        threshold_scale: float = 2.0,
+        lr=None,
+        start_iter: int = 0,
+        seed: int = 0,
+        process_group=None,
+    ):
+        self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale)
+        self.codec = check_codec(codec)
+        if isinstance(start_iter, bool) or not isinstance(start_iter, Integral) or start_iter < 0:
+            raise ValueError(
+                f"start_iter must be an integer >= 0 (rounds of plain all-reduce first), got {start_iter!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        named = model.named_parameters() if isinstance(model, nn.Module) else model
+        self.index = ParameterIndex(named)
+        self.algorithm = self.spec.build(self.index.layout, self.codec)
+        self._lr = _lr_reader(lr)
+        if self.algorithm.lazy and self._lr is None:
+            raise ValueError(
+                f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
+                "steps, so the hook needs the learning rate: pass lr= (a number, a function returning the "
+                "current lr, or the optimizer)"
+            )
+        self.start_iter = int(start_iter)
+        self.seed = int(seed)
+        self.group = process_group
+        self.rounds = 0  # hook rounds so far, plain all-reduce ones (start_iter) included
+        self.engine: RoundEngine | None = None
+        self.transport: CountingTransport | None = None
+        self._pending: list[tuple[object, torch.futures.Future]] = []
+
+    # ----- setup -------------------------------------------------------------------------------------
+    def start(self) -> "HookState":
+        """Build the round engine on the process group (once; every rank at the same point: it
+        checks that all ranks registered the same algorithm, settings and parameter shapes)."""
+        if self.engine is not None:
+            return self
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "the sasg hook needs an initialised process group (torch.distributed.init_process_group)"
+            )
+        first = self.index.params[0]
+        nccl_here = first.is_cuda and dist.get_backend(self.group) == "nccl"
+        transport = CountingTransport(group=self.group, device=first.device if nccl_here else None)
+        fingerprint = zlib.crc32(json.dumps(self._identity(), sort_keys=True).encode()) & 0x7FFFFFFF
+        seen = transport.all_gather_int(fingerprint)
+        if len(set(seen)) != 1:
+            raise ValueError(
+                f"rank {transport.rank}: the ranks registered the sasg hook differently (algorithm, codec, "
+                "settings, seed or the model's parameter shapes differ): every rank must make the same call"
+            )
+        d, device = self.index.numel, self.index.device
+        self.engine = RoundEngine(self.algorithm, transport, seed=self.seed, device=device, dtype=torch.float32)
+        self.transport = transport
+        # fp32 whatever the gradients' dtype: the round's gradient, parameters and aggregate.
+        self._grads = torch.zeros(d, device=device, dtype=torch.float32)
+        self._theta = torch.zeros(d, device=device, dtype=torch.float32)
+        self._step = torch.zeros(d, device=device, dtype=torch.float32)
+        return self
+
+    def _identity(self) -> dict:
+        return {"algorithm": self.spec.composition, "codec": self.codec, "settings": self._settings(),
+                "parameters": self.index.describe(), "start_iter": self.start_iter, "seed": self.seed}
+
+    def _settings(self) -> dict:
+        return self.spec.settings.to_dict()
+
+    # ----- what it reports ---------------------------------------------------------------------------
+    @property
+    def num_workers(self) -> int:
+        return self.start().engine.num_workers
+
+    @property
+    def ledger(self):
+        """The engine's ledger: per compressed round, uploads and bits (uplink: 8 x the bytes of
+        the messages; downlink: the parameter-server convention; flags/sizes)."""
+        return self.start().engine.ledger
+
+    @property
+    def bits_by_rank(self) -> list[int]:
+        """8 x the bytes each rank has sent so far (each message once; plain all-reduce rounds
+        count each rank's gradient as it is)."""
+        return list(self.start().transport.bits_by_rank)
+
+    @property
+    def error(self) -> Tensor | None:
+        """This rank's error memory (flat, fp32, layout order), or None without error feedback."""
+        error = self.start().engine.workers.buffers.get("error")
+        return None if error is None else error[0]
+
+    # ----- the hook ----------------------------------------------------------------------------------
+    def on_bucket(self, bucket) -> torch.futures.Future:
+        """The hook's body for one bucket (see :func:`sasg.ddp.comm_hook`)."""
+        self.start()
+        if self.rounds < self.start_iter:
+            return self._allreduce(bucket)
+        fut: torch.futures.Future = torch.futures.Future()
+        self._pending.append((bucket, fut))
+        if not bucket.is_last():
+            # The round needs every bucket: this future completes when the last one arrives
+            # (DDP waits for all of them only after the backward pass).
+            return fut
+        pending, self._pending = self._pending, []
+        buckets = [b for b, _ in pending]
+        try:
+            self._round(buckets)
+        except BaseException as e:
+            # No bucket is left waiting; the error itself surfaces from loss.backward() on this rank.
+            for _, f in pending[:-1]:
+                f.set_exception(e)
+            raise
+        for b, f in pending:
+            f.set_result(b.buffer())
+        return fut
+
+    def _allreduce(self, bucket) -> torch.futures.Future:
+        """A plain round: the mean gradient, as DDP's default hook computes it."""
+        buffer = bucket.buffer()
+        M = self.engine.num_workers
+        self.transport.count_dense(bucket_nbytes(bucket))
+        if bucket.is_last():
+            self.rounds += 1
+        if M == 1:
+            fut: torch.futures.Future = torch.futures.Future()
+            fut.set_result(buffer)
+            return fut
+        buffer.div_(M)
+        work = dist.all_reduce(buffer, group=self.group, async_op=True)
+        return work.get_future().then(lambda f: f.value()[0])
+
+    def _round(self, buckets) -> None:
+        engine, index = self.engine, self.index
+        index.gather(buckets, self._grads)
+        index.flat_params(self._theta)  # theta^k: lazy rules measure drift from their anchors
+        threshold_lr = None
+        if self.algorithm.lazy:
+            eta = _check_lr(self._lr())
+            threshold_lr = math.inf if eta == 0 else 1.0 / eta  # see the module docstring
+        engine.step(self._theta, self._grads.view(1, -1), self._no_second_gradient, 1.0, threshold_lr=threshold_lr)
+        engine.server.last.sum(self._step)  # sum_m decoded(q_m): what the engine stepped by
+        index.scatter(self._step, buckets)
+        self.rounds += 1
+
+    def _no_second_gradient(self, rows):
+        raise RuntimeError(
+            f"the trigger {self.spec.trigger!r} asked for a second gradient at the anchor, which a DDP hook "
+            "cannot compute; a trigger that does must declare needs_stale_grads = True (it is then refused "
+            "at register time)"
+        )
+
+    # ----- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """This rank's state: plain tensors, ints, strings and lists (``torch.load(...,
+        weights_only=True)`` reads it back). Save one per rank, beside the model and the optimizer."""
+        engine = self.start().engine
+        return {
+            "algorithm": self.algorithm.name,
+            "codec": self.codec,
+            "settings": self._settings(),
+            "parameters": self.index.describe(),
+            "rounds": self.rounds,
+            "bits_by_rank": list(self.transport.bits_by_rank),
+            "engine": engine.state_dict(),
+        }
+
+    def check_state_dict(self, state, where: str = "") -> None:
+        """One ``ValueError`` naming the first part of ``state`` that does not fit this hook (other
+        algorithm, codec, settings, model, number of ranks, or another rank's state). Changes nothing."""
+        engine = self.start().engine
+        check_like(state, {
+            "algorithm": self.algorithm.name,
+            "codec": self.codec,
+            "settings": self._check_settings,
+            "parameters": equal_to(self.index.describe(), " (saved for another model?)"),
+            "rounds": at_least(0),
+            "bits_by_rank": [at_least(0)] * engine.num_workers,
+            "engine": engine.check_state_dict,
+        }, where)
+        if state["rounds"] < state["engine"]["server"]["iteration"]:
+            raise ValueError(
+                f"state part {part_name(where, 'rounds')!r} is {state['rounds']}, fewer than the engine's rounds"
+            )
+
+    def _check_settings(self, saved, where: str) -> None:
+        mine = self._settings()
+        if not isinstance(saved, Mapping) or set(saved) != set(mine):
+            raise ValueError(f"state part {where!r} is not this hook's settings ({', '.join(mine)})")
+        differ = [f"{k} {saved[k]!r} (saved) vs {mine[k]!r}" for k in mine if saved[k] != mine[k]]
+        if differ:
+            raise ValueError(f"the hook state was saved with other settings: {', '.join(differ)}")
+
+    def load_state_dict(self, state: dict) -> None:
+        """All or nothing: :meth:`check_state_dict` first, then every part."""
+        self.check_state_dict(state)
+        self.engine.load_state_dict(state["engine"])
+        self.rounds = int(state["rounds"])
+        self.transport.bits_by_rank = [int(b) for b in state["bits_by_rank"]]
+        self._pending = []

@@ -1,0 +1,378 @@
+"""The DDP communication hook (sasg.ddp) in real 2-process gloo jobs on the CPU.
+
+One spawned job runs every scenario (one process-group start-up for all of them) and leaves
+each rank's results in files; the tests below read them:
+
+* the hook with top-k + error feedback and plain SGD follows the simulator for 20 steps (also
+  with the lazy rules wk1 and ps: same skips, so their threshold has the simulator's scale);
+* checkpoint -> fresh model, optimizer and hook -> continue equals an uninterrupted run;
+* ``sasg`` (wk2: a second gradient) is refused with a message naming the rules that work;
+* a lossy codec (rice+sign) trains and the bits on the ledger are 8 x the bytes handed over;
+* under bf16 autocast (and with bf16 parameters) the error memory stays fp32 and the loss falls;
+* gradient accumulation with ``no_sync`` gives the step of the whole batch;
+* ``start_iter`` rounds are DDP's plain all-reduce, then the compressed rounds begin.
+
+The examples (examples/ddp_hook.py under torchrun; examples/lightning_ddp.py when Lightning
+is installed) run briefly at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sasg import Simulator
+from sasg.core.layout import Layout
+from sasg.ddp import HookState, register
+
+from conftest import small_config
+from test_distributed import spawn, synth
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+STEPS = 20
+ALGO = "always+topk"  # the alias `sparse`: top-k per tensor + error feedback, every round
+LAZY = ("wk1+topk", "ps+topk")  # lazy rules without a second gradient: their threshold needs the lr
+
+
+def _batches(cfg, data, rank):
+    """Rank ``rank``'s minibatches: exactly simulated worker ``rank``'s (same partition generator,
+    same per-worker sampler stream)."""
+    from sasg.data import WorkerSampler, make_partition
+
+    shards = make_partition(cfg.partition, data.train.y, WORLD, torch.Generator().manual_seed(cfg.seed),
+                            beta=cfg.beta, shards_per_worker=cfg.shards_per_worker, min_size=cfg.batch_size)
+    sampler = WorkerSampler(shards, cfg.batch_size, cfg.seed)
+    return sampler, lambda: sampler.next()[rank]
+
+
+def _ddp_model(cfg, data, seed=None, dtype=torch.float32):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from sasg.models import build_model
+
+    model = build_model(cfg.model, data.sample_shape, data.num_classes, cfg.seed if seed is None else seed)
+    model.to(dtype)  # before DDP wraps it: DDP sizes its buckets for the parameters' dtype
+    return model, DistributedDataParallel(model)
+
+
+def _flat(model) -> torch.Tensor:
+    return Layout.from_module(model).flatten(dict(model.named_parameters())).detach().clone()
+
+
+def _train(ddp, opt, next_idx, data, steps, autocast=None):
+    for _ in range(steps):
+        idx = next_idx()
+        x, y = data.train.x[idx], data.train.y[idx]
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            loss = F.cross_entropy(ddp(x), y)
+        loss.backward()
+        opt.step()
+
+
+def _full_loss(model, data) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(data.train.x.to(next(model.parameters()).dtype)).float(), data.train.y))
+
+
+# ----- the scenarios, run in each rank ------------------------------------------------------------
+
+
+def _follows_simulator(rank, cfg, data):
+    out = {}
+    for algo in (ALGO, *LAZY):
+        model, ddp = _ddp_model(cfg, data)
+        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+        state = register(ddp, algo, density=cfg.density, window=cfg.window, threshold_scale=cfg.threshold_scale,
+                         seed=cfg.seed, lr=opt if algo in LAZY else None)
+        _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS)
+        out[algo] = {"theta": _flat(model), "error": state.error.clone(), "ledger": state.ledger.state_dict(),
+                     "bits_by_rank": state.bits_by_rank}
+    return out
+
+
+def _checkpoint_resume(rank, cfg, data, folder):
+    # A lazy rule that skips (so the server's last messages and the rule's buffers must come back)
+    # and varying-size messages (rice gaps), under momentum SGD (its buffers are the optimizer's).
+    algo = dict(algo="wk1+topk", codec="rice+sign", density=cfg.density, window=3, seed=cfg.seed)
+
+    def fresh(seed=None):
+        model, ddp = _ddp_model(cfg, data, seed)
+        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=0.9)
+        return model, ddp, opt, register(ddp, lr=opt, **algo)
+
+    model, ddp, opt, state = fresh()
+    _train(ddp, opt, _batches(cfg, data, rank)[1], data, 16)
+    straight = {"theta": _flat(model), "uploads": state.ledger.uploads}
+
+    model, ddp, opt, state = fresh()
+    sampler, next_idx = _batches(cfg, data, rank)
+    _train(ddp, opt, next_idx, data, 8)
+    path = os.path.join(folder, f"ckpt-rank{rank}.pt")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict(),
+                "sampler": sampler.state_dict()}, path)
+    del model, ddp, opt, state
+
+    ckpt = torch.load(path, weights_only=True)  # plain tensors, ints, strings and lists only
+    model, ddp, opt, state = fresh(seed=cfg.seed + 1)  # another init: everything comes from the file
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    state.load_state_dict(ckpt["hook"])
+    sampler, next_idx = _batches(cfg, data, rank)
+    sampler.load_state_dict(ckpt["sampler"])
+    _train(ddp, opt, next_idx, data, 8)
+    return {"straight": straight, "resumed": {"theta": _flat(model), "uploads": state.ledger.uploads}}
+
+
+def _lossy_codec(rank, cfg, data):
+    model, ddp = _ddp_model(cfg, data)
+    state = register(ddp, ALGO, codec="rice+sign", density=cfg.density, seed=cfg.seed)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    before = _full_loss(model, data)
+    _train(ddp, opt, _batches(cfg, data, rank)[1], data, 30)
+    counters = state.transport.counters
+    return {"theta": _flat(model), "loss": (before, _full_loss(model, data)), "bits_by_rank": state.bits_by_rank,
+            "ledger": state.ledger.state_dict(), "payload_bytes_sent": counters.payload_bytes_sent}
+
+
+def _bf16(rank, cfg, data):
+    out = {}
+    model, ddp = _ddp_model(cfg, data)
+    state = register(ddp, ALGO, density=cfg.density, seed=cfg.seed)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    before = _full_loss(model, data)
+    _train(ddp, opt, _batches(cfg, data, rank)[1], data, 30, autocast=torch.bfloat16)
+    out["autocast"] = {"loss": (before, _full_loss(model, data)), "error_dtype": str(state.error.dtype),
+                       "theta": _flat(model)}
+    # bf16 parameters: bf16 buckets, cast to fp32 for the round and back for the result
+    model, ddp = _ddp_model(cfg, data, dtype=torch.bfloat16)
+    state = register(ddp, ALGO, density=cfg.density, seed=cfg.seed)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    before = _full_loss(model, data)
+    data16 = type(data)(type(data.train)(data.train.x.bfloat16(), data.train.y, data.num_classes, "bf16"), data.test)
+    _train(ddp, opt, _batches(cfg, data, rank)[1], data16, 30)
+    out["bf16_params"] = {"loss": (before, _full_loss(model, data)), "error_dtype": str(state.error.dtype),
+                          "param_dtype": str(next(model.parameters()).dtype), "theta": _flat(model).float()}
+    return out
+
+
+def _no_sync(rank, cfg, data):
+    """Two half-batches with no_sync on the first (loss halved) against the whole batch at once."""
+    out = {}
+    for accumulate in (False, True):
+        model, ddp = _ddp_model(cfg, data)
+        register(ddp, ALGO, density=cfg.density, seed=cfg.seed)
+        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+        next_idx = _batches(cfg, data, rank)[1]
+        for _ in range(4):
+            idx = torch.cat([next_idx(), next_idx()])
+            x, y = data.train.x[idx], data.train.y[idx]
+            opt.zero_grad()
+            if accumulate:
+                half = len(idx) // 2
+                with ddp.no_sync():  # no hook: the gradient only accumulates in .grad
+                    (F.cross_entropy(ddp(x[:half]), y[:half]) / 2).backward()
+                (F.cross_entropy(ddp(x[half:]), y[half:]) / 2).backward()  # the hook runs here
+            else:
+                F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        out["accumulated" if accumulate else "whole"] = _flat(model)
+    return out
+
+
+def _start_iter(rank, cfg, data):
+    """Two rounds of plain all-reduce, then the compressed ones."""
+    model, ddp = _ddp_model(cfg, data)
+    state = register(ddp, ALGO, density=cfg.density, seed=cfg.seed, start_iter=2)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    next_idx = _batches(cfg, data, rank)[1]
+    _train(ddp, opt, next_idx, data, 2)
+    after_dense = {"theta": _flat(model), "rounds": state.rounds, "compressed": state.ledger.iterations,
+                   "bits_by_rank": state.bits_by_rank}
+    _train(ddp, opt, next_idx, data, 3)
+    plain_model, plain = _ddp_model(cfg, data)  # DDP's own all-reduce on the same two batches
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=cfg.lr)
+    _train(plain, plain_opt, _batches(cfg, data, rank)[1], data, 2)
+    return {"after_dense": after_dense, "plain": _flat(plain_model), "rounds": state.rounds,
+            "compressed": state.ledger.iterations, "uploads": state.ledger.uploads}
+
+
+def _refusal(rank, cfg, data):
+    _, ddp = _ddp_model(cfg, data)
+    messages = {}
+    for algo in ("sasg", "lasg", "wk2+randomk"):
+        try:
+            register(ddp, algo)
+        except ValueError as e:
+            messages[algo] = str(e)
+    return messages
+
+
+def _job(rank, world, folder):
+    torch.manual_seed(1234 + rank)  # DDP itself draws nothing; any stray use would show as a mismatch
+    cfg, data = small_config(workers=world), synth()
+    results = {
+        "simulator": _follows_simulator(rank, cfg, data),
+        "checkpoint": _checkpoint_resume(rank, cfg, data, folder),
+        "lossy": _lossy_codec(rank, cfg, data),
+        "bf16": _bf16(rank, cfg, data),
+        "no_sync": _no_sync(rank, cfg, data),
+        "start_iter": _start_iter(rank, cfg, data),
+        "refusal": _refusal(rank, cfg, data),
+    }
+    torch.save(results, os.path.join(folder, f"results-rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp_hook")
+    spawn(_job, WORLD, str(folder), timeout=150.0)
+    return [torch.load(folder / f"results-rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# ----- the tests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", [ALGO, *LAZY])
+def test_hook_follows_the_simulator_with_topk_error_feedback_and_sgd(ranks, algo):
+    cfg, data = small_config(workers=WORLD), synth()
+    sim = Simulator(cfg, algo, data)
+    for _ in range(STEPS):
+        sim.step()
+    for r, out in enumerate(ranks):
+        got = out["simulator"][algo]
+        # Tolerance: the simulator forms v = (lr/M) g + e and steps by sum q; the hook forms
+        # v = g/M + e (gradient units) and SGD steps by lr * sum q, and DDP's autograd gradient
+        # may differ from the simulator's functional one in the last bit. The same entries are
+        # picked and the same ranks skip, so the parameters differ by float32 rounding only
+        # (about 3e-8 observed for |theta| ~ 0.1): asserted within 1e-6 absolute + 1e-5 relative.
+        torch.testing.assert_close(got["theta"], sim.theta, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cfg.lr * got["error"], sim.workers.error[r], rtol=1e-5, atol=1e-6)
+        assert got["ledger"]["uploads"] == sim.ledger.uploads
+        assert got["ledger"]["bits_up"] == sim.ledger.bits_up  # paper32: the same messages, the same bits
+        assert got["ledger"]["bits_flags"] == (sim.ledger.bits_flags if algo == ALGO else [WORLD] * STEPS)
+        assert sum(got["bits_by_rank"]) == sum(sim.ledger.bits_up)
+        assert got["error"].dtype == torch.float32
+    if algo == ALGO:
+        assert sim.ledger.uploads == [WORLD] * STEPS
+    else:  # the lazy rule skipped, at the simulator's rounds: its threshold has the simulator's scale
+        assert sum(sim.ledger.uploads) < WORLD * STEPS
+    assert torch.equal(ranks[0]["simulator"][algo]["theta"], ranks[1]["simulator"][algo]["theta"])
+
+
+def test_checkpoint_restart_continue_equals_an_uninterrupted_run(ranks):
+    for out in ranks:
+        straight, resumed = out["checkpoint"]["straight"], out["checkpoint"]["resumed"]
+        assert torch.equal(resumed["theta"], straight["theta"])
+        assert resumed["uploads"] == straight["uploads"]
+        assert len(straight["uploads"]) == 16
+        assert sum(straight["uploads"][8:]) < 8 * WORLD  # ranks skipped after the restart too
+    assert torch.equal(ranks[0]["checkpoint"]["resumed"]["theta"], ranks[1]["checkpoint"]["resumed"]["theta"])
+
+
+def test_a_rule_that_needs_a_second_gradient_is_refused_with_the_rules_that_work(ranks):
+    for algo in ("sasg", "lasg"):
+        with pytest.raises(ValueError, match="second gradient") as e:
+            register(_linear(), algo=algo)  # refused before the model is even looked at
+        assert "Rules that work in a hook: always, wk1, ps" in str(e.value)
+        assert "sasg.optim.SASG" in str(e.value)
+        with pytest.raises(ValueError, match="Rules that work in a hook"):
+            HookState(_linear(), algo=algo)
+    for out in ranks:  # and the same with a real DDP model
+        assert set(out["refusal"]) == {"sasg", "lasg", "wk2+randomk"}
+        assert all("Rules that work in a hook: always, wk1, ps" in m for m in out["refusal"].values())
+    with pytest.raises(ValueError, match="needs the learning rate"):
+        HookState(_linear(), algo="wk1+topk")
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        register(_linear(), algo="always+topk")
+
+
+def _linear():
+    return torch.nn.Linear(3, 2, device="meta")  # shapes only: no draw from the global RNG
+
+
+def test_lossy_codec_trains_and_its_bits_are_8x_the_bytes_sent(ranks):
+    for r, out in enumerate(ranks):
+        got = out["lossy"]
+        before, after = got["loss"]
+        assert after < 0.7 * before
+        bits = got["bits_by_rank"]
+        # what this rank handed to the collective: each message once to each of the M-1 others
+        assert 8 * got["payload_bytes_sent"] == bits[r] * (WORLD - 1)
+        assert sum(bits) == sum(got["ledger"]["bits_up"]) > 0
+        # rice gaps + one sign bit per kept entry: far below paper32's 64 bits per kept entry
+        assert sum(bits) < 0.5 * 64 * _kept() * 30 * WORLD
+    assert ranks[0]["lossy"]["bits_by_rank"] == ranks[1]["lossy"]["bits_by_rank"]
+    assert torch.equal(ranks[0]["lossy"]["theta"], ranks[1]["lossy"]["theta"])
+
+
+def _kept() -> int:
+    """Entries top-k keeps per message for the test model."""
+    from sasg.core import kept_per_segment
+    from sasg.models import build_model
+
+    cfg, data = small_config(workers=WORLD), synth()
+    model = build_model(cfg.model, data.sample_shape, data.num_classes, cfg.seed)
+    return sum(kept_per_segment(Layout.from_module(model), cfg.density))
+
+
+def test_bf16_keeps_the_error_memory_in_fp32_and_trains(ranks):
+    for out in ranks:
+        for case in ("autocast", "bf16_params"):
+            got = out["bf16"][case]
+            assert got["error_dtype"] == "torch.float32", case
+            before, after = got["loss"]
+            assert after < 0.7 * before, case
+        assert out["bf16"]["bf16_params"]["param_dtype"] == "torch.bfloat16"
+    for case in ("autocast", "bf16_params"):
+        assert torch.equal(ranks[0]["bf16"][case]["theta"], ranks[1]["bf16"][case]["theta"])
+
+
+def test_gradient_accumulation_with_no_sync_gives_the_whole_batch_step(ranks):
+    for out in ranks:
+        torch.testing.assert_close(out["no_sync"]["accumulated"], out["no_sync"]["whole"], rtol=1e-5, atol=1e-6)
+
+
+def test_start_iter_rounds_are_plain_all_reduce(ranks):
+    for out in ranks:
+        got = out["start_iter"]
+        dense = got["after_dense"]
+        torch.testing.assert_close(dense["theta"], got["plain"], rtol=1e-6, atol=1e-7)  # DDP's own mean
+        assert (dense["rounds"], dense["compressed"]) == (2, 0)
+        d = dense["theta"].numel()
+        assert dense["bits_by_rank"] == [2 * 32 * d] * WORLD  # each rank's fp32 gradient, twice
+        assert (got["rounds"], got["compressed"], got["uploads"]) == (5, 3, [WORLD] * 3)
+
+
+# ----- the examples -------------------------------------------------------------------------------------
+
+
+def _run_example(args: list[str], timeout: float = 150.0) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_example_ddp_hook_runs_under_torchrun():
+    out = _run_example(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "examples/ddp_hook.py", "--max-steps", "12", "--accumulate", "2", "--bf16"])
+    assert "epoch 1: step 12, test acc" in out
+    assert "always+topk / rice+sign: 12 steps" in out
+
+
+def test_example_with_lightning_when_installed():
+    import importlib.util
+
+    if importlib.util.find_spec("lightning") is None:
+        pytest.skip("Lightning is not installed (optional: pip install 'sasg[lightning]')")
+    out = _run_example(["examples/lightning_ddp.py", "--max-steps", "8"], timeout=240.0)
+    assert "sasg hook: 8 rounds, 16 uploads" in out

@@ -1,0 +1,290 @@
+"""Accuracy of the sasg DDP hook against plain DDP, with the user's own optimizer.
+
+    .venv/bin/python benchmarks/ddp_accuracy.py                       # 2 ranks, 20 epochs, seed 0
+    .venv/bin/python benchmarks/ddp_accuracy.py --epochs 5 --world 4 --seeds 0,1,2
+    .venv/bin/python benchmarks/ddp_accuracy.py --hooks always+topk/paper32,always+topk/rice+sign
+
+The default setting: FC 784-512-10 on the embedded MNIST-5k (4,000 train / 1,000 test images),
+batch 10 per worker, one worker per rank (gloo on the CPU, one intra-op thread per rank), 20
+epochs, every worker's minibatches drawn exactly as the simulator draws them (iid split, per
+worker sampler streams from the seed). Each optimizer is trained twice from the same
+initialisation on the same minibatches: once with DDP's own all-reduce and once with the sasg
+hook installed (``sasg.ddp.register``). The optimizers:
+
+* ``momentum``: SGD, momentum 0.9, lr 0.02: the best of a sweep on plain DDP (2 ranks, 20
+  epochs, seed 0; ``--hooks none --optimizers momentum --lr-momentum LR``): lr 0.002 / 0.005 /
+  0.01 / 0.02 / 0.05 / 0.1 gave 93.2 / 93.8 / 94.5 / 95.1 / 90.4 / 45.5 % test accuracy;
+* ``adamw``: AdamW, lr 1e-3, PyTorch's other defaults (weight decay 0.01);
+* ``bf16``: the ``momentum`` optimizer with the forward pass under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the error memory stays fp32).
+
+Hooks (``--hooks``, ``ALGO/CODEC``): by default ``always+topk/rice+sign`` — top-k per tensor at
+h = 1 %, error feedback, every round, Golomb-Rice index gaps and one sign bit per kept entry
+(plus each tensor's mean magnitude). The table gives each pair's final test accuracy, the
+difference hook - DDP in points, the bits the hook sent over the run as a fraction of DDP's dense
+fp32 gradients (32 bits x parameters x ranks x rounds), and the training time of a run (mean over
+the seeds; it depends on what else the machine runs). With several seeds, the accuracies are
+means and the difference is the mean of the paired differences, each seed's in brackets. The
+differences are counted in test images (1,000 of them: 0.1 point each), so -0.5 is exactly -0.5.
+The last line is JSON (``within_half_point``: every pair within 0.5 points;
+``never_half_point_below``: the hook never more than 0.5 points below DDP;
+``mean_within_half_point``: every optimizer's mean difference within 0.5 points).
+
+Measured with ``--seeds 0,1,2`` (2 ranks, 20 epochs): see the README, "Use it in your DDP job".
+
+The workers are the ranks: the paper's setting has M = 10, here 2 by default to keep it cheap
+on a small CPU box (each rank is one process on one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+OPTIMIZERS = ("momentum", "adamw", "bf16")
+DEFAULT_HOOKS = ("always+topk/rice+sign",)
+DEFAULT_LR = {"momentum": 0.02, "adamw": 1e-3, "bf16": 0.02}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batches(data, world: int, rank: int, batch_size: int, seed: int):
+    """This rank's minibatch indices, round after round: simulated worker ``rank``'s (the
+    simulator's iid split and per-worker sampler streams for ``seed``), the same for every run."""
+    from sasg.data import WorkerSampler, make_partition
+
+    shards = make_partition("iid", data.train.y, world, torch.Generator().manual_seed(seed), min_size=batch_size)
+    sampler = WorkerSampler(shards, batch_size, seed)
+    return sampler.rounds_per_epoch, lambda: sampler.next()[rank]
+
+
+@torch.no_grad()
+def _test_correct(model, data) -> int:
+    """Test images classified correctly (the model in eval mode, fp32, no autocast)."""
+    model.eval()
+    correct = int((model(data.test.x).argmax(1) == data.test.y).sum().item())
+    model.train()
+    return correct
+
+
+def _optimizer(name: str, params, lr: float):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: str | None, epochs: int,
+               batch_size: int, density: float, seed: int, max_rounds: int | None = None) -> dict:
+    """One training run in this rank (call on every rank of the group). ``hook``: ``ALGO/CODEC``
+    or None for DDP's own all-reduce. Returns the test accuracy after every epoch (the last one:
+    after ``max_rounds`` rounds when given), the bits sent and whether the ranks ended equal."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    import sasg.ddp
+    from sasg.models import build_model
+
+    model = build_model("fc", data.sample_shape, data.num_classes, seed)
+    ddp = DistributedDataParallel(model)
+    opt = _optimizer(optimizer, ddp.parameters(), lr)
+    state = None
+    if hook is not None:
+        algo, codec = hook.split("/")
+        state = sasg.ddp.register(ddp, algo=algo, codec=codec, density=density, seed=seed, lr=opt)
+    per_epoch, next_idx = _batches(data, world, rank, batch_size, seed)
+    total = per_epoch * epochs if max_rounds is None else min(max_rounds, per_epoch * epochs)
+    autocast = optimizer == "bf16"
+    curve = []
+    start = time.perf_counter()
+    for r in range(total):
+        idx = next_idx()
+        x, y = data.train.x[idx], data.train.y[idx]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(ddp(x), y)
+        loss.backward()
+        opt.step()
+        if (r + 1) % per_epoch == 0 or r + 1 == total:
+            curve.append(_test_correct(model, data))
+    seconds = time.perf_counter() - start
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    top, bottom = flat.clone(), flat.clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    dist.all_reduce(bottom, op=dist.ReduceOp.MIN)
+    dense_bits = 32 * flat.numel() * world * total
+    n_test = len(data.test.y)
+    out = {"optimizer": optimizer, "lr": lr, "hook": hook, "seed": seed, "rounds": total, "n_test": n_test,
+           "correct": curve[-1], "accuracy": 100.0 * curve[-1] / n_test,
+           "curve": [100.0 * c / n_test for c in curve], "seconds": seconds,
+           "ranks_equal": bool(torch.equal(top, bottom)), "dense_bits": dense_bits, "bits": dense_bits,
+           "error_dtype": None}
+    if state is not None:
+        out["bits"] = int(sum(state.bits_by_rank))
+        out["uploads"] = int(state.ledger.totals()["uploads"])
+        out["error_dtype"] = str(state.error.dtype)
+    return out
+
+
+def _rank_main(rank: int, world: int, port: int, runs: list[dict], out_path: str) -> None:
+    import torch.distributed as dist
+
+    from sasg.data import load_mnist5k
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)  # one core per rank, as under torchrun with OMP_NUM_THREADS=1
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    try:
+        data = load_mnist5k()
+        results = [train_once(rank, world, data, **run) for run in runs]
+        if rank == 0:
+            with open(out_path, "w") as f:
+                json.dump(results, f)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run(runs: list[dict], world: int = 2, timeout: float | None = None) -> list[dict]:
+    """Run ``runs`` (keyword sets for :func:`train_once`) one after the other in a fresh
+    ``world``-rank gloo job; returns rank 0's results in order."""
+    import torch.multiprocessing as tmp
+
+    with tempfile.TemporaryDirectory() as folder:
+        out_path = os.path.join(folder, "results.json")
+        ctx = tmp.start_processes(_rank_main, args=(world, _free_port(), runs, out_path), nprocs=world,
+                                  join=False, start_method="spawn")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ctx.join(timeout=1.0):
+            if deadline is not None and time.monotonic() > deadline:
+                for p in ctx.processes:
+                    if p.is_alive():
+                        p.kill()
+                raise TimeoutError(f"the {world}-rank job did not finish in {timeout:.0f} s")
+        with open(out_path) as f:
+            return json.load(f)
+
+
+def plan(optimizers, hooks, seeds, lrs: dict, **common) -> list[dict]:
+    """Every (seed, optimizer) pair: plain DDP first, then each hook, same settings otherwise."""
+    return [dict(optimizer=o, lr=lrs[o], hook=h, seed=s, **common)
+            for s in seeds for o in optimizers for h in (None, *hooks)]
+
+
+def summarize(results: list[dict], hooks) -> list[dict]:
+    """One row per (optimizer, hook): accuracies, paired differences in points, bit fraction."""
+    rows = []
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in results))
+    seeds = sorted({r["seed"] for r in results})
+    by = {(r["optimizer"], r["hook"], r["seed"]): r for r in results}
+    for o in optimizers:
+        for h in hooks:
+            base = [by[o, None, s] for s in seeds]
+            mine = [by[o, h, s] for s in seeds]
+            # in points, from the counts of correct test images (exact: -0.5 is -0.5, not -0.50000001)
+            diffs = [100.0 * (m["correct"] - b["correct"]) / b["n_test"] for m, b in zip(mine, base)]
+            rows.append({
+                "optimizer": o, "lr": base[0]["lr"], "hook": h, "seeds": seeds,
+                "ddp_accuracy": sum(b["accuracy"] for b in base) / len(seeds),
+                "hook_accuracy": sum(m["accuracy"] for m in mine) / len(seeds),
+                "diff_points": sum(diffs) / len(diffs), "diffs": diffs,
+                "max_abs_diff_points": max(abs(d) for d in diffs),
+                "bits_fraction": sum(m["bits"] for m in mine) / sum(m["dense_bits"] for m in mine),
+                "ddp_seconds": sum(b["seconds"] for b in base) / len(seeds),
+                "hook_seconds": sum(m["seconds"] for m in mine) / len(seeds),
+                "ranks_equal": all(r["ranks_equal"] for r in base + mine),
+                "error_dtype": mine[0]["error_dtype"],
+            })
+    return rows
+
+
+def _table(rows) -> str:
+    multi = len(rows[0]["seeds"]) > 1
+    diff_head, width = ("diff pts (per seed)", 30) if multi else ("diff pts", 8)
+    head = (f"{'optimizer':<9} {'lr':>6} {'hook':<21} {'DDP acc %':>9} {'hook acc %':>10}  {diff_head:<{width}} "
+            f"{'bits vs DDP':>11} {'DDP s':>6} {'hook s':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        diff = f"{r['diff_points']:+.2f}"
+        if multi:
+            diff += " (" + " ".join(f"{d:+.1f}" for d in r["diffs"]) + ")"
+        lines.append(f"{r['optimizer']:<9} {r['lr']:>6g} {r['hook']:<21} {r['ddp_accuracy']:>9.2f} "
+                     f"{r['hook_accuracy']:>10.2f}  {diff:<{width}} {r['bits_fraction']:>11.4%} "
+                     f"{r['ddp_seconds']:>6.0f} {r['hook_seconds']:>6.0f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=int, default=2, help="ranks = workers (default 2)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=10, help="per worker")
+    p.add_argument("--density", type=float, default=0.01)
+    p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    p.add_argument("--hooks", default=",".join(DEFAULT_HOOKS), help="ALGO/CODEC,... ; 'none': plain DDP only")
+    p.add_argument("--seeds", default="0")
+    for o in OPTIMIZERS:
+        p.add_argument(f"--lr-{o}", type=float, default=DEFAULT_LR[o])
+    args = p.parse_args(argv)
+
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    unknown = set(optimizers) - set(OPTIMIZERS)
+    if unknown:
+        p.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {', '.join(OPTIMIZERS)}")
+    hooks = [] if args.hooks.strip() == "none" else [h.strip() for h in args.hooks.split(",") if h.strip()]
+    for h in hooks:
+        if h.count("/") != 1:
+            p.error(f"--hooks entries are ALGO/CODEC, got {h!r}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    lrs = {o: getattr(args, f"lr_{o}") for o in OPTIMIZERS}
+
+    runs = plan(optimizers, hooks, seeds, lrs, epochs=args.epochs, batch_size=args.batch_size, density=args.density)
+    print(f"{len(runs)} runs, {args.world} ranks (gloo, CPU), {args.epochs} epochs, batch {args.batch_size} per "
+          f"worker, seeds {seeds}", flush=True)
+    t = time.monotonic()
+    results = run(runs, world=args.world)
+    wall = time.monotonic() - t
+    if not hooks:
+        for r in results:
+            print(f"{r['optimizer']:<10} lr {r['lr']:<8g} seed {r['seed']}: {r['accuracy']:.2f} %  "
+                  f"(per epoch: {' '.join(f'{a:.1f}' for a in r['curve'])})")
+        print(json.dumps({"world": args.world, "epochs": args.epochs, "results": results, "wall_seconds": wall}))
+        return
+    rows = summarize(results, hooks)
+    print(_table(rows))
+    print(f"total wall time {wall:.0f} s")
+    worst = max(r["max_abs_diff_points"] for r in rows)
+    lowest = min(min(r["diffs"]) for r in rows)
+    worst_mean = max(abs(r["diff_points"]) for r in rows)
+    print(f"largest |hook - DDP| over all pairs {worst:.1f} points; hook at most {max(0.0, -lowest):.1f} points "
+          f"below DDP; largest |mean difference| over the seeds {worst_mean:.2f} points")
+    summary = {
+        "world": args.world, "epochs": args.epochs, "batch_size": args.batch_size, "density": args.density,
+        "seeds": seeds, "rows": rows,
+        # every pair: |hook - DDP| <= 0.5 points; the hook never more than 0.5 points below DDP; per
+        # optimizer, |mean over the seeds of hook - DDP| <= 0.5 points
+        "max_abs_diff_points": worst, "within_half_point": worst <= 0.5,
+        "min_diff_points": lowest, "never_half_point_below": lowest >= -0.5,
+        "max_abs_mean_diff_points": worst_mean, "mean_within_half_point": worst_mean <= 0.5,
+        "curves": {f"{r['optimizer']}|{r['hook'] or 'ddp'}|{r['seed']}": r["curve"] for r in results},
+        "wall_seconds": wall,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    main()

@@ -96,6 +96,16 @@ def parse_rate(text: str) -> tuple[str, float]:
     raise ValueError(f"a rate like 100mbit or 1gbit, got {text!r}")
 
 
+def check_link_flags(parser, rates, delay) -> None:
+    """A benchmark's --rates/--delay parse, else ``parser.error`` with the reason (one line)."""
+    try:
+        for r in rates:
+            parse_rate(r)
+        parse_delay(delay)
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def parse_delay(text: str | None) -> tuple[str, float] | None:
     """``'2ms'`` -> ``('2ms', 0.002)``; None, ``'0'``, ``'0ms'`` -> None (no delay)."""
     if text is None:

@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, measure_link, parse_delay, parse_rate, two_nodes  # noqa: E402  (benchmarks/netns.py)
+from netns import Unavailable, check_link_flags, measure_link, parse_delay, two_nodes  # noqa: E402  (benchmarks/netns.py)
 
 # row id -> (kind, algorithm, codec, label)
 ROWS = {
@@ -413,12 +413,7 @@ def main(argv=None) -> int:
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
-    try:
-        for r in args.rates:
-            parse_rate(r)
-        parse_delay(args.delay)
-    except ValueError as e:
-        p.error(str(e))
+    check_link_flags(p, args.rates, args.delay)
     if args.eval_every < 1 or args.max_iterations < 1 or args.repeats < 1:
         p.error("--eval-every, --max-iterations and --repeats must be >= 1")
     return orchestrate(args)

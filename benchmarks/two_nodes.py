@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, measure_link, parse_delay, parse_rate, two_nodes  # noqa: E402
+from netns import Unavailable, check_link_flags, measure_link, parse_delay, two_nodes  # noqa: E402
 
 PAPER_MNIST = ["--dataset", "mnist5k", "--model", "fc", "--batch-size", "10", "--lr", "0.05", "--density", "0.01",
                "--window", "10", "--threshold-scale", "2", "--eval-every", "1000000", "--device", "cpu", "--quiet"]
@@ -110,12 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=40, help="rounds per run (40)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run (600)")
     args = p.parse_args(argv)
-    try:
-        for r in args.rates:
-            parse_rate(r)
-        parse_delay(args.delay)
-    except ValueError as e:
-        p.error(str(e))
+    check_link_flags(p, args.rates, args.delay)
 
     def on_signal(signum, frame):
         raise SystemExit(128 + signum)

@@ -152,7 +152,6 @@ class HookState:
         # fp32 whatever the gradients' dtype: the round's gradient, parameters and aggregate.
         self._grads = torch.zeros(d, device=device, dtype=torch.float32)
         self._theta = torch.zeros(d, device=device, dtype=torch.float32)
-        self._step = torch.zeros(d, device=device, dtype=torch.float32)
         return self
 
     def _identity(self) -> dict:
@@ -234,8 +233,7 @@ class HookState:
             eta = _check_lr(self._lr())
             threshold_lr = math.inf if eta == 0 else 1.0 / eta  # see the module docstring
         engine.step(self._theta, self._grads.view(1, -1), self._no_second_gradient, 1.0, threshold_lr=threshold_lr)
-        engine.server.last.sum(self._step)  # sum_m decoded(q_m): what the engine stepped by
-        index.scatter(self._step, buckets)
+        index.scatter(engine.last_step, buckets)  # sum_m decoded(q_m): what the engine stepped by
         self.rounds += 1
 
     def _no_second_gradient(self, rows):

@@ -179,6 +179,12 @@ class RoundEngine:
         self.ledger.record(int(flags.sum()), bits, self.bits_down_per_round, flag_bits)
         return flags
 
+    @property
+    def last_step(self) -> Tensor:
+        """``sum_m q_m`` of the latest round: what ``step`` subtracted from theta (read only; its
+        buffer is reused next round). The optimizer and the DDP hook build their updates on it."""
+        return self._step
+
     def _aggregate(self, senders: Tensor, payload) -> None:
         """Store the senders' fresh messages, write ``sum_m q_m`` into the step and record its
         squared norm for the trigger's history."""

@@ -527,7 +527,7 @@ class SASG(torch.optim.Optimizer):
     def _update(self, theta: Tensor, update: tuple) -> None:
         """theta^k -> theta^{k+1} in place by :func:`sasg_update` on the round's aggregated step."""
         lr, momentum, dampening, weight_decay, nesterov, decoupled = update
-        buf = sasg_update(theta, self.engine._step, self._momentum, lr=lr, momentum=momentum,
+        buf = sasg_update(theta, self.engine.last_step, self._momentum, lr=lr, momentum=momentum,
                           dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                           decoupled_weight_decay=decoupled)
         if buf is not None and buf is not self._momentum:

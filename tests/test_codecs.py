@@ -182,6 +182,29 @@ def test_lossy_values_are_the_expected_quantization(layout, n, density, seed, in
 
 
 @HYP
+@given(layouts, st.integers(0, 3), st.floats(0.0, 1.0), st.integers(0, 2**31), st.sampled_from(INDEX),
+       st.sampled_from(VALUE), st.booleans(), st.sampled_from([torch.float32, torch.float64]))
+def test_sender_knows_what_receivers_decode(layout, n, density, seed, index, fmt, nonfinite, dtype):
+    """``transmit`` (what error feedback subtracts) takes the sender's shortcut, which decodes only
+    the value part; it must give what a receiver decodes from the bytes, bit for bit."""
+    from sasg.core.payloads import SparsePayload, transmit
+
+    k = round(density * layout.numel)
+    idx, vals = random_message(layout, n, k, seed, nonfinite=nonfinite)
+    codec = make_codec(f"{index}+{fmt}", layout)
+    q = SparsePayload(idx, vals.to(dtype), layout.numel)
+    sent = transmit(q, codec)
+    data, sizes = codec.encode_sparse(idx, vals.to(dtype))
+    assert torch.equal(sent.data, data) and sent.sizes == list(sizes)
+    got_idx, got = codec.decode_sparse(data, sizes, k, dtype)
+    assert torch.equal(sent.payload.indices, got_idx) and sent.payload.values.dtype == dtype
+    assert torch.equal(sent.payload.values.view(torch.int64 if dtype == torch.float64 else torch.int32),
+                       got.view(torch.int64 if dtype == torch.float64 else torch.int32))
+    if idx.numel() and not (codec.lossless and dtype == torch.float32):  # a copy: EF may change q in place
+        assert sent.payload.indices.data_ptr() != q.indices.data_ptr()
+
+
+@HYP
 @given(layouts, st.integers(1, 3), st.integers(0, 2**31), st.sampled_from(["fp32", "bf16", "fp16"]))
 def test_memory_invariant_decoded_plus_residual(layout, n, seed, fmt):
     """Error feedback keeps v - decoded; for casts the residual is exact, so adding it back gives v."""

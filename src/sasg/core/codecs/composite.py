@@ -66,12 +66,28 @@ class SparseCodec:
 
     # ------------------------------------------------------------------ sparse
     def encode_sparse(self, indices: Tensor, values: Tensor) -> tuple[Tensor, list[int]]:
+        data, sizes, _, _ = self._encode_sparse(indices, values)
+        return data, sizes
+
+    def encode_sparse_sent(self, indices: Tensor, values: Tensor, dtype: torch.dtype
+                           ) -> tuple[Tensor, list[int], Tensor]:
+        """:meth:`encode_sparse` plus the values every receiver decodes from those bytes (what
+        error feedback must subtract). Every index code is lossless, so the sender decodes only
+        the value part it has just written, with the receivers' own decoder: the same numbers bit
+        for bit, without the index decode (for ``rice``, most of a decode's time)."""
+        data, sizes, val, groups = self._encode_sparse(indices, values)
+        if not sizes:
+            return data, sizes, torch.zeros(values.shape, dtype=dtype, device=values.device)
+        return data, sizes, self.value.decode(val, groups, dtype, self.name).to(values.device)
+
+    def _encode_sparse(self, indices: Tensor, values: Tensor):
+        """(bytes, sizes, value parts (N, V), groups) of the messages."""
         if indices.dim() != 2 or indices.shape != values.shape:
             raise ValueError(f"{self.name}: expected (N, K) indices and values, got {tuple(indices.shape)} "
                              f"and {tuple(values.shape)}")
         N, K = indices.shape
         if N == 0:
-            return torch.zeros(0, dtype=torch.uint8, device=values.device), []
+            return torch.zeros(0, dtype=torch.uint8, device=values.device), [], None, None
         indices = indices.to(torch.long)
         idx_part, counts = self.index.encode(indices)
         groups = None
@@ -80,7 +96,7 @@ class SparseCodec:
         val = self.value.encode(values, groups)  # (N, V)
         if isinstance(idx_part, Tensor):  # fixed-size index part: (N, B)
             rows = torch.cat([idx_part, val.to(idx_part.device)], dim=1)
-            return rows.reshape(-1), [rows.shape[1]] * N
+            return rows.reshape(-1), [rows.shape[1]] * N, val, groups
         V = val.shape[1]
         pieces: list[Tensor] = []
         sizes: list[int] = []
@@ -88,7 +104,7 @@ class SparseCodec:
             pieces += idx_part[n]
             pieces.append(val[n])
             sizes.append(sum(p.numel() for p in idx_part[n]) + V)
-        return torch.cat(pieces), sizes
+        return torch.cat(pieces), sizes, val, groups
 
     def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         sizes = self._check_batch(data, sizes)

@@ -19,8 +19,8 @@ from ..distributed.transport import TorchTransport
 class CountingTransport(TorchTransport):
     """A :class:`TorchTransport` that also counts the bits each rank has sent."""
 
-    def __init__(self, group=None, device=None):
-        super().__init__(group=group, device=device)
+    def __init__(self, group=None, device=None, nodes="auto"):
+        super().__init__(group=group, device=device, nodes=nodes)
         self.bits_by_rank = [0] * self.world_size
 
     def exchange(self, upload, sent, template, codec, lazy):

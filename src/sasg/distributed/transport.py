@@ -8,7 +8,9 @@ only from data every rank already holds, so no rank ever waits on a send that wi
 2. **payloads** — one ``all_to_all_single`` with *uneven* splits computed from the flags: an
    uploader sends its message, packed by its codec (:mod:`sasg.core.codecs`), to each of the
    other M-1 ranks; a skipper's splits are all zero, so it sends **no payload bytes**. When nobody uploads, the call is skipped
-   altogether (every rank knows that from the flags).
+   altogether (every rank knows that from the flags). On two or more nodes with several ranks
+   each, the messages are relayed instead (:mod:`.relay`: point-to-point sends planned from the
+   same sizes; each message crosses the link to another node once and the same bytes arrive).
 
 :class:`TransportCounters` counts the bytes this rank hands to the collectives for other ranks,
 by line (flags, payload). It implements :class:`sasg.engine.Transport` with one worker per rank
@@ -17,6 +19,7 @@ by line (flags, payload). It implements :class:`sasg.engine.Transport` with one 
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 
@@ -28,6 +31,7 @@ from ..accounting import FLAG_BITS_PER_WORKER, SIZE_BITS_PER_WORKER
 from ..core.codecs import CodecError
 from ..core.payloads import Encoded, Payload
 from ..engine.transport import TransportCounters
+from .relay import Topology, node_of_ranks, relay_exchange
 
 
 class PeerFailure(RuntimeError):
@@ -46,7 +50,11 @@ def _first_line(e: BaseException) -> str:
 class TorchTransport:
     """The exchanges of a round over a ``torch.distributed`` process group (gloo or NCCL)."""
 
-    def __init__(self, group=None, device=None):
+    def __init__(self, group=None, device=None, nodes="auto"):
+        """``nodes``: the node of every rank, for the relay (:mod:`.relay`: each message crosses
+        the link between two nodes once); ``"auto"`` finds them (a collective at start-up:
+        torchrun's ``GROUP_RANK`` and the host name) unless the environment says
+        ``SASG_RELAY=0``; ``None`` always sends directly."""
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("TorchTransport needs an initialised process group (torch.distributed.init_process_group)")
         self.group = group
@@ -57,6 +65,14 @@ class TorchTransport:
         self.device = torch.device(device)
         self.counters = TransportCounters()
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        if isinstance(nodes, str) and nodes == "auto":
+            relay = os.environ.get("SASG_RELAY", "1").strip() not in ("0", "off", "false", "no")
+            nodes = node_of_ranks(self.all_gather_int) if relay and self.world_size > 1 else None
+        elif nodes is not None and len(nodes) != self.world_size:
+            raise ValueError(f"nodes: one node per rank ({self.world_size}), got {len(nodes)}")
+        topology = Topology(nodes) if nodes is not None else None
+        # Relay only where it saves link bytes: 2+ nodes, one of them with 2+ ranks.
+        self.topology = topology if topology is not None and topology.relays else None
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -122,14 +138,15 @@ class TorchTransport:
             # the messages in rank order, decoded where it lies (no concatenated copy). The copy a
             # rank sends itself never leaves the process and is not counted.
             own_bytes = sent.data.to(self.device) if mine else torch.empty(0, dtype=torch.uint8, device=self.device)
-            recv = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
-            self._call(
-                "the payload exchange", dist.all_to_all_single, recv, own_bytes.repeat(M),
-                output_split_sizes=list(sizes), input_split_sizes=[sizes[me]] * M, group=self.group,
-            )
+            if self.topology is not None:
+                recv, nsent, nrecv = relay_exchange(self.topology, me, own_bytes, sizes, self._p2p)
+            else:
+                recv = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
+                self._all_to_all(recv, own_bytes.repeat(M), list(sizes), [sizes[me]] * M)
+                nsent, nrecv = sizes[me] * (M - 1), sum(sizes) - sizes[me]
             self.counters.payload_rounds += 1
-            self.counters.payload_bytes_sent += sizes[me] * (M - 1)
-            self.counters.payload_bytes_recv += sum(sizes) - sizes[me]
+            self.counters.payload_bytes_sent += nsent
+            self.counters.payload_bytes_recv += nrecv
             data = recv.to(home)
         else:
             data = sent.data.to(home) if mine else torch.empty(0, dtype=torch.uint8, device=home)
@@ -143,6 +160,19 @@ class TorchTransport:
                 f"({e}); the link or a peer corrupted them"
             ) from None
         return torch.tensor(flags), payload, sender_sizes
+
+    def _all_to_all(self, recv: Tensor, send: Tensor, out_splits: list[int], in_splits: list[int]) -> None:
+        self._call("the payload exchange", dist.all_to_all_single, recv, send,
+                   output_split_sizes=out_splits, input_split_sizes=in_splits, group=self.group)
+
+    def _p2p(self, sends: list[tuple[int, Tensor]], recvs: list[tuple[int, Tensor]]) -> None:
+        """Post these sends and receives (peers are ranks of the group) together; wait for all."""
+        ops = [dist.P2POp(dist.isend, t, group=self.group, group_peer=peer) for peer, t in sends]
+        ops += [dist.P2POp(dist.irecv, t, group=self.group, group_peer=peer) for peer, t in recvs]
+        if ops:
+            works = self._call("the payload relay", dist.batch_isend_irecv, ops)
+            for w in works:
+                self._call("the payload relay", w.wait)
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
         """One-time setup broadcast (e.g. initial parameters); not counted per round."""

@@ -50,6 +50,12 @@ def _on_signal(signum, frame):
     raise Stopped(signal.Signals(signum).name)
 
 
+def _leaving() -> None:
+    """This worker is on its way out with its own message: a SIGTERM now (torchrun stopping the
+    others once one rank failed) must not cut that message short with a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 # prctl(2) option: the signal this process gets when its parent dies (Linux only).
 PR_SET_PDEATHSIG = 1
 
@@ -275,35 +281,43 @@ def main(argv: list[str] | None = None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        code = train(args)
-        # Leave at once: C++ destructors of the (already destroyed) process group's threads can
-        # abort an otherwise finished worker at interpreter exit ("terminate called ...").
-        _hard_exit(code)
-    except PeerFailure as e:
-        print(f"sasg: error: {e}", file=sys.stderr)
-        _hard_exit(1)
-    except CheckpointWriteError as e:
-        print(f"sasg: error: rank {rank}: {e}", file=sys.stderr)
-        _hard_exit(1)
-    except PeerStopped:
-        _hard_exit(2)  # the rank that found the problem says what it is
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # The same on every rank (flags, data): said once per node; Reported: by its own rank.
-        if local_rank == 0 or isinstance(e, Reported):
+        try:
+            code = train(args)
+            # Leave at once: C++ destructors of the (already destroyed) process group's threads
+            # can abort an otherwise finished worker at interpreter exit ("terminate called ...").
+            _hard_exit(code)
+        except PeerFailure as e:
+            _leaving()
             print(f"sasg: error: {e}", file=sys.stderr)
-        _hard_exit(2)
-    except Stopped as e:
+            _hard_exit(1)
+        except CheckpointWriteError as e:
+            _leaving()
+            print(f"sasg: error: rank {rank}: {e}", file=sys.stderr)
+            _hard_exit(1)
+        except PeerStopped:
+            _hard_exit(2)  # the rank that found the problem says what it is
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            _leaving()
+            # The same on every rank (flags, data): said once per node; Reported: by its own rank.
+            if local_rank == 0 or isinstance(e, Reported):
+                print(f"sasg: error: {e}", file=sys.stderr)
+            _hard_exit(2)
+        except KeyboardInterrupt:
+            _leaving()
+            print(f"sasg: rank {rank}: interrupted; no run folder written", file=sys.stderr)
+            _hard_exit(130)
+        except Exception:  # a bug: show it, then leave without the process group's destructors
+            _leaving()
+            import traceback
+
+            traceback.print_exc()
+            print(f"sasg: error: rank {rank}: unexpected error (traceback above); no run folder written",
+                  file=sys.stderr)
+            _hard_exit(1)
+    except Stopped as e:  # also one that lands while another error is being reported
+        _leaving()
         print(f"sasg: error: rank {rank}: stopped by {e} (torchrun stops every worker when one fails); "
               "no run folder written", file=sys.stderr)
-        _hard_exit(1)
-    except KeyboardInterrupt:
-        print(f"sasg: rank {rank}: interrupted; no run folder written", file=sys.stderr)
-        _hard_exit(130)
-    except Exception:  # a bug: show it, then leave without the process group's destructors
-        import traceback
-
-        traceback.print_exc()
-        print(f"sasg: error: rank {rank}: unexpected error (traceback above); no run folder written", file=sys.stderr)
         _hard_exit(1)
     return 0
 

@@ -108,7 +108,8 @@ def _run_relayed(rank, world, folder, algo, codec, rounds):
                 "counted": run.transport_totals()}, os.path.join(folder, f"{algo}-rank{rank}.pt"))
 
 
-@pytest.mark.parametrize("algo,codec", [("sasg", "paper32"), ("always+topk", "rice+sign")])
+@pytest.mark.parametrize("algo,codec", [("sasg", "paper32"), ("always+topk", "rice+sign"), ("always+powersgd", "paper32"),
+                                        ("sasg", "rice+fp16")])
 def test_relayed_runner_follows_the_simulator(tmp_path, one_thread, algo, codec):
     from sasg.accounting import replica_payload_bytes
 

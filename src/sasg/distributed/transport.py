@@ -34,6 +34,11 @@ from ..engine.transport import TransportCounters
 from .relay import Topology, node_of_ranks, relay_exchange
 
 
+# gloo matches point-to-point messages by (peer, tag): the relay's own tag keeps its messages apart
+# from any sends of the training script on the same group (the DDP hook shares the user's group).
+RELAY_TAG = 0x5A56
+
+
 class PeerFailure(RuntimeError):
     """A collective failed: another rank died, hung past the timeout, or the link broke."""
 
@@ -167,8 +172,8 @@ class TorchTransport:
 
     def _p2p(self, sends: list[tuple[int, Tensor]], recvs: list[tuple[int, Tensor]]) -> None:
         """Post these sends and receives (peers are ranks of the group) together; wait for all."""
-        ops = [dist.P2POp(dist.isend, t, group=self.group, group_peer=peer) for peer, t in sends]
-        ops += [dist.P2POp(dist.irecv, t, group=self.group, group_peer=peer) for peer, t in recvs]
+        ops = [dist.P2POp(dist.isend, t, group=self.group, group_peer=peer, tag=RELAY_TAG) for peer, t in sends]
+        ops += [dist.P2POp(dist.irecv, t, group=self.group, group_peer=peer, tag=RELAY_TAG) for peer, t in recvs]
         if ops:
             works = self._call("the payload relay", dist.batch_isend_irecv, ops)
             for w in works:

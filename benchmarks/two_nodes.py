@@ -2,6 +2,7 @@
 namespaces joined by a veth pair (benchmarks/netns.py). Root needed.
 
     sudo .venv/bin/python benchmarks/two_nodes.py                      # sgd vs sasg at 100 Mbit/s and 1 Gbit/s
+    sudo .venv/bin/python benchmarks/two_nodes.py --relay on,off       # also without the relay (SASG_RELAY=0)
     sudo .venv/bin/python benchmarks/two_nodes.py --rates 100mbit --delay 2ms --algos sgd,sasg --iterations 40
     sudo .venv/bin/python benchmarks/two_nodes.py --rates 1gbit -- \\
         python -m sasg launch --nnodes 2 --node-rank {node} --nproc-per-node 2 \\
@@ -14,6 +15,10 @@ throughput). Without a command it runs, for each ``--algos`` entry, ``sasg launc
 batch 10 per worker, lr 0.05, density 1 %, D = 10, c = 2) for ``--iterations`` rounds, and prints
 the wall time of the launch (start-up included), the training time (rank 0's ``train_seconds``),
 the bytes both nodes sent on the link and each algorithm's speed-up over ``sgd`` in training time.
+``--relay on,off`` runs every algorithm twice, relayed (the default: each message crosses the
+link once, see sasg/distributed/relay.py) and direct (``SASG_RELAY=0``: once per rank on the
+other node), rows ``ALGO`` and ``ALGO-direct``; the JSON adds ``link_saved_by_relay_<rate>``
+(1 - relayed / direct link bytes, sasg).
 With a command (after ``--``), it runs it on both nodes at once, the placeholders {node},
 {addr} (this node's address), {master_addr}, {master_name}, {port} and {ifname} filled in, and
 prints each node's exit code and the wall time. The last line is JSON. The namespaces are removed
@@ -42,7 +47,7 @@ PAPER_MNIST = ["--dataset", "mnist5k", "--model", "fc", "--batch-size", "10", "-
 PORTS = itertools.count(29500)
 
 
-def launch_algo(net, algo: str, iterations: int, out: Path, timeout: float) -> dict:
+def launch_algo(net, algo: str, iterations: int, out: Path, timeout: float, relay: bool = True) -> dict:
     port = next(PORTS)
 
     def argv(node: int) -> list[str]:
@@ -52,14 +57,15 @@ def launch_algo(net, algo: str, iterations: int, out: Path, timeout: float) -> d
 
     before = net.tx_bytes(0) + net.tx_bytes(1)
     t = time.monotonic()
-    done = net.run_both(argv, env={**_env(), "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    done = net.run_both(argv, env={**_env(), "OMP_NUM_THREADS": "1", "SASG_RELAY": "1" if relay else "0"},
+                        timeout=timeout)
     wall = time.monotonic() - t
     link = net.tx_bytes(0) + net.tx_bytes(1) - before
     for node, r in enumerate(done):
         if r.returncode != 0:
             raise RuntimeError(f"{algo}: node {node} exited {r.returncode}:\n{r.stderr.strip()[-2000:]}")
     rec = json.loads((out / "distributed.json").read_text())["runs"][0]
-    return {"algo": algo, "iterations": iterations, "wall_seconds": round(wall, 2),
+    return {"algo": algo if relay else f"{algo}-direct", "iterations": iterations, "wall_seconds": round(wall, 2),
             "train_seconds": rec["train_seconds"], "link_bytes": link, "uploads": rec["uploads"],
             "payload_bytes": rec["bytes_counted"]["payload_bytes_sent"]}
 
@@ -88,11 +94,11 @@ def table(rate: str, link: dict, rows: list[dict]) -> str:
     sgd = next((r for r in rows if r["algo"] == "sgd"), None)
     lines = [f"rate {rate}, delay {link['delay'] or 'none'}: measured {link['mbit_per_s']} Mbit/s, "
              f"RTT {link['rtt_ms']} ms  (2 nodes x 2 processes, {rows[0]['iterations']} iterations)",
-             f"{'algo':<8} {'wall s':>8} {'train s':>8} {'s/iter':>8} {'MB on link':>11} {'uploads':>8} "
+             f"{'algo':<12} {'wall s':>8} {'train s':>8} {'s/iter':>8} {'MB on link':>11} {'uploads':>8} "
              f"{'vs sgd':>8}"]
     for r in rows:
         speed = f"{sgd['train_seconds'] / r['train_seconds']:.2f}x" if sgd else "—"
-        lines.append(f"{r['algo']:<8} {r['wall_seconds']:8.1f} {r['train_seconds']:8.2f} "
+        lines.append(f"{r['algo']:<12} {r['wall_seconds']:8.1f} {r['train_seconds']:8.2f} "
                      f"{r['train_seconds'] / r['iterations']:8.4f} {r['link_bytes'] / 1e6:11.2f} {r['uploads']:>8} "
                      f"{speed:>8}")
     return "\n".join(lines)
@@ -108,9 +114,13 @@ def main(argv=None) -> int:
                    "without netem in the kernel: none, with a note (2ms)")
     p.add_argument("--algos", type=lambda s: s.split(","), default=["sgd", "sasg"], help="sgd,sasg")
     p.add_argument("--iterations", type=int, default=40, help="rounds per run (40)")
+    p.add_argument("--relay", type=lambda s: s.split(","), default=["on"],
+                   help="on (each message crosses the link once), off (SASG_RELAY=0), or on,off (on)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run (600)")
     args = p.parse_args(argv)
     check_link_flags(p, args.rates, args.delay)
+    if not args.relay or any(r not in ("on", "off") for r in args.relay):
+        p.error(f"--relay: on, off or on,off, got {','.join(args.relay)}")
 
     def on_signal(signum, frame):
         raise SystemExit(128 + signum)
@@ -135,13 +145,19 @@ def main(argv=None) -> int:
                 else:
                     rows = []
                     for algo in args.algos:
-                        rows.append(launch_algo(net, algo, args.iterations, Path(tmp) / f"{rate}-{algo}", args.timeout))
-                        print(f"  {rate} {algo}: {rows[-1]['wall_seconds']} s", file=sys.stderr, flush=True)
+                        for relay in args.relay:
+                            rows.append(launch_algo(net, algo, args.iterations, Path(tmp) / f"{rate}-{algo}-{relay}",
+                                                    args.timeout, relay=relay == "on"))
+                            print(f"  {rate} {rows[-1]['algo']}: {rows[-1]['wall_seconds']} s", file=sys.stderr,
+                                  flush=True)
                     entry["runs"] = rows
                     print(table(rate, link, rows) + "\n", flush=True)
                     by = {r["algo"]: r for r in rows}
                     if "sgd" in by and "sasg" in by:
                         result[f"speedup_sasg_vs_sgd_{rate}"] = round(by["sgd"]["train_seconds"] / by["sasg"]["train_seconds"], 2)
+                    if "sasg" in by and "sasg-direct" in by:
+                        result[f"link_saved_by_relay_{rate}"] = round(
+                            1 - by["sasg"]["link_bytes"] / by["sasg-direct"]["link_bytes"], 3)
                 result["rates"][rate] = entry
     except Unavailable as e:
         print(f"two_nodes.py: {e}", file=sys.stderr)

@@ -63,6 +63,14 @@ def test_the_reasons_to_skip(monkeypatch):
         netns.TwoNodes().open()
 
 
+def test_the_benchmark_refuses_an_unknown_relay_setting_before_it_builds_anything():
+    # Parsed before any namespace exists: no root needed, nothing to clean up.
+    r = subprocess.run([sys.executable, str(Path(netns.__file__).with_name("two_nodes.py")), "--relay", "on,sideways"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--relay: on, off or on,off, got on,sideways" in r.stderr
+
+
 def test_leftovers_of_a_dead_run_are_removed_and_live_ones_kept():
     if reason := netns.unavailable_reason():
         pytest.skip(reason)

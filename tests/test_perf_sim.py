@@ -96,3 +96,48 @@ def test_spelled_out_cross_entropy_has_the_same_gradient_bits(model):
     one = {n: t[0] for n, t in params.items()}
     a, b = grad(_loss_fn(net))(one, {}, x[0], y[0]), grad(reference)(one, {}, x[0], y[0])
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fresh_and_stale_from_one_call_are_the_simulators_rows(synth, dtype):
+    """One call over [theta; anchor] gives the two gradients of worker m: those of the
+    simulator's batched calls over all M workers (row m) and of two separate one-row calls, up to
+    rounding (vmap's kernels depend on the batch size: the last bits may differ)."""
+    sim = Simulator(small_config(), "sasg", synth)
+    grads = VmapGradients(sim.model, sim.layout)
+    idx = sim.sampler.next()
+    x, y = synth.train.x[idx].to(dtype), synth.train.y[idx]
+    theta = sim.theta.to(dtype)
+    M = x.shape[0]
+    noise = torch.randn(M, theta.numel(), generator=torch.Generator().manual_seed(2), dtype=dtype)
+    anchors = theta + 0.05 * noise
+    batched_fresh, batched_stale = grads.blocks(theta, x, y), grads.blocks(anchors, x, y)
+    for m in range(M):
+        fresh, stale = grads.fresh_and_stale(theta, anchors[m : m + 1], x[m : m + 1], y[m : m + 1])
+        for got, want in zip(fresh + stale, [b[m : m + 1] for b in batched_fresh + batched_stale], strict=True):
+            torch.testing.assert_close(got, want)
+        alone = grads.blocks(theta, x[m : m + 1], y[m : m + 1]) + grads.blocks(anchors[m : m + 1], x[m : m + 1],
+                                                                                 y[m : m + 1])
+        for got, want in zip(fresh + stale, alone, strict=True):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="one worker"):
+        grads.fresh_and_stale(theta, anchors[:2], x[:2], y[:2])
+
+
+def test_one_held_worker_takes_both_gradients_in_one_call_and_keeps_its_trajectory(synth):
+    """A one-worker engine (a rank) whose rule checks it this round computes the fresh and the
+    stale gradient together; the rounds come out as with two calls (up to rounding)."""
+    runs = [Simulator(small_config(workers=1, window=2, threshold_scale=0.3), "sasg", synth) for _ in range(2)]
+    assert runs[0]._pair_gradients
+    runs[1]._pair_gradients = False  # the two-call path, for reference
+    calls = []
+    pair = runs[0].gradients.fresh_and_stale
+    runs[0].gradients.fresh_and_stale = lambda *a: calls.append(1) or pair(*a)
+    for _ in range(20):
+        for run in runs:
+            run.step()
+    torch.testing.assert_close(runs[0].theta, runs[1].theta)
+    assert runs[0].ledger.uploads == runs[1].ledger.uploads and runs[0].ledger.bits_up == runs[1].ledger.bits_up
+    assert 0 < len(calls) < 20  # not in the warm-up (forced uploads), in the checked rounds
+    assert not Simulator(small_config(), "sasg", synth)._pair_gradients  # four workers: separate calls
+    assert not Simulator(small_config(workers=1), "wk1+topk", synth)._pair_gradients  # no stale gradient

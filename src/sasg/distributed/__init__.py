@@ -1,7 +1,7 @@
 """Real distributed training on ``torch.distributed`` (gloo on CPU, NCCL on GPU).
 
-- :class:`TorchTransport` — the flag ``all_gather`` and the payload ``all_to_all`` with uneven
-  splits (skippers send no payload), with byte counters: the transport the round engine
+- :class:`TorchTransport` — the flag (or size) exchange and the payload ``all_to_all`` with
+  uneven splits (skippers send no payload; relayed across nodes), with byte counters: the transport the round engine
   (:class:`sasg.engine.RoundEngine`) runs over on a rank, holding its own worker and a replica
   of the server;
 - :class:`DistributedRun` — the simulator's setting run by one rank;

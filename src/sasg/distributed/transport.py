@@ -3,8 +3,10 @@
 Two exchanges per round, both symmetric (every rank makes the same calls in the same order, decided
 only from data every rank already holds, so no rank ever waits on a send that will not happen):
 
-1. **flags** — ``all_gather`` of one byte per rank: "I upload this round" (lazy triggers only;
-   with an always-upload trigger every rank knows the answer and nothing is sent);
+1. **flags** — one byte from every rank to every rank, "I upload this round", in one
+   ``all_to_all_single`` (lazy triggers only; with an always-upload trigger every rank knows the
+   answer and nothing is sent). Messages of varying size send their size instead (an int32,
+   0 = skip);
 2. **payloads** — one ``all_to_all_single`` with *uneven* splits computed from the flags: an
    uploader sends its message, packed by its codec (:mod:`sasg.core.codecs`), to each of the
    other M-1 ranks; a skipper's splits are all zero, so it sends **no payload bytes**. When nobody uploads, the call is skipped

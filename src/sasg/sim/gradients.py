@@ -149,6 +149,24 @@ class VmapGradients:
         copy into a flat buffer)."""
         return tuple(self._per_parameter(params, x, y))
 
+    def fresh_and_stale(self, theta: Tensor, anchor: Tensor, x: Tensor, y: Tensor
+                        ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """``blocks(theta, x, y)`` and ``blocks(anchor, x, y)`` (``anchor``: ``(1, d)``, one
+        worker) from one vmap call over the two parameter rows.
+
+        What it buys: vmap's fixed cost per call (wrapping, functional_call, pytrees: about
+        0.7 ms of a 1.3 ms gradient for the default FC setting on 2 cores) is paid once instead
+        of twice, less the copy of two rows; a rank's SASG round gets about 1 ms cheaper. vmap
+        batches the rows without mixing them, but its kernels depend on the batch size, so the
+        last bits may differ from two one-row calls' (as a rank's one-row call may already differ
+        from the simulator's M-row one). On the default MNIST setting a 4-rank SASG run is bit
+        for bit the same with and without it (300 rounds, ``paper32`` and ``rice+sign``)."""
+        if anchor.dim() != 2 or anchor.shape[0] != 1 or x.shape[0] != 1:
+            raise ValueError("fresh_and_stale takes one worker: anchor (1, d) and a batch x of shape (1, B, ...)")
+        rows = torch.cat([theta.reshape(1, -1), anchor])
+        both = self._per_parameter(rows, x.expand(2, *x.shape[1:]), y.expand(2, *y.shape[1:]))
+        return tuple(b[:1] for b in both), tuple(b[1:] for b in both)
+
 
 def make_gradients(model: nn.Module, layout: Layout, backend: str = "auto"):
     """``auto`` picks ``vmap`` unless the model has BatchNorm (then ``loop``)."""

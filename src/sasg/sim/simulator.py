@@ -163,6 +163,11 @@ class Simulator:
             else [torch.Generator().manual_seed(worker_seed(config.seed, m, stream=1)) for m in self.local_workers]
         )
         self.gradients = make_gradients(self.model, self.layout, config.backend)
+        # A rule that says before the round which rows it will check (wk2) lets a one-worker
+        # engine (a rank of a real run) compute the fresh and the stale gradient in one call.
+        self._checked_rows = getattr(self.algorithm.trigger, "checked_rows", None)
+        self._pair_gradients = (self._checked_rows is not None and len(self.local_workers) == 1
+                                and hasattr(self.gradients, "fresh_and_stale"))
         self.workspace = Workspace()  # the gathered anchors of the checked workers
         # Train loss is measured on the whole training set up to TRAIN_EVAL_SAMPLES, else on a
         # fixed evenly spaced subset of that size (a full pass over 50,000 CIFAR images at every
@@ -221,10 +226,18 @@ class Simulator:
         # Fresh and (lazy rules, checked workers only) stale gradients as per-parameter column
         # blocks, as the backend has them: the members read them block by block, so vmap's
         # outputs are never copied into a flat buffer. Nothing keeps them past this round.
-        g = self.gradients.blocks(self.theta, x, y, workers=ids)
         anchor = self.workers.anchor
+        early = None  # the stale gradients, when computed with the fresh ones
+        if self._pair_gradients and bool(self._checked_rows(k, self.workers.staleness).all()):
+            # One worker held (a rank) whose rule will compare against the anchor this round:
+            # both gradients in one pass (VmapGradients.fresh_and_stale says what that buys).
+            g, early = self.gradients.fresh_and_stale(self.theta, anchor, x, y)
+        else:
+            g = self.gradients.blocks(self.theta, x, y, workers=ids)
 
         def stale(rows: Tensor) -> tuple[Tensor, ...]:
+            if early is not None and rows.numel() == 1:
+                return early
             if rows.numel() == len(self.local_workers):  # everyone is checked: no copies
                 return self.gradients.blocks(anchor, x, y, workers=ids, update_stats=False)
             # The anchors of the checked rows, gathered into a buffer reused every round.

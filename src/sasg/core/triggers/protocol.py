@@ -18,6 +18,10 @@ of the uploaders' fresh gradients records it in ``decide``, the only place that 
   ``False`` if it never does (``always``, ``wk1``, ``ps``). Runners that cannot evaluate the loss a
   second time (the DDP communication hook, :mod:`sasg.ddp`) run only triggers that never do. A
   trigger without the attribute is answered by :func:`needs_stale_grads` (see there).
+* ``checked_rows(iteration, staleness)`` (optional, for rules that need stale gradients): the
+  ``(N,)`` bool mask of the rows ``decide`` will ask ``rnd.stale_grads`` for this round, known
+  before the round. A runner holding one worker then computes the fresh and the stale gradient in
+  one pass (``wk2``).
 
 Staleness :math:`\tau_m` (rounds since worker m's last upload, 1 right after one) is kept by the
 engine for every trigger.

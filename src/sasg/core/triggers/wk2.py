@@ -53,9 +53,14 @@ class WK2(LazyRule):
     needs_stale_grads = True  # the gradient at the anchor on the same minibatch
     worker_buffers = ("anchor",)
 
+    def checked_rows(self, iteration: int, staleness: Tensor) -> Tensor:
+        """The rows whose stale gradient :meth:`decide` asks for: all but the forced uploads."""
+        return ~forced_uploads(iteration, staleness, self.window)
+
     def decide(self, rnd) -> Tensor:
-        upload = forced_uploads(rnd.iteration, rnd.workers.staleness, self.window)
-        check = (~upload).nonzero().squeeze(1)
+        check_mask = self.checked_rows(rnd.iteration, rnd.workers.staleness)
+        upload = ~check_mask
+        check = check_mask.nonzero().squeeze(1)
         if check.numel():
             stale = rnd.stale_grads(check)
             work = rnd.workspace.buffer("wk2-difference", (rnd.layout.numel,), rnd.grads[0])

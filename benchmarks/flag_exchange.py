@@ -37,7 +37,7 @@ SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05, "d
            "threshold_scale": 2.0}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         out_path = os.path.join(folder, "result.json")
-        tmp.start_processes(_rank_main, args=(args.world, _free_port(), vars(args), out_path), nprocs=args.world,
+        tmp.start_processes(_rank_main, args=(args.world, free_port(), vars(args), out_path), nprocs=args.world,
                             start_method="spawn")
         with open(out_path) as f:
             result = json.load(f)

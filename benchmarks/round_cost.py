@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,15 +33,9 @@ from datetime import timedelta
 
 import torch
 
+from flag_exchange import SETTING, free_port  # the paper's MNIST setting, a free local port
+
 CALLS = ("none", "all_to_all", "all_gather", "all_reduce", "barrier")
-SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05, "density": 0.01, "window": 10,
-           "threshold_scale": 2.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _join(rank: int, world: int, port: int) -> None:
@@ -148,13 +141,13 @@ def main(argv=None) -> int:
     settings = vars(args)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "compute.json")
-        tmp.start_processes(_compute, args=(_free_port(), settings, path), nprocs=1, start_method="spawn")
+        tmp.start_processes(_compute, args=(free_port(), settings, path), nprocs=1, start_method="spawn")
         with open(path) as f:
             compute = json.load(f)
         calls = {}
         for w in worlds:
             path = os.path.join(folder, f"calls{w}.json")
-            tmp.start_processes(_calls, args=(w, _free_port(), settings, path), nprocs=w, start_method="spawn")
+            tmp.start_processes(_calls, args=(w, free_port(), settings, path), nprocs=w, start_method="spawn")
             with open(path) as f:
                 calls[w] = json.load(f)
 

@@ -99,29 +99,24 @@ def test_spelled_out_cross_entropy_has_the_same_gradient_bits(model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fresh_and_stale_from_one_call_are_the_simulators_rows(synth, dtype):
-    """One call over [theta; anchor] gives the two gradients of worker m: those of the
-    simulator's batched calls over all M workers (row m) and of two separate one-row calls, up to
-    rounding (vmap's kernels depend on the batch size: the last bits may differ)."""
+def test_fresh_and_stale_from_one_call_equal_two_calls_bit_for_bit(synth, dtype, one_thread):
+    """One call over [theta; anchor] gives what two calls give a rank (one intra-op thread, the
+    anchor a tensor of its own): every worker's rows bit for bit, and again with the buffer reused."""
     sim = Simulator(small_config(), "sasg", synth)
     grads = VmapGradients(sim.model, sim.layout)
     idx = sim.sampler.next()
     x, y = synth.train.x[idx].to(dtype), synth.train.y[idx]
     theta = sim.theta.to(dtype)
-    M = x.shape[0]
-    noise = torch.randn(M, theta.numel(), generator=torch.Generator().manual_seed(2), dtype=dtype)
-    anchors = theta + 0.05 * noise
-    batched_fresh, batched_stale = grads.blocks(theta, x, y), grads.blocks(anchors, x, y)
-    for m in range(M):
-        fresh, stale = grads.fresh_and_stale(theta, anchors[m : m + 1], x[m : m + 1], y[m : m + 1])
-        for got, want in zip(fresh + stale, [b[m : m + 1] for b in batched_fresh + batched_stale], strict=True):
-            torch.testing.assert_close(got, want)
-        alone = grads.blocks(theta, x[m : m + 1], y[m : m + 1]) + grads.blocks(anchors[m : m + 1], x[m : m + 1],
-                                                                                 y[m : m + 1])
-        for got, want in zip(fresh + stale, alone, strict=True):
-            torch.testing.assert_close(got, want)
+    noise = torch.randn(x.shape[0], theta.numel(), generator=torch.Generator().manual_seed(2), dtype=dtype)
+    for _ in range(2):
+        for m in range(x.shape[0]):
+            anchor = (theta + 0.05 * noise[m])[None].clone()  # a rank's own (1, d) anchor buffer
+            fresh, stale = grads.fresh_and_stale(theta, anchor, x[m : m + 1], y[m : m + 1])
+            two = grads.blocks(theta, x[m : m + 1], y[m : m + 1]) + grads.blocks(anchor, x[m : m + 1], y[m : m + 1])
+            for got, want in zip(fresh + stale, two, strict=True):
+                assert got.shape == want.shape and torch.equal(got, want)
     with pytest.raises(ValueError, match="one worker"):
-        grads.fresh_and_stale(theta, anchors[:2], x[:2], y[:2])
+        grads.fresh_and_stale(theta, noise[:2], x[:2], y[:2])
 
 
 def test_one_held_worker_takes_both_gradients_in_one_call_and_keeps_its_trajectory(synth):

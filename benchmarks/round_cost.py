@@ -33,7 +33,7 @@ from datetime import timedelta
 
 import torch
 
-from flag_exchange import SETTING, free_port  # the paper's MNIST setting, a free local port
+from rank_round import SETTING, free_port  # the paper's MNIST setting, a free local port
 
 CALLS = ("none", "all_to_all", "all_gather", "all_reduce", "barrier")
 

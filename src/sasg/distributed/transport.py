@@ -110,7 +110,7 @@ class TorchTransport:
         # Each rank sends its value to every rank in one step (an all_to_all of one value per
         # pair) rather than all_gather: gloo's all_gather passes the values round a ring, M - 1
         # steps one after the other, each waiting for the next rank to be scheduled. Same bytes;
-        # 4 ranks sharing 2 cores: SASG's round 16.2 -> 14.7 ms (benchmarks/flag_exchange.py --turns 10).
+        # 4 ranks sharing 2 cores: SASG's round 16.2 -> 14.7 ms (benchmarks/rank_round.py --turns 10).
         t = torch.full((M,), value, dtype=dtype, device=self.device)
         self._call(what, dist.all_to_all_single, out, t, group=self.group)
         width = out.element_size()

@@ -1,21 +1,26 @@
-"""How a lazy round's flags travel: gloo's ring ``all_gather`` against one ``all_to_all`` step.
+"""A real run's round, one way against another, on ranks that take turns.
 
-    .venv/bin/python benchmarks/flag_exchange.py                        # 4 ranks, sasg, 6 turns of 50 rounds
-    .venv/bin/python benchmarks/flag_exchange.py --world 4 --algo wk1+topk --codec rice+sign
-
-Before its payload, a lazy round tells every rank who sends (one byte per rank; a 32-bit size
-when message sizes vary). ``TorchTransport`` sends that value to every rank with one
-``all_to_all_single``; the baseline here is the ``all_gather`` it used before, which gloo runs as a
-ring: ``M - 1`` steps one after the other, each waiting for the next rank to be scheduled. Both
-send the same bytes and give the same values.
+    .venv/bin/python benchmarks/rank_round.py                            # flags: 4 ranks, sasg, 6 turns of 50 rounds
+    .venv/bin/python benchmarks/rank_round.py --compare gradients --turns 10
+    .venv/bin/python benchmarks/rank_round.py --world 4 --algo wk1+topk --codec rice+sign
 
 ``--world`` ranks (gloo on the CPU, one intra-op thread each) run two copies of the paper's MNIST
 setting (FC 784-512-10, batch 10 per worker, lr 0.05, density 1 %, D = 10, c = 2) with
 ``--algo``/``--codec``, one per candidate, from the same start: same seeds, same trajectory. The
 candidates take turns (``--turns`` turns of ``--rounds`` rounds each, after a warm-up), so a
-change in the machine's load hits both. The table gives each candidate's median ms per round
-over the turns; the last line is JSON with ``ratio_all_to_all_vs_all_gather`` (< 1: faster). The
-trajectories are compared at the end (``same_trajectory``: the parameters are equal bit for bit).
+change in the machine's load hits both. ``--compare`` picks the pair:
+
+* ``flags`` (default): how a lazy round tells every rank who sends (one byte per rank; a 32-bit
+  size when message sizes vary). ``TorchTransport`` sends that value to every rank with one
+  ``all_to_all_single``; the baseline is the ``all_gather`` it used before, which gloo runs as a
+  ring: ``M - 1`` steps one after the other, each waiting for the next rank to be scheduled.
+* ``gradients``: a rank whose ``wk2`` rule will check it computes its fresh and stale gradients in
+  one vmap call (``VmapGradients.fresh_and_stale``); the baseline makes two calls.
+
+Both candidates of a pair send the same bytes and give the same values. The table gives each
+candidate's median ms per round over the turns; the last line is JSON with ``ratio`` (the
+candidate's ms over the baseline's; < 1: faster). The trajectories are compared at the end
+(``same_trajectory``: the parameters are equal bit for bit); the exit status is 1 if they differ.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from datetime import timedelta
 
 import torch
 
-CANDIDATES = ("all_gather", "all_to_all")
+# --compare -> (baseline, candidate)
+PAIRS = {"flags": ("all_gather", "all_to_all"), "gradients": ("separate", "paired")}
 SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05, "density": 0.01, "window": 10,
            "threshold_scale": 2.0}
 
@@ -62,13 +68,22 @@ def _ring_transport():
     return RingFlags(nodes=None)
 
 
+def _build(name: str, config, algo: str, data):
+    """One copy of the run for the candidate ``name``."""
+    from sasg.distributed.runner import DistributedRun
+    from sasg.distributed.transport import TorchTransport
+
+    run = DistributedRun(config, algo, data, _ring_transport() if name == "all_gather" else TorchTransport(nodes=None))
+    if name == "separate":
+        run._pair_gradients = False  # the fresh and the stale gradient in two calls, as before
+    return run
+
+
 def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> None:
     import torch.distributed as dist
 
     from sasg import RunConfig
     from sasg.data import load_dataset
-    from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)  # one intra-op thread per rank, as torchrun sets OMP_NUM_THREADS=1
@@ -78,23 +93,22 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
         total = args["warmup"] + args["turns"] * args["rounds"]
         config = RunConfig(algorithms=(args["algo"],), iterations=total, codec=args["codec"], eval_every=10**9,
                            seed=0, device="cpu", workers=world, **SETTING).validate()
-        runs = {"all_gather": DistributedRun(config, args["algo"], data, _ring_transport()),
-                "all_to_all": DistributedRun(config, args["algo"], data, TorchTransport(nodes=None))}
+        pair = PAIRS[args["compare"]]
+        runs = {name: _build(name, config, args["algo"], data) for name in pair}
         for run in runs.values():
             for _ in range(args["warmup"]):
                 run.step()
-        times = {name: [] for name in CANDIDATES}
+        times = {name: [] for name in pair}
         for turn in range(args["turns"]):
-            order = CANDIDATES if turn % 2 == 0 else CANDIDATES[::-1]
-            for name in order:
+            for name in pair if turn % 2 == 0 else pair[::-1]:
                 dist.barrier()
                 t = time.perf_counter()
                 for _ in range(args["rounds"]):
                     runs[name].step()
                 dist.barrier()
                 times[name].append(1000 * (time.perf_counter() - t) / args["rounds"])
-        same = torch.equal(runs["all_gather"].theta, runs["all_to_all"].theta)
-        flags = [runs[n].transport.counters.flag_bytes_sent for n in CANDIDATES]
+        same = torch.equal(*(runs[n].theta for n in pair))
+        flags = [runs[n].transport.counters.flag_bytes_sent for n in pair]
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump({"times": times, "same_trajectory": same, "flag_bytes_sent": flags}, f)
@@ -105,6 +119,8 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--compare", choices=sorted(PAIRS), default="flags",
+                   help="flags: all_to_all vs ring all_gather; gradients: one vmap call vs two (flags)")
     p.add_argument("--world", type=int, default=4, help="ranks (4)")
     p.add_argument("--algo", default="sasg", help="a lazy algorithm (sasg)")
     p.add_argument("--codec", default="paper32", help="paper32 (fixed sizes: flags) or e.g. rice+sign (sizes)")
@@ -127,19 +143,20 @@ def main(argv=None) -> int:
         with open(out_path) as f:
             result = json.load(f)
 
-    med = {n: statistics.median(result["times"][n]) for n in CANDIDATES}
+    base, cand = PAIRS[args.compare]
+    med = {n: statistics.median(result["times"][n]) for n in (base, cand)}
     print(f"{args.world} ranks, {args.algo} / {args.codec}, {args.turns} turns x {args.rounds} rounds "
           f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"{'flag exchange':<14} {'ms/round':>9} {'min':>7} {'max':>7}")
-    for n in CANDIDATES:
+    print(f"{args.compare:<14} {'ms/round':>9} {'min':>7} {'max':>7}")
+    for n in (base, cand):
         ts = result["times"][n]
         print(f"{n:<14} {med[n]:9.2f} {min(ts):7.2f} {max(ts):7.2f}")
-    ratio = med["all_to_all"] / med["all_gather"]
-    print(f"all_to_all / all_gather: {ratio:.3f}; same trajectory: {result['same_trajectory']}; "
+    ratio = med[cand] / med[base]
+    print(f"{cand} / {base}: {ratio:.3f}; same trajectory: {result['same_trajectory']}; "
           f"flag bytes sent by rank 0: {result['flag_bytes_sent']}")
-    print(json.dumps({"world": args.world, "algo": args.algo, "codec": args.codec,
-                      "ms_per_round": {n: round(med[n], 3) for n in CANDIDATES},
-                      "ratio_all_to_all_vs_all_gather": round(ratio, 3),
+    print(json.dumps({"benchmark": "rank_round", "compare": args.compare, "world": args.world, "algo": args.algo,
+                      "codec": args.codec, "baseline": base, "candidate": cand,
+                      "ms_per_round": {n: round(med[n], 3) for n in (base, cand)}, "ratio": round(ratio, 3),
                       "same_trajectory": result["same_trajectory"]}))
     return 0 if result["same_trajectory"] else 1
 

@@ -95,6 +95,12 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
                            seed=0, device="cpu", workers=world, **SETTING).validate()
         pair = PAIRS[args["compare"]]
         runs = {name: _build(name, config, args["algo"], data) for name in pair}
+        if args["compare"] == "gradients" and not runs["paired"]._pair_gradients:
+            if rank == 0:  # nothing to compare: both copies would make the same calls
+                with open(out_path, "w") as f:
+                    json.dump({"error": f"--compare gradients needs a rule that checks workers against their "
+                                        f"anchors (wk2: sasg, lasg, wk2+...); {args['algo']!r} never pairs"}, f)
+            return
         for run in runs.values():
             for _ in range(args["warmup"]):
                 run.step()
@@ -142,6 +148,8 @@ def main(argv=None) -> int:
                             start_method="spawn")
         with open(out_path) as f:
             result = json.load(f)
+    if "error" in result:
+        p.error(result["error"])
 
     base, cand = PAIRS[args.compare]
     med = {n: statistics.median(result["times"][n]) for n in (base, cand)}

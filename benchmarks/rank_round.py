@@ -68,6 +68,16 @@ def _ring_transport():
     return RingFlags(nodes=None)
 
 
+def join(rank: int, world: int, port: int) -> None:
+    """Join a gloo group of ``world`` local processes, one intra-op thread each (as torchrun's
+    OMP_NUM_THREADS=1)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+
+
 def _build(name: str, config, algo: str, data):
     """One copy of the run for the candidate ``name``."""
     from sasg.distributed.runner import DistributedRun
@@ -85,9 +95,7 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
     from sasg import RunConfig
     from sasg.data import load_dataset
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)  # one intra-op thread per rank, as torchrun sets OMP_NUM_THREADS=1
-    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    join(rank, world, port)
     try:
         data = load_dataset(SETTING["dataset"])
         total = args["warmup"] + args["turns"] * args["rounds"]

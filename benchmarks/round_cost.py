@@ -29,21 +29,12 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
 
 import torch
 
-from rank_round import SETTING, free_port  # the paper's MNIST setting, a free local port
+from rank_round import SETTING, free_port, join  # the paper's MNIST setting, a port, a gloo group
 
 CALLS = ("none", "all_to_all", "all_gather", "all_reduce", "barrier")
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)  # as torchrun's OMP_NUM_THREADS=1
-    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
 
 
 def _compute(rank: int, port: int, args: dict, out_path: str) -> None:
@@ -54,7 +45,7 @@ def _compute(rank: int, port: int, args: dict, out_path: str) -> None:
     from sasg.distributed.runner import DistributedRun
     from sasg.distributed.transport import TorchTransport
 
-    _join(rank, 1, port)
+    join(rank, 1, port)
     try:
         total = args["warmup"] + args["compute_rounds"]
         config = RunConfig(algorithms=(args["algo"],), iterations=total, codec=args["codec"], eval_every=10**9,
@@ -75,7 +66,7 @@ def _compute(rank: int, port: int, args: dict, out_path: str) -> None:
 def _calls(rank: int, world: int, port: int, args: dict, out_path: str) -> None:
     import torch.distributed as dist
 
-    _join(rank, world, port)
+    join(rank, world, port)
     try:
         flags, got = torch.zeros(world, dtype=torch.uint8), torch.empty(world, dtype=torch.uint8)
         one, total = torch.zeros(1, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)

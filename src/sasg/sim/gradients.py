@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..core.layout import Layout
+from ..core.workspace import Workspace
 
 
 def _import_what_torch_func_imports_on_first_call() -> None:
@@ -114,7 +115,7 @@ class VmapGradients:
     def __init__(self, model: nn.Module, layout: Layout):
         self.model = model
         self.layout = layout
-        self._pair_rows: Tensor | None = None  # fresh_and_stale's two rows, reused
+        self.workspace = Workspace()  # fresh_and_stale's two parameter rows
         _import_what_torch_func_imports_on_first_call()
         self._grad = vmap(grad(_loss_fn(model)), in_dims=(0, None, 0, 0))
 
@@ -160,22 +161,21 @@ class VmapGradients:
         """``blocks(theta, x, y)`` and ``blocks(anchor, x, y)`` (``anchor``: ``(1, d)``, one
         worker) from one vmap call over the two parameter rows.
 
-        What it buys: vmap's fixed cost per call (wrapping, functional_call, pytrees: about
-        0.7 ms of a 1.3 ms gradient for the default FC setting on 2 cores) is paid once instead
-        of twice, less the copy of two rows; a rank's SASG round gets about 1 ms cheaper.
+        What it buys: vmap's fixed cost per call (wrapping, functional_call, pytrees) is paid
+        once instead of twice, less the copy of two rows. A 4-rank SASG round of the default FC
+        setting on 2 cores went from 16.5 to 15.1 ms (``benchmarks/rank_round.py --compare
+        gradients --turns 10``).
 
         The same bits as two calls: vmap batches the rows without mixing them, but a kernel's
         rounding can depend on where its data starts in memory (a vectorized loop peels a
         different number of leading elements), so each row is copied to a 64-byte boundary, as a
-        tensor of its own starts. Tested bit for bit against two calls, float32 and float64."""
+        tensor of its own starts. Tested bit for bit against two calls, float32 and float64, with one
+        intra-op thread (as a rank runs)."""
         if anchor.dim() != 2 or anchor.shape[0] != 1 or x.shape[0] != 1:
             raise ValueError("fresh_and_stale takes one worker: anchor (1, d) and a batch x of shape (1, B, ...)")
         d = anchor.shape[1]
         stride = -(-d // ROW_ALIGN) * ROW_ALIGN  # d rounded up: every row starts 64-byte aligned
-        buf = self._pair_rows
-        if buf is None or buf.dtype != anchor.dtype or buf.device != anchor.device or buf.shape[1] != stride:
-            buf = self._pair_rows = torch.empty(2, stride, dtype=anchor.dtype, device=anchor.device)
-        rows = buf[:, :d]
+        rows = self.workspace.buffer("pair-rows", (2, stride), anchor)[:, :d]  # starts its allocation
         rows[0].copy_(theta.reshape(-1))
         rows[1].copy_(anchor[0])
         both = self._per_parameter(rows, x.expand(2, *x.shape[1:]), y.expand(2, *y.shape[1:]))

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -70,12 +71,74 @@ def test_sigterm_removes_the_staging_folder(tmp_path):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM
+            _, err = proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err
     assert list(tmp_path.iterdir()) == []
+
+
+# A SIGTERM whose handler runs inside a finalizer: Python prints "Exception ignored" and drops its
+# SystemExit. _Dropper sends the signal from its __del__ and then runs bytecode, so the handler runs
+# there, as it can at random in a long run (gc).
+_DROPPER = """
+import os, signal, sys
+from pathlib import Path
+
+from sasg.report.rundir import exit_on_sigterm, staged_run_dir
+
+class _Dropper:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100000):  # the handler runs in here
+            pass
+
+exit_on_sigterm()
+"""
+
+
+def _run_script(code: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_a_sigterm_dropped_in_a_finalizer_still_leaves_no_folder(tmp_path):
+    code = _DROPPER + """
+with staged_run_dir(Path(sys.argv[1])) as stage:
+    _Dropper()
+    (stage / "metrics.csv").write_text("1,2")
+print("the with block ended")
+"""
+    proc = _run_script(code, tmp_path / "run")
+    assert "Exception ignored" in proc.stderr  # the case under test happened
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "the with block ended" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sigterm_dropped_in_a_finalizer_stops_the_run_after_that_round(tmp_path):
+    code = _DROPPER + """
+from sasg.experiment import run_seeds
+from sasg.report.rundir import StopCheck
+from tests.conftest import small_config
+
+class DropAt:
+    def __call__(self, sim, label):
+        print(sim.iteration, flush=True)
+        if sim.iteration == 5:
+            _Dropper()
+    def close(self):
+        pass
+
+run_seeds(small_config(epochs=50), [0], watchers=[DropAt(), StopCheck()])
+print("finished")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert "Exception ignored" in proc.stderr
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert proc.stdout.split() == [str(k) for k in range(1, 6)]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")

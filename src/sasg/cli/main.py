@@ -449,7 +449,7 @@ def execute(args: argparse.Namespace) -> int:
 
     from ..experiment import check_fits, load_data, partition_report, run_seeds
     from ..report import write_run_folder
-    from ..report.rundir import check_destination, default_run_dir, staged_run_dir
+    from ..report.rundir import StopCheck, check_destination, default_run_dir, staged_run_dir
 
     plugins = load_plugins(args.plugin)
     if args.seeds:
@@ -465,7 +465,8 @@ def execute(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir(args.command)
     check_destination(out, args.overwrite)
     checkpoints = check_checkpoints(args, config, seeds)
-    watchers = make_watchers(args)
+    # StopCheck: a SIGTERM whose exit Python dropped (see stop_if_signalled) still stops the run.
+    watchers = [*make_watchers(args), StopCheck()]
     data = load_data(config)
     check_fits(config, data)
     settings["partition_detail"] = partition_report(config, data)

@@ -134,6 +134,9 @@ class staged_run_dir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
+            if exc_type is None and _stop_code is not None:  # a signal's exit that was dropped on the way
+                self._clean_up()
+                stop_if_signalled()
             if exc_type is not None:
                 self._clean_up()
                 if isinstance(exc, OSError) and self._is_write_error(exc):
@@ -315,12 +318,40 @@ def exit_on_sigterm() -> None:
     reports a process killed by it. A SIGHUP already ignored (``nohup``) stays ignored."""
 
     def handler(signum, frame):
-        raise SystemExit(128 + signum)
+        global _stop_code
+        _stop_code = 128 + signum
+        raise SystemExit(_stop_code)
 
     signal.signal(signal.SIGTERM, handler)
     hangup = getattr(signal, "SIGHUP", None)  # not on Windows
     if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
         signal.signal(hangup, handler)
+
+
+_stop_code: int | None = None  # 128 + the signal's number, once exit_on_sigterm's handler ran
+
+
+def stop_if_signalled() -> None:
+    """Raise the ``SystemExit`` of a SIGTERM or SIGHUP that came earlier again.
+
+    Python runs a signal's handler wherever the main thread is, and an exception raised inside a
+    finalizer (a ``__del__``, a weakref callback during garbage collection) is printed as
+    "Exception ignored" and dropped: a signal landing there would be lost and the run would go on
+    to its end. Called after every round (:class:`StopCheck`) and before a staged folder is moved
+    into place, it makes such a signal stop the run within a round."""
+    if _stop_code is not None:
+        raise SystemExit(_stop_code)
+
+
+class StopCheck:
+    """A watcher (see :mod:`sasg.report.live`) that calls :func:`stop_if_signalled` after every
+    round of a run."""
+
+    def __call__(self, sim, label: str) -> None:
+        stop_if_signalled()
+
+    def close(self) -> None:
+        pass
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -118,3 +118,21 @@ def test_plot_curves_writes_the_same_files_for_many_algorithms(tmp_path):
     (tmp_path / "t5").mkdir()
     top5 = plot_curves(histories(12), tmp_path / "t5", metric="test_top5")
     assert top5 == ["test_top5.png", "test_acc.png", "train_loss.png"]
+
+
+@pytest.mark.parametrize("n", [4, 8, 12])
+def test_the_legend_never_covers_the_next_panel(n):
+    # Long names: up to 8 the legend fits in the first panel (fixed margins); more would spill out
+    # of the page or over the second panel, and the constrained layout makes room.
+    h = {f"a-very-long-algorithm-name-{a}+topk+ef": runs for a, runs in enumerate(histories(n).values())}
+    fig = _figure(h, "test_acc", Y_AXES, target=50.0)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.axes[0].get_legend().get_window_extent(renderer)
+        second = fig.axes[1].get_tightbbox(renderer)
+        page = fig.get_window_extent(renderer)
+        assert legend.x1 < second.x0, (legend, second)
+        assert page.contains(legend.x0, legend.y0) and page.contains(legend.x1, legend.y1), (legend, page)
+    finally:
+        plt.close(fig)

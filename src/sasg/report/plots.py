@@ -178,7 +178,7 @@ def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | No
     uses the same algorithm -> style mapping, ``styles_for(histories)`` unless given."""
     label = (y_axes or Y_AXES).get(ykey, (ykey,))[0]
     styles = styles_for(histories) if styles is None else styles
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (xkey, xlabel, log) in zip(axes, X_AXES):
         drawn = _panel(ax, histories, xkey, ykey, log, ykey == "train_loss", styles)
         if ykey == metric and drawn:
@@ -197,4 +197,11 @@ def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | No
         # Many algorithms: smaller text, more columns, so the legend stays inside the panel.
         many = len(handles) > 8
         axes[0].legend(fontsize="small" if many else None, ncol=1 + (len(handles) - 1) // 12)
+    if handles and many:
+        # A crowded legend may spill out of its panel: the constrained layout moves the next one aside.
+        fig.set_layout_engine("constrained")
+    else:
+        # Fixed margins, sized for the widest tick labels these axes get (percentages, 10^k): the
+        # constrained layout measures every label first, half of a run folder's plotting time.
+        fig.subplots_adjust(left=0.045, right=0.99, bottom=0.125, top=0.975, wspace=0.21)
     return fig

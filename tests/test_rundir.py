@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -80,65 +79,64 @@ def test_sigterm_removes_the_staging_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# A SIGTERM whose handler runs inside a finalizer: Python prints "Exception ignored" and drops its
-# SystemExit. _Dropper sends the signal from its __del__ and then runs bytecode, so the handler runs
-# there, as it can at random in a long run (gc).
-_DROPPER = """
-import os, signal, sys
-from pathlib import Path
-
-from sasg.report.rundir import exit_on_sigterm, staged_run_dir
-
+# A SIGTERM whose handler runs inside a finalizer: Python reports the handler's SystemExit as
+# "Exception ignored" and drops it, as can happen at random in a long run (gc). _Dropper sends the
+# signal from its __del__ and then runs bytecode, so that the handler runs in there.
 class _Dropper:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(100000):  # the handler runs in here
+        for _ in range(100000):
             pass
 
-exit_on_sigterm()
-"""
+
+@pytest.fixture
+def sigterm_exits(monkeypatch):
+    """exit_on_sigterm() in this process, undone afterwards; yields the exceptions Python dropped."""
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    monkeypatch.setattr(rundir, "_stop_code", None)
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    before = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    rundir.exit_on_sigterm()
+    try:
+        yield dropped
+    finally:
+        for n, handler in before.items():
+            signal.signal(getattr(signal, n), handler)
 
 
-def _run_script(code: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120)
-
-
-def test_a_sigterm_dropped_in_a_finalizer_still_leaves_no_folder(tmp_path):
-    code = _DROPPER + """
-with staged_run_dir(Path(sys.argv[1])) as stage:
-    _Dropper()
-    (stage / "metrics.csv").write_text("1,2")
-print("the with block ended")
-"""
-    proc = _run_script(code, tmp_path / "run")
-    assert "Exception ignored" in proc.stderr  # the case under test happened
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert "the with block ended" not in proc.stdout
+def test_a_sigterm_dropped_in_a_finalizer_still_leaves_no_folder(tmp_path, sigterm_exits):
+    ended = False
+    with pytest.raises(SystemExit) as stop:
+        with staged_run_dir(tmp_path / "run") as stage:
+            _Dropper()
+            assert sigterm_exits == [SystemExit]  # the case under test happened: the exit was dropped
+            (stage / "metrics.csv").write_text("1,2")
+        ended = True
+    assert stop.value.code == 128 + signal.SIGTERM and not ended
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_sigterm_dropped_in_a_finalizer_stops_the_run_after_that_round(tmp_path):
-    code = _DROPPER + """
-from sasg.experiment import run_seeds
-from sasg.report.rundir import StopCheck
-from tests.conftest import small_config
+def test_a_sigterm_dropped_in_a_finalizer_stops_the_run_after_that_round(sigterm_exits, cfg):
+    from sasg.experiment import run_seeds
+    from sasg.report.rundir import StopCheck
 
-class DropAt:
-    def __call__(self, sim, label):
-        print(sim.iteration, flush=True)
-        if sim.iteration == 5:
-            _Dropper()
-    def close(self):
-        pass
+    seen = []
 
-run_seeds(small_config(epochs=50), [0], watchers=[DropAt(), StopCheck()])
-print("finished")
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent)
-    assert "Exception ignored" in proc.stderr
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert proc.stdout.split() == [str(k) for k in range(1, 6)]
+    class DropAt:
+        def __call__(self, sim, label):
+            seen.append(sim.iteration)
+            if sim.iteration == 5:
+                _Dropper()
+
+        def close(self):
+            pass
+
+    with pytest.raises(SystemExit) as stop:
+        run_seeds(cfg(epochs=50), [0], watchers=[DropAt(), StopCheck()])
+    assert sigterm_exits == [SystemExit]
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert seen == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")

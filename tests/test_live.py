@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -48,22 +46,20 @@ def test_a_line_every_interval_and_one_at_the_end():
     assert int(last["at"]) == 12 and float(last["acc"]) == pytest.approx(sim.history[-1]["test_acc"], abs=0.01)
 
 
-def _compare(tmp_path, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "sasg", "compare", "--algos", "sgd,sasg", *TINY, "--iterations", "15",
-           "--out", str(tmp_path / "o"), *extra]
-    # stderr is a pipe here, as under a batch scheduler
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+def _compare(tmp_path, capsys, *extra) -> tuple[int, str]:
+    # stderr is captured here, not a terminal, as under a batch scheduler
+    code = main(["compare", "--algos", "sgd,sasg", *TINY, "--iterations", "15", "--out", str(tmp_path / "o"), *extra])
+    return code, capsys.readouterr().err
 
 
-def test_compare_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
-    done = _compare(tmp_path)
-    assert done.returncode == 0, done.stderr
-    lines = [LINE.match(t) for t in done.stderr.splitlines() if t.startswith("sasg: [")]
+def test_compare_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    code, err = _compare(tmp_path, capsys)
+    assert code == 0, err
+    lines = [LINE.match(t) for t in err.splitlines() if t.startswith("sasg: [")]
     # the default interval (60 s) is longer than these runs: the line at each run's end
-    assert [(m["label"], m["k"]) for m in lines if m] == [("sgd", "15"), ("sasg", "15")], done.stderr
-    quiet = _compare(tmp_path, "--quiet", "--overwrite")
-    assert quiet.returncode == 0 and "sasg: [" not in quiet.stderr
+    assert [(m["label"], m["k"]) for m in lines if m] == [("sgd", "15"), ("sasg", "15")], err
+    code, err = _compare(tmp_path, capsys, "--quiet", "--overwrite")
+    assert code == 0 and "sasg: [" not in err
 
 
 def test_log_every_out_of_range_is_one_line(tmp_path, capsys):

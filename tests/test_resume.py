@@ -50,7 +50,7 @@ def start(command: str, flags: list[str], out: Path, ck: Path) -> subprocess.Pop
 
 
 def test_a_killed_compare_resumes_to_the_uninterrupted_run_folder(tmp_path, one_thread):
-    flags = [*FLAGS, "--algos", "sgd,sasg", "--iterations", "600"]
+    flags = [*FLAGS, "--algos", "sgd,sasg", "--iterations", "300"]
     ck = tmp_path / "ck"
     kill_when(start("compare", flags, tmp_path / "part", ck), ck, "seed0-sasg-iter*.pt")  # sgd done, sasg under way
     assert (ck / "seed0-sgd-done.pt").exists() and not (tmp_path / "part").exists()
@@ -62,7 +62,7 @@ def test_a_killed_compare_resumes_to_the_uninterrupted_run_folder(tmp_path, one_
 
 
 def test_a_killed_run_resumes_only_with_its_own_setting(tmp_path, capsys, one_thread):
-    flags = [*FLAGS, "--algo", "lasg", "--iterations", "600"]
+    flags = [*FLAGS, "--algo", "lasg", "--iterations", "300"]
     ck = tmp_path / "ck"
     kill_when(start("run", flags, tmp_path / "part", ck), ck, "seed0-lasg-iter*.pt")
     resume = ["--checkpoint-dir", str(ck), "--checkpoint-every", "20", "--resume"]

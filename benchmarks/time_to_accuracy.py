@@ -5,9 +5,9 @@
     sudo .venv/bin/python benchmarks/time_to_accuracy.py --rates 100mbit --rows ddp,sasg-runner --target 88
 
 Two "nodes" (network namespaces joined by a veth pair, benchmarks/netns.py) with 2 worker
-processes each: 4 workers, gloo, CPU. ``tc tbf`` caps each direction of the link at the rate
-(100 Mbit/s, 1 Gbit/s); the two processes of a node talk over the node's loopback, unshaped, as on
-a real machine. No delay is added: this kernel has no ``netem`` qdisc (the script says so when
+processes each: 4 workers, gloo, CPU (``--per-node 1``: 2 workers, a core each on a 2-core
+machine). ``tc tbf`` caps each direction of the link at the rate (100 Mbit/s, 1 Gbit/s); the
+processes of a node talk over the node's loopback, unshaped, as on a real machine. No delay is added: this kernel has no ``netem`` qdisc (the script says so when
 ``--delay`` is asked for and cannot be had).
 
 Every row trains the paper's MNIST setting from the same initial parameters on the same per-worker
@@ -70,22 +70,22 @@ ROWS = {
 SASG_ROWS = ("sasg-hook", "sasg-runner", "sasg-runner-rice")
 POWERSGD_ROWS = ("powersgd-r2", "powersgd-r4")
 QUICK_ROWS = ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook", "sasg-runner")
-NODES, PER_NODE = 2, 2
+NODES, PER_NODE = 2, 2  # PER_NODE: the default of --per-node
 SETTING = {"dataset": "mnist5k", "model": "fc", "workers": NODES * PER_NODE, "batch_size": 10, "lr": 0.05,
            "density": 0.01, "window": 10, "threshold_scale": 2.0}
 PORTS = itertools.count(29611)
 
 
 # ----------------------------------------------------------------------------------------------------
-# worker: one of the 4 processes, started inside its node's namespace with RANK, WORLD_SIZE, ...
+# worker: one of the processes (4 by default), started inside its node's namespace with RANK, WORLD_SIZE, ...
 # ----------------------------------------------------------------------------------------------------
 
 
-def _config(algo: str, codec: str, iterations: int, seed: int):
+def _config(algo: str, codec: str, iterations: int, seed: int, workers: int):
     from sasg import RunConfig
 
     return RunConfig(algorithms=(algo,), iterations=iterations, codec=codec, eval_every=10**9, seed=seed,
-                     device="cpu", **SETTING).validate()
+                     device="cpu", **{**SETTING, "workers": workers}).validate()
 
 
 def _tx_bytes() -> int:
@@ -100,11 +100,11 @@ def build_row(row: str, max_iterations: int, seed: int, transport, data):
     import torch.nn.functional as F
 
     kind, algo, codec, _ = ROWS[row]
-    rank = transport.rank
+    rank, workers = transport.rank, transport.world_size
     if kind == "runner":
         from sasg.distributed.runner import DistributedRun
 
-        run = DistributedRun(_config(algo, codec, max_iterations, seed), algo, data, transport)
+        run = DistributedRun(_config(algo, codec, max_iterations, seed, workers), algo, data, transport)
         return run.step, (lambda: run.theta), run.model, run.layout, {"ledger": lambda: run.ledger}
 
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -112,7 +112,7 @@ def build_row(row: str, max_iterations: int, seed: int, transport, data):
     from sasg import Simulator
 
     # The simulator's initial parameters and worker m's minibatch stream, as the runner rows have.
-    sim = Simulator(_config("sgd", "paper32", max_iterations, seed), "sgd", data)
+    sim = Simulator(_config("sgd", "paper32", max_iterations, seed, workers), "sgd", data)
     model = DDP(sim.model)  # broadcasts rank 0's parameters (start-up, off the clock)
     extra = {}
     if kind == "powersgd":
@@ -203,7 +203,7 @@ def worker(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# orchestrator (root): the two nodes, the shaping, 4 processes per row
+# orchestrator (root): the two nodes, the shaping, 2 x --per-node processes per row
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -221,12 +221,13 @@ def _kill_all(procs) -> None:
 
 
 def run_row(net, row: str, args, tmp: Path, tag: str) -> dict:
-    """The 4 processes of one row (node n holds ranks 2n, 2n+1); rank 0's result plus the link bytes."""
+    """The processes of one row (node n holds ranks n P .. n P + P - 1, P = --per-node); rank 0's
+    result plus the link bytes."""
     port = next(PORTS)
     result = tmp / f"{tag}.json"
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SASG_LAUNCHER_PID")}
     base.update(OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR", MASTER_ADDR=net.address(0),
-                MASTER_PORT=str(port), WORLD_SIZE=str(NODES * PER_NODE), LOCAL_WORLD_SIZE=str(PER_NODE))
+                MASTER_PORT=str(port), WORLD_SIZE=str(NODES * args.per_node), LOCAL_WORLD_SIZE=str(args.per_node))
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", row, "--target", str(args.target),
             "--max-iterations", str(args.max_iterations), "--eval-every", str(args.eval_every),
             "--seed", str(args.seed), "--timeout", str(args.timeout), "--result", str(result)]
@@ -236,8 +237,8 @@ def run_row(net, row: str, args, tmp: Path, tag: str) -> dict:
     t = time.monotonic()
     try:
         for node in range(NODES):
-            for local in range(PER_NODE):
-                rank = node * PER_NODE + local
+            for local in range(args.per_node):
+                rank = node * args.per_node + local
                 log = open(tmp / f"{tag}-rank{rank}.log", "w+")
                 logs.append(log)
                 env = {**base, "RANK": str(rank), "LOCAL_RANK": str(local), "GROUP_RANK": str(node)}
@@ -306,12 +307,12 @@ def speedups(summary: list[dict]) -> dict:
             "vs_powersgd": round(psgd["seconds_to_target"] / best["seconds_to_target"], 2) if best and psgd else None}
 
 
-def fmt_table(rate: str, link: dict, summary: list[dict], target: float) -> str:
+def fmt_table(rate: str, link: dict, summary: list[dict], target: float, per_node: int = PER_NODE) -> str:
     def f(v, spec):
         return "—" if v is None else format(v, spec)
 
     lines = [f"rate {rate} (measured {link['mbit_per_s']} Mbit/s, RTT {link['rtt_ms']} ms, no delay); "
-             f"target {target:g} %; 2 nodes x 2 processes",
+             f"target {target:g} %; {NODES} nodes x {per_node} process{'es' if per_node > 1 else ''}",
              f"{'row':<17} {'iters':>6} {'s to target':>12} {'s/iter':>8} {'MB train':>9} {'MB run':>8} "
              f"{'uploads':>8} {'vs DDP':>7} {'load':>6}"]
     for r in summary:
@@ -330,7 +331,7 @@ def orchestrate(args) -> int:
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     started = time.monotonic()
-    result = {"benchmark": "time_to_accuracy", "setting": {**SETTING, "nodes": NODES, "nproc_per_node": PER_NODE,
+    result = {"benchmark": "time_to_accuracy", "setting": {**SETTING, "workers": NODES * args.per_node, "nodes": NODES, "nproc_per_node": args.per_node,
               "seed": args.seed}, "target_acc": args.target, "max_iterations": args.max_iterations,
               "eval_every": args.eval_every, "repeats": args.repeats, "quick": args.quick, "rows_run": args.rows,
               "load_before": [round(x, 2) for x in os.getloadavg()], "rates": {}}
@@ -366,7 +367,7 @@ def orchestrate(args) -> int:
     for rate in args.rates:
         summary = [summarize(raw[rate][row]) for row in args.rows]
         sp = speedups(summary)
-        print(fmt_table(rate, links[rate], summary, args.target) + "\n", flush=True)
+        print(fmt_table(rate, links[rate], summary, args.target, args.per_node) + "\n", flush=True)
         result["rates"][rate] = {"link": links[rate], **sp, "rows": summary}
         result[f"speedup_vs_ddp_{rate}"] = sp["vs_ddp"]
         result[f"speedup_vs_powersgd_{rate}"] = sp["vs_powersgd"]
@@ -396,6 +397,8 @@ def main(argv=None) -> int:
                    help="target 88 %%, 5 rows (no sasg-runner-rice), one repeat: about 3 minutes instead of 10")
     p.add_argument("--delay", default="0", help="one-way delay (needs netem; this kernel has none) (0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-node", type=int, default=PER_NODE,
+                   help=f"worker processes per node ({PER_NODE}: the issue's 4 workers; 1: a core per worker on 2 cores)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per row (600)")
     p.add_argument("--out", default=None, help="also write the full results (every evaluation) to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -414,8 +417,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
     check_link_flags(p, args.rates, args.delay)
-    if args.eval_every < 1 or args.max_iterations < 1 or args.repeats < 1:
-        p.error("--eval-every, --max-iterations and --repeats must be >= 1")
+    if args.eval_every < 1 or args.max_iterations < 1 or args.repeats < 1 or args.per_node < 1:
+        p.error("--eval-every, --max-iterations, --repeats and --per-node must be >= 1")
     return orchestrate(args)
 
 

@@ -6,14 +6,13 @@ optimizer under plain DDP, and a bf16-autocast run likewise. The hook here is th
 ``always+topk`` (top-k per tensor, h = 1 %, error feedback) with the ``rice+sign`` codec. The
 runs are benchmarks/ddp_accuracy.py's own (same code, same learning rates), 2 ranks on gloo.
 
-* ``test_reduced_*``: a 2-rank job trains each optimizer for REDUCED_EPOCHS epochs (a fifth of
-  the default, so that the suite stays near a minute) with plain DDP and with the hook, from the
-  same initialisation on the same minibatches, and compares the final test accuracies. After 5
-  epochs the runs are still moving (constant lr; over the 60 runs below, test accuracy moved by
-  up to 4.7 points from one epoch to the next between epochs 3 and 5) and the hook is still
-  catching up on its error memory, so 0.5 points cannot be asserted there; REDUCED_TOLERANCE is
-  what the spread of that setting over 10 seeds justifies (see its comment). The 0.5-point claim
-  is the full setting's; the README gives its figures (benchmarks/ddp_accuracy.py, 3 seeds).
+* ``test_reduced_*``: a 2-rank job trains each optimizer for REDUCED_EPOCHS epochs (a tenth of
+  the default, so that the suite stays fast: about 35 s) with plain DDP and with the hook, from
+  the same initialisation on the same minibatches, and compares the final test accuracies. After
+  2 epochs the runs are still moving (constant lr) and the hook is still catching up on its error
+  memory, so 0.5 points cannot be asserted there; REDUCED_TOLERANCE is what the spread of that
+  setting over 10 seeds justifies (see its comment). The 0.5-point claim is the full setting's;
+  the README gives its figures (benchmarks/ddp_accuracy.py, 3 seeds).
 * ``test_full_setting_rerun``: reruns the full setting for seed 0 (minutes; set
   SASG_FULL_ACCURACY=1) and asserts every pair within 0.5 points.
 """
@@ -38,15 +37,17 @@ HOOK = "always+topk/rice+sign"
 OPTIMIZERS = ("momentum", "adamw", "bf16")
 SEED = 0
 FULL_EPOCHS = 20
-REDUCED_EPOCHS = 5
-# The reduced setting's spread, measured with `benchmarks/ddp_accuracy.py --epochs 5 --seeds
-# 0,1,2,3,4,5,6,7,8,9` (30 pairs): hook - DDP in final test accuracy ranged from -2.1 (bf16, seed
-# 5) to +0.9 points, mean -0.1 (momentum), -0.7 (AdamW: the hook still trails there), -0.3 (bf16);
-# seed 0, the one run here: -0.6, -1.5, -0.5. The tolerance covers every observed pair plus 4 test
-# images (0.4 points) of margin, for another platform's rounding (a different trajectory, like
-# another seed). It catches a hook that breaks training (a wrong step, a lost momentum or Adam
-# state, bf16 damage in the error memory), not a half-point drift: that is the full setting's test.
-REDUCED_TOLERANCE = 2.5
+REDUCED_EPOCHS = 2
+# The reduced setting's spread, measured with `benchmarks/ddp_accuracy.py --epochs 2 --hooks
+# always+topk/rice+sign --seeds 0,1,2,3,4,5,6,7,8,9` (30 pairs, 350 s): hook - DDP in final test
+# accuracy ranged from -3.3 (AdamW, seed 1) to +1.5 points, mean -0.66 (momentum), -0.75 (AdamW),
+# -1.26 (bf16); seed 0, the one run here: -1.8, +0.7, -1.0. The tolerance covers every observed
+# pair plus 4 test images (0.4 points) of margin, for another platform's rounding (a different
+# trajectory, like another seed). It catches a hook that breaks training (a wrong step, a lost
+# momentum or Adam state, bf16 damage in the error memory), not a half-point drift: that is the
+# full setting's test. (With 5 epochs, 80 s, the same 10 seeds spread from -2.1 to +0.9: 2.5.)
+REDUCED_TOLERANCE = 3.7
+REDUCED_FLOOR = 87.5  # every one of the 60 runs above ended at 88.3 % or more (DDP 90.0 % or more)
 HALF_POINT = 0.5
 
 
@@ -81,8 +82,8 @@ def test_reduced_hook_trains_like_plain_ddp(reduced, optimizer):
     assert abs(diff) <= REDUCED_TOLERANCE, (
         f"{optimizer}: hook {row['hook_accuracy']:.1f} % against DDP {row['ddp_accuracy']:.1f} % "
         f"after {REDUCED_EPOCHS} epochs ({diff:+.1f} points; tolerance {REDUCED_TOLERANCE})")
-    # both trained: ~88-91 % after one epoch, 91.8-95.1 % after five (the 60 runs above)
-    assert row["ddp_accuracy"] > 91.0 and row["hook_accuracy"] > 91.0, row
+    # both trained: 88.3-94.1 % after two epochs (the 60 runs above)
+    assert row["ddp_accuracy"] > REDUCED_FLOOR and row["hook_accuracy"] > REDUCED_FLOOR, row
 
 
 def test_reduced_runs_are_the_setting_they_claim(reduced):

@@ -133,6 +133,7 @@ def test_a_stopped_rank_stops_the_run_within_the_heartbeat_timeout(tmp_path, one
             p.wait()
         if victim is not None and _rank_of(victim) == 1:  # still our stopped worker, not reaped
             os.kill(victim, signal.SIGKILL)  # works on a stopped process too
+    print(f"\nthe launcher exited {took:.1f} s after the SIGSTOP", file=sys.stderr)
     assert p.returncode != 0
     assert 4.5 <= took < 35, took
     lines = err.strip().splitlines()

@@ -110,9 +110,9 @@ def test_a_sigterm_dropped_in_a_finalizer_still_leaves_no_folder(tmp_path, sigte
     with pytest.raises(SystemExit) as stop:
         with staged_run_dir(tmp_path / "run") as stage:
             _Dropper()
-            assert sigterm_exits == [SystemExit]  # the case under test happened: the exit was dropped
             (stage / "metrics.csv").write_text("1,2")
         ended = True
+    assert sigterm_exits == [SystemExit]  # the case under test happened: the exit was dropped
     assert stop.value.code == 128 + signal.SIGTERM and not ended
     assert list(tmp_path.iterdir()) == []
 

@@ -7,8 +7,9 @@
 Two "nodes" (network namespaces joined by a veth pair, benchmarks/netns.py) with 2 worker
 processes each: 4 workers, gloo, CPU (``--per-node 1``: 2 workers, a core each on a 2-core
 machine). ``tc tbf`` caps each direction of the link at the rate (100 Mbit/s, 1 Gbit/s); the
-processes of a node talk over the node's loopback, unshaped, as on a real machine. No delay is added: this kernel has no ``netem`` qdisc (the script says so when
-``--delay`` is asked for and cannot be had).
+processes of a node talk over the node's loopback, unshaped, as on a real machine. No delay is
+added: this kernel has no ``netem`` qdisc (the script says so when ``--delay`` is asked for and
+cannot be had).
 
 Every row trains the paper's MNIST setting from the same initial parameters on the same per-worker
 minibatch streams (the simulator's: embedded MNIST-5k, FC 784-512-10, batch 10 per worker, lr 0.05
@@ -71,13 +72,14 @@ SASG_ROWS = ("sasg-hook", "sasg-runner", "sasg-runner-rice")
 POWERSGD_ROWS = ("powersgd-r2", "powersgd-r4")
 QUICK_ROWS = ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook", "sasg-runner")
 NODES, PER_NODE = 2, 2  # PER_NODE: the default of --per-node
-SETTING = {"dataset": "mnist5k", "model": "fc", "workers": NODES * PER_NODE, "batch_size": 10, "lr": 0.05,
+# The workers are 2 x --per-node (the world size), not part of SETTING.
+SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05,
            "density": 0.01, "window": 10, "threshold_scale": 2.0}
 PORTS = itertools.count(29611)
 
 
 # ----------------------------------------------------------------------------------------------------
-# worker: one of the processes (4 by default), started inside its node's namespace with RANK, WORLD_SIZE, ...
+# worker: one of the 2 x --per-node processes, started in its node's namespace with RANK, WORLD_SIZE, ...
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -85,7 +87,7 @@ def _config(algo: str, codec: str, iterations: int, seed: int, workers: int):
     from sasg import RunConfig
 
     return RunConfig(algorithms=(algo,), iterations=iterations, codec=codec, eval_every=10**9, seed=seed,
-                     device="cpu", **{**SETTING, "workers": workers}).validate()
+                     device="cpu", workers=workers, **SETTING).validate()
 
 
 def _tx_bytes() -> int:
@@ -331,8 +333,10 @@ def orchestrate(args) -> int:
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     started = time.monotonic()
-    result = {"benchmark": "time_to_accuracy", "setting": {**SETTING, "workers": NODES * args.per_node, "nodes": NODES, "nproc_per_node": args.per_node,
-              "seed": args.seed}, "target_acc": args.target, "max_iterations": args.max_iterations,
+    setting = {**SETTING, "workers": NODES * args.per_node, "nodes": NODES, "nproc_per_node": args.per_node,
+               "seed": args.seed}
+    result = {"benchmark": "time_to_accuracy", "setting": setting, "target_acc": args.target,
+              "max_iterations": args.max_iterations,
               "eval_every": args.eval_every, "repeats": args.repeats, "quick": args.quick, "rows_run": args.rows,
               "load_before": [round(x, 2) for x in os.getloadavg()], "rates": {}}
     raw = {rate: {row: [] for row in args.rows} for rate in args.rates}
@@ -398,7 +402,7 @@ def main(argv=None) -> int:
     p.add_argument("--delay", default="0", help="one-way delay (needs netem; this kernel has none) (0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-node", type=int, default=PER_NODE,
-                   help=f"worker processes per node ({PER_NODE}: the issue's 4 workers; 1: a core per worker on 2 cores)")
+                   help=f"worker processes per node ({PER_NODE}: the issue's 4 workers; 1: a core each on 2 cores)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per row (600)")
     p.add_argument("--out", default=None, help="also write the full results (every evaluation) to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)

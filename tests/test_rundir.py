@@ -117,9 +117,9 @@ def test_a_sigterm_dropped_in_a_finalizer_still_leaves_no_folder(tmp_path, sigte
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_sigterm_dropped_in_a_finalizer_stops_the_run_after_that_round(sigterm_exits, cfg):
-    from sasg.experiment import run_seeds
-    from sasg.report.rundir import StopCheck
+def test_a_sigterm_dropped_in_a_finalizer_stops_the_run_after_that_round(tmp_path, sigterm_exits, monkeypatch):
+    # Through the command line: its own watchers must include the one that raises the exit again.
+    import sasg.cli.main as cli
 
     seen = []
 
@@ -132,11 +132,14 @@ def test_a_sigterm_dropped_in_a_finalizer_stops_the_run_after_that_round(sigterm
         def close(self):
             pass
 
+    monkeypatch.setattr(cli, "make_watchers", lambda args: [DropAt()])
     with pytest.raises(SystemExit) as stop:
-        run_seeds(cfg(epochs=50), [0], watchers=[DropAt(), StopCheck()])
+        cli.main(["run", "--algo", "sasg", "--dataset", "synthetic", "--workers", "2", "--device", "cpu",
+                  "--iterations", "200", "--quiet", "--out", str(tmp_path / "run")])
     assert sigterm_exits == [SystemExit]
     assert stop.value.code == 128 + signal.SIGTERM
     assert seen == [1, 2, 3, 4, 5]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")

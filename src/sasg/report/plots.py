@@ -193,11 +193,11 @@ def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | No
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     handles = axes[0].get_legend_handles_labels()[0]
+    many = len(handles) > 8
     if handles:
         # Many algorithms: smaller text, more columns, so the legend stays inside the panel.
-        many = len(handles) > 8
         axes[0].legend(fontsize="small" if many else None, ncol=1 + (len(handles) - 1) // 12)
-    if handles and many:
+    if many:
         # A crowded legend may spill out of its panel: the constrained layout moves the next one aside.
         fig.set_layout_engine("constrained")
     else:

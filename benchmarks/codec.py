@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/codec.py            # full run (well under two minutes on 2 cores)
     .venv/bin/python benchmarks/codec.py --quick    # fewer repetitions
+    .venv/bin/python benchmarks/codec.py --rows 1   # one message per call, as a DDP hook rank encodes
 
-Two messages, M = 10 worker rows of i.i.d. normal values (fixed generator), density h = 1 %
+Two messages, M = 10 worker rows (``--rows``) of i.i.d. normal values (fixed generator), density h = 1 %
 (k_s = max(1, floor(h d_s)) per tensor), compressed by ``sasg.core.TopK``:
 
 - ``fc``: FC 784-512-10, d = 407,050 in 4 tensors, K = 4,071 entries per row;
@@ -98,10 +99,13 @@ def run(label: str, layout: Layout, reps: int, rows: int = 10, density: float = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--rows", type=int, default=10, help="messages per call (10: M = 10 workers)")
     args = ap.parse_args()
+    if args.rows < 1:
+        ap.error(f"--rows must be >= 1, got {args.rows}")
     t0 = time.perf_counter()
-    fc = run("fc", fc_layout(), reps=15 if args.quick else 100)
-    resnet = run("resnet18", resnet18_layout(), reps=3 if args.quick else 15)
+    fc = run("fc", fc_layout(), reps=15 if args.quick else 100, rows=args.rows)
+    resnet = run("resnet18", resnet18_layout(), reps=3 if args.quick else 15, rows=args.rows)
     print(f"\n(total {time.perf_counter() - t0:.1f} s, {torch.get_num_threads()} threads)")
     summary = {
         "fc_codec_over_topk": max(fc["codec_over_topk"][n] for n in TARGET),

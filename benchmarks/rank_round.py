@@ -49,6 +49,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def timed_turns(orders, run, per_turn: int, out_path: str | None, end_barrier: bool = True) -> None:
+    """Every candidate of every turn's order runs ``run(name)`` (``per_turn`` steps) after a
+    barrier; rank 0 writes ``{"wall": {name: [ms per step, one per turn]}, "cpu": {...}}`` to
+    ``out_path`` (its wall and CPU time; ``end_barrier``: the wall time runs to a barrier after
+    the steps, so that it includes the wait for the slowest rank)."""
+    import torch.distributed as dist
+
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for order in orders:
+        for name in order:
+            dist.barrier()
+            c, t = time.process_time(), time.perf_counter()
+            run(name)
+            if end_barrier:
+                dist.barrier()
+            wall.setdefault(name, []).append(1000 * (time.perf_counter() - t) / per_turn)
+            cpu.setdefault(name, []).append(1000 * (time.process_time() - c) / per_turn)
+    if dist.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump({"wall": wall, "cpu": cpu}, f)
+
+
 def _ring_transport():
     """``TorchTransport`` with the flag exchange as it was: one ``all_gather`` (the baseline)."""
     import torch.distributed as dist

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from rank_round import SETTING, free_port, join  # the paper's MNIST setting, a port, a gloo group
+from rank_round import SETTING, free_port, join, timed_turns  # the paper's MNIST setting, a port, a gloo group, timing
 
 CALLS = ("none", "all_to_all", "all_gather", "all_reduce", "barrier")
 
@@ -86,19 +86,9 @@ def _calls(rank: int, world: int, port: int, args: dict, out_path: str) -> None:
 
         for name in CALLS:
             rounds(do[name], args["warmup"])
-        wall = {n: [] for n in CALLS}
-        cpu = {n: [] for n in CALLS}
-        for turn in range(args["turns"]):
-            order = CALLS if turn % 2 == 0 else CALLS[::-1]
-            for name in order:
-                dist.barrier()
-                c, t = time.process_time(), time.perf_counter()
-                rounds(do[name], args["rounds"])
-                wall[name].append(1000 * (time.perf_counter() - t) / args["rounds"])
-                cpu[name].append(1000 * (time.process_time() - c) / args["rounds"])
-        if rank == 0:
-            with open(out_path, "w") as f:
-                json.dump({"wall": wall, "cpu": cpu}, f)
+        orders = [CALLS if turn % 2 == 0 else CALLS[::-1] for turn in range(args["turns"])]
+        timed_turns(orders, lambda name: rounds(do[name], args["rounds"]), args["rounds"], out_path,
+                    end_barrier=False)
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -2,7 +2,9 @@
 
 from .dense import DensePayload
 from .encoded import Encoded, transmit
+from .lowrank import LowRankPayload
 from .protocol import Payload
 from .sparse import SparsePayload
+from .varsparse import VarSparsePayload
 
-__all__ = ["DensePayload", "Encoded", "Payload", "SparsePayload", "transmit"]
+__all__ = ["DensePayload", "Encoded", "LowRankPayload", "Payload", "SparsePayload", "VarSparsePayload", "transmit"]

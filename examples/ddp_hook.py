@@ -2,20 +2,28 @@
 
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo wk1+topk --optimizer adamw --lr 1e-3
+    torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --checkpoint-dir ck   # run again to resume
 
 FC 784-512-10 on the embedded MNIST-5k, CPU (gloo) or one GPU per rank (NCCL). Everything is
 plain PyTorch — DistributedSampler, DistributedDataParallel, your optimizer (SGD, momentum,
 AdamW), autocast, gradient accumulation with no_sync — except the line marked below: with it,
 each rank sends a top-k sparse, error-compensated message coded with Golomb-Rice gaps and one
 sign bit per entry instead of all-reducing the dense gradient.
+
+With ``--checkpoint-dir`` every rank saves its model, optimizer and hook state there every
+``--checkpoint-every`` steps and at the end (written to a temporary file, then renamed: a kill
+never leaves half a checkpoint), and a run started with the same arguments continues from the
+newest one, mid-epoch too, with the numbers of a run that was never stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -42,7 +50,32 @@ def parse_args():
     p.add_argument("--bf16", action="store_true", help="forward pass under bf16 autocast")
     p.add_argument("--no-hook", action="store_true", help="plain DDP all-reduce, for comparison")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="save each rank's state here, and resume from it when it holds a checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (50)")
     return p.parse_args()
+
+
+def save_checkpoint(folder: Path, rank: int, state: dict) -> None:
+    """This rank's state, atomically: a preemption mid-write leaves the previous checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"rank{rank}.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / f"rank{rank}.pt")
+
+
+def load_checkpoint(folder: Path | None, rank: int, device) -> dict | None:
+    """This rank's checkpoint, or None; every rank must hold one of the same step."""
+    path = folder / f"rank{rank}.pt" if folder is not None else None
+    state = torch.load(path, map_location=device, weights_only=True) if path and path.exists() else None
+    step = torch.tensor([state["step"] if state else -1], device=device)
+    lo, hi = step.clone(), step.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if lo.item() != hi.item():
+        raise SystemExit(f"rank {rank}: the ranks' checkpoints in {folder} are of different steps "
+                         f"({lo.item()} to {hi.item()}; -1: none): remove the folder to start afresh")
+    return state
 
 
 @torch.no_grad()
@@ -81,10 +114,29 @@ def main() -> None:
         # The one line (lr= only matters for the lazy rules wk1/ps, whose threshold uses it).
         hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, lr=opt)
 
+    def state_of(step: int) -> dict:  # plain tensors and numbers: torch.load(weights_only=True) reads it
+        return {"step": step, "model": model.module.state_dict(), "optimizer": opt.state_dict(),
+                "hook": hook.state_dict() if hook is not None else None}
+
+    steps_per_epoch = len(loader) // args.accumulate  # a last, incomplete accumulation is dropped
+    if steps_per_epoch == 0:
+        raise SystemExit(f"--batch-size {args.batch_size} leaves no full step in an epoch of {len(train) // world} "
+                         "examples per rank: use a smaller batch")
     step = 0
-    for epoch in range(args.epochs):
+    state = load_checkpoint(args.checkpoint_dir, rank, device)
+    if state is not None:
+        model.module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if hook is not None:
+            hook.load_state_dict(state["hook"])
+        step = state["step"]
+        if rank == 0:
+            print(f"resumed from step {step}", flush=True)
+    for epoch in range(step // steps_per_epoch, args.epochs):
         sampler.set_epoch(epoch)
-        for i, (x, y) in enumerate(loader):
+        # On resume, the micro-batches of this epoch's steps already taken are skipped.
+        skip = (step - epoch * steps_per_epoch) * args.accumulate
+        for i, (x, y) in enumerate(itertools.islice(loader, skip, steps_per_epoch * args.accumulate), start=skip):
             x, y = x.to(device), y.to(device)
             last_micro = (i + 1) % args.accumulate == 0
             # Gradient accumulation: DDP (and so the hook) communicates only on the last micro-batch.
@@ -97,6 +149,8 @@ def main() -> None:
             opt.step()
             opt.zero_grad()
             step += 1
+            if args.checkpoint_dir is not None and step % args.checkpoint_every == 0:
+                save_checkpoint(args.checkpoint_dir, rank, state_of(step))
             if args.max_steps is not None and step >= args.max_steps:
                 break
         if rank == 0:
@@ -109,6 +163,8 @@ def main() -> None:
         if args.max_steps is not None and step >= args.max_steps:
             break
 
+    if args.checkpoint_dir is not None and step % args.checkpoint_every != 0:
+        save_checkpoint(args.checkpoint_dir, rank, state_of(step))  # the end of the run
     if hook is not None and rank == 0:
         dense = 32 * sum(p.numel() for p in model.parameters()) * world * hook.ledger.iterations
         bits = hook.bits_by_rank

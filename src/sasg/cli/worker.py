@@ -236,17 +236,14 @@ def train(args) -> int:
         settings = resolved(config, seeds)
         if plugins:
             settings["plugins"] = plugins
-        try:
-            from ..experiment import partition_report
+        from ..experiment import partition_report
 
-            settings["partition_detail"] = partition_report(config, data)
-        except ImportError:  # older experiment module
-            pass
+        settings["partition_detail"] = partition_report(config, data)
         info = {
             "world_size": world,
             "backend": dist.get_backend(),
             "device": str(transport.device),
-            "design": "server replica on every rank; uploaders send to the M-1 other ranks; flags by all_gather",
+            "design": "server replica on every rank; uploaders send to the M-1 other ranks; flags by all_to_all",
             "runs": records,
         }
         folder = staged_run_dir(out, args.overwrite, if_busy="beside")  # results in hand: never refused now

@@ -1,8 +1,9 @@
 """The hook's transport: :class:`sasg.distributed.TorchTransport`, plus each rank's bits.
 
-The exchange itself is the distributed runner's, unchanged: flags or sizes first (an
-``all_gather`` of one byte or one int32 per rank; nothing when everyone always sends
-fixed-size messages), then one ``all_to_all_single`` with the senders' byte counts as splits,
+The exchange itself is the distributed runner's, unchanged: flags or sizes first (one byte or
+one int32 from every rank to every rank in one ``all_to_all_single``; nothing when everyone
+always sends fixed-size messages), then one ``all_to_all_single`` with the senders' byte counts
+as splits (on several nodes relayed point to point instead, :mod:`sasg.distributed.relay`),
 so a skipping rank sends no payload at all and varying-size messages (Golomb-Rice) travel
 without padding. Every rank ends up with every sender's bytes and decodes them itself.
 

@@ -1,7 +1,8 @@
 """A standard DDP training script plus one line: sasg's communication hook.
 
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py
-    torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo wk1+topk --optimizer adamw --lr 1e-3
+    torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --optimizer adamw --lr 1e-3
+    torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo wk1+topk --threshold-scale 0.2
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --checkpoint-dir ck   # run again to resume
 
 FC 784-512-10 on the embedded MNIST-5k, CPU (gloo) or one GPU per rank (NCCL). Everything is
@@ -41,6 +42,9 @@ def parse_args():
     p.add_argument("--algo", default="always+topk", help="always+topk, wk1+topk, ps+topk, always+randomk, ...")
     p.add_argument("--codec", default="rice+sign", help="paper32, rice+fp16, rice+sign, bitmap+bf16, ...")
     p.add_argument("--density", type=float, default=0.01)
+    p.add_argument("--window", type=int, default=10, help="lazy rules: window D (10)")
+    p.add_argument("--threshold-scale", type=float, default=2.0,
+                   help="lazy rules: c (2); a smaller c raises the threshold, so ranks skip more often")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "momentum", "adamw"))
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=2)
@@ -112,7 +116,8 @@ def main() -> None:
     hook = None
     if not args.no_hook:
         # The one line (lr= only matters for the lazy rules wk1/ps, whose threshold uses it).
-        hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, lr=opt)
+        hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, lr=opt,
+                                 window=args.window, threshold_scale=args.threshold_scale)
 
     def state_of(step: int) -> dict:  # plain tensors and numbers: torch.load(weights_only=True) reads it
         return {"step": step, "model": model.module.state_dict(), "optimizer": opt.state_dict(),

@@ -57,7 +57,17 @@ def parse_args():
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="save each rank's state here, and resume from it when it holds a checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (50)")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.checkpoint_every < 1:
+        p.error(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
+    return args
+
+
+def stop(message: str):
+    """End this rank with ``message``, leaving the process group first (an exit that leaves it
+    live makes the backend abort the process)."""
+    dist.destroy_process_group()
+    raise SystemExit(message)
 
 
 def save_checkpoint(folder: Path, rank: int, state: dict) -> None:
@@ -77,7 +87,7 @@ def load_checkpoint(folder: Path | None, rank: int, device) -> dict | None:
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     if lo.item() != hi.item():
-        raise SystemExit(f"rank {rank}: the ranks' checkpoints in {folder} are of different steps "
+        stop(f"rank {rank}: the ranks' checkpoints in {folder} are of different steps "
                          f"({lo.item()} to {hi.item()}; -1: none): remove the folder to start afresh")
     return state
 
@@ -125,11 +135,14 @@ def main() -> None:
 
     steps_per_epoch = len(loader) // args.accumulate  # a last, incomplete accumulation is dropped
     if steps_per_epoch == 0:
-        raise SystemExit(f"--batch-size {args.batch_size} leaves no full step in an epoch of {len(train) // world} "
-                         "examples per rank: use a smaller batch")
+        stop(f"--batch-size {args.batch_size} leaves no full step in an epoch of {len(train) // world} "
+             "examples per rank: use a smaller batch")
     step = 0
     state = load_checkpoint(args.checkpoint_dir, rank, device)
     if state is not None:
+        if (state["hook"] is None) != (hook is None):
+            stop(f"rank {rank}: the checkpoint in {args.checkpoint_dir} was saved "
+                 f"{'without' if hook is not None else 'with'} the sasg hook: resume it the same way")
         model.module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if hook is not None:

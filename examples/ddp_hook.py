@@ -88,7 +88,7 @@ def load_checkpoint(folder: Path | None, rank: int, device) -> dict | None:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     if lo.item() != hi.item():
         stop(f"rank {rank}: the ranks' checkpoints in {folder} are of different steps "
-                         f"({lo.item()} to {hi.item()}; -1: none): remove the folder to start afresh")
+             f"({lo.item()} to {hi.item()}; -1: none): remove the folder to start afresh")
     return state
 
 

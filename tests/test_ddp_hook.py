@@ -101,30 +101,24 @@ def _full_loss(model, data) -> float:
 # ----- the scenarios, run in each rank ------------------------------------------------------------
 
 
+def _hook_run(rank, cfg, data, algo):
+    """``STEPS`` steps of plain SGD with the hook for ``algo`` under ``cfg``: what the tests compare."""
+    model, ddp = _ddp_model(cfg, data)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    state = register(ddp, algo, codec=cfg.codec, density=cfg.density, window=cfg.window,
+                     threshold_scale=cfg.threshold_scale, seed=cfg.seed, lr=opt)
+    _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS)
+    error = state.error
+    return {"theta": _flat(model), "error": None if error is None else error.clone(),
+            "ledger": state.ledger.state_dict(), "bits_by_rank": state.bits_by_rank}
+
+
 def _follows_simulator(rank, cfg, data):
-    out = {}
-    for algo in (ALGO, *LAZY):
-        model, ddp = _ddp_model(cfg, data)
-        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
-        state = register(ddp, algo, density=cfg.density, window=cfg.window, threshold_scale=cfg.threshold_scale,
-                         seed=cfg.seed, lr=opt if algo in LAZY else None)
-        _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS)
-        out[algo] = {"theta": _flat(model), "error": state.error.clone(), "ledger": state.ledger.state_dict(),
-                     "bits_by_rank": state.bits_by_rank}
-    return out
+    return {algo: _hook_run(rank, cfg, data, algo) for algo in (ALGO, *LAZY)}
 
 
 def _family(rank, world):
-    out = {}
-    for algo in FAMILY:
-        cfg, data = _family_config(algo, world), synth()
-        model, ddp = _ddp_model(cfg, data)
-        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
-        state = register(ddp, algo, codec=cfg.codec, density=cfg.density, window=cfg.window,
-                         threshold_scale=cfg.threshold_scale, seed=cfg.seed, lr=opt)
-        _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS)
-        out[algo] = {"theta": _flat(model), "ledger": state.ledger.state_dict()}
-    return out
+    return {algo: _hook_run(rank, _family_config(algo, world), synth(), algo) for algo in FAMILY}
 
 
 def _checkpoint_resume(rank, cfg, data, folder):
@@ -417,7 +411,8 @@ def test_example_ddp_hook_runs_under_torchrun_and_resumes_bit_exactly(tmp_path):
     one micro-batch of each epoch dropped): stopped at step 5, mid-epoch, and started again with
     the same arguments, it ends with the uninterrupted run's state, bit for bit."""
     run = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "examples/ddp_hook.py",
-           "--batch-size", "512", "--accumulate", "2", "--bf16", "--epochs", "4", "--checkpoint-every", "5", "--max-steps"]
+           "--batch-size", "512", "--accumulate", "2", "--bf16", "--epochs", "4", "--checkpoint-every", "5",
+           "--max-steps"]
     whole = _run_example([*run, "12", "--checkpoint-dir", str(tmp_path / "whole")])
     assert "epoch 4: step 12, test acc" in whole
     assert "always+topk / rice+sign: 12 steps" in whole

@@ -51,8 +51,49 @@ from pathlib import Path
 import torch
 
 OPTIMIZERS = ("momentum", "adamw", "bf16")
-DEFAULT_HOOKS = ("always+topk/rice+sign",)
+MODELS = ("fc", "lenet5", "mlp", "cnn")
+# "ALGO/CODEC" runs the sasg hook at its defaults otherwise; "defaults" is sasg.ddp.register(ddp,
+# optimizer=opt) with nothing else; "powersgd" is PyTorch's PowerSGD hook at rank 2.
+DEFAULT_HOOKS = ("defaults", "powersgd")
 DEFAULT_LR = {"momentum": 0.02, "adamw": 1e-3, "bf16": 0.02}
+POWERSGD_RANK = 2
+
+
+def build(name: str, data, seed: int):
+    """The benchmark's models: the project's FC 784-512-10 and LeNet-5, an MLP 784-256-10 and a
+    small CNN of a user's own (two 3x3 convolutions, two linear layers, 26,698 parameters)."""
+    from torch import nn
+
+    from sasg.models import build_model
+    from sasg.models.init import init_parameters
+
+    if name in ("fc", "lenet5"):
+        return build_model(name, data.sample_shape, data.num_classes, seed)
+    if name == "mlp":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, data.num_classes))
+    elif name == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, data.num_classes))
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return init_parameters(model, torch.Generator().manual_seed(int(seed)))
+
+
+def powersgd_bits_per_round(model, rank: int = POWERSGD_RANK, min_compression_rate: float = 2.0) -> int:
+    """What PyTorch's PowerSGD hook sends per rank and compressed round, in bits: 1-D tensors and
+    matrices it does not compress (its own rule: (n + m) r x min_compression_rate >= n m) as they
+    are, every other tensor as its P (n x r) and Q (m x r) factors, fp32."""
+    floats = 0
+    for p in model.parameters():
+        if p.dim() <= 1:
+            floats += p.numel()
+            continue
+        n, m = p.shape[0], p.numel() // p.shape[0]
+        r = min(n, m, rank)
+        floats += (n + m) * r if (n + m) * r * min_compression_rate < n * m else n * m
+    return 32 * floats
 
 
 def _free_port() -> int:
@@ -87,24 +128,40 @@ def _optimizer(name: str, params, lr: float):
 
 
 def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: str | None, epochs: int,
-               batch_size: int, density: float, seed: int, max_rounds: int | None = None) -> dict:
+               batch_size: int, density: float | None, seed: int, max_rounds: int | None = None,
+               model: str = "fc") -> dict:
     """One training run in this rank (call on every rank of the group). ``hook``: ``ALGO/CODEC``
-    or None for DDP's own all-reduce. Returns the test accuracy after every epoch (the last one:
-    after ``max_rounds`` rounds when given), the bits sent and whether the ranks ended equal."""
+    (the sasg hook, its defaults otherwise), ``defaults`` (``sasg.ddp.register(ddp,
+    optimizer=opt)``), ``powersgd`` (PyTorch's PowerSGD hook, rank 2, error feedback and warm
+    start, compressing from its second round as early as it allows) or None for DDP's own
+    all-reduce. Returns the test accuracy after every epoch (the last one: after ``max_rounds``
+    rounds when given), the bits sent and whether the ranks ended equal."""
     import torch.distributed as dist
     import torch.nn.functional as F
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
     from torch.nn.parallel import DistributedDataParallel
 
     import sasg.ddp
-    from sasg.models import build_model
 
-    model = build_model("fc", data.sample_shape, data.num_classes, seed)
-    ddp = DistributedDataParallel(model)
+    net = build(model, data, seed)
+    ddp = DistributedDataParallel(net)
     opt = _optimizer(optimizer, ddp.parameters(), lr)
     state = None
-    if hook is not None:
-        algo, codec = hook.split("/")
-        state = sasg.ddp.register(ddp, algo=algo, codec=codec, density=density, seed=seed, lr=opt)
+    if hook == "powersgd":
+        ps = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=POWERSGD_RANK,
+                                         start_powerSGD_iter=2, random_seed=seed)
+        ddp.register_comm_hook(ps, powerSGD_hook.powerSGD_hook)
+    elif hook is not None:
+        knobs = {} if density is None else {"density": density}
+        name, _, options = hook.partition(":")  # e.g. defaults:warmup=10;tensor_policy=all
+        for option in filter(None, options.split(";")):
+            key, _, value = option.partition("=")
+            knobs[key] = value if key in ("tensor_policy", "codec", "algo") else (
+                value == "True" if value in ("True", "False") else float(value) if "." in value else int(value))
+        if name != "defaults":
+            algo, codec = name.split("/")
+            knobs.update(algo=algo, codec=codec)
+        state = sasg.ddp.register(ddp, optimizer=opt, seed=seed, **knobs)
     per_epoch, next_idx = _batches(data, world, rank, batch_size, seed)
     total = per_epoch * epochs if max_rounds is None else min(max_rounds, per_epoch * epochs)
     autocast = optimizer == "bf16"
@@ -119,19 +176,22 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
         loss.backward()
         opt.step()
         if (r + 1) % per_epoch == 0 or r + 1 == total:
-            curve.append(_test_correct(model, data))
+            curve.append(_test_correct(net, data))
     seconds = time.perf_counter() - start
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     top, bottom = flat.clone(), flat.clone()
     dist.all_reduce(top, op=dist.ReduceOp.MAX)
     dist.all_reduce(bottom, op=dist.ReduceOp.MIN)
     dense_bits = 32 * flat.numel() * world * total
     n_test = len(data.test.y)
-    out = {"optimizer": optimizer, "lr": lr, "hook": hook, "seed": seed, "rounds": total, "n_test": n_test,
+    out = {"model": model, "optimizer": optimizer, "lr": lr, "hook": hook, "seed": seed, "rounds": total,
+           "n_test": n_test,
            "correct": curve[-1], "accuracy": 100.0 * curve[-1] / n_test,
            "curve": [100.0 * c / n_test for c in curve], "seconds": seconds,
            "ranks_equal": bool(torch.equal(top, bottom)), "dense_bits": dense_bits, "bits": dense_bits,
            "error_dtype": None}
+    if hook == "powersgd":  # its first round is a plain all-reduce (start_powerSGD_iter=2)
+        out["bits"] = world * (32 * flat.numel() + (total - 1) * powersgd_bits_per_round(net))
     if state is not None:
         out["bits"] = int(sum(state.bits_by_rank))
         out["uploads"] = int(state.ledger.totals()["uploads"])
@@ -149,7 +209,12 @@ def _rank_main(rank: int, world: int, port: int, runs: list[dict], out_path: str
     dist.init_process_group("gloo", timeout=timedelta(seconds=300))
     try:
         data = load_mnist5k()
-        results = [train_once(rank, world, data, **run) for run in runs]
+        results = []
+        for i, run in enumerate(runs):
+            if rank == 0:  # progress on stderr: the table and the JSON line stay on stdout
+                print(f"[{i + 1}/{len(runs)}] {run['model']} {run['optimizer']} {run['hook'] or 'ddp'} seed "
+                      f"{run['seed']}", file=sys.stderr, flush=True)
+            results.append(train_once(rank, world, data, **run))
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(results, f)
@@ -178,88 +243,127 @@ def run(runs: list[dict], world: int = 2, timeout: float | None = None) -> list[
             return json.load(f)
 
 
-def plan(optimizers, hooks, seeds, lrs: dict, **common) -> list[dict]:
-    """Every (seed, optimizer) pair: plain DDP first, then each hook, same settings otherwise."""
-    return [dict(optimizer=o, lr=lrs[o], hook=h, seed=s, **common)
-            for s in seeds for o in optimizers for h in (None, *hooks)]
+def plan(optimizers, hooks, seeds, lrs: dict, models=("fc",), **common) -> list[dict]:
+    """Every (model, seed, optimizer): plain DDP first, then each hook, same settings otherwise.
+    PowerSGD's hook is left out under bf16: on the CPU with torch 2.13 it aborts the gloo job
+    under a bf16-autocast forward ("Received data size doesn't match expected size: 1044 vs 512"),
+    also with autocast switched off around the hook."""
+    return [dict(model=m, optimizer=o, lr=lrs[o], hook=h, seed=s, **common)
+            for m in models for s in seeds for o in optimizers for h in (None, *hooks)
+            if not (h == "powersgd" and o == "bf16")]
 
 
 def summarize(results: list[dict], hooks) -> list[dict]:
-    """One row per (optimizer, hook): accuracies, paired differences in points, bit fraction."""
+    """One row per (model, optimizer, hook): accuracies, paired differences in points, bit fraction."""
     rows = []
+    models = list(dict.fromkeys(r.get("model", "fc") for r in results))
     optimizers = list(dict.fromkeys(r["optimizer"] for r in results))
     seeds = sorted({r["seed"] for r in results})
-    by = {(r["optimizer"], r["hook"], r["seed"]): r for r in results}
-    for o in optimizers:
-        for h in hooks:
-            base = [by[o, None, s] for s in seeds]
-            mine = [by[o, h, s] for s in seeds]
-            # in points, from the counts of correct test images (exact: -0.5 is -0.5, not -0.50000001)
-            diffs = [100.0 * (m["correct"] - b["correct"]) / b["n_test"] for m, b in zip(mine, base)]
-            rows.append({
-                "optimizer": o, "lr": base[0]["lr"], "hook": h, "seeds": seeds,
-                "ddp_accuracy": sum(b["accuracy"] for b in base) / len(seeds),
-                "hook_accuracy": sum(m["accuracy"] for m in mine) / len(seeds),
-                "diff_points": sum(diffs) / len(diffs), "diffs": diffs,
-                "max_abs_diff_points": max(abs(d) for d in diffs),
-                "bits_fraction": sum(m["bits"] for m in mine) / sum(m["dense_bits"] for m in mine),
-                "ddp_seconds": sum(b["seconds"] for b in base) / len(seeds),
-                "hook_seconds": sum(m["seconds"] for m in mine) / len(seeds),
-                "ranks_equal": all(r["ranks_equal"] for r in base + mine),
-                "error_dtype": mine[0]["error_dtype"],
-            })
+    by = {(r.get("model", "fc"), r["optimizer"], r["hook"], r["seed"]): r for r in results}
+    for model in models:
+        for o in optimizers:
+            for h in hooks:
+                if (model, o, h, seeds[0]) not in by:
+                    continue  # not run (PowerSGD under bf16, see plan)
+                base = [by[model, o, None, s] for s in seeds]
+                mine = [by[model, o, h, s] for s in seeds]
+                # in points, from the counts of correct test images (exact: -0.5 is -0.5, not -0.50000001)
+                diffs = [100.0 * (m["correct"] - b["correct"]) / b["n_test"] for m, b in zip(mine, base)]
+                rows.append({
+                    "model": model, "optimizer": o, "lr": base[0]["lr"], "hook": h, "seeds": seeds,
+                    "ddp_accuracy": sum(b["accuracy"] for b in base) / len(seeds),
+                    "hook_accuracy": sum(m["accuracy"] for m in mine) / len(seeds),
+                    "diff_points": sum(diffs) / len(diffs), "diffs": diffs,
+                    "max_abs_diff_points": max(abs(d) for d in diffs),
+                    "bits_fraction": sum(m["bits"] for m in mine) / sum(m["dense_bits"] for m in mine),
+                    "ddp_seconds": sum(b["seconds"] for b in base) / len(seeds),
+                    "hook_seconds": sum(m["seconds"] for m in mine) / len(seeds),
+                    "ranks_equal": all(r["ranks_equal"] for r in base + mine),
+                    "error_dtype": mine[0]["error_dtype"],
+                })
     return rows
+
+
+def verdict(rows: list[dict], sasg: str = "defaults", powersgd: str = "powersgd") -> dict:
+    """The figures issue 23 asks of the sasg hook at its defaults (row ``sasg``), against DDP and
+    PowerSGD rank 2 (row ``powersgd``), over every model x optimizer pair (means over the seeds):
+    the worst mean gap below DDP, the worst gap below PowerSGD, the largest bit fraction on FC and
+    LeNet-5, and the hook's bits over PowerSGD's on the small CNN."""
+    mine = [r for r in rows if r["hook"] == sasg]
+    theirs = {(r["model"], r["optimizer"]): r for r in rows if r["hook"] == powersgd}
+    out = {"worst_gap_vs_ddp": max(-r["diff_points"] for r in mine) if mine else None}
+    paired = [r for r in mine if (r["model"], r["optimizer"]) in theirs]
+    if paired:
+        out["worst_gap_vs_powersgd"] = max(theirs[r["model"], r["optimizer"]]["hook_accuracy"] - r["hook_accuracy"]
+                                           for r in paired)
+    fractions = [r["bits_fraction"] for r in mine if r["model"] in ("fc", "lenet5")]
+    out["worst_bits_fraction"] = max(fractions) if fractions else None
+    cnn = [(r["bits_fraction"], theirs[r["model"], r["optimizer"]]["bits_fraction"])
+           for r in mine if r["model"] == "cnn" and (r["model"], r["optimizer"]) in theirs]
+    out["bits_over_powersgd_small_cnn"] = max(a / b for a, b in cnn) if cnn else None
+    out["pass"] = bool(mine) and out["worst_gap_vs_ddp"] <= 0.5 and out.get("worst_gap_vs_powersgd", 0) <= 0.3 \
+        and (out["worst_bits_fraction"] is None or out["worst_bits_fraction"] <= 0.03) \
+        and (out["bits_over_powersgd_small_cnn"] is None or out["bits_over_powersgd_small_cnn"] <= 1)
+    return out
 
 
 def _table(rows) -> str:
     multi = len(rows[0]["seeds"]) > 1
-    diff_head, width = ("diff pts (per seed)", 30) if multi else ("diff pts", 8)
-    head = (f"{'optimizer':<9} {'lr':>6} {'hook':<21} {'DDP acc %':>9} {'hook acc %':>10}  {diff_head:<{width}} "
-            f"{'bits vs DDP':>11} {'DDP s':>6} {'hook s':>6}")
+    diff_head, width = ("diff pts (per seed)", 28) if multi else ("diff pts", 8)
+    head = (f"{'model':<6} {'optimizer':<9} {'lr':>6} {'hook':<21} {'DDP acc %':>9} {'hook acc %':>10}  "
+            f"{diff_head:<{width}} {'bits vs DDP':>11} {'DDP s':>6} {'hook s':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         diff = f"{r['diff_points']:+.2f}"
         if multi:
             diff += " (" + " ".join(f"{d:+.1f}" for d in r["diffs"]) + ")"
-        lines.append(f"{r['optimizer']:<9} {r['lr']:>6g} {r['hook']:<21} {r['ddp_accuracy']:>9.2f} "
+        lines.append(f"{r['model']:<6} {r['optimizer']:<9} {r['lr']:>6g} {r['hook']:<21} {r['ddp_accuracy']:>9.2f} "
                      f"{r['hook_accuracy']:>10.2f}  {diff:<{width}} {r['bits_fraction']:>11.4%} "
                      f"{r['ddp_seconds']:>6.0f} {r['hook_seconds']:>6.0f}")
     return "\n".join(lines)
 
 
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", type=int, default=2, help="ranks = workers (default 2)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=10, help="per worker")
-    p.add_argument("--density", type=float, default=0.01)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16, help="per worker")
+    p.add_argument("--density", type=float, default=None, help="the sasg hook's density (default: its own)")
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    p.add_argument("--hooks", default=",".join(DEFAULT_HOOKS), help="ALGO/CODEC,... ; 'none': plain DDP only")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--hooks", default=",".join(DEFAULT_HOOKS),
+                   help="defaults, powersgd, ALGO/CODEC,... ; 'none': plain DDP only")
+    p.add_argument("--seeds", default="0,1,2")
     for o in OPTIMIZERS:
         p.add_argument(f"--lr-{o}", type=float, default=DEFAULT_LR[o])
     args = p.parse_args(argv)
 
-    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-    unknown = set(optimizers) - set(OPTIMIZERS)
-    if unknown:
-        p.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {', '.join(OPTIMIZERS)}")
-    hooks = [] if args.hooks.strip() == "none" else [h.strip() for h in args.hooks.split(",") if h.strip()]
+    optimizers, models = _split(args.optimizers), _split(args.models)
+    for given, known, what in ((optimizers, OPTIMIZERS, "optimizer"), (models, MODELS, "model")):
+        unknown = set(given) - set(known)
+        if unknown:
+            p.error(f"unknown {what}(s) {sorted(unknown)}; choose from {', '.join(known)}")
+    hooks = [] if args.hooks.strip() == "none" else _split(args.hooks)
     for h in hooks:
-        if h.count("/") != 1:
-            p.error(f"--hooks entries are ALGO/CODEC, got {h!r}")
+        if h.partition(":")[0] not in ("defaults", "powersgd") and h.partition(":")[0].count("/") != 1:
+            p.error(f"--hooks entries are defaults, powersgd or ALGO/CODEC, got {h!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
     lrs = {o: getattr(args, f"lr_{o}") for o in OPTIMIZERS}
 
-    runs = plan(optimizers, hooks, seeds, lrs, epochs=args.epochs, batch_size=args.batch_size, density=args.density)
-    print(f"{len(runs)} runs, {args.world} ranks (gloo, CPU), {args.epochs} epochs, batch {args.batch_size} per "
-          f"worker, seeds {seeds}", flush=True)
+    runs = plan(optimizers, hooks, seeds, lrs, models=models, epochs=args.epochs, batch_size=args.batch_size,
+                density=args.density)
+    print(f"{len(runs)} runs, {args.world} ranks (gloo, CPU), models {models}, {args.epochs} epochs, batch "
+          f"{args.batch_size} per worker, seeds {seeds}", flush=True)
     t = time.monotonic()
     results = run(runs, world=args.world)
     wall = time.monotonic() - t
     if not hooks:
         for r in results:
-            print(f"{r['optimizer']:<10} lr {r['lr']:<8g} seed {r['seed']}: {r['accuracy']:.2f} %  "
+            print(f"{r['model']:<6} {r['optimizer']:<10} lr {r['lr']:<8g} seed {r['seed']}: {r['accuracy']:.2f} %  "
                   f"(per epoch: {' '.join(f'{a:.1f}' for a in r['curve'])})")
         print(json.dumps({"world": args.world, "epochs": args.epochs, "results": results, "wall_seconds": wall}))
         return
@@ -269,17 +373,16 @@ def main(argv=None) -> None:
     worst = max(r["max_abs_diff_points"] for r in rows)
     lowest = min(min(r["diffs"]) for r in rows)
     worst_mean = max(abs(r["diff_points"]) for r in rows)
-    print(f"largest |hook - DDP| over all pairs {worst:.1f} points; hook at most {max(0.0, -lowest):.1f} points "
-          f"below DDP; largest |mean difference| over the seeds {worst_mean:.2f} points")
     summary = {
-        "world": args.world, "epochs": args.epochs, "batch_size": args.batch_size, "density": args.density,
-        "seeds": seeds, "rows": rows,
+        "world": args.world, "models": models, "epochs": args.epochs, "batch_size": args.batch_size,
+        "density": args.density, "seeds": seeds, "rows": rows,
+        **(verdict(rows) if "defaults" in hooks else {}),
         # every pair: |hook - DDP| <= 0.5 points; the hook never more than 0.5 points below DDP; per
         # optimizer, |mean over the seeds of hook - DDP| <= 0.5 points
         "max_abs_diff_points": worst, "within_half_point": worst <= 0.5,
         "min_diff_points": lowest, "never_half_point_below": lowest >= -0.5,
         "max_abs_mean_diff_points": worst_mean, "mean_within_half_point": worst_mean <= 0.5,
-        "curves": {f"{r['optimizer']}|{r['hook'] or 'ddp'}|{r['seed']}": r["curve"] for r in results},
+        "curves": {f"{r['model']}|{r['optimizer']}|{r['hook'] or 'ddp'}|{r['seed']}": r["curve"] for r in results},
         "wall_seconds": wall,
     }
     print(json.dumps(summary))

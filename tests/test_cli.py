@@ -143,7 +143,7 @@ GROUPED = {
     "optimization": ["--lr", "--lr-decay-epochs", "--lr-decay-factor", "--epochs", "--iterations", "--seed",
                      "--seeds", "--preset"],
     "trigger": ["--window", "--threshold-scale", "--window-sum", "--threshold-lr-lag"],
-    "compression": ["--density", "--codec"],
+    "compression": ["--density", "--tensor-policy", "--warmup", "--codec"],
     "evaluation": ["--eval-every", "--target-acc", "--target-metric"],
     "output": ["--out", "--overwrite", "--dry-run", "--quiet", "--log-every", "--tensorboard"],
 }

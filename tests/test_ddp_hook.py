@@ -105,8 +105,10 @@ def _hook_run(rank, cfg, data, algo):
     """``STEPS`` steps of plain SGD with the hook for ``algo`` under ``cfg``: what the tests compare."""
     model, ddp = _ddp_model(cfg, data)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    # cfg's tensor policy and warm-up, as the simulator runs them (the paper's: all, 0)
     state = register(ddp, algo, codec=cfg.codec, density=cfg.density, window=cfg.window,
-                     threshold_scale=cfg.threshold_scale, seed=cfg.seed, lr=opt)
+                     threshold_scale=cfg.threshold_scale, seed=cfg.seed, lr=opt, tensor_policy=cfg.tensor_policy,
+                     warmup=cfg.warmup)
     _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS)
     error = state.error
     return {"theta": _flat(model), "error": None if error is None else error.clone(),
@@ -114,7 +116,15 @@ def _hook_run(rank, cfg, data, algo):
 
 
 def _follows_simulator(rank, cfg, data):
-    return {algo: _hook_run(rank, cfg, data, algo) for algo in (ALGO, *LAZY)}
+    runs = {algo: _hook_run(rank, cfg, data, algo) for algo in (ALGO, *LAZY)}
+    for algo in (ALGO, LAZY[0]):  # the hook's practical settings, which the simulator has too
+        runs[f"{algo}|practical"] = _hook_run(rank, _practical(cfg), data, algo)
+    return runs
+
+
+def _practical(cfg):
+    """``cfg`` with whole 1-D tensors and 3 dense warm-up rounds (the hook's kind of defaults)."""
+    return small_config(workers=cfg.workers, tensor_policy="vectors", warmup=3)
 
 
 def _family(rank, world):
@@ -124,12 +134,13 @@ def _family(rank, world):
 def _checkpoint_resume(rank, cfg, data, folder):
     # A lazy rule that skips (so the server's last messages and the rule's buffers must come back)
     # and varying-size messages (rice gaps), under momentum SGD (its buffers are the optimizer's).
-    algo = dict(algo="wk1+topk", codec="rice+sign", density=cfg.density, window=3, seed=cfg.seed)
+    # With the optimizer given: DGC's velocity is part of the hook's state; 4 dense rounds first.
+    algo = dict(algo="wk1+topk", codec="rice+sign", density=cfg.density, window=3, seed=cfg.seed, warmup=4)
 
     def fresh(seed=None):
         model, ddp = _ddp_model(cfg, data, seed)
         opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=0.9)
-        return model, ddp, opt, register(ddp, lr=opt, **algo)
+        return model, ddp, opt, register(ddp, optimizer=opt, **algo)
 
     model, ddp, opt, state = fresh()
     _train(ddp, opt, _batches(cfg, data, rank)[1], data, 16)
@@ -213,7 +224,7 @@ def _no_sync(rank, cfg, data):
 def _start_iter(rank, cfg, data):
     """Two rounds of plain all-reduce, then the compressed ones."""
     model, ddp = _ddp_model(cfg, data)
-    state = register(ddp, ALGO, density=cfg.density, seed=cfg.seed, start_iter=2)
+    state = register(ddp, ALGO, density=cfg.density, seed=cfg.seed, start_iter=2, warmup=0)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
     next_idx = _batches(cfg, data, rank)[1]
     _train(ddp, opt, next_idx, data, 2)
@@ -264,14 +275,21 @@ def ranks(tmp_path_factory):
 # ----- the tests --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algo", [ALGO, *LAZY])
+@pytest.mark.parametrize("algo", [ALGO, *LAZY, f"{ALGO}|practical", f"{LAZY[0]}|practical"])
 def test_hook_follows_the_simulator_with_topk_error_feedback_and_sgd(ranks, algo):
+    key = algo
+    algo, _, practical = algo.partition("|")
     cfg, data = small_config(workers=WORLD), synth()
+    if practical:  # whole 1-D tensors and a dense warm-up: the same in both runners
+        cfg = _practical(cfg)
     sim = Simulator(cfg, algo, data)
     for _ in range(STEPS):
         sim.step()
+    if practical:
+        assert sim.ledger.bits_up[0] == 32 * WORLD * sim.algorithm.layout.numel  # a dense warm-up round
+        assert sim.ledger.uploads[:cfg.warmup + cfg.window] == [WORLD] * (cfg.warmup + cfg.window)
     for r, out in enumerate(ranks):
-        got = out["simulator"][algo]
+        got = out["simulator"][key]
         # Tolerance: the simulator forms v = (lr/M) g + e and steps by sum q; the hook forms
         # v = g/M + e (gradient units) and SGD steps by lr * sum q, and DDP's autograd gradient
         # may differ from the simulator's functional one in the last bit. The same entries are
@@ -281,14 +299,15 @@ def test_hook_follows_the_simulator_with_topk_error_feedback_and_sgd(ranks, algo
         torch.testing.assert_close(cfg.lr * got["error"], sim.workers.error[r], rtol=1e-5, atol=1e-6)
         assert got["ledger"]["uploads"] == sim.ledger.uploads
         assert got["ledger"]["bits_up"] == sim.ledger.bits_up  # paper32: the same messages, the same bits
-        assert got["ledger"]["bits_flags"] == (sim.ledger.bits_flags if algo == ALGO else [WORLD] * STEPS)
+        lazy_flags = [0] * cfg.warmup + [WORLD] * (STEPS - cfg.warmup)  # one byte a rank, not in warm-up
+        assert got["ledger"]["bits_flags"] == (sim.ledger.bits_flags if algo == ALGO else lazy_flags)
         assert sum(got["bits_by_rank"]) == sum(sim.ledger.bits_up)
         assert got["error"].dtype == torch.float32
     if algo == ALGO:
         assert sim.ledger.uploads == [WORLD] * STEPS
     else:  # the lazy rule skipped, at the simulator's rounds: its threshold has the simulator's scale
         assert sum(sim.ledger.uploads) < WORLD * STEPS
-    assert torch.equal(ranks[0]["simulator"][algo]["theta"], ranks[1]["simulator"][algo]["theta"])
+    assert torch.equal(ranks[0]["simulator"][key]["theta"], ranks[1]["simulator"][key]["theta"])
 
 
 @pytest.mark.parametrize("algo", list(FAMILY))

@@ -80,6 +80,11 @@ class RunConfig:
     # (0: the round's own lr; matters only with --lr-decay-epochs).
     window_sum: str = "D-1"
     threshold_lr_lag: float = 0.0
+    # For a practitioner's job (off by default: the paper's choices): which tensors top-k sends
+    # whole (all: none; auto: 1-D and small ones; sasg.core.tensor_policy) and how many dense
+    # rounds come first.
+    tensor_policy: str = "all"
+    warmup: int = 0
     epochs: float = 20
     eval_every: int = 10
     seed: int = 0

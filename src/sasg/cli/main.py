@@ -83,6 +83,15 @@ class PerAlgorithm(dict):
     is the value of every algorithm not named."""
 
 
+def _tensor_policy(text: str) -> str:
+    from ..core.tensor_policy import check_tensor_policy
+
+    try:
+        return check_tensor_policy(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _knob(kind):
     """A number, or per-algorithm values ``sasg=0.8,lasg=0.2`` (a bare number among them is the
     value of the algorithms not named): ``--threshold-scale 1,sasg=0.8``."""
@@ -208,6 +217,11 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g = groups["compression"]
     g.add_argument("--density", type=_knob(float),
                    help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k ({d.density}){per}")
+    g.add_argument("--tensor-policy", type=_tensor_policy, metavar="POLICY",
+                   help=f"tensors top-k sends whole ({d.tensor_policy}: compress every tensor, the paper's; auto: "
+                        "1-D tensors and tensors of at most 256 entries; or vectors, small=N, e.g. vectors,small=1024)")
+    g.add_argument("--warmup", type=_knob(int), metavar="ROUNDS",
+                   help=f"dense rounds before the algorithm starts ({d.warmup}: none, the paper's){per}")
 
     g = groups["evaluation"]
     g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
@@ -351,7 +365,8 @@ def list_members(args) -> int:
 
 _FLAG_FIELDS = (
     "dataset", "data_dir", "download", "model", "workers", "batch_size", "lr", "lr_decay_epochs",
-    "lr_decay_factor", "density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "epochs",
+    "lr_decay_factor", "density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "tensor_policy",
+    "warmup", "epochs",
     "iterations", "eval_every", "seed", "partition", "beta", "shards_per_worker", "augment", "target_acc",
     "target_metric", "backend", "device", "codec",
 )

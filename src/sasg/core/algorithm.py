@@ -39,6 +39,9 @@ class Algorithm:
     compressor: Compressor
     memory: Memory
     codec: Codec
+    # Dense warm-up: the first ``warmup`` rounds every worker sends its whole (error-fed) update
+    # through the same memory and codec (:class:`sasg.engine.RoundEngine`); 0: none, the paper's.
+    warmup: int = 0
 
     def __post_init__(self):
         # A member that works only with certain others says so (clag needs the ef21 estimate):

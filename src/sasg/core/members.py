@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .codecs import Paper32
 from .codecs.composite import register_parts
+from .codecs.implied import ImpliedIndices
 from .compressors import Identity, TopK
 from .compressors import GlobalTopK, RandomK, ScaledSign, TernGrad
 from .compressors import DGC
@@ -27,8 +28,9 @@ register("trigger", "ps", "LASG-PS lazy rule: upload when L_m^2 x the parameter 
          "large, L_m a secant estimate (no second gradient; --window D, --threshold-scale c)",
          lambda layout, s: PS(s.window, s.threshold_scale, s.window_sum))
 register("compressor", "identity", "send the dense vector as it is", lambda layout, s: Identity(layout))
-register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes of every tensor (--density h)",
-         lambda layout, s: TopK(layout, s.density))
+register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes of every tensor (--density h); "
+         "the tensors --tensor-policy names whole",
+         lambda layout, s: TopK(layout, s.density, s.tensor_policy))
 register("compressor", "randomk", "keep max(1, floor(h*d_s)) entries of every tensor drawn uniformly from the "
          "worker's generator (--density h)", lambda layout, s: RandomK(layout, s.density))
 register("compressor", "globaltopk", "keep the sum_s max(1, floor(h*d_s)) largest magnitudes of the whole model "
@@ -53,7 +55,7 @@ register("memory", "ef21", "EF21: keep the estimate h, send C(s*g - h), h += dec
 register("memory", "ef", "error feedback: keep v - q and add it to the next upload", lambda layout, s: ErrorFeedback())
 register("memory", "none", "keep nothing: what the compressor drops is lost", lambda layout, s: NoMemory())
 register("codec", "paper32", "the paper's count: int32 indices + 32-bit values (float32 parameters), no header",
-         lambda layout, s: Paper32(layout.numel))
+         lambda layout, s: Paper32(layout.numel, ImpliedIndices.for_settings(layout, s)))
 register("codec", "elias", "QSGD's coding: per tensor a float32 unit, per value an Elias gamma coded integer level "
          "and a sign bit (exact for qsgd; other values round to the nearest of 17 levels); sparse: idx32 indices first",
          lambda layout, s: Elias(layout))

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
 from .algorithm import Algorithm
 from .layout import Layout
 from .registry import ALIASES, REGISTRIES
+from .tensor_policy import check_tensor_policy, whole_segments
 from .triggers.lazy import check_threshold_scale, check_window, check_window_sum
 
 # The knobs an algorithm takes; `sasg compare` accepts each per algorithm (`--density sasg=0.05`).
-KNOBS = ("density", "window", "threshold_scale", "window_sum", "threshold_lr_lag")
+KNOBS = ("density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "tensor_policy", "warmup")
 # Windows above this would make the server keep more squared steps than any run has rounds.
 MAX_WINDOW = 10**7
 # A lag of the threshold's lr, in epochs: a run is at most 1e8 rounds (config.MAX_ROUNDS), so at
 # most 1e8 epochs; a lag beyond the run's length just keeps the initial lr in the threshold.
 MAX_THRESHOLD_LR_LAG = 1e8
+# Dense warm-up rounds: at most a run's length (config.MAX_ROUNDS).
+MAX_WARMUP = 10**8
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,18 @@ class AlgorithmSettings:
     tensor), window ``D`` and threshold scale ``c`` (the lazy rule), and two variants of the lazy
     threshold: ``window_sum`` (``"D-1"``: thr_k sums the last D - 1 server steps, ``"D"``: the
     last D) and ``threshold_lr_lag`` (epochs by which the threshold's lr lags the schedule; 0:
-    the lr of the round itself)."""
+    the lr of the round itself). Two settings for a practitioner's job, both off by default (the
+    paper's choices): ``tensor_policy`` (which tensors top-k sends whole,
+    :mod:`sasg.core.tensor_policy`) and ``warmup`` (the first rounds are dense: every worker sends
+    its whole gradient, :class:`sasg.engine.RoundEngine`)."""
 
     density: float = 0.01
     window: int = 10
     threshold_scale: float = 2.0
     window_sum: str = "D-1"
     threshold_lr_lag: float = 0.0
+    tensor_policy: str = "all"
+    warmup: int = 0
 
     def validate(self) -> "AlgorithmSettings":
         d = self.density
@@ -70,7 +79,15 @@ class AlgorithmSettings:
                 f"threshold lr lag must be at most {MAX_THRESHOLD_LR_LAG:g} epochs, got {lag:g}; "
                 "e.g. --threshold-lr-lag 1"
             )
-        return AlgorithmSettings(float(d), window, c, window_sum, float(lag))
+        try:
+            policy = check_tensor_policy(self.tensor_policy)
+        except ValueError as e:
+            raise ValueError(f"{e}; e.g. --tensor-policy auto") from None
+        w = self.warmup
+        if isinstance(w, bool) or not isinstance(w, Integral) or not 0 <= w <= MAX_WARMUP:
+            raise ValueError(f"warmup must be a whole number of dense rounds from 0 to {MAX_WARMUP}, got {w!r}; "
+                             "e.g. --warmup 100")
+        return AlgorithmSettings(float(d), window, c, window_sum, float(lag), policy, int(w))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,17 +128,27 @@ class AlgorithmSpec:
         """The members for a model ``layout``; messages priced and encoded by ``codec``."""
         s = self.settings
         compressor = REGISTRIES["compressor"].get(self.compressor).factory(layout, s)
+        if any(whole_segments(layout, s.tensor_policy)) and not getattr(compressor, "honours_tensor_policy", False):
+            raise ValueError(
+                f"algorithm {self.name!r}: the compressor {self.compressor!r} does not send tensors whole, so the "
+                f"tensor policy {s.tensor_policy!r} cannot apply to it; use --tensor-policy all, or a compressor "
+                "that honours it (topk, identity)"
+            )
         trigger = REGISTRIES["trigger"].get(self.trigger).factory(layout, s)
         # No memory written: the trigger's default if it reads a memory's state (clag: ef21),
         # else the compressor's.
         memory_name = (self.memory or getattr(trigger, "default_memory", None)
                        or getattr(compressor, "default_memory", "none"))
+        if s.warmup and memory_name not in ("ef", "none"):
+            raise ValueError(f"algorithm {self.name!r}: a dense warm-up runs through the error memory ef or none, "
+                             f"not {memory_name!r} (its server keeps state of its own); use --warmup 0")
         return Algorithm(
             name=self.name,
             trigger=trigger,
             compressor=compressor,
             memory=REGISTRIES["memory"].get(memory_name).factory(layout, s),
             codec=build_codec(codec, layout, s),
+            warmup=s.warmup,
         )
 
 
@@ -144,7 +171,7 @@ def build_codec(name: str, layout: Layout, settings: AlgorithmSettings | None = 
     from .codecs.composite import make_codec
 
     try:
-        return make_codec(key, layout)
+        return make_codec(key, layout, settings)
     except ValueError as e:
         codecs = ", ".join(REGISTRIES["codec"].names())
         indices, values = ", ".join(REGISTRIES["index"].names()), ", ".join(REGISTRIES["value"].names())

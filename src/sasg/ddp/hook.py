@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from .rules import hook_algorithm
-from .state import HookState
+from .state import DEFAULT_CODEC, HookState
 
 
 def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -26,7 +26,7 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
 def register(
     ddp_model,
     algo: str = "always+topk",
-    codec: str = "paper32",
+    codec: str = DEFAULT_CODEC,
     *,
     density: float = 0.01,
     window: int = 10,
@@ -35,6 +35,11 @@ def register(
     start_iter: int = 0,
     seed: int = 0,
     process_group=None,
+    optimizer=None,
+    tensor_policy: str | None = None,
+    warmup: int | None = None,
+    momentum_correction: bool = True,
+    freeze_variance: bool = True,
 ) -> HookState:
     """Install the sasg hook on a ``DistributedDataParallel`` model; returns its state.
 
@@ -45,7 +50,8 @@ def register(
             ``needs_stale_grads = False``. ``wk2`` (``sasg``, ``lasg``) is refused: it needs a
             second backward pass at the anchor (use :class:`sasg.optim.SASG` for it).
         codec: how messages become bytes, and so what crosses the network and what the ledger
-            counts: ``paper32`` or ``INDEX+VALUE`` such as ``rice+sign`` (see ``sasg list``).
+            counts: default ``rice+fp32`` (lossless, Golomb-Rice index gaps), ``paper32`` (the
+            paper's count) or ``INDEX+VALUE`` such as ``rice+sign`` (see ``sasg list``).
         density, window, threshold_scale: the algorithm's knobs (top-k density h; the lazy rule's
             window D and threshold scale c).
         lr: lazy rules only: the optimizer's learning rate, as a number, a function returning the
@@ -56,12 +62,24 @@ def register(
         seed: derives each rank's generator for randomized members from (seed, rank), as the
             simulator does; the same on every rank.
         process_group: default: the DDP model's own group.
+        optimizer: the optimizer that steps the model. Pass it: with ``torch.optim.SGD`` and
+            momentum the hook applies DGC's momentum correction, with Adam/AdamW it freezes the
+            second moment after the warm-up (``sasg.ddp.optimizers`` says why); it is also the lr
+            source of the lazy rules when ``lr`` is not given.
+        tensor_policy: which tensors travel whole inside the message (default ``auto``: 1-D
+            tensors and tensors of at most 256 entries, where the compressor honours a policy;
+            ``all``: compress every tensor, the paper's choice; see ``sasg.core.tensor_policy``).
+        warmup: dense rounds first (every rank sends its whole gradient through the codec), then
+            the algorithm starts as from round 0 (default 5, where the memory is ``ef`` or
+            ``none``; 0 is the paper's setting).
+        momentum_correction, freeze_variance: switch the optimizer-specific handling off.
 
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.
     """
     # The algorithm first: a rule that cannot run in a hook is refused before anything else.
-    hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale)
+    hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
+                   tensor_policy=tensor_policy, warmup=warmup)
     from torch.nn.parallel import DistributedDataParallel
 
     if not isinstance(ddp_model, DistributedDataParallel):
@@ -74,7 +92,9 @@ def register(
     named = [(n, p) for n, p in ddp_model.module.named_parameters() if n not in ignored]
     group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
     state = HookState(named, algo, codec, density=density, window=window, threshold_scale=threshold_scale, lr=lr,
-                      start_iter=start_iter, seed=seed, process_group=group)
+                      start_iter=start_iter, seed=seed, process_group=group, optimizer=optimizer,
+                      tensor_policy=tensor_policy, warmup=warmup, momentum_correction=momentum_correction,
+                      freeze_variance=freeze_variance)
     state.start()
     ddp_model.register_comm_hook(state, comm_hook)
     return state

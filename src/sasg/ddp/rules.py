@@ -53,9 +53,26 @@ def check_runs_in_hook(spec: AlgorithmSpec) -> None:
     )
 
 
-def hook_algorithm(algo: str, **settings) -> AlgorithmSpec:
-    """``algo`` parsed with its knobs (``density``, ``window``, ``threshold_scale``) and checked to
-    run in a hook: the spec, or a ``ValueError`` saying what is wrong."""
+# The hook's defaults for a practitioner's job (the simulator and the presets keep the paper's):
+# 1-D and small tensors sent whole, and this many dense rounds first; each where the algorithm's
+# members allow it (a compressor that sends tensors whole; the memories ef and none), else off.
+DEFAULT_TENSOR_POLICY = "auto"
+DEFAULT_WARMUP = 5
+
+
+def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int | None = None,
+                   **settings) -> AlgorithmSpec:
+    """``algo`` parsed with its knobs (``density``, ``window``, ``threshold_scale``,
+    ``tensor_policy``, ``warmup``) and checked to run in a hook: the spec, or a ``ValueError``
+    saying what is wrong. ``tensor_policy``/``warmup`` left ``None`` take the hook's defaults
+    where the members allow them and are off otherwise (``randomk`` sends no tensor whole;
+    ``ef21``'s server state leaves no room for dense rounds)."""
     spec = AlgorithmSpec.parse(algo, AlgorithmSettings(**settings))
     check_runs_in_hook(spec)
-    return spec
+    if tensor_policy is None:
+        compressor = REGISTRIES["compressor"].get(spec.compressor).factory(_PROBE, spec.settings)
+        tensor_policy = DEFAULT_TENSOR_POLICY if getattr(compressor, "honours_tensor_policy", False) else "all"
+    if warmup is None:
+        memory = spec.build(_PROBE).memory.name
+        warmup = DEFAULT_WARMUP if memory in ("ef", "none") else 0
+    return AlgorithmSpec.parse(algo, AlgorithmSettings(**settings, tensor_policy=tensor_policy, warmup=warmup))

@@ -46,9 +46,15 @@ from ..config import MAX_SEED
 from ..core.spec import check_codec
 from ..core.state import at_least, check_like, equal_to, part_name
 from ..engine import RoundEngine
+from ..core.momentum import compressed_entries
+from ..core.tensor_policy import whole_segments
 from .buckets import ParameterIndex, bucket_nbytes
+from .optimizers import FrozenVariance, MomentumCorrection, is_adam, is_momentum_sgd
 from .rules import hook_algorithm
 from .transport import CountingTransport
+
+# The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
+DEFAULT_CODEC = "rice+fp32"
 
 
 def _lr_reader(lr) -> Callable[[], float] | None:
@@ -90,7 +96,7 @@ class HookState:
         self,
         model: nn.Module | Iterable[tuple[str, Tensor]],
         algo: str = "always+topk",
-        codec: str = "paper32",
+        codec: str = DEFAULT_CODEC,
         *,
         density: float = 0.01,
         window: int = 10,
@@ -99,9 +105,21 @@ class HookState:
         start_iter: int = 0,
         seed: int = 0,
         process_group=None,
+        tensor_policy: str | None = None,
+        warmup: int | None = None,
+        optimizer=None,
+        momentum_correction: bool = True,
+        freeze_variance: bool = True,
     ):
-        self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale)
+        self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
+                                   tensor_policy=tensor_policy, warmup=warmup)
         self.codec = check_codec(codec)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
+                             f"{type(optimizer).__name__}")
+        for name, flag in (("momentum_correction", momentum_correction), ("freeze_variance", freeze_variance)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         if isinstance(start_iter, bool) or not isinstance(start_iter, Integral) or start_iter < 0:
             raise ValueError(
                 f"start_iter must be an integer >= 0 (rounds of plain all-reduce first), got {start_iter!r}"
@@ -111,7 +129,19 @@ class HookState:
         named = model.named_parameters() if isinstance(model, nn.Module) else model
         self.index = ParameterIndex(named)
         self.algorithm = self.spec.build(self.index.layout, self.codec)
+        if lr is None and optimizer is not None:
+            lr = optimizer
         self._lr = _lr_reader(lr)
+        # The user's optimizer, where the hook must work with it (see sasg.ddp.optimizers).
+        self.optimizer = optimizer
+        self._compressed_round = False  # did the latest round compress (past the warm-up)?
+        self.momentum = self.variance = None
+        if optimizer is not None and momentum_correction and is_momentum_sgd(optimizer):
+            compressed = compressed_entries(self.index.layout, self.spec.settings.tensor_policy, self.index.device)
+            self.momentum = MomentumCorrection(optimizer, self.index, compressed)
+        if optimizer is not None and freeze_variance and is_adam(optimizer):
+            self.variance = FrozenVariance(optimizer, self.index, lambda: self._compressed_round,
+                                           self.spec.settings.warmup, self._kept_fractions())
         if self.algorithm.lazy and self._lr is None:
             raise ValueError(
                 f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
@@ -156,7 +186,8 @@ class HookState:
 
     def _identity(self) -> dict:
         return {"algorithm": self.spec.composition, "codec": self.codec, "settings": self._settings(),
-                "parameters": self.index.describe(), "start_iter": self.start_iter, "seed": self.seed}
+                "parameters": self.index.describe(), "start_iter": self.start_iter, "seed": self.seed,
+                "momentum_correction": self.momentum is not None, "freeze_variance": self.variance is not None}
 
     def _settings(self) -> dict:
         return self.spec.settings.to_dict()
@@ -232,9 +263,38 @@ class HookState:
         if self.algorithm.lazy:
             eta = _check_lr(self._lr())
             threshold_lr = math.inf if eta == 0 else 1.0 / eta  # see the module docstring
-        engine.step(self._theta, self._grads.view(1, -1), self._no_second_gradient, 1.0, threshold_lr=threshold_lr)
-        index.scatter(engine.last_step, buckets)  # sum_m decoded(q_m): what the engine stepped by
+        compressed = engine.iteration >= self.algorithm.warmup
+        if self.variance is not None:  # Adam: the local second moment, averaged now and then
+            sent = self.variance.observe(self._grads, self._average)
+            if sent:
+                self.transport.count_dense(sent)
+        grads = self._grads
+        if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
+            grads = self.momentum.accumulate(self._grads, self._theta)
+        flags = engine.step(self._theta, grads.view(1, -1), self._no_second_gradient, 1.0,
+                            threshold_lr=threshold_lr)
+        step = engine.last_step  # sum_m decoded(q_m): what the engine stepped by
+        if self.momentum is not None:
+            me = self.transport.rank
+            self.momentum.mask(engine.server.last, me, compressed and bool(flags[me]))
+            step = self.momentum.to_gradient(step, self._grads)
+        index.scatter(step, buckets)
+        self._compressed_round = compressed
         self.rounds += 1
+
+    def _kept_fractions(self) -> list[float | None]:
+        """Per tensor, the fraction of its entries a message keeps (None: sent whole)."""
+        whole = whole_segments(self.index.layout, self.spec.settings.tensor_policy)
+        ks = getattr(self.algorithm.compressor, "k_per_segment", None)
+        density = self.spec.settings.density
+        return [None if w else (k / seg.numel if ks is not None else density)
+                for seg, w, k in zip(self.index.layout.segments, whole, ks or [None] * len(whole))]
+
+    def _average(self, t: Tensor) -> None:
+        """``t`` <- the mean of every rank's ``t`` (one all-reduce on the hook's group)."""
+        if self.engine.num_workers > 1:
+            dist.all_reduce(t, group=self.group)
+            t.div_(self.engine.num_workers)
 
     def _no_second_gradient(self, rows):
         raise RuntimeError(
@@ -256,7 +316,18 @@ class HookState:
             "rounds": self.rounds,
             "bits_by_rank": list(self.transport.bits_by_rank),
             "engine": engine.state_dict(),
+            "optimizer_link": self._link_state(),
         }
+
+    def _link_state(self) -> dict:
+        """What the hook keeps beside the user's optimizer (DGC's velocity, Adam's frozen moment)."""
+        out: dict = {}
+        if self.momentum is not None:
+            out["velocity"] = self.momentum.velocity.clone()
+        if self.variance is not None:
+            out.update(self.variance.state_dict())
+        out["compressed_round"] = self._compressed_round
+        return out
 
     def check_state_dict(self, state, where: str = "") -> None:
         """One ``ValueError`` naming the first part of ``state`` that does not fit this hook (other
@@ -270,11 +341,21 @@ class HookState:
             "rounds": at_least(0),
             "bits_by_rank": [at_least(0)] * engine.num_workers,
             "engine": engine.check_state_dict,
+            "optimizer_link": self._check_link,
         }, where)
         if state["rounds"] < state["engine"]["server"]["iteration"]:
             raise ValueError(
                 f"state part {part_name(where, 'rounds')!r} is {state['rounds']}, fewer than the engine's rounds"
             )
+
+    def _check_link(self, saved, where: str) -> None:
+        mine = self._link_state()
+        if not isinstance(saved, Mapping) or set(saved) != set(mine):
+            raise ValueError(f"state part {where!r} was saved with another optimizer link ({', '.join(sorted(mine))} "
+                             "expected): register the hook with the same optimizer and settings")
+        velocity = saved.get("velocity")
+        if velocity is not None and (not isinstance(velocity, Tensor) or velocity.shape != mine["velocity"].shape):
+            raise ValueError(f"state part {part_name(where, 'velocity')!r} does not fit this model")
 
     def _check_settings(self, saved, where: str) -> None:
         mine = self._settings()
@@ -288,6 +369,12 @@ class HookState:
         """All or nothing: :meth:`check_state_dict` first, then every part."""
         self.check_state_dict(state)
         self.engine.load_state_dict(state["engine"])
+        link = state["optimizer_link"]
+        if self.momentum is not None:
+            self.momentum.velocity.copy_(link["velocity"])
+        if self.variance is not None:
+            self.variance.load_state_dict(link)
+        self._compressed_round = bool(link["compressed_round"])
         self.rounds = int(state["rounds"])
         self.transport.bits_by_rank = [int(b) for b in state["bits_by_rank"]]
         self._pending = []

@@ -25,6 +25,13 @@ Members' capabilities, called where a member has them (never a switch on a membe
   ``close()`` makes that exchange on a holder whose memory did not call it; ``empty(1)`` is the
   template the engine's exchange decodes with; ``received(senders, q_all)`` follows it.
 
+Dense warm-up (``algorithm.warmup`` rounds first): every worker sends its whole update through
+its memory (``v = e_m + (eta/M) g``, the identity compressor, the same codec: what a lossy value
+format rounds away stays in ``e_m``), the server steps by their sum and records the step in the
+trigger's window; the trigger, staleness and last messages are untouched, and the trigger sees
+round ``k - warmup``, so the algorithm then starts as from round 0 (a lazy rule's own warm-up
+included), from the warmed-up parameters.
+
 Members own their fast paths (the error memory updated where it lies, rows compressed where they
 lie); the engine only calls them. Same seeds, same members: the same trajectory in every runner.
 """
@@ -40,6 +47,7 @@ from torch import Tensor
 
 from ..accounting import Ledger
 from ..core.algorithm import Algorithm
+from ..core.compressors import Identity
 from ..core.layout import Layout
 from ..core.state import (ServerState, WorkerState, at_least, check_like, equal_to, generator_state,
                           part_name)
@@ -135,6 +143,9 @@ class RoundEngine:
         )
         self.ledger = Ledger(num_workers=M)
         self._step = torch.zeros(d, device=device, dtype=dtype)
+        if algorithm.warmup:
+            self._dense = Identity(algorithm.layout)
+            self._dense_template = self._dense.empty(1, device=device, dtype=dtype)
 
     @property
     def iteration(self) -> int:
@@ -150,7 +161,9 @@ class RoundEngine:
         who sent."""
         alg, M, layout = self.algorithm, self.num_workers, self.algorithm.layout
         cols = layout.as_columns(grads)
-        rnd = Round(self.iteration, lr, M, self.local_workers, layout, self.workers, self.server, cols,
+        if self.iteration < alg.warmup:
+            return self._dense_round(theta, cols, lr)
+        rnd = Round(self.iteration - alg.warmup, lr, M, self.local_workers, layout, self.workers, self.server, cols,
                     lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta,
                     threshold_lr=threshold_lr)
         upload = alg.trigger.decide(rnd)
@@ -178,6 +191,34 @@ class RoundEngine:
             bits, flag_bits = bits + link.bits, flag_bits + link.flag_bits
         self.ledger.record(int(flags.sum()), bits, self.bits_down_per_round, flag_bits)
         return flags
+
+    def _dense_round(self, theta: Tensor, cols, lr: float) -> Tensor:
+        """A warm-up round (see the module docstring): everyone sends everything."""
+        alg, M = self.algorithm, self.num_workers
+        n = len(self.local_workers)
+        rows = list(range(n))
+        sent = alg.memory.upload(self.workers, rows, cols, lr / M, self._dense,
+                                 [self.generators[r] for r in rows], alg.codec)
+        upload = torch.ones(n, dtype=torch.bool, device=self.workers.staleness.device)
+        flags, payload, sizes = self.transport.exchange(upload, sent, self._dense_template, alg.codec, False)
+        payload.sum(self._step)
+        self.server.push_step(float(torch.dot(self._step, self._step).item()) if self.server.step_sq.numel() else 0.0)
+        self.server.iteration += 1
+        theta.sub_(self._step)
+        flag_bits = self.transport.flag_bits_per_round(False, self._dense_template.fixed_size(alg.codec))
+        self.ledger.record(int(flags.sum()), 8 * sum(sizes), self.bits_down_per_round, flag_bits)
+        return flags
+
+    def record_dense_round(self, step: Tensor, bits: int) -> None:
+        """A warm-up round a runner made itself (the DDP hook's plain all-reduce, overlapped with
+        the backward pass): ``step`` is the mean gradient it applied, ``bits`` what every rank
+        sent. The server's window, round count and ledger advance as in :meth:`_dense_round`."""
+        if self.iteration >= self.algorithm.warmup:
+            raise RuntimeError(f"round {self.iteration} is past the {self.algorithm.warmup} warm-up rounds")
+        self._step.copy_(step)
+        self.server.push_step(float(torch.dot(self._step, self._step).item()) if self.server.step_sq.numel() else 0.0)
+        self.server.iteration += 1
+        self.ledger.record(self.num_workers, int(bits), self.bits_down_per_round, 0)
 
     @property
     def last_step(self) -> Tensor:

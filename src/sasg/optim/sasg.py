@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..config import MAX_ROUNDS, MAX_SEED
 from ..core.layout import Layout
+from ..core.momentum import compressed_entries, factor_mask_
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
 from ..core.state import check_like, part_name
 from ..engine import InProcessTransport, RoundEngine
@@ -328,6 +329,9 @@ class SASG(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
         decoupled_weight_decay: bool = False,
+        tensor_policy: str = "all",
+        warmup: int = 0,
+        momentum_correction: bool = False,
     ):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "decoupled_weight_decay": decoupled_weight_decay}
@@ -374,7 +378,19 @@ class SASG(torch.optim.Optimizer):
         self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(plist))
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
         # ignores, so a typo fails the same way whichever algorithm it was written for.
-        self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum))
+        self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum,
+                                                                     tensor_policy=tensor_policy, warmup=warmup))
+        if not isinstance(momentum_correction, bool):
+            raise ValueError(f"momentum_correction must be True or False, got {momentum_correction!r}")
+        pg = self.param_groups[0]
+        if momentum_correction and (pg["nesterov"] or pg["dampening"] or pg["decoupled_weight_decay"]):
+            raise ValueError("momentum_correction works with plain heavy-ball momentum and coupled weight decay: "
+                             "nesterov, dampening and decoupled_weight_decay must be off")
+        # DGC's local velocity (gradient units), when momentum is corrected (see step)
+        self._velocity = torch.zeros(sum(p.numel() for p in plist), device=first.device, dtype=first.dtype) \
+            if momentum_correction else None
+        self._compressed = compressed_entries(self.layout, self.spec.settings.tensor_policy, first.device) \
+            if momentum_correction else None
         self.algorithm = self.spec.build(self.layout, check_codec(codec))
         if transport is None:
             import torch.distributed as dist
@@ -499,18 +515,43 @@ class SASG(torch.optim.Optimizer):
                     b.copy_(s)
                 set_rng_state(after, cuda)
 
+        anchor = self.engine.workers.anchor
+        threshold_lr = self._threshold_lr(lr) if self._lag else None
+        if self._velocity is not None:
+            self._corrected_step(theta, grad, stale, anchor, lr, momentum, weight_decay, threshold_lr)
+            self._write(theta)
+            self._write(grad, grads=True)
+            return loss
         # With momentum or weight decay the update starts again from theta^k, on the engine's
         # aggregated step; with neither, the engine's own theta^k - s^k stands (bit for bit).
         start = theta.clone() if momentum != 0 or weight_decay != 0 else None
-        anchor = self.engine.workers.anchor
-        self.engine.step(theta, grad.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr,
-                         self._threshold_lr(lr) if self._lag else None)
+        self.engine.step(theta, grad.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr, threshold_lr)
         if start is not None:
             self._update(start, update)
             theta = start
         self._write(theta)
         self._write(grad, grads=True)
         return loss
+
+    def _corrected_step(self, theta, grad, stale, anchor, lr, momentum, weight_decay, threshold_lr) -> None:
+        r"""DGC's momentum correction (:mod:`sasg.core.momentum`): the velocity
+        :math:`u \leftarrow \mu u + g + \lambda	heta` is what the round error-feeds and compresses,
+        the engine's :math:`	heta - \sum_m q_m` is the whole update, and the velocity is cleared
+        where this worker's message sent a compressed tensor's entry. A lazy rule compares
+        velocities: the stale one is :math:`\mu u + g(\hat	heta) + \lambda\hat	heta` with the same
+        :math:`u`, so their difference is the gradients' plus the decay term's drift."""
+        u = self._velocity
+        fresh = grad.add(theta, alpha=weight_decay).add_(u, alpha=momentum)
+
+        def stale_velocity(rows):
+            a = anchor[0]
+            return stale(a).add_(a, alpha=weight_decay).add_(u, alpha=momentum).reshape(1, -1)
+
+        flags = self.engine.step(theta, fresh.reshape(1, -1), stale_velocity, lr, threshold_lr)
+        u.copy_(fresh)
+        me = self.transport.local_workers[0]
+        if bool(flags[me]) and self.engine.iteration > self.spec.settings.warmup:
+            factor_mask_(u, self.engine.server.last, me, self._compressed)
 
     def _threshold_lr(self, lr: float) -> float:
         """The lr the lazy threshold divides by at this step k: ``lr`` itself, or (``threshold_lr_lag``
@@ -551,6 +592,8 @@ class SASG(torch.optim.Optimizer):
         the ledger). Parameters are the model's: save ``model.state_dict()`` beside it."""
         state = super().state_dict()
         state["sasg"] = {**self.engine.state_dict(), "settings": self._settings()}
+        if self._velocity is not None:
+            state["sasg"]["velocity"] = self._velocity.clone()
         if self._lag:  # the lrs the threshold will still look back to
             state["sasg"]["threshold_lrs"] = [[k, lr] for k, lr in self._lrs]
         return state
@@ -558,7 +601,8 @@ class SASG(torch.optim.Optimizer):
     def _settings(self) -> dict:
         s = self.spec.settings
         return {"density": s.density, "window": s.window, "c": s.threshold_scale, "window_sum": s.window_sum,
-                "threshold_lr_lag": self._lag}
+                "threshold_lr_lag": self._lag, "tensor_policy": s.tensor_policy, "warmup": s.warmup,
+                "momentum_correction": self._velocity is not None}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """All or nothing: the whole state is checked first (the ``torch.optim`` part, the settings
@@ -572,7 +616,7 @@ class SASG(torch.optim.Optimizer):
         })
         state_dict = dict(state_dict)
         saved = state_dict.pop("sasg")
-        engine = {k: v for k, v in saved.items() if k not in ("settings", "threshold_lrs")}
+        engine = {k: v for k, v in saved.items() if k not in _NOT_ENGINE}
         mine = {k: self.param_groups[0][k] for k in UPDATE_DEFAULTS}
         super().load_state_dict(state_dict)  # checked: takes it whole
         for k, v in mine.items():  # a state saved before a key existed keeps this optimizer's value
@@ -580,6 +624,8 @@ class SASG(torch.optim.Optimizer):
         bufs = [self.state.get(p, {}).get("momentum_buffer") for p in self._plist]
         self._set_momentum(None if bufs[0] is None else torch.cat([b.reshape(-1) for b in bufs]))
         self.engine._apply_state(engine)
+        if self._velocity is not None:
+            self._velocity.copy_(saved["velocity"])
         self._lrs = deque((int(k), float(lr)) for k, lr in saved.get("threshold_lrs", ()))
 
     def _check_sasg(self, saved, where: str) -> None:
@@ -590,7 +636,8 @@ class SASG(torch.optim.Optimizer):
         settings, mine = saved["settings"], self._settings()
         if isinstance(settings, Mapping):  # a state saved before the threshold variants: their defaults
             settings = {**_SETTINGS_BEFORE_VARIANTS, **settings}
-        check_like(settings, {k: _a_str if isinstance(v, str) else 0.0 for k, v in mine.items()},
+        check_like(settings, {k: _a_str if isinstance(v, str) else False if isinstance(v, bool) else 0.0
+                              for k, v in mine.items()},
                    part_name(where, "settings"))
         if settings != mine:
             differ = ", ".join(f"{k} {settings[k]} (saved) vs {mine[k]}" for k in mine if settings[k] != mine[k])
@@ -605,8 +652,9 @@ class SASG(torch.optim.Optimizer):
                 and isinstance(p[1], (int, float)) and not isinstance(p[1], bool) for p in lrs
             ):
                 raise ValueError(f"state part {name!r} must be a list of [step, lr] pairs")
-        self.engine.check_state_dict({k: v for k, v in saved.items() if k not in ("settings", "threshold_lrs")},
-                                     where)
+        if self._velocity is not None:
+            check_like(saved.get("velocity"), self._velocity, part_name(where, "velocity"))
+        self.engine.check_state_dict({k: v for k, v in saved.items() if k not in _NOT_ENGINE}, where)
 
     def _check_group(self, group, where: str) -> None:
         """The saved parameter group: this one's parameters (as many) and usable hyperparameters
@@ -650,8 +698,12 @@ class SASG(torch.optim.Optimizer):
             check_like(saved[i], {"momentum_buffer": given[i].detach()}, part_name(where, i))
 
 
-# The settings a state saved before --window-sum and --threshold-lr-lag existed was made with.
-_SETTINGS_BEFORE_VARIANTS = {"window_sum": "D-1", "threshold_lr_lag": 0}
+# The settings a state saved before --window-sum, --threshold-lr-lag, the tensor policy, the warm-up
+# and momentum correction existed was made with.
+_SETTINGS_BEFORE_VARIANTS = {"window_sum": "D-1", "threshold_lr_lag": 0, "tensor_policy": "all", "warmup": 0,
+                             "momentum_correction": False}
+# The parts of the "sasg" state that are the optimizer's own, not the round engine's.
+_NOT_ENGINE = ("settings", "threshold_lrs", "velocity")
 
 
 def _a_str(saved, where: str) -> None:

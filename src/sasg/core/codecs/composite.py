@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
+from .implied import ImpliedIndices
 from .index import INDEX_CODES, IndexCode
 from .protocol import CodecError, check_messages
 from .value import VALUE_FORMATS, Groups, ValueFormat
@@ -60,6 +61,8 @@ class SparseCodec:
         self.lossless = bool(self.value.lossless)
         self.fixed_size = bool(self.index.fixed_size and self.value.fixed_size)
         self.dense_fixed_size = bool(self.value.fixed_size)
+        # Tensors a tensor policy sends whole: their indices are implied, not written.
+        self.implied = ImpliedIndices.for_settings(layout, settings)
 
     def __repr__(self) -> str:
         return f"SparseCodec({self.name!r}, {self.layout!r})"
@@ -89,10 +92,15 @@ class SparseCodec:
         if N == 0:
             return torch.zeros(0, dtype=torch.uint8, device=values.device), [], None, None
         indices = indices.to(torch.long)
+        if self.implied is not None:
+            indices = self.implied.split(indices, self.name)
         idx_part, counts = self.index.encode(indices)
         groups = None
         if self.value.needs_groups:
-            groups = Groups.sparse(counts if counts is not None else self.index.counts_of(indices), K)
+            counts = counts if counts is not None else self.index.counts_of(indices)
+            if self.implied is not None:
+                counts = counts + self.implied.counts(counts.device)
+            groups = Groups.sparse(counts, K)
         val = self.value.encode(values, groups)  # (N, V)
         if isinstance(idx_part, Tensor):  # fixed-size index part: (N, B)
             rows = torch.cat([idx_part, val.to(idx_part.device)], dim=1)
@@ -119,7 +127,13 @@ class SparseCodec:
         starts = [0] * N
         for n in range(1, N):
             starts[n] = starts[n - 1] + sizes[n - 1]
-        indices, counts, used = self.index.decode(data, starts, sizes, V, nnz, self.name)
+        implied = self.implied.count if self.implied is not None else 0
+        if nnz < implied:
+            raise ValueError(f"{self.name}: nnz {nnz} is below the {implied} entries of the tensors sent whole")
+        indices, counts, used = self.index.decode(data, starts, sizes, V, nnz - implied, self.name)
+        if self.implied is not None:
+            indices = self.implied.merge(indices)
+            counts = counts + self.implied.counts(counts.device)
         used = [int(u) for u in used.tolist()]
         for n, (u, s) in enumerate(zip(used, sizes)):
             if u + V != s:
@@ -139,7 +153,9 @@ class SparseCodec:
         starts = [0] * len(sizes)
         for n in range(1, len(sizes)):
             starts[n] = starts[n - 1] + sizes[n - 1]
-        return [int(n) for n in self.index.nnz_of(data, starts, sizes, self.value.nbytes, self.name)]
+        implied = self.implied.count if self.implied is not None else 0
+        written = self.index.nnz_of(data, starts, sizes, lambda n: self.value.nbytes(n + implied), self.name)
+        return [int(n) + implied for n in written]
 
     # ------------------------------------------------------------------ dense
     def encode_dense(self, values: Tensor) -> tuple[Tensor, list[int]]:

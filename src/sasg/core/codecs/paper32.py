@@ -6,6 +6,9 @@ parameters that is exactly the paper's 32 bits per value plus 32 per index (64 b
 entry, 32 per dense entry); a float64 model's optimizer sends 8 bytes per value, and the ledger
 counts them. Every message of one shape has one size (no header), and packing is a pure
 reinterpretation of bits, so ``decode(encode(q))`` is ``q`` bit for bit on every rank.
+
+Built with a tensor policy that sends some tensors whole, it writes no index for their entries
+(:mod:`.implied`): ``K - count`` indices, then all ``K`` values.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .implied import ImpliedIndices
 from .protocol import CodecError
 
 
@@ -51,8 +55,10 @@ class Paper32:
     fixed_size = True
     dense_fixed_size = True
 
-    def __init__(self, numel: int):
+    def __init__(self, numel: int, implied: ImpliedIndices | None = None):
         self.numel = int(numel)
+        self.implied = implied
+        self._implied = implied.count if implied is not None else 0
 
     def _rows(self, data: Tensor, sizes: Sequence[int], size: int) -> Tensor:
         n = len(sizes)
@@ -64,29 +70,37 @@ class Paper32:
         return data.reshape(n, size)
 
     def encode_sparse(self, indices: Tensor, values: Tensor) -> tuple[Tensor, list[int]]:
+        if self.implied is not None:
+            indices = self.implied.split(indices.to(torch.long), self.name)
         rows = torch.cat([_as_bytes(indices.to(_index_dtype(self.numel))), _as_bytes(values)], dim=1)
         return rows.reshape(-1), [rows.shape[1]] * rows.shape[0]
 
     def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         index_dtype = _index_dtype(self.numel)
-        split = nnz * _itemsize(index_dtype)
+        if nnz < self._implied:
+            raise ValueError(f"paper32: nnz {nnz} is below the {self._implied} entries of the tensors sent whole")
+        split = (nnz - self._implied) * _itemsize(index_dtype)
         rows = self._rows(data, sizes, split + nnz * _itemsize(dtype))
         indices = _from_bytes(rows[:, :split], index_dtype).to(torch.long)
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.numel):
             raise CodecError(f"paper32: an index is outside 0..{self.numel - 1}: corrupted message")
+        if self.implied is not None:
+            indices = self.implied.merge(indices)
         return indices, _from_bytes(rows[:, split:], dtype)
 
     def sparse_nnz(self, data: Tensor, sizes: Sequence[int], dtype: torch.dtype) -> list[int]:
         """How many entries each sparse message holds, from its size alone (for messages of
         varying length: every entry costs one index and one value, nothing else travels)."""
         per = _itemsize(_index_dtype(self.numel)) + _itemsize(dtype)
+        # entries whose index is implied carry only their value: add back the index bytes they save
+        saved = self._implied * _itemsize(_index_dtype(self.numel))
         if sum(int(s) for s in sizes) != data.numel():
             raise CodecError(f"paper32: the sizes of {len(sizes)} message(s) sum to {sum(int(s) for s in sizes)} "
                              f"bytes, the data holds {data.numel()}")
         for i, s in enumerate(sizes):
-            if int(s) < 0 or int(s) % per:
+            if int(s) < 0 or (int(s) + saved) % per or (int(s) + saved) // per < self._implied:
                 raise CodecError(f"paper32: message {i} has {int(s)} bytes, not a whole number of {per}-byte entries")
-        return [int(s) // per for s in sizes]
+        return [(int(s) + saved) // per for s in sizes]
 
     def encode_dense(self, values: Tensor) -> tuple[Tensor, list[int]]:
         rows = _as_bytes(values)

@@ -14,6 +14,7 @@ class Identity:
 
     name = "identity"
     default_memory = "none"
+    honours_tensor_policy = True  # every tensor is sent whole anyway
 
     def __init__(self, layout: Layout):
         self.layout = layout

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .protocol import CodecError
+from .protocol import CodecError, check_messages
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -55,8 +55,9 @@ class Paper32:
         self.numel = int(numel)
 
     def _rows(self, data: Tensor, sizes: Sequence[int], size: int) -> Tensor:
+        sizes = check_messages(self.name, data, sizes)  # 1-D uint8 bytes, exactly covered by sizes
         n = len(sizes)
-        if any(int(s) != size for s in sizes) or data.numel() != n * size:
+        if any(s != size for s in sizes) or data.numel() != n * size:
             raise CodecError(
                 f"paper32: {n} message(s) of {data.numel()} bytes in all (sizes {list(sizes)[:4]}...), "
                 f"expected {size} bytes each"
@@ -80,9 +81,7 @@ class Paper32:
         """How many entries each sparse message holds, from its size alone (for messages of
         varying length: every entry costs one index and one value, nothing else travels)."""
         per = _itemsize(_index_dtype(self.numel)) + _itemsize(dtype)
-        if sum(int(s) for s in sizes) != data.numel():
-            raise CodecError(f"paper32: the sizes of {len(sizes)} message(s) sum to {sum(int(s) for s in sizes)} "
-                             f"bytes, the data holds {data.numel()}")
+        sizes = check_messages(self.name, data, sizes)
         for i, s in enumerate(sizes):
             if int(s) < 0 or int(s) % per:
                 raise CodecError(f"paper32: message {i} has {int(s)} bytes, not a whole number of {per}-byte entries")

@@ -30,6 +30,9 @@ CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 class NotARegularFile(OSError):
     """A name sasg reads or owns that leads to something other than a regular file."""
 
+    def __str__(self) -> str:
+        return f"{self.filename} {self.strerror}" if self.filename else str(self.strerror)
+
 
 def create_new(path: Path, mode: int = 0o666) -> int:
     """A descriptor (write-only) of a file just created at ``path``; ``FileExistsError`` if the

@@ -7,12 +7,13 @@ theta, its sampler streams, the ledger and, on rank 0, the evaluation history), 
 every ``--checkpoint-every`` rounds, and keeps the last two. The temporary file has an
 unpredictable name and is created with ``O_EXCL | O_NOFOLLOW`` (:mod:`sasg.safe_files`), so a
 symlink planted in the folder can never make a checkpoint write land elsewhere; an algorithm's
-name is encoded (:func:`file_tag`) so no name can leave the folder. Any failure of the write (disk full
-included) is one :class:`CheckpointWriteError` naming the file, and no temporary file is left.
+name is encoded (:func:`~sasg.safe_files.file_tag`) so no name can leave the folder. Any failure
+of the write (disk full included) is one :class:`CheckpointWriteError` naming the file, and no
+temporary file is left.
 
 Checkpoints are read, once known to be regular files (a FIFO is refused, never waited on), with
-``torch.load(weights_only=True)``: tensors and plain containers only,
-so a planted file cannot run code. Ranks save between the same two collectives, so when a run
+``torch.load(weights_only=True)``: tensors and plain containers only, so a planted file cannot
+run code. Ranks save between the same two collectives, so when a run
 dies their latest checkpoints differ by at most one interval; :func:`load_resume_state` picks the
 newest iteration every rank holds intact (a damaged newest file is reported and the previous one
 used). ``--resume`` with nothing to resume from is an error (:func:`check_resumable` before the

@@ -6,8 +6,8 @@ from a closed terminal, see :func:`exit_on_sigterm`) the staging folder is remov
 partial run folder nor a clobbered earlier one is ever left behind.
 
 ``--overwrite`` replaces only an earlier *run folder*, never an arbitrary folder: a typo such as
-``--out src --overwrite`` must not delete source code, nor a folder that merely holds a file
-called ``summary.json`` someone's thesis. A run folder is one sasg marked when it made it (see
+``--out src --overwrite`` must not delete source code, nor someone's folder that merely holds a
+file called ``summary.json``. A run folder is one sasg marked when it made it (see
 :func:`is_run_folder`).
 
 Two runs with the same ``--out`` at once: a lock file beside the target (``.<name>.lock``, held

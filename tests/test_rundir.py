@@ -349,6 +349,7 @@ def test_a_refused_destination_releases_the_lock(tmp_path):
 
 def _earlier_run(out):
     out.mkdir()
+    rundir.mark_run_folder(out)  # what every run folder holds since sasg marks them
     (out / "summary.json").write_text('{"earlier": 1}')
     (out / "metrics.csv").write_text("a,b\n")
 

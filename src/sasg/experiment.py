@@ -100,8 +100,8 @@ def _closing(watchers):
 def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Checkpoints | None, watchers=(),
              label: str = "") -> RunResult:
     from .distributed.checkpoint import (CheckpointWriteError, check_same_setting, checkpoint_path, newest_intact,
-                                         read_state, result_path, save_checkpoint, saved_iterations,
-                                         write_atomically)
+                                         read_state, remove_checkpoint, result_path, save_checkpoint,
+                                         saved_iterations, write_atomically)
 
     ck = checkpoints
     setting = cfg.to_dict()
@@ -117,6 +117,8 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
     sim = Simulator(cfg, name, data)
     if ck is not None and ck.resume:
         found = newest_intact(ck.folder, cfg.seed, name)
+        if found is None and saved_iterations(ck.folder, cfg.seed, name):
+            raise _none_readable(ck.folder, cfg.seed, name)  # never a silent fresh start under --resume
         if found is not None:
             check_same_setting(found[1]["config"], setting)
             sim.load_state_dict(found[1]["run"])
@@ -135,6 +137,11 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
     except (RuntimeError, ValueError, ArithmeticError) as e:
         if isinstance(e, (ConfigError, CheckpointWriteError)):
             raise  # a setting or the disk: the whole command stops with its one line
+        # A SIGTERM that came during the round (its exit may surface as whatever torch made of it,
+        # e.g. an internal assert): the stop it is, not this algorithm's failure.
+        from .report.rundir import stop_if_signalled
+
+        stop_if_signalled()
         # Something inside this algorithm broke (e.g. a member refusing non-finite values after a
         # too large lr): its record says so and the other algorithms and seeds still run.
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
@@ -145,8 +152,19 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
         # (a failed one is not: --resume tries it again from its last checkpoint); its round checkpoints go
         write_atomically(result_path(ck.folder, cfg.seed, name), {"config": setting, "run": result.state_dict()})
         for it in saved_iterations(ck.folder, cfg.seed, name):
-            checkpoint_path(ck.folder, cfg.seed, name, it).unlink(missing_ok=True)
+            remove_checkpoint(checkpoint_path(ck.folder, cfg.seed, name, it))
     return result
+
+
+def _none_readable(folder: Path, seed: int, name: str) -> ConfigError:
+    """``--resume`` found checkpoints of this run, and none of them loads."""
+    from .distributed.checkpoint import checkpoint_path, saved_iterations
+
+    files = ", ".join(checkpoint_path(folder, seed, name, it).name for it in saved_iterations(folder, seed, name))
+    return ConfigError(
+        f"no readable checkpoint of {name} (seed {seed}) in {folder}: {files} cannot be read (see the notes "
+        "above); move them away to start that run afresh, or drop --resume"
+    )
 
 
 def _note_long_windows(config: RunConfig, rounds: int) -> None:

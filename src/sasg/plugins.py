@@ -37,7 +37,8 @@ def plugin_names(flags: list[str] | None = None) -> list[str]:
 
 def load_plugins(flags: list[str] | None = None) -> list[str]:
     """Import every plug-in (see the module docstring); return their names. A module that cannot
-    be found or fails to import is a :class:`~sasg.config.ConfigError` naming it."""
+    be found, fails to import or calls ``sys.exit`` while imported is a
+    :class:`~sasg.config.ConfigError` naming it (one line)."""
     names = plugin_names(flags)
     for name in names:
         _import(name)
@@ -75,5 +76,11 @@ def _import(name: str) -> None:
                 "on PYTHONPATH); give its import path or a .py file"
             ) from None
         raise ConfigError(f"plug-in {name!r} failed to import: {e}") from None
+    except SystemExit as e:  # sys.exit() at import would end sasg silently, even with exit code 0
+        raise ConfigError(
+            f"plug-in {name!r} called sys.exit({e.code!r}) while being imported; a plug-in must only define "
+            "and register members: remove the exit (or guard it with if __name__ == '__main__')"
+        ) from None
     except Exception as e:  # the plug-in's own error: say whose it is, in one line
-        raise ConfigError(f"plug-in {name!r} failed to import: {type(e).__name__}: {e}") from None
+        text = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
+        raise ConfigError(f"plug-in {name!r} failed to import: {type(e).__name__}: {text}") from None

@@ -13,17 +13,17 @@ launcher reports it in one line and exits non-zero. When the launcher itself die
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import re
 import sys
-import tempfile
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ..config import MAX_ROUNDS, MAX_WORKERS, ConfigError
+from ..safe_files import os_reason
+from ..safe_files import probe_folder as _probe_folder
 
 # The torchrun entry point the launcher starts on every process.
 WORKER_MODULE = "sasg.cli.worker"
@@ -233,26 +233,7 @@ def check_run_folder(out: Path, overwrite: bool) -> None:
     try:
         _probe_folder(out.parent.resolve())
     except OSError as e:
-        raise ConfigError(f"cannot write the run folder {out}: {e.strerror or e}; choose another --out") from None
-
-
-def _probe_folder(folder: Path, tidy: bool = True) -> None:
-    """Create ``folder`` (and missing parents) and a file in it; remove the file and, with ``tidy``,
-    the folders created (ranks probing one shared folder at once pass ``tidy=False``)."""
-    created = [p for p in [folder, *folder.parents] if not p.exists()]
-    base = folder.parents[len(created) - 1] if created else folder  # the nearest existing one
-    if not base.is_dir():
-        raise OSError(errno.ENOTDIR, f"{base} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".sasg-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    finally:
-        if tidy:
-            for p in created:  # innermost first; rmdir leaves anything someone else put there
-                with suppress(OSError):
-                    p.rmdir()
+        raise ConfigError(f"cannot write the run folder {out}: {os_reason(e)}; choose another --out") from None
 
 
 def check_checkpoint_flags(args: argparse.Namespace, seeds: list[int]) -> None:
@@ -278,7 +259,7 @@ def check_checkpoint_dir(args: argparse.Namespace, tidy: bool = True) -> None:
             _probe_folder(folder.resolve(), tidy)
         except OSError as e:
             raise ConfigError(
-                f"cannot write checkpoints to {folder}: {e.strerror or e}; choose another --checkpoint-dir"
+                f"cannot write checkpoints to {folder}: {os_reason(e)}; choose another --checkpoint-dir"
             ) from None
 
 
@@ -419,6 +400,9 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     check_backend(args.dist_backend, config.device, args.nproc_per_node)
     out = args.out or default_out()
     if args.node_rank == 0:
+        from ..report.rundir import check_separate_folders
+
+        check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
         check_run_folder(out, args.overwrite)
     check_checkpoint_dir(args)
     if args.resume:

@@ -464,7 +464,7 @@ def execute(args: argparse.Namespace) -> int:
 
     from ..experiment import check_fits, load_data, partition_report, run_seeds
     from ..report import write_run_folder
-    from ..report.rundir import StopCheck, check_destination, default_run_dir, staged_run_dir
+    from ..report.rundir import StopCheck, check_destination, check_separate_folders, default_run_dir, staged_run_dir
 
     plugins = load_plugins(args.plugin)
     if args.seeds:
@@ -478,6 +478,7 @@ def execute(args: argparse.Namespace) -> int:
         print(json.dumps(settings, indent=2))
         return 0
     out = args.out or default_run_dir(args.command)
+    check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
     check_destination(out, args.overwrite)
     checkpoints = check_checkpoints(args, config, seeds)
     # StopCheck: a SIGTERM whose exit Python dropped (see stop_if_signalled) still stops the run.
@@ -494,6 +495,8 @@ def execute(args: argparse.Namespace) -> int:
     if failed:  # the folder keeps them all, but a script must not take this run for a clean one
         print(f"sasg: error: {', '.join(failed)} failed (see the notes); the other results are in the run folder",
               file=sys.stderr)
+        return 1
+    if any(getattr(w, "failed", None) for w in watchers):  # said in its line; the run folder is written
         return 1
     return 0
 

@@ -46,8 +46,13 @@ class PeerStopped(Exception):
     """Another rank found a problem before training and reports it; this rank just stops."""
 
 
+_signalled: str | None = None  # the name of the termination signal that came, if one did
+
+
 def _on_signal(signum, frame):
-    raise Stopped(signal.Signals(signum).name)
+    global _signalled
+    _signalled = signal.Signals(signum).name
+    raise Stopped(_signalled)
 
 
 def _leaving() -> None:
@@ -110,6 +115,9 @@ def local_problem(args, out: Path, rank: int) -> ConfigError | None:
     checkpoint folder (on every node; created, never removed, as ranks probe it at once)."""
     try:
         if rank == 0:
+            from ..report.rundir import check_separate_folders
+
+            check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
             check_run_folder(out, args.overwrite)
         check_checkpoint_dir(args, tidy=False)
     except ConfigError as e:
@@ -304,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sasg: rank {rank}: interrupted; no run folder written", file=sys.stderr)
             _hard_exit(130)
         except Exception:  # a bug: show it, then leave without the process group's destructors
+            if _signalled is not None:  # torch turned the signal's exit into an error of its own
+                raise Stopped(_signalled) from None
             _leaving()
             import traceback
 

@@ -16,6 +16,7 @@ Algorithms are compositions ``TRIGGER+COMPRESSOR[+MEMORY]`` of registered names
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,10 +77,19 @@ def _same_definition(a, b) -> bool:
     return name(a) == name(b) and name(a)[1] is not None and "<lambda>" not in name(a)[1]
 
 
+# A name becomes part of file names (checkpoints, TensorBoard folders) and of command lines
+# (--algos a,b; --density sasg=0.1; TRIGGER+COMPRESSOR): letters, digits, '_' and '-' only, so no
+# name can hold a path ('/', '..'), a separator or a space.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
 def _check_name(name: str, kind: str) -> str:
     key = str(name).strip().lower()
-    if not key or "+" in key or "," in key or "=" in key or any(c.isspace() for c in key):
-        raise ValueError(f"{kind} name {name!r}: use a word without '+', ',', '=' or spaces")
+    if not _NAME.fullmatch(key):
+        raise ValueError(
+            f"{kind} name {name!r}: use 1 to 64 letters, digits, '_' or '-', starting with a letter or digit "
+            "(e.g. my_topk)"
+        )
     return key
 
 

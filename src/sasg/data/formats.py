@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..safe_files import open_regular
 from .dataset import ArrayDataset, DataSplit
 
 DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100")
@@ -146,7 +147,7 @@ def dataset_folder(name: str, data_dir: str | os.PathLike) -> Path:
 def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex MD5 of a file, read in chunks (the CIFAR archives are 160+ MB)."""
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO at the name is refused, not waited on
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -283,7 +284,7 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     """
     path = Path(path)
     try:
-        with gzip.open(path, "rb") as f:
+        with open_regular(path) as packed, gzip.open(packed, "rb") as f:
             raw = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(
@@ -340,7 +341,7 @@ def load_cifar(name: str, folder: str | os.PathLike, verify: bool = False) -> Da
         verify_file(archive, CHECKSUMS[key][archive_name])
         batches = _read_cifar_archive(archive, inner, members)
     elif extracted.is_dir() and all((extracted / m).is_file() for m in members):
-        batches = {m: _unpickle_batch((extracted / m).read_bytes(), extracted / m) for m in members}
+        batches = {m: _unpickle_batch(_read_regular(extracted / m), extracted / m) for m in members}
     elif archive.is_file():
         # No folder, or a half-extracted one: the archive beside it is the whole data set.
         batches = _read_cifar_archive(archive, inner, members)
@@ -372,7 +373,7 @@ def load_cifar(name: str, folder: str | os.PathLike, verify: bool = False) -> Da
 def _read_cifar_archive(archive: Path, inner: str, members: tuple[str, ...]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with open_regular(archive) as packed, tarfile.open(fileobj=packed, mode="r:gz") as tar:
             for m in members:
                 try:
                     f = tar.extractfile(f"{inner}/{m}")
@@ -388,6 +389,11 @@ def _read_cifar_archive(archive: Path, inner: str, members: tuple[str, ...]) -> 
             f"{archive} cannot be read ({exc}); it is probably truncated: delete it and pass --download again"
         ) from exc
     return out
+
+
+def _read_regular(path: Path) -> bytes:
+    with open_regular(path) as f:
+        return f.read()
 
 
 class _CifarUnpickler(pickle.Unpickler):

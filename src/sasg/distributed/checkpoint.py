@@ -4,11 +4,16 @@ Each rank writes its own file ``seed<S>-rank<R>-iter<K>.pt`` (its worker state â
 anchor, staleness â€” the server replica with every worker's last message and the trigger window,
 theta, its sampler streams, the ledger and, on rank 0, the evaluation history), atomically
 (temporary file, fsync, rename: a crash leaves the old file or the new one, never half of one),
-every ``--checkpoint-every`` rounds, and keeps the last two. Any failure of the write (disk full
-included) is one :class:`CheckpointWriteError` naming the file, and no temporary file is left.
+every ``--checkpoint-every`` rounds, and keeps the last two. The temporary file has an
+unpredictable name and is created with ``O_EXCL | O_NOFOLLOW`` (:mod:`sasg.safe_files`), so a
+symlink planted in the folder can never make a checkpoint write land elsewhere; an algorithm's
+name is encoded (:func:`~sasg.safe_files.file_tag`) so no name can leave the folder. Any failure
+of the write (disk full included) is one :class:`CheckpointWriteError` naming the file, and no
+temporary file is left.
 
-Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-so a planted file cannot run code. Ranks save between the same two collectives, so when a run
+Checkpoints are read, once known to be regular files (a FIFO is refused, never waited on), with
+``torch.load(weights_only=True)``: tensors and plain containers only, so a planted file cannot
+run code. Ranks save between the same two collectives, so when a run
 dies their latest checkpoints differ by at most one interval; :func:`load_resume_state` picks the
 newest iteration every rank holds intact (a damaged newest file is reported and the previous one
 used). ``--resume`` with nothing to resume from is an error (:func:`check_resumable` before the
@@ -26,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..safe_files import NotARegularFile, create_temporary, file_tag, is_regular_file, open_regular
 
 KEEP = 2
 _NAME = re.compile(r"seed(\d+)-(.+)-iter(\d+)\.pt$")
@@ -34,7 +40,7 @@ _NAME = re.compile(r"seed(\d+)-(.+)-iter(\d+)\.pt$")
 def _tag(who) -> str:
     """Whose checkpoint: a rank (``rank<R>``, a distributed run) or an algorithm's name (one of the
     runs of ``sasg run``/``sasg compare``)."""
-    return f"rank{who}" if isinstance(who, int) else str(who)
+    return f"rank{who}" if isinstance(who, int) else file_tag(str(who))
 
 
 def checkpoint_path(folder: Path, seed: int, who, iteration: int) -> Path:
@@ -72,26 +78,36 @@ def save_checkpoint(folder: Path, seed: int, who, iteration: int, state: dict) -
     atomically; keep the last :data:`KEEP`."""
     path = write_atomically(checkpoint_path(folder, seed, who, iteration), state)
     for it in saved_iterations(folder, seed, who)[:-KEEP]:
-        checkpoint_path(folder, seed, who, it).unlink(missing_ok=True)
+        remove_checkpoint(checkpoint_path(folder, seed, who, it))
     return path
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Remove an older checkpoint: a regular file, as :func:`write_atomically` leaves one. Anything
+    else at its name (a FIFO, a symlink someone put there) sasg did not make, and keeps."""
+    if is_regular_file(path):
+        with suppress(FileNotFoundError):
+            path.unlink()
 
 
 def write_atomically(path: Path, state: dict) -> Path:
     """``torch.save`` into a temporary file, fsync, rename: ``path`` holds the old bytes or the
     new ones, never half of them. Any failure is one :class:`CheckpointWriteError`."""
     folder = path.parent
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        fd, tmp = create_temporary(path)  # a new file of this process, under a name nobody guessed
+        with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
         _fsync_folder(folder)
     except BaseException as e:  # disk full may surface as RuntimeError from torch.save; Ctrl-C too
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if not isinstance(e, Exception):
             raise
         text = str(e).strip()
@@ -121,7 +137,10 @@ def read_state(path: Path) -> dict:
     """A file written by :func:`write_atomically`. Read with ``weights_only=True``: a file holding
     anything but tensors and plain containers is refused, never executed."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a FIFO planted here is refused, not waited on
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except NotARegularFile as e:
+        raise CheckpointReadError(f"the checkpoint {path} {e.strerror}: not a sasg checkpoint") from None
     except Exception as e:  # truncated zip, foreign pickle, unreadable file
         text = str(e).strip()
         first = text.splitlines()[0][:160] if text else type(e).__name__

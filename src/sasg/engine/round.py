@@ -52,6 +52,7 @@ from ..core.layout import Layout
 from ..core.state import (ServerState, WorkerState, at_least, check_like, equal_to, generator_state,
                           part_name)
 from ..core.workspace import Workspace
+from .contracts import FirstRoundCompressor, check_decision, check_sent
 from ..seeds import worker_seed
 
 Blocks = Sequence[Tensor]
@@ -111,6 +112,8 @@ class RoundEngine:
     ``seed`` derives every held worker's member generator (rank m draws what simulated row m
     draws). ``device``/``dtype``: where the state lives."""
 
+    _members_checked = False  # their answers are checked in the first round this engine runs (contracts)
+
     def __init__(self, algorithm: Algorithm, transport, *, seed: int = 0, device=None, dtype=torch.float32):
         self.algorithm = algorithm
         self.transport = transport
@@ -167,14 +170,21 @@ class RoundEngine:
                     lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta,
                     threshold_lr=threshold_lr)
         upload = alg.trigger.decide(rnd)
+        first = not self._members_checked
+        if first:
+            check_decision(alg.trigger, upload, len(self.local_workers))
         rows = upload.nonzero().squeeze(1).tolist()
         compressor, template, link = alg.compressor, self.template, None
         begin = getattr(compressor, "begin_round", None)
         if begin is not None:  # a compressor with an exchange of its own (powersgd: P, then Q)
             link = Link(upload, self.server, alg.codec, self.transport, alg.lazy)
             compressor = begin(link)
-        sent = alg.memory.upload(self.workers, rows, cols, lr / M, compressor,
+        sent = alg.memory.upload(self.workers, rows, cols, lr / M,
+                                 FirstRoundCompressor(compressor) if first else compressor,
                                  [self.generators[r] for r in rows], alg.codec)
+        if first:
+            check_sent(alg.memory, sent, rows)
+            self._members_checked = True
         if link is not None:
             compressor.close()  # its exchange ran on every holder, also where nobody uploads
             template = compressor.empty(1, device=self.template.values.device, dtype=self.template.values.dtype)

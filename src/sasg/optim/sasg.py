@@ -123,6 +123,26 @@ def _check_update(group: Mapping) -> tuple[float, float, float, float, bool, boo
     return lr, momentum, dampening, weight_decay, nesterov, decoupled
 
 
+def _no_duplicates(params) -> list:
+    """``params`` as a list, refused when a tensor comes twice (``params + params[:1]``): torch
+    only warns, and its gradient would be sent, and counted, twice."""
+    out, seen = [], set()
+    for item in params:
+        tensors = item.get("params", []) if isinstance(item, Mapping) else [item]
+        tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)  # a generator is read once
+        out.append({**item, "params": tensors} if isinstance(item, Mapping) else item)
+        for t in tensors:
+            t = t[1] if isinstance(t, tuple) and len(t) == 2 else t  # named_parameters(): (name, tensor)
+            if id(t) in seen:
+                shape = tuple(t.shape) if isinstance(t, Tensor) else "?"
+                raise ValueError(
+                    f"SASG got the same parameter (shape {shape}) twice; pass each tensor once, "
+                    "e.g. model.parameters()"
+                )
+            seen.add(id(t))
+    return out
+
+
 def sasg_update(theta: Tensor, step: Tensor, buf: Tensor | None, *, lr: float, momentum: float,
                 dampening: float, weight_decay: float, nesterov: bool, decoupled_weight_decay: bool,
                 ) -> Tensor | None:
@@ -353,6 +373,7 @@ class SASG(torch.optim.Optimizer):
             bad = next((b for b in restore_buffers if not isinstance(b, Tensor)), None)
             if bad is not None:
                 raise ValueError(f"restore_buffers must be tensors (e.g. model.buffers()), got {type(bad).__name__}")
+        params = _no_duplicates(params)
         super().__init__(params, {**defaults, "lr": float(lr)})
         if len(self.param_groups) != 1:
             raise ValueError("SASG takes one parameter group (one lr for all parameters; the lazy rule uses it)")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
 from ..config import ConfigError
+from ..safe_files import file_tag, os_reason, probe_folder
 
 
 class ProgressLines:
@@ -58,7 +60,11 @@ class TensorBoardLog:
 
     Needs the optional ``tensorboard`` package (``pip install 'sasg[tensorboard]'``). A resumed run
     rewrites its history from the start (older events of that run are purged), so the log shows
-    one curve, not two overlapping ones."""
+    one curve, not two overlapping ones.
+
+    The folder is checked when the log is made, before training (a file, an unwritable folder:
+    a :class:`ConfigError`). A failure while logging (disk full) is one line naming the folder;
+    logging stops there, the run goes on and its results are written, and ``failed`` says so."""
 
     TAGS = {"test_acc": "test/top1_acc", "test_top5": "test/top5_acc", "train_loss": "train/loss",
             "uploads": "comm/uploads", "bits_up": "comm/bits_up"}
@@ -68,11 +74,34 @@ class TensorBoardLog:
         self._writers: dict[tuple[str, int], object] = {}
         self._written: dict[tuple[str, int], int] = {}
         self._writer_class = tensorboard_writer()
+        self.failed: str | None = None  # why logging stopped, if it did
+        check_log_folder(self.folder)
+        _writer_thread_tracebacks(hidden=True)  # until close(): its failures are said in one line
+        self._open = True
 
     def __call__(self, sim, label: str) -> None:
+        if self.failed is None:
+            try:
+                self._log(sim)
+            except Exception as e:  # the log's own disk or folder: say so once, keep training
+                self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        reason = os_reason(e) if isinstance(e, OSError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        self.failed = f"cannot write the TensorBoard log in {self.folder}: {reason}"
+        print(f"sasg: error: {self.failed}; TensorBoard logging stopped, the run goes on and its results "
+              "are written", file=sys.stderr, flush=True)
+        for writer in self._writers.values():
+            try:
+                writer.close()
+            except Exception:
+                pass
+        self._writers.clear()
+
+    def _log(self, sim) -> None:
         key = (sim.algorithm.name, sim.config.seed)
         if key not in self._writers:
-            path = self.folder / key[0] / f"seed{key[1]}"
+            path = self.folder / file_tag(key[0]) / f"seed{key[1]}"
             self._writers[key] = self._writer_class(log_dir=str(path), purge_step=0)
             self._written[key] = 0
         writer, start = self._writers[key], self._written[key]
@@ -86,9 +115,53 @@ class TensorBoardLog:
             writer.flush()
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
+        try:
+            for writer in self._writers.values():
+                writer.close()
+        except Exception as e:
+            if self.failed is None:
+                self._fail(e)
         self._writers.clear()
+        if self._open:
+            self._open = False
+            _writer_thread_tracebacks(hidden=False)
+
+
+def check_log_folder(folder: Path) -> None:
+    """``--tensorboard``'s folder can take the log: checked before training (what the check
+    creates is removed again)."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--tensorboard {folder} is a file, not a folder; choose another --tensorboard")
+    try:
+        probe_folder(folder.resolve())
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the TensorBoard log in {folder}: {os_reason(e)}; choose another --tensorboard"
+        ) from None
+
+
+_hiding = {"logs": 0, "before": None}
+
+
+def _writer_thread_tracebacks(hidden: bool) -> None:
+    """While a :class:`TensorBoardLog` is open: a failure in TensorBoard's own writer thread (disk
+    full) is raised again by the writer's next call, which the log reports in one line; the
+    thread's traceback (``threading.excepthook``) is dropped, for those threads only. The hook
+    before is put back when the last open log closes."""
+    if hidden:
+        if _hiding["logs"] == 0:
+            before = _hiding["before"] = threading.excepthook
+
+            def hook(args, before=before):
+                if type(args.thread).__name__ != "_AsyncWriterThread":
+                    before(args)
+
+            threading.excepthook = hook
+        _hiding["logs"] += 1
+    elif _hiding["logs"] > 0:
+        _hiding["logs"] -= 1
+        if _hiding["logs"] == 0:
+            threading.excepthook = _hiding["before"]
 
 
 def tensorboard_writer():

@@ -5,8 +5,10 @@ finished is it renamed into place. On any error (or Ctrl-C, SIGTERM from a sched
 from a closed terminal, see :func:`exit_on_sigterm`) the staging folder is removed, so neither a
 partial run folder nor a clobbered earlier one is ever left behind.
 
-``--overwrite`` replaces only an earlier *run folder* (one holding ``summary.json``), never an
-arbitrary folder: a typo such as ``--out src --overwrite`` must not delete source code.
+``--overwrite`` replaces only an earlier *run folder*, never an arbitrary folder: a typo such as
+``--out src --overwrite`` must not delete source code, nor someone's folder that merely holds a
+file called ``summary.json``. A run folder is one sasg marked when it made it (see
+:func:`is_run_folder`).
 
 Two runs with the same ``--out`` at once: a lock file beside the target (``.<name>.lock``, held
 with ``flock`` from the start of staging until the folder is in place) makes the second one stop
@@ -19,6 +21,7 @@ the next run for the same target, and removed with ``--overwrite``; nothing else
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -30,10 +33,17 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
+from ..safe_files import is_regular_file, open_regular, os_reason, read_small, write_new
 from .runlock import (OWNER_FILE, RunLock, busy_message, busy_owner, holds, lock_path, process_alive, read_owner,
                       write_owner)
 
-RUN_FOLDER_MARK = "summary.json"  # every run folder has one; --overwrite replaces only those
+RUN_FOLDER_MARK = "summary.json"  # every run folder has one
+# Written into every run folder as it is made; --overwrite replaces only a folder holding it (a
+# regular file, not a symlink, with exactly this text), or an older run folder told apart safely.
+RUN_MARKER = ".sasg-run"
+RUN_MARKER_TEXT = b"sasg run folder: --overwrite may replace this folder\n"
+# What a run folder made before the marker existed holds, and nothing else (see _older_run_folder).
+_RUN_FILES = re.compile(r"(config|summary|distributed)\.json|(metrics|rounds)\.csv|report\.md|[a-z0-9_]+\.png")
 _STAGE_KINDS = ("partial", "old")  # .<name>.partial-XXXXXXXX: the new run; .old-: the one it replaces
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -65,6 +75,24 @@ def check_destination(out: Path, overwrite: bool) -> None:
     _check_folder(out, overwrite)
 
 
+def check_separate_folders(out: Path, **others) -> None:
+    """Refuse, in one line, an output folder (``checkpoint_dir=``, ``tensorboard=``: the flag's
+    name, dashed) that is the run folder or lies inside it: the finished run folder could not be
+    moved into place (it would silently land in ``out-2``), and ``--overwrite`` would delete it."""
+    target = Path(out).resolve()
+    for name, folder in others.items():
+        if folder is None:
+            continue
+        where = Path(folder).resolve()
+        if where == target or target in where.parents:
+            flag = "--" + name.replace("_", "-")
+            how = "is" if where == target else "lies inside"
+            raise ConfigError(
+                f"{flag} {folder} {how} the run folder --out {out}; give them separate folders, "
+                f"e.g. {flag} {Path(out).parent / (Path(out).name + '-' + name.split('_')[0])}"
+            )
+
+
 def _check_folder(out: Path, overwrite: bool) -> None:
     """``check_destination`` less the lock."""
     if out.exists() and not out.is_dir():
@@ -82,11 +110,49 @@ def _check_folder(out: Path, overwrite: bool) -> None:
     if any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"--out {out} already holds files; choose another --out or pass --overwrite")
-        if not (out / RUN_FOLDER_MARK).is_file():
+        if not is_run_folder(out):
             raise ConfigError(
-                f"--out {out} holds files but no {RUN_FOLDER_MARK}, so it is not a run folder; "
+                f"--out {out} holds files but is not a run folder sasg made (no {RUN_MARKER} marker); "
                 "--overwrite replaces only run folders: choose another --out"
             )
+
+
+def is_run_folder(folder: Path) -> bool:
+    """``folder`` is a run folder sasg made, which ``--overwrite`` may replace: it holds the marker
+    :data:`RUN_MARKER` (a regular file, not a symlink, holding :data:`RUN_MARKER_TEXT`), or it is
+    a run folder made before the marker existed (:func:`_older_run_folder`)."""
+    folder = Path(folder)
+    if read_small(folder / RUN_MARKER, limit=len(RUN_MARKER_TEXT) + 1) == RUN_MARKER_TEXT:
+        return True
+    return _older_run_folder(folder)
+
+
+def _older_run_folder(folder: Path) -> bool:
+    """A run folder written before the marker existed, told apart without trusting a name: its
+    ``summary.json`` is a regular file holding sasg's summary (``sasg_version``, ``records``), and
+    every entry is a regular file of a name sasg writes there. One file more (a thesis, a
+    symlink, a sub-folder) and it is not taken for one."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    names = {e.name for e in entries}
+    if RUN_FOLDER_MARK not in names or "config.json" not in names:
+        return False
+    for e in entries:
+        if not _RUN_FILES.fullmatch(e.name) or not e.is_file(follow_symlinks=False):
+            return False
+    try:
+        with open_regular(folder / RUN_FOLDER_MARK, follow=False) as f:
+            summary = json.loads(f.read(64 << 20).decode())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(summary, dict) and "sasg_version" in summary and isinstance(summary.get("records"), list)
+
+
+def mark_run_folder(folder: Path) -> None:
+    """Write the marker that makes ``folder`` a run folder (into a new folder of this run)."""
+    write_new(Path(folder) / RUN_MARKER, RUN_MARKER_TEXT)
 
 
 class staged_run_dir:
@@ -122,9 +188,11 @@ class staged_run_dir:
             self._make_parents()
             self._target = self._take_lock(beside)
             self._tidy_stale(started)
+            # Private (0700) while it is written, so no one can plant a name in it meanwhile; it gets
+            # the usual permissions just before it is moved into place.
             self.stage = Path(tempfile.mkdtemp(prefix=f".{self._target.name}.partial-", dir=lock_path(self._target).parent))
-            self.stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a run folder is not
             write_owner(self.stage)
+            mark_run_folder(self.stage)
         except BaseException as e:
             self._clean_up()
             if isinstance(e, OSError):
@@ -233,7 +301,8 @@ class staged_run_dir:
             (stage / OWNER_FILE).unlink()
         except FileNotFoundError:
             pass
-        if out == self.out and self.overwrite and out.is_dir() and (out / RUN_FOLDER_MARK).is_file():
+        stage.chmod(0o777 & ~_umask())  # mkdtemp made it private; a run folder is not
+        if out == self.out and self.overwrite and out.is_dir() and is_run_folder(out):
             # Move the old run folder aside first, so it is never lost if the rename fails: on any
             # failure it is put back.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent.resolve()))
@@ -359,7 +428,7 @@ class StopCheck:
 
 def _write_error_message(out: Path, e: OSError, stage: Path | None) -> str:
     """One line: what failed, where, and the fix; says so when an earlier run folder is kept."""
-    reason = e.strerror or str(e)
+    reason = os_reason(e)
     name = getattr(e, "filename", None)
     where = ""
     if name and stage is not None:
@@ -372,9 +441,11 @@ def _write_error_message(out: Path, e: OSError, stage: Path | None) -> str:
     out = Path(out)
     if e.errno in _DISK_FULL:
         fix = f"free some space in {out.parent.resolve()} (or choose an --out on another disk) and run again"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        fix = "choose an --out in a folder you can write to"
     else:
         fix = "choose another --out"
-    kept = "; the earlier run folder there is kept" if (out / RUN_FOLDER_MARK).is_file() else ""
+    kept = "; the earlier run folder there is kept" if is_regular_file(out / RUN_FOLDER_MARK) else ""
     return f"cannot write the run folder {out}: {reason}{where}; {fix}; no run folder written{kept}"
 
 

@@ -14,8 +14,12 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
+
+from ..config import ConfigError
+from ..safe_files import kind_of, read_small, write_new
 
 try:
     import fcntl
@@ -118,11 +122,40 @@ def _flock(fd: int) -> None:
 
 
 def _open_lock_file(path: Path) -> int:
-    flags = os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    """The lock file, opened (created if missing) never through a symlink, and refused unless it is
+    a regular file of one name: a symlink or a hard link planted at ``.<name>.lock`` would make the
+    owner record truncate and overwrite the file it leads to."""
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(path, os.O_RDWR | flags, 0o666)
+        fd = os.open(path, os.O_RDWR | flags, 0o666)
     except PermissionError:  # another user's lock file: a read-only descriptor locks as well
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if not os.path.lexists(path):  # no file to share: the folder itself is not writable
+            raise
+        fd = _open_existing(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(_not_a_lock(path, "a symlink")) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = kind_of(st) if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} names (hard links)"
+        raise ConfigError(_not_a_lock(path, what))
+    return fd
+
+
+def _open_existing(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(_not_a_lock(path, "a symlink")) from None
+        raise
+
+
+def _not_a_lock(path: Path, what: str) -> str:
+    return (f"the run lock {path} is {what}, not a lock file sasg made; nothing was written: remove it "
+            "(rm, never through it) or choose another --out")
 
 
 def busy_owner(out: Path) -> dict | None:
@@ -131,9 +164,9 @@ def busy_owner(out: Path) -> dict | None:
     if fcntl is None or str(path) in _held:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        return None  # no lock file: no run is staging it
+        return None  # no lock file (or a symlink, which acquire refuses): no run is staging it
     try:
         _flock(fd)
     except BlockingIOError:
@@ -168,13 +201,13 @@ def _release_all() -> None:
 
 def write_owner(folder: Path) -> None:
     text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n"
-    (folder / OWNER_FILE).write_text(text)
+    write_new(folder / OWNER_FILE, text.encode())  # a fresh folder of this run: never an existing file
 
 
 def read_owner(path: Path) -> dict | None:
+    data = read_small(path)  # a regular file only: a FIFO planted there must not hang the run
     try:
-        with open(path, "rb") as f:
-            owner = json.loads(f.read(4096).decode())
+        owner = json.loads((data or b"").decode())
         pid = owner["pid"]
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None

@@ -114,6 +114,11 @@ class Simulator:
         # a run), on a copy: validate() normalizes in place (device auto -> cpu/cuda, ...) and the
         # caller's config stays as it was. Idempotent, so a validated config comes out equal.
         self.config = config = replace(config).validate()
+        if not all(hasattr(data, part) for part in ("train", "test", "sample_shape", "num_classes")):
+            raise TypeError(
+                f"Simulator needs the data set, a DataSplit such as sasg.load_dataset('mnist5k'), got "
+                f"{type(data).__name__}"
+            )
         spec = None
         if not callable(algorithm):
             try:  # the algorithm run here need not be one of config.algorithms: checked here too

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .implied import ImpliedIndices
-from .protocol import CodecError
+from .protocol import CodecError, check_messages
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -61,8 +61,9 @@ class Paper32:
         self._implied = implied.count if implied is not None else 0
 
     def _rows(self, data: Tensor, sizes: Sequence[int], size: int) -> Tensor:
+        sizes = check_messages(self.name, data, sizes)  # 1-D uint8 bytes, exactly covered by sizes
         n = len(sizes)
-        if any(int(s) != size for s in sizes) or data.numel() != n * size:
+        if any(s != size for s in sizes) or data.numel() != n * size:
             raise CodecError(
                 f"paper32: {n} message(s) of {data.numel()} bytes in all (sizes {list(sizes)[:4]}...), "
                 f"expected {size} bytes each"
@@ -94,9 +95,7 @@ class Paper32:
         per = _itemsize(_index_dtype(self.numel)) + _itemsize(dtype)
         # entries whose index is implied carry only their value: add back the index bytes they save
         saved = self._implied * _itemsize(_index_dtype(self.numel))
-        if sum(int(s) for s in sizes) != data.numel():
-            raise CodecError(f"paper32: the sizes of {len(sizes)} message(s) sum to {sum(int(s) for s in sizes)} "
-                             f"bytes, the data holds {data.numel()}")
+        sizes = check_messages(self.name, data, sizes)
         for i, s in enumerate(sizes):
             if int(s) < 0 or (int(s) + saved) % per or (int(s) + saved) // per < self._implied:
                 raise CodecError(f"paper32: message {i} has {int(s)} bytes, not a whole number of {per}-byte entries")

@@ -125,8 +125,9 @@ def main() -> None:
 
     hook = None
     if not args.no_hook:
-        # The one line (lr= only matters for the lazy rules wk1/ps, whose threshold uses it).
-        hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, lr=opt,
+        # The one line. optimizer= lets the hook work with it: DGC's momentum correction for
+        # momentum SGD, a frozen second moment for AdamW; the lazy rules wk1/ps read its lr.
+        hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, optimizer=opt,
                                  window=args.window, threshold_scale=args.threshold_scale)
 
     def state_of(step: int) -> dict:  # plain tensors and numbers: torch.load(weights_only=True) reads it

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
+from .core.natural import NATURAL, resolve_codec
 
 
 # Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
@@ -88,7 +89,8 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when available, else cpu (validate() resolves it)
     # How messages become bytes (the ledger counts 8 x those bytes): paper32 (int32 index + 32-bit
     # value, the paper's count), INDEX+VALUE (e.g. rice+sign) or VALUE (dense). `sasg list`.
-    codec: str = "paper32"
+    # "natural": each algorithm's own (paper32 for the paper's four; sasg.core.natural).
+    codec: str = NATURAL
     # paper-scale experiments
     data_dir: str | None = None
     download: bool = False
@@ -127,8 +129,10 @@ class RunConfig:
         return AlgorithmSettings(**{**shared, **{k: v for k, v in own.items() if k in KNOBS}})
 
     def codec_for(self, algorithm: str) -> str:
-        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec``."""
-        return self.per_algorithm.get(str(algorithm).strip().lower(), {}).get("codec", self.codec)
+        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec``; where that is
+        ``natural``, the algorithm's natural codec (``paper32`` for the paper's four)."""
+        return resolve_codec(self.per_algorithm.get(str(algorithm).strip().lower(), {}).get("codec", self.codec),
+                             algorithm)
 
     @property
     def paper_alpha(self) -> float:
@@ -229,10 +233,12 @@ class RunConfig:
                 "(add --download on a machine with internet)"
             )
         try:
-            self.codec = check_codec(self.codec)
+            self.codec = _checked_codec(self.codec)
             for knobs in self.per_algorithm.values():
                 if "codec" in knobs:
-                    knobs["codec"] = check_codec(knobs["codec"])
+                    knobs["codec"] = _checked_codec(knobs["codec"])
+            for a in algos:  # a natural codec is a registered one, but a plug-in's might not be
+                check_codec(self.codec_for(a))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.device = resolve_device(self.device)
@@ -298,6 +304,14 @@ def _check_per_algorithm(per: dict) -> dict:
             )
         out[str(name).strip().lower()] = dict(knobs)
     return out
+
+
+def _checked_codec(name) -> str:
+    """A codec name lower-cased: ``natural`` or one that :func:`check_codec` accepts."""
+    from .core.spec import check_codec
+
+    key = str(name).strip().lower()
+    return key if key == NATURAL else check_codec(key)
 
 
 def _finite(x) -> bool:

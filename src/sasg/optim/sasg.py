@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..config import MAX_ROUNDS, MAX_SEED
 from ..core.layout import Layout
+from ..core.natural import resolve_codec
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
 from ..core.state import check_like, part_name
 from ..engine import InProcessTransport, RoundEngine
@@ -275,7 +276,8 @@ class SASG(torch.optim.Optimizer):
             Buffers are not copied: pass identically initialised models if they matter.
         restore_buffers: tensors (e.g. ``model.buffers()``) put back after the anchor evaluation,
             so BatchNorm running statistics only see the fresh forward pass.
-        codec: how messages become bytes, and so what the ledger counts (``paper32``: int32 index +
+        codec: how messages become bytes, and so what the ledger counts (default: the algorithm's
+            natural codec, ``paper32`` for the paper's four, ``elias`` for QSGD; ``paper32``: int32 index +
             32-bit value; or ``INDEX+VALUE`` such as ``rice+sign``, see ``sasg list``). With a lossy
             value format the parameters move by the decoded message and error feedback keeps the
             rest.
@@ -319,7 +321,7 @@ class SASG(torch.optim.Optimizer):
         group=None,
         broadcast_initial: bool = True,
         restore_buffers: Iterable[Tensor] | None = None,
-        codec: str = "paper32",
+        codec: str | None = None,
         seed: int = 0,
         window_sum: str = "D-1",
         threshold_lr_lag: int = 0,
@@ -375,7 +377,7 @@ class SASG(torch.optim.Optimizer):
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
         # ignores, so a typo fails the same way whichever algorithm it was written for.
         self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum))
-        self.algorithm = self.spec.build(self.layout, check_codec(codec))
+        self.algorithm = self.spec.build(self.layout, check_codec(resolve_codec(codec, self.spec.name)))
         if transport is None:
             import torch.distributed as dist
 

@@ -65,6 +65,9 @@ def test_natural_codecs_keep_paper32_for_the_paper_algorithms_and_presets():
     assert natural_codec("always+terngrad") == "ternary"
     cfg = RunConfig(algorithms=("sasg", "always+qsgd", "always+sign"), dataset="synthetic", device="cpu").validate()
     assert [cfg.codec_for(a) for a in cfg.algorithms] == ["paper32", "elias", "sign"]
+    # validate() makes it concrete: config.json shows what priced each algorithm, codec is paper32
+    assert cfg.codec == "paper32"
+    assert cfg.per_algorithm == {"always+qsgd": {"codec": "elias"}, "always+sign": {"codec": "sign"}}
     given = RunConfig(algorithms=("sasg", "always+qsgd"), codec="rice+fp32", dataset="synthetic", device="cpu")
     assert [given.validate().codec_for(a) for a in given.algorithms] == ["rice+fp32", "rice+fp32"]  # named: wins
     preset = RunConfig.from_preset("paper-mnist", algorithms=("always+qsgd",), dataset="synthetic", device="cpu")

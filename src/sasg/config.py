@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
-from .core.natural import NATURAL, resolve_codec
+from .core.natural import NATURAL, PAPER_CODEC, natural_codec, resolve_codec
 
 
 # Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
@@ -129,8 +129,8 @@ class RunConfig:
         return AlgorithmSettings(**{**shared, **{k: v for k, v in own.items() if k in KNOBS}})
 
     def codec_for(self, algorithm: str) -> str:
-        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec``; where that is
-        ``natural``, the algorithm's natural codec (``paper32`` for the paper's four)."""
+        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec`` (after
+        :meth:`validate`, ``natural`` is resolved into these: see :meth:`_resolve_natural`)."""
         return resolve_codec(self.per_algorithm.get(str(algorithm).strip().lower(), {}).get("codec", self.codec),
                              algorithm)
 
@@ -233,12 +233,11 @@ class RunConfig:
                 "(add --download on a machine with internet)"
             )
         try:
-            self.codec = _checked_codec(self.codec)
+            self._resolve_natural(algos)
+            self.codec = check_codec(self.codec)
             for knobs in self.per_algorithm.values():
                 if "codec" in knobs:
-                    knobs["codec"] = _checked_codec(knobs["codec"])
-            for a in algos:  # a natural codec is a registered one, but a plug-in's might not be
-                check_codec(self.codec_for(a))
+                    knobs["codec"] = check_codec(knobs["codec"])
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.device = resolve_device(self.device)
@@ -259,6 +258,21 @@ class RunConfig:
                     f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
                 )
         return self
+
+    def _resolve_natural(self, algos) -> None:
+        """``natural`` (the default codec) made concrete: an algorithm whose natural codec is not
+        paper32 gets it in ``per_algorithm`` (so config.json shows what priced it), the shared
+        ``codec`` becomes paper32. Afterwards every codec is a name ``check_codec`` knows."""
+        natural = str(self.codec).strip().lower() == NATURAL
+        for a in algos:
+            own = self.per_algorithm.get(a, {})
+            if str(own.get("codec", NATURAL if natural else "")).strip().lower() != NATURAL:
+                continue
+            codec = natural_codec(a)
+            if codec != PAPER_CODEC or "codec" in own:
+                self.per_algorithm.setdefault(a, {})["codec"] = codec
+        if natural:
+            self.codec = PAPER_CODEC
 
     def _check_rounds(self) -> None:
         """``epochs`` x rounds per epoch stays within :data:`MAX_ROUNDS` (an upper estimate of the
@@ -304,14 +318,6 @@ def _check_per_algorithm(per: dict) -> dict:
             )
         out[str(name).strip().lower()] = dict(knobs)
     return out
-
-
-def _checked_codec(name) -> str:
-    """A codec name lower-cased: ``natural`` or one that :func:`check_codec` accepts."""
-    from .core.spec import check_codec
-
-    key = str(name).strip().lower()
-    return key if key == NATURAL else check_codec(key)
 
 
 def _finite(x) -> bool:

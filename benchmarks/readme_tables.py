@@ -28,6 +28,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 CODECS = ("paper32", "rice+fp32", "rice+fp16", "rice+bf16", "rice+int8", "rice+sign", "bitmap+fp32", "auto+sign")
 KEPT_PER_MESSAGE = 4071  # top-k entries of FC 784-512-10 at h = 1 %: bits per kept entry
@@ -50,8 +51,8 @@ def zoo_flags() -> list[str]:
     return ["--algos", ",".join(algos), "--codec", ",".join(codecs), "--threshold-scale", ",".join(scales)]
 
 
-def runs(tables: list[str], seeds: list[int], out: Path, sgd_target) -> list[tuple[Path, list[str]]]:
-    """(folder, compare flags) of every run; ``sgd_target(seed)`` is the default table's target."""
+def runs(tables: list[str], seeds: list[int], out: Path) -> list[tuple[Path, list[str]]]:
+    """(folder, compare flags) of the default and zoo tables' runs."""
     todo = []
     for seed in seeds:
         if "default" in tables:
@@ -62,6 +63,7 @@ def runs(tables: list[str], seeds: list[int], out: Path, sgd_target) -> list[tup
 
 
 def codec_runs(seeds, out: Path, sgd_target) -> list[tuple[Path, list[str]]]:
+    """The codec table's runs; ``sgd_target(seed)``: that seed's default-table target."""
     todo = []
     for seed in seeds:
         for codec in CODECS[1:]:  # paper32: the default table's sparse and sasg
@@ -124,15 +126,24 @@ def ratio(records: list[dict], base: list[dict], key: str) -> list:
     return [None if r[key] is None or b[key] in (None, 0) else r[key] / b[key] for r, b in zip(records, base)]
 
 
+def row(first: list[str], columns: list[tuple[list, Callable]]) -> str:
+    """One Markdown row: the ``first`` cells as given, then a :func:`spread` cell per column."""
+    return "| " + " | ".join([*first, *(spread(values, fmt) for values, fmt in columns)]) + " |"
+
+
+def values(rs: list[dict], key: str) -> list:
+    return [r[key] for r in rs]
+
+
 def default_table(seeds, out: Path) -> list[str]:
     per = [load(out / "default" / f"seed{s}") for s in seeds]
     lines = ["| algorithm | uploads | bits up | final top-1 % | iters→target | uploads→target | bits→target |",
              "|---|---|---|---|---|---|---|"]
     for algo in per[0]:
         rs = [p[algo] for p in per]
-        lines.append(f"| {algo} | {spread([r['uploads'] for r in rs], count)} | {spread([r['bits_up'] for r in rs], sci)} "
-                     f"| {spread([r['final_test_acc'] for r in rs], pct)} | {spread([r['iters_to_target'] for r in rs], count)} "
-                     f"| {spread([r['uploads_to_target'] for r in rs], count)} | {spread([r['bits_to_target'] for r in rs], sci)} |")
+        lines.append(row([algo], [(values(rs, "uploads"), count), (values(rs, "bits_up"), sci),
+                                  (values(rs, "final_test_acc"), pct), (values(rs, "iters_to_target"), count),
+                                  (values(rs, "uploads_to_target"), count), (values(rs, "bits_to_target"), sci)]))
     targets = [p["sgd"]["target_acc"] for p in per]
     return lines + ["", f"Target per seed = that seed's SGD final − 0.5: {', '.join(f'{t:.1f} %' for t in targets)}."]
 
@@ -147,9 +158,9 @@ def codec_table(seeds, out: Path) -> list[str]:
         for algo in ("sparse", "sasg"):
             rs = [p[algo] for p in per]
             entry = [r["bits_up"] / r["uploads"] / KEPT_PER_MESSAGE for r in rs]
-            lines.append(f"| {algo} | `{codec}` | {spread([r['uploads_to_target'] for r in rs], count)} "
-                         f"| {spread([r['bits_to_target'] for r in rs], sci)} | {spread(ratio(rs, sgd, 'bits_to_target'), saving)} "
-                         f"| {spread(entry, pct)} | {spread([r['final_test_acc'] for r in rs], pct)} |")
+            lines.append(row([algo, f"`{codec}`"], [
+                (values(rs, "uploads_to_target"), count), (values(rs, "bits_to_target"), sci),
+                (ratio(rs, sgd, "bits_to_target"), saving), (entry, pct), (values(rs, "final_test_acc"), pct)]))
     return lines
 
 
@@ -159,10 +170,10 @@ def zoo_table(seeds, out: Path) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for algo in per[0]:
         rs = [p[algo] for p in per]
-        base = [p["sgd"] for p in per]
-        lines.append(f"| `{algo}` | {rs[0]['codec']} | {spread([r['uploads'] for r in rs], count)} "
-                     f"| {spread([r['uploads_to_target'] for r in rs], count)} | {spread([r['bits_to_target'] for r in rs], sci)} "
-                     f"| {spread(ratio(rs, base, 'bits_to_target'), saving)} | {spread([r['final_test_acc'] for r in rs], pct)} |")
+        lines.append(row([f"`{algo}`", rs[0]["codec"]], [
+            (values(rs, "uploads"), count), (values(rs, "uploads_to_target"), count),
+            (values(rs, "bits_to_target"), sci), (ratio(rs, [p["sgd"] for p in per], "bits_to_target"), saving),
+            (values(rs, "final_test_acc"), pct)]))
     return lines
 
 
@@ -188,8 +199,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.render_only:
         needs_default = [t for t in tables if t in ("default", "codec")]
-        first = runs(["default"] if needs_default else [], seeds, args.out, None)
-        run_all(first + runs([t for t in tables if t == "zoo"], seeds, args.out, None), args.jobs)
+        first = runs(["default"] if needs_default else [], seeds, args.out)
+        run_all(first + runs([t for t in tables if t == "zoo"], seeds, args.out), args.jobs)
         if "codec" in tables:
             target = lambda s: load(args.out / "default" / f"seed{s}")["sgd"]["final_test_acc"] - 0.5  # noqa: E731
             run_all(codec_runs(seeds, args.out, target), args.jobs)

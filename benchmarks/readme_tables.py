@@ -37,40 +37,50 @@ OWN_CODEC = {"sign": "sign", "terngrad": "ternary", "qsgd": "elias"}
 WK1_C = "0.002"  # wk1 never skips at c = 2 on this setting (README: its two gradients' noise)
 
 
-def zoo_algorithms() -> list[str]:
+def zoo_algorithms(rows: str = "all") -> list[str]:
+    """The family table's algorithms; ``rows="wk1"``: sgd and the wk1 rows only (no second
+    gradient, so the cheapest lazy rows, and those whose decisions moved most between CPUs)."""
     algos = ["sgd"]
     for comp in COMPRESSORS:
         algos += [f"wk2+{comp}", f"wk1+{comp}"] if comp == "identity" else [f"{t}+{comp}" for t in ("always", "wk2", "wk1")]
-    return algos
+    return algos if rows == "all" else [a for a in algos if a == "sgd" or a.startswith("wk1+")]
 
 
-def zoo_flags() -> list[str]:
-    algos = zoo_algorithms()
+def zoo_flags(rows: str = "all") -> list[str]:
+    algos = zoo_algorithms(rows)
     codecs = ["rice+fp32"] + [f"{a}={OWN_CODEC[a.split('+')[1]]}" for a in algos if a.split("+")[-1] in OWN_CODEC]
     scales = ["2"] + [f"{a}={WK1_C}" for a in algos if a.startswith("wk1+")]
     return ["--algos", ",".join(algos), "--codec", ",".join(codecs), "--threshold-scale", ",".join(scales)]
 
 
-def runs(tables: list[str], seeds: list[int], out: Path) -> list[tuple[Path, list[str]]]:
+def runs(tables: list[str], seeds: list[int], out: Path, zoo_rows: str = "all") -> list[tuple[Path, list[str]]]:
     """(folder, compare flags) of the default and zoo tables' runs."""
     todo = []
     for seed in seeds:
         if "default" in tables:
             todo.append((out / "default" / f"seed{seed}", ["--seed", str(seed)]))
         if "zoo" in tables:
-            todo.append((out / "zoo" / f"seed{seed}", ["--seed", str(seed), *zoo_flags()]))
+            todo.append((out / zoo_folder(zoo_rows) / f"seed{seed}", ["--seed", str(seed), *zoo_flags(zoo_rows)]))
     return todo
 
 
-def codec_runs(seeds, out: Path, sgd_target) -> list[tuple[Path, list[str]]]:
-    """The codec table's runs; ``sgd_target(seed)``: that seed's default-table target."""
+def zoo_folder(rows: str) -> str:
+    return "zoo" if rows == "all" else f"zoo-{rows}"
+
+
+def codec_runs(seeds, out: Path, sgd_target, algos: list[str]) -> list[tuple[Path, list[str]]]:
+    """The codec table's runs of ``algos``; ``sgd_target(seed)``: that seed's default-table target."""
     todo = []
     for seed in seeds:
         for codec in CODECS[1:]:  # paper32: the default table's sparse and sasg
-            todo.append((out / "codec" / f"seed{seed}-{codec}",
-                         ["--seed", str(seed), "--algos", "sparse,sasg", "--codec", f"sparse={codec},sasg={codec}",
-                          "--target-acc", f"{sgd_target(seed):.6g}"]))
+            todo.append((out / codec_folder(algos) / f"seed{seed}-{codec}",
+                         ["--seed", str(seed), "--algos", ",".join(algos),
+                          "--codec", ",".join(f"{a}={codec}" for a in algos), "--target-acc", f"{sgd_target(seed):.6g}"]))
     return todo
+
+
+def codec_folder(algos: list[str]) -> str:
+    return "codec" if list(algos) == ["sparse", "sasg"] else "codec-" + "-".join(algos)
 
 
 def run_all(todo, jobs: int) -> None:
@@ -148,14 +158,14 @@ def default_table(seeds, out: Path) -> list[str]:
     return lines + ["", f"Target per seed = that seed's SGD final − 0.5: {', '.join(f'{t:.1f} %' for t in targets)}."]
 
 
-def codec_table(seeds, out: Path) -> list[str]:
+def codec_table(seeds, out: Path, algos: list[str]) -> list[str]:
     sgd = [load(out / "default" / f"seed{s}")["sgd"] for s in seeds]
     lines = ["| algorithm | codec | uploads→target | bits→target | vs SGD (fp32) | bits per kept entry | final top-1 % |",
              "|---|---|---|---|---|---|---|"]
     for codec in CODECS:
-        per = [load(out / "default" / f"seed{s}") if codec == "paper32" else load(out / "codec" / f"seed{s}-{codec}")
-               for s in seeds]
-        for algo in ("sparse", "sasg"):
+        per = [load(out / "default" / f"seed{s}") if codec == "paper32"
+               else load(out / codec_folder(algos) / f"seed{s}-{codec}") for s in seeds]
+        for algo in algos:
             rs = [p[algo] for p in per]
             entry = [r["bits_up"] / r["uploads"] / KEPT_PER_MESSAGE for r in rs]
             lines.append(row([algo, f"`{codec}`"], [
@@ -164,8 +174,8 @@ def codec_table(seeds, out: Path) -> list[str]:
     return lines
 
 
-def zoo_table(seeds, out: Path) -> list[str]:
-    per = [load(out / "zoo" / f"seed{s}") for s in seeds]
+def zoo_table(seeds, out: Path, rows: str = "all") -> list[str]:
+    per = [load(out / zoo_folder(rows) / f"seed{s}") for s in seeds]
     lines = ["| algorithm | codec | uploads | uploads → target | bits → target | vs sgd | final top-1 % |",
              "|---|---|---|---|---|---|---|"]
     for algo in per[0]:
@@ -193,22 +203,28 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", type=Path, default=Path("runs/readme-tables"))
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each one torch thread)")
+    p.add_argument("--codec-algos", default="sparse,sasg",
+                   help="the codec table's rows: sparse,sasg, or sasg alone (the lazy one, whose decisions move)")
+    p.add_argument("--zoo-rows", choices=("all", "wk1"), default="all",
+                   help="the family table's rows: all 27, or sgd and the 9 wk1 rows (about a tenth of the time)")
     p.add_argument("--render-only", action="store_true", help="print the tables from the runs already made")
     args = p.parse_args()
     tables = [t.strip() for t in args.tables.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    codec_algos = [a.strip() for a in args.codec_algos.split(",")]
     if not args.render_only:
         needs_default = [t for t in tables if t in ("default", "codec")]
         first = runs(["default"] if needs_default else [], seeds, args.out)
-        run_all(first + runs([t for t in tables if t == "zoo"], seeds, args.out), args.jobs)
+        run_all(first + runs([t for t in tables if t == "zoo"], seeds, args.out, args.zoo_rows), args.jobs)
         if "codec" in tables:
             target = lambda s: load(args.out / "default" / f"seed{s}")["sgd"]["final_test_acc"] - 0.5  # noqa: E731
-            run_all(codec_runs(seeds, args.out, target), args.jobs)
+            run_all(codec_runs(seeds, args.out, target, codec_algos), args.jobs)
     import torch
 
     print(f"\nCPU: {cpu_model()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}; one thread per run; "
           f"seeds {', '.join(map(str, seeds))}; cells: mean (min–max) over seeds where they differ.\n")
-    render = {"default": default_table, "codec": codec_table, "zoo": zoo_table}
+    render = {"default": default_table, "codec": lambda seeds, out: codec_table(seeds, out, codec_algos),
+              "zoo": lambda seeds, out: zoo_table(seeds, out, args.zoo_rows)}
     for table in tables:
         print(f"### {table}\n")
         print("\n".join(render[table](seeds, args.out)) + "\n")

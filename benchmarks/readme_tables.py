@@ -106,7 +106,7 @@ def load(folder: Path) -> dict:
 def spread(values, fmt) -> str:
     known = [v for v in values if v is not None]
     if not known:
-        return "not reached"
+        return "not reached" if fmt is not saving else "—"
     text = fmt(statistics.fmean(known))
     if len(set(known)) > 1:
         text += f" ({fmt(min(known))}–{fmt(max(known))})"

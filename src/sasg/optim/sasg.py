@@ -599,7 +599,6 @@ class SASG(torch.optim.Optimizer):
         ``state[p]["momentum_buffer"]`` (views of it, as ``torch.optim.SGD`` keeps them); ``None``:
         no buffer."""
         self._buffers[group] = flat
-        a, b = self._spans[group]
         offset = 0
         for p in self._plist_of(group):
             if flat is None:

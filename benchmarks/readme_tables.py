@@ -108,8 +108,9 @@ def spread(values, fmt) -> str:
     if not known:
         return "not reached" if fmt is not saving else "—"
     text = fmt(statistics.fmean(known))
-    if len(set(known)) > 1:
-        text += f" ({fmt(min(known))}–{fmt(max(known))})"
+    low, high = fmt(min(known)), fmt(max(known))
+    if low != high:  # seeds that differ only below the printed digits show one value
+        text += f" ({low}–{high})"
     if len(known) < len(values):
         text += f" [{len(known)}/{len(values)} seeds]"
     return text

@@ -91,10 +91,10 @@ def test_a_compare_without_sgd_says_what_its_target_columns_need(tmp_path, capsy
     out = tmp_path / "run"
     assert main(["compare", *TINY[:-1], "--algos", "sparse,sasg", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "sgd is not in this comparison" in printed and "--target-acc" in printed
-    assert "sgd is not in this comparison" in (out / "report.md").read_text()
+    assert "sgd is not among this run's algorithms" in printed and "--target-acc" in printed
+    assert "sgd is not among this run's algorithms" in (out / "report.md").read_text()
     assert main(["compare", *TINY, "--algos", "sparse,sasg", "--target-acc", "40", "--out", str(tmp_path / "t")]) == 0
-    assert "sgd is not in this comparison" not in (tmp_path / "t" / "report.md").read_text()
+    assert "sgd is not among this run's algorithms" not in (tmp_path / "t" / "report.md").read_text()
 
 
 def test_threads_come_from_the_flag_then_sasg_threads_then_omp_then_one():

@@ -31,9 +31,9 @@ TOP5_COLUMNS = (
 )
 METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
 # Without sgd there is nothing the default target and the ratios are relative to: say so.
-NO_SGD_NOTE = ("sgd is not in this comparison, so there is no default target (SGD's final accuracy − 0.5) "
-               "and the 'to target' columns are empty (—), as are the ratios against SGD; pass "
-               "--target-acc PERCENT for a target of your own, or add sgd to --algos")
+NO_SGD_NOTE = ("sgd is not among this run's algorithms, so there is no default target (SGD's final "
+               "accuracy − 0.5) and the 'to target' columns are empty (—), as are the ratios against SGD; "
+               "pass --target-acc PERCENT for a target of your own, or add sgd to --algos")
 
 
 def target_note(summary: dict) -> str | None:

@@ -10,15 +10,19 @@ WHEELS ?= /opt/wheels
 .PHONY: demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) and installing sasg, torch 2.13.0 (CPU) and the test tools (about a minute; pip lists each package)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) -e '.[test]'
+	$(BIN)/pip install --progress-bar off $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) -e '.[test]'
 	touch $@
+	@echo "==> installed in $(VENV)"
 
+# One torch thread per process unless OMP_NUM_THREADS is set: many small kernels, often on shared
+# cores (the CLI does the same by itself; pytest's processes need it from here).
 demo: $(BIN)/.installed
 	$(BIN)/sasg compare --out runs/demo --overwrite
 
 test: $(BIN)/.installed
-	$(BIN)/pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/compress.py --quick

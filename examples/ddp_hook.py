@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import sasg.ddp
 from sasg.data import load_mnist5k
+from sasg.threads import use_threads
 
 
 def parse_args():
@@ -102,6 +103,7 @@ def accuracy(model, x, y) -> float:
 
 def main() -> None:
     args = parse_args()
+    use_threads()  # one torch thread per process: ranks share the cores ($SASG_THREADS overrides)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sasg.ddp
 from sasg.data import load_mnist5k
+from sasg.threads import use_threads
 
 
 class MnistFC(L.LightningModule):
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()
+    use_threads()  # one torch thread per process: ranks share the cores ($SASG_THREADS overrides)
 
     L.seed_everything(0, verbose=False)
     data = load_mnist5k()

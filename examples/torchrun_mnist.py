@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sasg.data import load_mnist5k
 from sasg.optim import SASG
+from sasg.threads import use_threads
 
 
 def parse_args():
@@ -48,6 +49,7 @@ def accuracy(model, x, y) -> float:
 
 def main() -> None:
     args = parse_args()
+    use_threads()  # one torch thread per process: ranks share the cores ($SASG_THREADS overrides)
     distributed = "RANK" in os.environ  # started by torchrun
     if distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -40,3 +40,19 @@ def _no_global_rng_use():
     before = torch.random.get_rng_state()
     yield
     assert torch.equal(before, torch.random.get_rng_state()), "global torch RNG was used"
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """The command line sets torch's threads and OMP_NUM_THREADS for its process (sasg.threads);
+    a test that calls it in-process must not change them for the tests after it."""
+    import os
+
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp

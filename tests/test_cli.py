@@ -139,7 +139,7 @@ def test_console_entry_point_and_module(tmp_path):
 GROUPED = {
     "data": ["--dataset", "--data-dir", "--download", "--partition", "--beta", "--shards-per-worker", "--augment",
              "--workers", "--batch-size"],
-    "model": ["--model", "--backend", "--device"],
+    "model": ["--model", "--backend", "--device", "--threads"],
     "optimization": ["--lr", "--lr-decay-epochs", "--lr-decay-factor", "--epochs", "--iterations", "--seed",
                      "--seeds", "--preset"],
     "trigger": ["--window", "--threshold-scale", "--window-sum", "--threshold-lr-lag"],

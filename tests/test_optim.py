@@ -84,14 +84,15 @@ def test_state_dict_resume_gives_the_same_parameters():
     assert opt2.iteration == 25
 
 
-def test_step_needs_a_closure_and_one_param_group():
+def test_step_needs_a_closure_and_a_lazy_rule_one_lr():
     with torch.random.fork_rng():
         model = nn.Linear(3, 2)
     opt = SASG(model.parameters(), lr=0.1)
     with pytest.raises(RuntimeError, match="needs a closure"):
         opt.step()
-    with pytest.raises(ValueError, match="one parameter group"):
-        SASG([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"lazy rule \(wk2\) divides its threshold by one lr.*lrs 0.1, 0.01"):
+        SASG([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.01}], lr=0.1)
+    SASG([{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}], lr=0.1)  # one lr: fine
 
 
 def _tiny(seed=0, dtype=torch.float32):

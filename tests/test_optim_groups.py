@@ -140,11 +140,11 @@ def test_bad_momentum_and_weight_decay_are_value_errors(kw, match):
 
 def test_a_bad_value_set_between_steps_stops_the_step_before_anything_moves():
     model, opt = _run(2, momentum=0.9)
-    before, buf = flat(model).clone(), opt._momentum.clone()
+    before, buf = flat(model).clone(), opt._buffers[0].clone()
     opt.param_groups[0]["momentum"] = 1.5
     with pytest.raises(ValueError, match="momentum must be"):
         opt.step(_closure(model, *_data()))
-    assert torch.equal(flat(model), before) and torch.equal(opt._momentum, buf) and opt.iteration == 2
+    assert torch.equal(flat(model), before) and torch.equal(opt._buffers[0], buf) and opt.iteration == 2
 
 
 # ----- the defaults: every number as before ---------------------------------------------------------
@@ -159,7 +159,7 @@ def test_the_defaults_are_bit_identical_to_the_plain_engine_update(algo):
     assert torch.equal(flat(explicit), reference[-1])
     assert opt.ledger.uploads == opt2.ledger.uploads == uploads
     assert opt.ledger.bits_up == opt2.ledger.bits_up
-    assert opt._momentum is None and not opt.state  # no buffer without momentum
+    assert opt._buffers[0] is None and not opt.state  # no buffer without momentum
     if algo in ("lasg", "sasg"):
         assert 0 < sum(uploads) < rounds  # both uploads and skips
 
@@ -239,9 +239,9 @@ def test_momentum_buffers_are_views_of_one_flat_buffer():
     params = list(model.parameters())
     assert set(opt.state) == set(params)
     views = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in params])
-    assert torch.equal(views, opt._momentum)
-    opt._momentum.mul_(2)  # writing the flat buffer is writing what state[p] shows
-    assert torch.equal(opt.state[params[0]]["momentum_buffer"].reshape(-1), opt._momentum[: params[0].numel()])
+    assert torch.equal(views, opt._buffers[0])
+    opt._buffers[0].mul_(2)  # writing the flat buffer is writing what state[p] shows
+    assert torch.equal(opt.state[params[0]]["momentum_buffer"].reshape(-1), opt._buffers[0][: params[0].numel()])
 
 
 # ----- checkpoints --------------------------------------------------------------------------------
@@ -272,13 +272,13 @@ def test_state_dict_round_trip_carries_the_momentum_buffers_and_continues_exactl
     model2.load_state_dict(model.state_dict())
     opt2 = SASG([*frozen.parameters(), *model2.parameters()], **KW)  # momentum comes from the state
     opt2.load_state_dict(saved)
-    assert opt2.param_groups[0]["momentum"] == 0.9 and torch.equal(opt2._momentum, opt._momentum)
+    assert opt2.param_groups[0]["momentum"] == 0.9 and torch.equal(opt2._buffers[0], opt._buffers[0])
     for _ in range(5):
         opt.step(_closure(model, x, y))
         opt2.step(_closure(model2, x, y))
         assert torch.equal(flat(model), flat(model2))
-    assert torch.equal(opt2._momentum, opt._momentum)
-    assert opt2.state[next(iter(model2.parameters()))]["momentum_buffer"].data_ptr() == opt2._momentum.data_ptr()
+    assert torch.equal(opt2._buffers[0], opt._buffers[0])
+    assert opt2.state[next(iter(model2.parameters()))]["momentum_buffer"].data_ptr() == opt2._buffers[0].data_ptr()
 
 
 def _without(state, index):
@@ -304,11 +304,11 @@ def test_a_wrong_momentum_state_is_refused_and_changes_nothing(change, match):
     model, opt = _run(3, momentum=0.9)
     saved = _saved(opt)
     model2, opt2 = _run(2, momentum=0.5)
-    before = (flat(model2).clone(), opt2._momentum.clone(), copy.deepcopy(opt2.param_groups[0]["momentum"]),
+    before = (flat(model2).clone(), opt2._buffers[0].clone(), copy.deepcopy(opt2.param_groups[0]["momentum"]),
               copy.deepcopy(opt2.engine.state_dict()))
     with pytest.raises(ValueError, match=match):
         opt2.load_state_dict(change(saved))
-    assert torch.equal(flat(model2), before[0]) and torch.equal(opt2._momentum, before[1])
+    assert torch.equal(flat(model2), before[0]) and torch.equal(opt2._buffers[0], before[1])
     assert opt2.param_groups[0]["momentum"] == before[2] and opt2.iteration == 2
     anchor = lambda st: st["workers"]["buffers"]["anchor"]  # noqa: E731
     assert torch.equal(anchor(opt2.engine.state_dict()), anchor(before[3]))
@@ -319,7 +319,7 @@ def test_states_without_buffers_or_without_the_new_keys_load():
     saved = _saved(plain)
     model, opt = _run(2, momentum=0.9)
     opt.load_state_dict(saved)  # saved with momentum 0: no buffer, and the saved momentum 0 wins
-    assert opt._momentum is None and not opt.state and opt.param_groups[0]["momentum"] == 0.0
+    assert opt._buffers[0] is None and not opt.state and opt.param_groups[0]["momentum"] == 0.0
     old = copy.deepcopy(saved)  # as saved before these keys existed: this optimizer's values stay
     for k in ("momentum", "dampening", "weight_decay", "nesterov", "decoupled_weight_decay"):
         del old["param_groups"][0][k]
@@ -327,7 +327,7 @@ def test_states_without_buffers_or_without_the_new_keys_load():
     opt3.load_state_dict(old)
     assert opt3.param_groups[0]["momentum"] == 0.9 and opt3.param_groups[0]["weight_decay"] == 1e-3
     opt3.step(_closure(model3, *_data()))
-    assert opt3._momentum is not None  # the first step with momentum starts the buffer
+    assert opt3._buffers[0] is not None  # the first step with momentum starts the buffer
 
 
 def test_a_float32_buffer_loads_into_float64_and_scheduler_keys_survive():
@@ -343,7 +343,7 @@ def test_a_float32_buffer_loads_into_float64_and_scheduler_keys_survive():
     model64 = _model(dtype=torch.float64)
     opt64 = SASG(model64.parameters(), **KW)
     opt64.load_state_dict(saved)
-    assert opt64._momentum.dtype == torch.float64
+    assert opt64._buffers[0].dtype == torch.float64
     assert opt64.state[next(iter(model64.parameters()))]["momentum_buffer"].dtype == torch.float64
     opt64.step(_closure(model64, *_data(dtype=torch.float64)))
 
@@ -429,7 +429,7 @@ def test_recipe_bf16_autocast_inside_the_closure():
 
     model, opt, losses = train(bf16=True)
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
-    assert opt.engine.workers.error.dtype == torch.float32 and opt._momentum.dtype == torch.float32
+    assert opt.engine.workers.error.dtype == torch.float32 and opt._buffers[0].dtype == torch.float32
     assert sum(opt.ledger.uploads) < 30  # the lazy rule re-evaluated the autocast closure and skipped
     _, _, fp32 = train(bf16=False)
     assert losses[-1] < 0.9 * losses[0] and abs(losses[-1] - fp32[-1]) < 0.05  # trains as fp32 does
@@ -470,7 +470,7 @@ def _momentum_rank(rank, world, folder):
     opt = SASG(model.parameters(), **KW, momentum=0.9, weight_decay=0.01, nesterov=True)
     for _ in range(8):
         opt.step(_closure(model, x, y))
-    torch.save({"theta": flat(model), "buf": opt._momentum, "uploads": opt.ledger.uploads},
+    torch.save({"theta": flat(model), "buf": opt._buffers[0], "uploads": opt.ledger.uploads},
                os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -481,3 +481,101 @@ def test_two_ranks_hold_the_same_parameters_and_buffers_with_momentum(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert torch.equal(r0["theta"], r1["theta"]) and torch.equal(r0["buf"], r1["buf"])
     assert r0["uploads"] == r1["uploads"]
+
+
+# ----- several parameter groups -----------------------------------------------------------------------
+def _two_groups(model, **second):
+    """Weights in group 0, biases in group 1 (the usual "no weight decay on biases" split)."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": weights}, {"params": biases, **second}]
+
+
+def test_two_groups_with_their_own_lrs_are_two_torch_sgd_groups_exactly():
+    # M = 1, algorithm "sgd": each part moves by its own lr times its gradient. At power-of-two lrs
+    # every product is exact, so the parameters are torch.optim.SGD's bit for bit.
+    x, y = _data()
+    ours, theirs = _model(), _model()
+    opt = SASG(_two_groups(ours, lr=0.03125), lr=0.125, algorithm="sgd")
+    ref = torch.optim.SGD(_two_groups(theirs, lr=0.03125), lr=0.125)
+    for _ in range(10):
+        opt.step(_closure(ours, x, y))
+        ref.zero_grad()
+        _closure(theirs, x, y)()
+        ref.step()
+        assert torch.equal(flat(ours), flat(theirs))
+    assert [g["lr"] for g in opt.param_groups] == [0.125, 0.03125]
+
+
+def test_two_groups_with_their_own_weight_decay_and_momentum_follow_torch_sgd():
+    x, y = _data()
+    ours, theirs = _model(), _model()
+    cfg = dict(momentum=0.9, weight_decay=1e-2)
+    opt = SASG(_two_groups(ours, weight_decay=0.0, momentum=0.5), lr=0.1, algorithm="sgd", **cfg)
+    ref = torch.optim.SGD(_two_groups(theirs, weight_decay=0.0, momentum=0.5), lr=0.1, **cfg)
+    for _ in range(10):
+        opt.step(_closure(ours, x, y))
+        ref.zero_grad()
+        _closure(theirs, x, y)()
+        ref.step()
+    torch.testing.assert_close(flat(ours), flat(theirs), rtol=1e-5, atol=1e-6)
+    for p, q in zip(ours.parameters(), theirs.parameters()):  # each group's buffer, lr inside ours
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], 0.1 * ref.state[q]["momentum_buffer"],
+                                   rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("algo", ["sasg", "sparse"])
+def test_groups_sharing_one_lr_and_one_set_of_values_are_the_one_group_run_bit_for_bit(algo):
+    cfg = dict(momentum=0.9, weight_decay=1e-3)
+    one, opt1 = _run(6, algo, **cfg)
+    model = _model()
+    opt2 = SASG(_two_groups(model), **{**KW, "algorithm": algo, **cfg})
+    x, y = _data()
+    for _ in range(6):
+        opt2.step(_closure(model, x, y))
+    # group order differs from model order (weights first), so compare per tensor
+    assert all(torch.equal(p, q) for p, q in zip(one.parameters(), model.parameters()))
+    assert opt2.ledger.uploads == opt1.ledger.uploads
+
+
+def test_sasg_with_no_weight_decay_on_biases_trains_and_checkpoints():
+    x, y = _data()
+    model = _model()
+    opt = SASG(_two_groups(model, weight_decay=0.0, momentum=0.0), **KW, momentum=0.9, weight_decay=1e-2)
+    for _ in range(4):
+        opt.step(_closure(model, x, y))
+    saved = _saved(opt)
+    assert sorted(saved["state"]) == [0, 1]  # only the weights' group has momentum buffers
+    assert len(saved["param_groups"]) == 2 and saved["param_groups"][1]["weight_decay"] == 0.0
+    model2 = _model()
+    model2.load_state_dict(model.state_dict())
+    opt2 = SASG(_two_groups(model2, weight_decay=0.0, momentum=0.0), **KW, momentum=0.9, weight_decay=1e-2)
+    opt2.load_state_dict(saved)
+    for _ in range(3):
+        opt.step(_closure(model, x, y))
+        opt2.step(_closure(model2, x, y))
+    assert torch.equal(flat(model), flat(model2))
+    with pytest.raises(ValueError, match=r"'param_groups' has 1 entries, expected 2"):
+        opt2.load_state_dict({**saved, "param_groups": saved["param_groups"][:1]})
+
+
+def test_lrs_split_between_steps_stop_a_lazy_rules_step_and_say_why():
+    x, y = _data()
+    model = _model()
+    opt = SASG(_two_groups(model), **KW)  # sasg: wk2 reads the lr
+    opt.step(_closure(model, x, y))
+    opt.param_groups[1]["lr"] = 0.05  # as a scheduler with a factor per group would
+    before = flat(model).clone()
+    with pytest.raises(ValueError, match=r"one lr .* lrs 0.1, 0.05; give every group the same lr"):
+        opt.step(_closure(model, x, y))
+    assert torch.equal(flat(model), before) and opt.iteration == 1
+
+
+def test_a_bad_value_in_the_second_group_names_the_group_and_is_a_plain_value_error():
+    model = _model()
+    with pytest.raises(ValueError, match=r"parameter group 1: momentum must be in \[0, 1\), got 1.5") as e:
+        SASG(_two_groups(model, momentum=1.5), **KW)
+    assert type(e.value) is ValueError
+    with pytest.raises(ValueError) as e:
+        SASG(_model().parameters(), **KW, momentum=-1)
+    assert type(e.value) is ValueError  # no private class in the user's traceback

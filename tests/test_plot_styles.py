@@ -94,8 +94,8 @@ def test_twelve_algorithms_draw_twelve_distinct_lines(seeds):
                 assert list(by_label) == list(h)
                 mapping = mapping or by_label
                 assert by_label == mapping  # same algorithm, same style, every panel and file
-        legend = figs[0].axes[0].get_legend()
-        assert legend is not None and len(legend.get_texts()) == 12
+        assert figs[0].axes[0].get_legend() is None  # more than 8: one legend below the panels
+        assert len(figs[0].legends) == 1 and len(figs[0].legends[0].get_texts()) == 12
     finally:
         for fig in figs:
             plt.close(fig)
@@ -120,19 +120,26 @@ def test_plot_curves_writes_the_same_files_for_many_algorithms(tmp_path):
     assert top5 == ["test_top5.png", "test_acc.png", "train_loss.png"]
 
 
-@pytest.mark.parametrize("n", [4, 8, 12])
+@pytest.mark.parametrize("n", [4, 8, 12, 27])
 def test_the_legend_never_covers_the_next_panel(n):
-    # Long names: up to 8 the legend fits in the first panel (fixed margins); more would spill out
-    # of the page or over the second panel, and the constrained layout makes room.
+    # Long names: up to 8 entries the legend fits in the first panel (fixed margins); with more it
+    # goes below the panels, where it covers none of them (the zoo's 27 algorithms included).
     h = {f"a-very-long-algorithm-name-{a}+topk+ef": runs for a, runs in enumerate(histories(n).values())}
     fig = _figure(h, "test_acc", Y_AXES, target=50.0)
     try:
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
-        legend = fig.axes[0].get_legend().get_window_extent(renderer)
-        second = fig.axes[1].get_tightbbox(renderer)
         page = fig.get_window_extent(renderer)
-        assert legend.x1 < second.x0, (legend, second)
+        if n + 1 > 8:
+            assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+            legend = fig.legends[0].get_window_extent(renderer)
+            assert len(fig.legends[0].get_texts()) == n + 1  # every algorithm and the target
+            for ax in fig.axes:
+                assert legend.y1 < ax.get_window_extent(renderer).y0, (legend, ax)
+        else:
+            legend = fig.axes[0].get_legend().get_window_extent(renderer)
+            second = fig.axes[1].get_tightbbox(renderer)
+            assert legend.x1 < second.x0, (legend, second)
         assert page.contains(legend.x0, legend.y0) and page.contains(legend.x1, legend.y1), (legend, page)
     finally:
         plt.close(fig)

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
+from .core.natural import NATURAL, PAPER_CODEC, natural_codec, resolve_codec
 
 
 # Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
@@ -93,7 +94,8 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when available, else cpu (validate() resolves it)
     # How messages become bytes (the ledger counts 8 x those bytes): paper32 (int32 index + 32-bit
     # value, the paper's count), INDEX+VALUE (e.g. rice+sign) or VALUE (dense). `sasg list`.
-    codec: str = "paper32"
+    # "natural": each algorithm's own (paper32 for the paper's four; sasg.core.natural).
+    codec: str = NATURAL
     # paper-scale experiments
     data_dir: str | None = None
     download: bool = False
@@ -132,8 +134,10 @@ class RunConfig:
         return AlgorithmSettings(**{**shared, **{k: v for k, v in own.items() if k in KNOBS}})
 
     def codec_for(self, algorithm: str) -> str:
-        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec``."""
-        return self.per_algorithm.get(str(algorithm).strip().lower(), {}).get("codec", self.codec)
+        """The codec of ``algorithm``: its own from ``per_algorithm``, else ``codec`` (after
+        :meth:`validate`, ``natural`` is resolved into these: see :meth:`_resolve_natural`)."""
+        return resolve_codec(self.per_algorithm.get(str(algorithm).strip().lower(), {}).get("codec", self.codec),
+                             algorithm)
 
     @property
     def paper_alpha(self) -> float:
@@ -234,6 +238,7 @@ class RunConfig:
                 "(add --download on a machine with internet)"
             )
         try:
+            self._resolve_natural(algos)
             self.codec = check_codec(self.codec)
             for knobs in self.per_algorithm.values():
                 if "codec" in knobs:
@@ -258,6 +263,21 @@ class RunConfig:
                     f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
                 )
         return self
+
+    def _resolve_natural(self, algos) -> None:
+        """``natural`` (the default codec) made concrete: an algorithm whose natural codec is not
+        paper32 gets it in ``per_algorithm`` (so config.json shows what priced it), the shared
+        ``codec`` becomes paper32. Afterwards every codec is a name ``check_codec`` knows."""
+        natural = str(self.codec).strip().lower() == NATURAL
+        for a in algos:
+            own = self.per_algorithm.get(a, {})
+            if str(own.get("codec", NATURAL if natural else "")).strip().lower() != NATURAL:
+                continue
+            codec = natural_codec(a)
+            if codec != PAPER_CODEC or "codec" in own:
+                self.per_algorithm.setdefault(a, {})["codec"] = codec
+        if natural:
+            self.codec = PAPER_CODEC
 
     def _check_rounds(self) -> None:
         """``epochs`` x rounds per epoch stays within :data:`MAX_ROUNDS` (an upper estimate of the

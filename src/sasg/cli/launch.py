@@ -392,6 +392,9 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
 
     load_plugins(args.plugin)  # the workers import them again: the flag is forwarded to them
     config = config_from_args(args).validate()
+    from ..threads import choose_threads
+
+    threads = choose_threads(getattr(args, "threads", None))[0]  # a bad count stops here, before any worker
     seeds = list(args.seeds) if getattr(args, "seeds", None) else [config.seed]
     check_checkpoint_flags(args, seeds)
     if args.dry_run:
@@ -422,9 +425,10 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
         targs += ["--rdzv-backend", "static", "--master-addr", args.master_addr or "127.0.0.1",
                   "--master-port", str(args.master_port), "--node-rank", str(args.node_rank)]
     targs += ["-m", WORKER_MODULE, *forwarded]
-    # One intra-op thread per worker, as torchrun would choose: it is also what makes a rank's
-    # gradients bit-identical to the simulator's (see docs/distributed.md). Set it to override.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # One intra-op thread per worker by default, as torchrun would choose: ranks share the cores,
+    # and it is also what makes a rank's gradients bit-identical to the simulator's (see
+    # docs/distributed.md). --threads, $SASG_THREADS or $OMP_NUM_THREADS override it (sasg.threads).
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     _quiet_torchrun_logs()
 
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -92,8 +92,8 @@ def _tensor_policy(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _knob(kind):
-    """A number, or per-algorithm values ``sasg=0.8,lasg=0.2`` (a bare number among them is the
+def _knob(kind, example: str = "sasg=0.8,lasg=0.2"):
+    """A number, or per-algorithm values such as ``example`` (a bare number among them is the
     value of the algorithms not named): ``--threshold-scale 1,sasg=0.8``."""
     number = _number(kind) if kind in (int, float) else kind  # or a parser of its own (_window_sum)
 
@@ -101,11 +101,12 @@ def _knob(kind):
         if "=" not in text:
             return number(text)
         out = PerAlgorithm()
-        for item in _items(text, "sasg=0.8,lasg=0.2"):
+        for item in _items(text, example):
             name, sep, value = (p.strip() for p in item.partition("="))
             key = name.lower() if sep else None
             if sep and not name:
-                raise argparse.ArgumentTypeError(f"{item!r} names no algorithm; write ALGO=VALUE, e.g. sasg=0.8")
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} names no algorithm; write ALGO=VALUE, e.g. {example.split(',')[0]}")
             if key in out:
                 raise argparse.ArgumentTypeError(f"{text!r} gives {'the shared value' if key is None else key} twice")
             out[key] = number(value if sep else item)
@@ -174,6 +175,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g.add_argument("--model", help="fc (784-512-10, default), logreg, lenet5, resnet18, vgg16")
     g.add_argument("--backend", choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
     g.add_argument("--device", help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=_number(int), metavar="N",
+                   help="torch threads per process (default: $SASG_THREADS, else $OMP_NUM_THREADS, else 1: "
+                        "faster than one per core for these small kernels, above all on a busy machine)")
 
     g = groups["optimization"]
     g.add_argument(
@@ -195,33 +199,41 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     seeds.add_argument("--seeds", type=_int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
     g.add_argument("--preset", choices=tuple(PRESETS), help="the paper's experiments: every hyperparameter set at once")
 
-    per = "; per algorithm: ALGO=VALUE,... (e.g. sasg=0.8,lasg=0.2; a bare number for the others)"
+    def per(example: str) -> str:  # the example is one the flag's own parser accepts (a test checks)
+        return f"; per algorithm: ALGO=VALUE,... (e.g. {example}; a bare value for the others)"
+
+    examples = {"window": "sasg=5,lasg=20", "threshold_scale": "sasg=0.8,lasg=0.2", "window_sum": "sasg=D",
+                "threshold_lr_lag": "sasg=1,lasg=0.4", "density": "sasg=0.05,sparse=0.02", "warmup": "sasg=100,sparse=50"}
     g = groups["trigger"]
-    g.add_argument("--window", type=_knob(int), help=f"D, trigger window and max skips in a row ({d.window}){per}")
+    g.add_argument("--window", type=_knob(int, examples["window"]),
+                   help=f"D, trigger window and max skips in a row ({d.window}){per(examples['window'])}")
     g.add_argument(
-        "--threshold-scale", type=_knob(float),
-        help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads){per}",
+        "--threshold-scale", type=_knob(float, examples["threshold_scale"]),
+        help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads)"
+             f"{per(examples['threshold_scale'])}",
     )
     g.add_argument(
-        "--window-sum", type=_knob(_window_sum), metavar="{D-1,D}",
+        "--window-sum", type=_knob(_window_sum, examples["window_sum"]), metavar="{D-1,D}",
         help="how many recent server steps the lazy threshold sums: D-1 (default, the paper's formula) or D "
-             "(all D, a variant for matching the authors' code); per algorithm: ALGO=VALUE,... (e.g. sasg=D)",
+             f"(all D, a variant for matching the authors' code){per(examples['window_sum'])}",
     )
     g.add_argument(
-        "--threshold-lr-lag", type=_knob(float), metavar="EPOCHS",
+        "--threshold-lr-lag", type=_knob(float, examples["threshold_lr_lag"]), metavar="EPOCHS",
         help=f"the lazy threshold divides by the lr of EPOCHS epochs earlier ({d.threshold_lr_lag:g}: this "
              "round's lr; the authors' notebook lags 1, their distributed code 0.4); matters only with "
-             f"--lr-decay-epochs{per}",
+             f"--lr-decay-epochs{per(examples['threshold_lr_lag'])}",
     )
 
     g = groups["compression"]
-    g.add_argument("--density", type=_knob(float),
-                   help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k ({d.density}){per}")
+    g.add_argument("--density", type=_knob(float, examples["density"]),
+                   help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k "
+                        f"({d.density}){per(examples['density'])}")
     g.add_argument("--tensor-policy", type=_tensor_policy, metavar="POLICY",
                    help=f"tensors top-k sends whole ({d.tensor_policy}: compress every tensor, the paper's; auto: "
                         "1-D tensors and tensors of at most 256 entries; or vectors, small=N, e.g. vectors,small=1024)")
-    g.add_argument("--warmup", type=_knob(int), metavar="ROUNDS",
-                   help=f"dense rounds before the algorithm starts ({d.warmup}: none, the paper's){per}")
+    g.add_argument("--warmup", type=_knob(int, examples["warmup"]), metavar="ROUNDS",
+                   help=f"dense rounds before the algorithm starts ({d.warmup}: none, the paper's)"
+                        f"{per(examples['warmup'])}")
 
     g = groups["evaluation"]
     g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
@@ -243,15 +255,34 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
                    help="also log accuracy, loss, uploads and bits to TensorBoard in DIR "
                         "(needs the tensorboard package: pip install 'sasg[tensorboard]')")
     g = groups["compression"]
-    g.add_argument(
-        "--codec", type=_codec_arg,
-        help="how messages become bytes; bits are 8 x those bytes: paper32 (default: int32 index + "
-             "32-bit value, the paper's count) or INDEX+VALUE, e.g. rice+sign (index codes idx32, rice, "
-             "bitmap, auto; values fp32, fp16, bf16, int8, sign). A dense algorithm uses the value "
-             "format alone. Per algorithm: sparse=rice+sign,sasg=rice+sign (the others keep paper32)",
-    )
+    g.add_argument("--codec", type=_codec_arg, help=codec_help())
     add_plugin_flag(p)
     return groups
+
+
+def codec_help() -> str:
+    """``--codec``'s help, its lists read from the registry (what ``sasg list`` shows)."""
+    from ..core import REGISTRIES
+
+    names = lambda kind: ", ".join(REGISTRIES[kind].names())  # noqa: E731
+    return (
+        "how messages become bytes; bits are 8 x those bytes. Default: natural, each algorithm's own "
+        "(paper32 for sgd, sparse, lasg, sasg and the presets: int32 index + 32-bit value, the paper's "
+        f"count; {own_codecs()}). Codecs: "
+        f"{names('codec')}, or INDEX+VALUE such as rice+sign with index codes {names('index')} and "
+        f"value formats {names('value')}; a dense algorithm uses the value format alone. Per "
+        "algorithm: sparse=rice+sign,sasg=rice+sign (a bare name for the others)"
+    )
+
+
+def own_codecs() -> str:
+    """``elias for qsgd, sign for sign, ...``: the registered compressors whose natural codec is
+    not paper32 (see sasg.core.natural)."""
+    from ..core import REGISTRIES
+    from ..core.natural import PAPER_CODEC, natural_codec
+
+    own = ((name, natural_codec(f"always+{name}")) for name in REGISTRIES["compressor"].names())
+    return ", ".join(f"{codec} for {name}" for name, codec in own if codec != PAPER_CODEC) or "none"
 
 
 def add_checkpoint_flags(p) -> None:
@@ -466,12 +497,14 @@ def execute(args: argparse.Namespace) -> int:
     from ..report import write_run_folder
     from ..report.rundir import StopCheck, check_destination, check_separate_folders, default_run_dir, staged_run_dir
 
+    from ..threads import use_threads
+
     plugins = load_plugins(args.plugin)
     if args.seeds:
         check_seeds(args.seeds)
     config = config_from_args(args).validate()
     seeds = list(args.seeds) if args.seeds else [config.seed]
-    settings = resolved(config, seeds)
+    settings = {**resolved(config, seeds), **use_threads(args.threads)}
     if plugins:
         settings["plugins"] = plugins
     if args.dry_run:
@@ -504,6 +537,7 @@ def execute(args: argparse.Namespace) -> int:
 def announce(asked: Path, written: Path, summary: dict, quiet: bool) -> None:
     """After a run folder is written: where it went (and why not where asked), and the table."""
     from ..report import ratio_lines, text_table
+    from ..report.table import target_note
 
     if written != asked:
         print(f"sasg: note: {asked} was filled by another run meanwhile; this run is in {written}", file=sys.stderr)
@@ -511,6 +545,8 @@ def announce(asked: Path, written: Path, summary: dict, quiet: bool) -> None:
         print(text_table(summary["records"]))
         for line in ratio_lines(summary["vs_sgd"]):
             print(line)
+        if target_note(summary):
+            print(f"note: {target_note(summary)}")
     print(f"run folder: {written}", flush=True)
 
 

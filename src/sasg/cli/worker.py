@@ -156,7 +156,10 @@ def train(args) -> int:
     from ..plugins import load_plugins
     from ..sim import retain_freed_memory
 
+    from ..threads import use_threads
+
     retain_freed_memory()  # process-wide: the worker process is a command-line entry point
+    threads = use_threads(getattr(args, "threads", None))  # also process-wide, for the same reason
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args.command = "launch"
     plugins = load_plugins(args.plugin)
@@ -241,7 +244,7 @@ def train(args) -> int:
         })
 
     if rank == 0:
-        settings = resolved(config, seeds)
+        settings = {**resolved(config, seeds), **threads}
         if plugins:
             settings["plugins"] = plugins
         from ..experiment import partition_report

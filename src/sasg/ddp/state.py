@@ -199,9 +199,12 @@ class HookState:
 
     @property
     def ledger(self):
-        """The engine's ledger: per compressed round, uploads and bits (uplink: 8 x the bytes of
-        the messages; downlink: the parameter-server convention; flags/sizes)."""
-        return self.start().engine.ledger
+        """Per compressed round, uploads and bits, in a DDP job's terms (:mod:`sasg.ddp.ledger`:
+        ``totals()`` has no parameter-server downlink and labels the sizes or flags exchange)."""
+        from .ledger import HookLedger
+
+        engine = self.start().engine
+        return HookLedger(engine.ledger, sizes=not engine.template.fixed_size(self.algorithm.codec))
 
     @property
     def bits_by_rank(self) -> list[int]:

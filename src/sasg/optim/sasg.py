@@ -36,6 +36,7 @@ from torch import Tensor
 from ..config import MAX_ROUNDS, MAX_SEED
 from ..core.layout import Layout
 from ..core.momentum import compressed_entries, factor_mask_
+from ..core.natural import resolve_codec
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
 from ..core.state import check_like, part_name
 from ..engine import InProcessTransport, RoundEngine
@@ -88,12 +89,12 @@ def _check_group_keys(group: Mapping) -> None:
         raise ValueError(f"SASG parameter groups do not take {key!r}: {why}; a group takes {_known_keys()}")
 
 
-class _BadValue(ValueError):
-    """A group's value that SASG cannot use; ``key`` names it."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
+def _bad_value(key: str, message: str) -> ValueError:
+    """A plain ``ValueError`` (what a user's traceback shows) for a group's value SASG cannot use;
+    its ``key`` attribute names the value, so a checkpoint load can say where it was."""
+    error = ValueError(message)
+    error.key = key
+    return error
 
 
 def _check_update(group: Mapping) -> tuple[float, float, float, float, bool, bool]:
@@ -102,20 +103,20 @@ def _check_update(group: Mapping) -> tuple[float, float, float, float, bool, boo
     try:
         lr = _check_lr(group["lr"])
     except ValueError as e:
-        raise _BadValue("lr", str(e)) from None
+        raise _bad_value("lr", str(e)) from None
     momentum, dampening, weight_decay = group["momentum"], group["dampening"], group["weight_decay"]
     for key, v, ok, span in (("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
                              ("dampening", dampening, lambda v: 0 <= v <= 1, "in [0, 1]"),
                              ("weight_decay", weight_decay, lambda v: 0 <= v < float("inf"), "a finite number >= 0")):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-            raise _BadValue(key, f"{key} must be {span}, got {v!r}")
+            raise _bad_value(key, f"{key} must be {span}, got {v!r}")
     momentum, dampening, weight_decay = float(momentum), float(dampening), float(weight_decay)
     nesterov, decoupled = group["nesterov"], group["decoupled_weight_decay"]
     for key, v in (("nesterov", nesterov), ("decoupled_weight_decay", decoupled)):
         if not isinstance(v, bool):
-            raise _BadValue(key, f"{key} must be True or False, got {v!r}")
+            raise _bad_value(key, f"{key} must be True or False, got {v!r}")
     if nesterov and (momentum == 0 or dampening != 0):
-        raise _BadValue(
+        raise _bad_value(
             "nesterov",
             "nesterov needs momentum > 0 and dampening 0: its look-ahead step u + momentum * b is "
             f"defined for undamped heavy-ball momentum (got momentum {momentum:g}, dampening {dampening:g})"
@@ -275,10 +276,15 @@ class SASG(torch.optim.Optimizer):
             return total
 
     Args:
-        params: the model's parameters, or one parameter group (a dict with ``params`` and any of
+        params: the model's parameters, or parameter groups (dicts with ``params`` and any of
             ``lr``, ``momentum``, ``dampening``, ``weight_decay``, ``nesterov``,
-            ``decoupled_weight_decay``; any other key is a ``ValueError`` that names it). One
-            group: one lr for all, which the lazy rule uses. Tensors with ``requires_grad=False``
+            ``decoupled_weight_decay``; any other key is a ``ValueError`` that names it). Each
+            group's momentum and weight decay act on its part of the aggregated step (e.g. no weight
+            decay on biases and norms). Groups may have their own lr unless the trigger is lazy: a
+            lazy rule's threshold divides by one lr, so it refuses lrs that differ, at construction
+            or at the step where a scheduler makes them differ. With differing lrs each message
+            carries its group's lr (the engine scales by the largest, the gradient of a group by its
+            lr over that one). Tensors with ``requires_grad=False``
             (frozen) and empty tensors are left alone and never sent; the set of trained tensors
             is fixed here, as every rank must agree on the message layout.
         lr: step size on the **mean** of the workers' gradients (eta), as with DDP. The paper's
@@ -296,7 +302,8 @@ class SASG(torch.optim.Optimizer):
             Buffers are not copied: pass identically initialised models if they matter.
         restore_buffers: tensors (e.g. ``model.buffers()``) put back after the anchor evaluation,
             so BatchNorm running statistics only see the fresh forward pass.
-        codec: how messages become bytes, and so what the ledger counts (``paper32``: int32 index +
+        codec: how messages become bytes, and so what the ledger counts (default: the algorithm's
+            natural codec, ``paper32`` for the paper's four, ``elias`` for QSGD; ``paper32``: int32 index +
             32-bit value; or ``INDEX+VALUE`` such as ``rice+sign``, see ``sasg list``). With a lossy
             value format the parameters move by the decoded message and error feedback keeps the
             rest.
@@ -340,7 +347,7 @@ class SASG(torch.optim.Optimizer):
         group=None,
         broadcast_initial: bool = True,
         restore_buffers: Iterable[Tensor] | None = None,
-        codec: str = "paper32",
+        codec: str | None = None,
         seed: int = 0,
         window_sum: str = "D-1",
         threshold_lr_lag: int = 0,
@@ -375,10 +382,9 @@ class SASG(torch.optim.Optimizer):
                 raise ValueError(f"restore_buffers must be tensors (e.g. model.buffers()), got {type(bad).__name__}")
         params = _no_duplicates(params)
         super().__init__(params, {**defaults, "lr": float(lr)})
-        if len(self.param_groups) != 1:
-            raise ValueError("SASG takes one parameter group (one lr for all parameters; the lazy rule uses it)")
-        _check_update(self.param_groups[0])  # the group's own values, where it set any
-        given: list[Tensor] = self.param_groups[0]["params"]
+        self._group_updates()  # every group's own values, where it set any
+        # All groups' tensors in order, as torch.optim numbers them in state_dict().
+        given: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
         if not given:
             raise ValueError("SASG got no parameters")
         first = given[0]
@@ -392,9 +398,15 @@ class SASG(torch.optim.Optimizer):
         if not plist:
             raise ValueError("SASG got no trainable parameters (all have requires_grad=False or are empty)")
         self._plist = plist
-        # Their indices in the group: the keys of their entries in state_dict()["state"].
+        # Their indices over all groups: the keys of their entries in state_dict()["state"].
         self._trained = [i for i, p in enumerate(given) if p.requires_grad and p.numel() > 0]
-        self._momentum: Tensor | None = None  # flat buffer b; state[p]["momentum_buffer"] are views of it
+        # Each group's part of the flat vector (its trained tensors lie together, in order).
+        sizes = [sum(p.numel() for p in g["params"] if p.requires_grad and p.numel() > 0) for g in self.param_groups]
+        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        self._spans = [(end - size, end) for size, end in zip(sizes, ends)]
+        # One flat momentum buffer b per group (None until its first step with momentum);
+        # state[p]["momentum_buffer"] are views of it.
+        self._buffers: list[Tensor | None] = [None] * len(self.param_groups)
         self._cuda_rng = cuda_rng_device(first.device)  # the generator dropout on these parameters uses
         self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(plist))
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
@@ -403,8 +415,8 @@ class SASG(torch.optim.Optimizer):
                                                                      tensor_policy=tensor_policy, warmup=warmup))
         if not isinstance(momentum_correction, bool):
             raise ValueError(f"momentum_correction must be True or False, got {momentum_correction!r}")
-        pg = self.param_groups[0]
-        if momentum_correction and (pg["nesterov"] or pg["dampening"] or pg["decoupled_weight_decay"]):
+        if momentum_correction and any(g["nesterov"] or g["dampening"] or g["decoupled_weight_decay"]
+                                       for g in self.param_groups):
             raise ValueError("momentum_correction works with plain heavy-ball momentum and coupled weight decay: "
                              "nesterov, dampening and decoupled_weight_decay must be off")
         # DGC's local velocity (gradient units), when momentum is corrected (see step)
@@ -412,7 +424,8 @@ class SASG(torch.optim.Optimizer):
             if momentum_correction else None
         self._compressed = compressed_entries(self.layout, self.spec.settings.tensor_policy, first.device) \
             if momentum_correction else None
-        self.algorithm = self.spec.build(self.layout, check_codec(codec))
+        self.algorithm = self.spec.build(self.layout, check_codec(resolve_codec(codec, self.spec.name)))
+        self._one_lr([u[0] for u in self._group_updates()])
         if transport is None:
             import torch.distributed as dist
 
@@ -513,13 +526,18 @@ class SASG(torch.optim.Optimizer):
             )
         cuda = self._cuda_rng
         rng = rng_state(cuda)  # read only: the closure's own random draws (dropout) ...
-        update = _check_update(self.param_groups[0])  # a scheduler may have set lr (or momentum)
-        lr, momentum, _, weight_decay = update[:4]
+        updates = self._group_updates()  # a scheduler may have set lr (or momentum)
+        lr = self._one_lr([u[0] for u in updates])
         loss = self._evaluate(closure)
         self._check_grads()
         theta = self._flat_params()
         grad = self._flat_grads()
         after = rng_state(cuda)
+        # Groups with their own lr (no lazy rule: _one_lr): the engine forms (lr/M)·g' with the
+        # largest lr, and g' is each group's gradient times its lr / that lr, so every message
+        # carries its own group's lr. grad itself stays the fresh gradient (left in .grad).
+        sent = grad if lr is not None else grad * self._lr_scale([u[0] for u in updates])
+        lr = lr if lr is not None else max(u[0] for u in updates)
 
         def stale(anchor: Tensor) -> Tensor:
             saved = [b.detach().clone() for b in self._restore]
@@ -539,34 +557,42 @@ class SASG(torch.optim.Optimizer):
         anchor = self.engine.workers.anchor
         threshold_lr = self._threshold_lr(lr) if self._lag else None
         if self._velocity is not None:
-            self._corrected_step(theta, grad, stale, anchor, lr, momentum, weight_decay, threshold_lr)
+            if sent is not grad:
+                raise ValueError("momentum_correction needs one lr for every parameter group (the velocity is "
+                                 "error-fed with it); give the groups the same lr")
+            self._corrected_step(theta, grad, stale, anchor, lr, updates, threshold_lr)
             self._write(theta)
             self._write(grad, grads=True)
             return loss
         # With momentum or weight decay the update starts again from theta^k, on the engine's
         # aggregated step; with neither, the engine's own theta^k - s^k stands (bit for bit).
-        start = theta.clone() if momentum != 0 or weight_decay != 0 else None
-        self.engine.step(theta, grad.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr, threshold_lr)
+        start = theta.clone() if any(u[1] != 0 or u[3] != 0 for u in updates) else None
+        self.engine.step(theta, sent.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr, threshold_lr)
         if start is not None:
-            self._update(start, update)
+            self._update(start, updates)
             theta = start
         self._write(theta)
         self._write(grad, grads=True)
         return loss
 
-    def _corrected_step(self, theta, grad, stale, anchor, lr, momentum, weight_decay, threshold_lr) -> None:
+    def _corrected_step(self, theta, grad, stale, anchor, lr, updates, threshold_lr) -> None:
         r"""DGC's momentum correction (:mod:`sasg.core.momentum`): the velocity
-        :math:`u \leftarrow \mu u + g + \lambda	heta` is what the round error-feeds and compresses,
-        the engine's :math:`	heta - \sum_m q_m` is the whole update, and the velocity is cleared
+        :math:`u \leftarrow \mu u + g + \lambda\theta` is what the round error-feeds and compresses,
+        the engine's :math:`\theta - \sum_m q_m` is the whole update, and the velocity is cleared
         where this worker's message sent a compressed tensor's entry. A lazy rule compares
-        velocities: the stale one is :math:`\mu u + g(\hat	heta) + \lambda\hat	heta` with the same
+        velocities: the stale one is :math:`\mu u + g(\hat\theta) + \lambda\hat\theta` with the same
         :math:`u`, so their difference is the gradients' plus the decay term's drift."""
         u = self._velocity
-        fresh = grad.add(theta, alpha=weight_decay).add_(u, alpha=momentum)
+
+        def velocity(g: Tensor, at: Tensor) -> Tensor:  # g + lambda at + mu u, each group its own
+            for (a, b), update in zip(self._spans, updates):
+                g[a:b].add_(at[a:b], alpha=update[3]).add_(u[a:b], alpha=update[1])
+            return g
+
+        fresh = velocity(grad.clone(), theta)
 
         def stale_velocity(rows):
-            a = anchor[0]
-            return stale(a).add_(a, alpha=weight_decay).add_(u, alpha=momentum).reshape(1, -1)
+            return velocity(stale(anchor[0]), anchor[0]).reshape(1, -1)
 
         flags = self.engine.step(theta, fresh.reshape(1, -1), stale_velocity, lr, threshold_lr)
         u.copy_(fresh)
@@ -586,25 +612,73 @@ class SASG(torch.optim.Optimizer):
             lrs.popleft()  # the lr of step k - L is the last change at or before it
         return lrs[0][1]
 
-    def _update(self, theta: Tensor, update: tuple) -> None:
-        """theta^k -> theta^{k+1} in place by :func:`sasg_update` on the round's aggregated step."""
-        lr, momentum, dampening, weight_decay, nesterov, decoupled = update
-        buf = sasg_update(theta, self.engine.last_step, self._momentum, lr=lr, momentum=momentum,
-                          dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                          decoupled_weight_decay=decoupled)
-        if buf is not None and buf is not self._momentum:
-            self._set_momentum(buf)
+    def _group_updates(self) -> list[tuple]:
+        """:func:`_check_update` of every group; with several, an error names the group."""
+        if len(self.param_groups) == 1:
+            return [_check_update(self.param_groups[0])]
+        out = []
+        for i, group in enumerate(self.param_groups):
+            try:
+                out.append(_check_update(group))
+            except ValueError as e:
+                raise _bad_value(getattr(e, "key", ""), f"parameter group {i}: {e}") from None
+        return out
 
-    def _set_momentum(self, flat: Tensor | None) -> None:
-        """Hold the flat momentum buffer and show it per parameter as ``state[p]["momentum_buffer"]``
-        (views of it, as ``torch.optim.SGD`` keeps them); ``None``: no buffer."""
-        self._momentum = flat
-        views = self.layout.views(flat) if flat is not None else {}
-        for i, p in enumerate(self._plist):
+    def _one_lr(self, lrs: list[float]) -> float | None:
+        """The lr of every group, or None where groups differ and the algorithm can take that.
+
+        A lazy rule cannot: its threshold Σ‖θ^{j+1} − θ^j‖² / (c·M·η) divides by one lr, and
+        groups with their own lrs have none (the step of each part moves with its own lr)."""
+        if all(lr == lrs[0] for lr in lrs):
+            return lrs[0]
+        if self.algorithm.lazy:
+            raise ValueError(
+                f"SASG's lazy rule ({self.spec.trigger}) divides its threshold by one lr "
+                f"(sum of |theta^(j+1) - theta^j|^2 / (c * M * lr)), but the parameter groups have lrs "
+                f"{', '.join(f'{lr:g}' for lr in lrs)}; give every group the same lr (per-group "
+                "weight_decay, momentum, dampening and nesterov work with any algorithm), or use a "
+                "trigger that reads no lr, e.g. algorithm='sparse' (always+topk) or 'sgd'"
+            )
+        return None
+
+    def _lr_scale(self, lrs: list[float]) -> Tensor:
+        """Per entry of the flat vector: its group's lr / the largest lr."""
+        top = max(lrs)
+        scale = torch.empty(self._spans[-1][1], device=self._plist[0].device, dtype=self._plist[0].dtype)
+        for (a, b), lr in zip(self._spans, lrs):
+            scale[a:b] = lr / top
+        return scale
+
+    def _update(self, theta: Tensor, updates: list[tuple]) -> None:
+        """theta^k -> theta^{k+1} in place by :func:`sasg_update` on the round's aggregated step,
+        each group's part with its own hyperparameters (one group: the whole vector at once)."""
+        step = self.engine.last_step
+        for g, ((a, b), update) in enumerate(zip(self._spans, updates)):
+            if a == b:
+                continue
+            lr, momentum, dampening, weight_decay, nesterov, decoupled = update
+            whole = len(self._spans) == 1
+            buf = sasg_update(theta if whole else theta[a:b], step if whole else step[a:b], self._buffers[g],
+                              lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                              nesterov=nesterov, decoupled_weight_decay=decoupled)
+            if buf is not None and buf is not self._buffers[g]:
+                self._set_momentum(g, buf)
+
+    def _set_momentum(self, group: int, flat: Tensor | None) -> None:
+        """Hold group ``group``'s flat momentum buffer and show it per parameter as
+        ``state[p]["momentum_buffer"]`` (views of it, as ``torch.optim.SGD`` keeps them); ``None``:
+        no buffer."""
+        self._buffers[group] = flat
+        offset = 0
+        for p in self._plist_of(group):
             if flat is None:
                 self.state.pop(p, None)
             else:
-                self.state[p]["momentum_buffer"] = views[str(i)]
+                self.state[p]["momentum_buffer"] = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def _plist_of(self, group: int) -> list[Tensor]:
+        return [p for p in self.param_groups[group]["params"] if p.requires_grad and p.numel() > 0]
 
     # ----- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -632,18 +706,21 @@ class SASG(torch.optim.Optimizer):
         part missing or wrong is one ``ValueError`` naming it, and this optimizer is left as it was."""
         check_like(state_dict, {
             "state": self._check_state,  # torch.optim's per-parameter state: the momentum buffers
-            "param_groups": [self._check_group],
+            "param_groups": [lambda saved, where, i=i: self._check_group(saved, where, i)
+                             for i in range(len(self.param_groups))],
             "sasg": self._check_sasg,
         })
         state_dict = dict(state_dict)
         saved = state_dict.pop("sasg")
         engine = {k: v for k, v in saved.items() if k not in _NOT_ENGINE}
-        mine = {k: self.param_groups[0][k] for k in UPDATE_DEFAULTS}
+        mine = [{k: group[k] for k in UPDATE_DEFAULTS} for group in self.param_groups]
         super().load_state_dict(state_dict)  # checked: takes it whole
-        for k, v in mine.items():  # a state saved before a key existed keeps this optimizer's value
-            self.param_groups[0].setdefault(k, v)
-        bufs = [self.state.get(p, {}).get("momentum_buffer") for p in self._plist]
-        self._set_momentum(None if bufs[0] is None else torch.cat([b.reshape(-1) for b in bufs]))
+        for group, values in zip(self.param_groups, mine):
+            for k, v in values.items():  # a state saved before a key existed keeps this optimizer's value
+                group.setdefault(k, v)
+        for g in range(len(self.param_groups)):
+            bufs = [self.state.get(p, {}).get("momentum_buffer") for p in self._plist_of(g)]
+            self._set_momentum(g, None if not bufs or bufs[0] is None else torch.cat([b.reshape(-1) for b in bufs]))
         self.engine._apply_state(engine)
         if self._velocity is not None:
             self._velocity.copy_(saved["velocity"])
@@ -677,15 +754,15 @@ class SASG(torch.optim.Optimizer):
             check_like(saved.get("velocity"), self._velocity, part_name(where, "velocity"))
         self.engine.check_state_dict({k: v for k, v in saved.items() if k not in _NOT_ENGINE}, where)
 
-    def _check_group(self, group, where: str) -> None:
+    def _check_group(self, group, where: str, index: int = 0) -> None:
         """The saved parameter group: this one's parameters (as many) and usable hyperparameters
         (one missing, from a state saved before it existed, is this optimizer's own). Keys that
         schedulers write (``initial_lr``, ``max_momentum``, ...) are kept; keys of other
         optimizers that SASG refuses (``maximize``, ``betas``, ...) are refused here too."""
         if not isinstance(group, Mapping) or "params" not in group or "lr" not in group:
             raise ValueError(f"state part {where!r} must be a parameter group with 'params' and 'lr'")
-        n = len(self.param_groups[0]["params"])
-        check_like(group["params"], [0] * n, part_name(where, "params"))
+        mine = self.param_groups[index]
+        check_like(group["params"], [0] * len(mine["params"]), part_name(where, "params"))
         for key in group:
             if key in _REFUSED or key in _ADAPTIVE:
                 try:
@@ -693,9 +770,9 @@ class SASG(torch.optim.Optimizer):
                 except ValueError as e:
                     raise ValueError(f"state part {part_name(where, key)!r}: {e}") from None
         try:
-            _check_update({**{k: self.param_groups[0][k] for k in UPDATE_DEFAULTS}, **group})
-        except _BadValue as e:
-            raise ValueError(f"state part {part_name(where, e.key)!r}: {e}") from None
+            _check_update({**{k: mine[k] for k in UPDATE_DEFAULTS}, **group})
+        except ValueError as e:
+            raise ValueError(f"state part {part_name(where, getattr(e, 'key', ''))!r}: {e}") from None
 
     def _check_state(self, saved, where: str) -> None:
         """The per-parameter state: empty (no momentum buffer yet) or one ``momentum_buffer`` of
@@ -703,20 +780,27 @@ class SASG(torch.optim.Optimizer):
         _a_dict(saved, where)
         if not saved:
             return
-        given = self.param_groups[0]["params"]
+        given = [p for group in self.param_groups for p in group["params"]]
         for key in saved:
             if key not in self._trained:
                 raise ValueError(
                     f"state part {part_name(where, key)!r} is not the state of a parameter SASG trains "
                     "(frozen, empty or out of range: saved for another model?)"
                 )
-        for i in self._trained:
-            if i not in saved:
-                raise ValueError(
-                    f"state part {part_name(where, i)!r} is missing: the momentum buffer is saved for "
-                    "some parameters, so it must be there for all"
-                )
-            check_like(saved[i], {"momentum_buffer": given[i].detach()}, part_name(where, i))
+        # A group's buffer is one flat tensor: saved for all of its parameters or for none.
+        start = 0
+        for group in self.param_groups:
+            indices = [i for i in range(start, start + len(group["params"])) if i in self._trained]
+            start += len(group["params"])
+            if not any(i in saved for i in indices):
+                continue
+            for i in indices:
+                if i not in saved:
+                    raise ValueError(
+                        f"state part {part_name(where, i)!r} is missing: the momentum buffer is saved for "
+                        "some parameters of its group, so it must be there for all of them"
+                    )
+                check_like(saved[i], {"momentum_buffer": given[i].detach()}, part_name(where, i))
 
 
 # The settings a state saved before --window-sum, --threshold-lr-lag, the tensor policy, the warm-up

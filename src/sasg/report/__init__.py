@@ -32,7 +32,7 @@ def write_run_folder(folder: Path, runs, config, extra: dict | None = None) -> d
             histories.setdefault(name, []).append(r.history)
     metric = "test_top5" if config.target_metric == "top5" else "test_acc"
     plots = plot_curves(histories, folder, summary["target_acc"], metric)
-    (folder / "report.md").write_text(render_report(summary, plots))
+    (folder / "report.md").write_text(render_report(summary, plots, resolved))
     return summary
 
 

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from .groups import grid_lines
-from .table import METRIC_NAMES, markdown_table, ratio_lines, table_notes
+from .table import METRIC_NAMES, NO_SGD_NOTE, markdown_table, ratio_lines, table_notes
 
 
-def render_report(summary: dict, plots: list[str]) -> str:
+def render_report(summary: dict, plots: list[str], settings: dict | None = None) -> str:
+    """The report's Markdown; ``settings`` (``config.json``'s content) adds how it ran (threads)."""
     cfg = summary["config"]
     lines = [
         "# sasg comparison",
         "",
         f"Data `{cfg['dataset']}`, model `{cfg['model']}`, {cfg['workers']} workers × batch "
         f"{cfg['batch_size']}, lr {cfg['lr']} on the mean gradient (paper α = {cfg['paper_alpha']:g}), "
-        f"density {cfg['density']}, window D = {cfg['window']}, c = {cfg['threshold_scale']}{_variants(cfg)}, "
+        f"density {_per(cfg, 'density')}, window D = {_per(cfg, 'window')}, "
+        f"c = {_per(cfg, 'threshold_scale')}{_variants(cfg)}, "
         f"{_length(cfg)}, {_seeds(summary)}. Partition: {_partition(cfg)}. Augmentation: {cfg.get('augment', 'none')}. "
         f"Learning rate: {_schedule(cfg)}. Bits up are 8 × the bytes each algorithm's codec produced "
         "(codec column; `paper32`: 32 bits per value + 32 per index, the paper's count); bits down are "
-        "the parameter-server convention, a dense fp32 broadcast of θ to every worker each round.",
+        "the parameter-server convention, a dense fp32 broadcast of θ to every worker each round."
+        + _threads(settings),
         "",
         _target_line(summary),
         "",
@@ -49,8 +52,10 @@ def _target_line(summary: dict) -> str:
     cfg, target = summary["config"], summary["target_acc"]
     metric = METRIC_NAMES.get(summary.get("target_metric", "top1"), "top-1")
     line = f"Target test {metric} accuracy: {'none' if target is None else f'{target:.2f} %'}"
-    if cfg.get("target_acc") is not None or "sgd" not in cfg.get("algorithms", ["sgd"]):
-        return line
+    if cfg.get("target_acc") is not None:
+        return line + " (--target-acc)"
+    if "sgd" not in cfg.get("algorithms", ["sgd"]):
+        return line + f". {NO_SGD_NOTE}"
     if target is None:
         return line + " (SGD diverged or failed, so there is no default target; pass --target-acc)"
     return line + f" (SGD's final {metric} accuracy − 0.5 points)"
@@ -98,6 +103,22 @@ def _variants(cfg: dict) -> str:
         for name, knobs in (cfg.get("per_algorithm") or {}).items() if words(knobs, shared)
     ]
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _per(cfg: dict, knob: str) -> str:
+    """A knob's shared value and, where a run gave some algorithms their own, those as used:
+    ``2 (sasg: 0.8, lasg: 0.2)``. An override naming the shared value is left out."""
+    shared = cfg[knob]
+    own = [f"{name}: {knobs[knob]:g}" for name, knobs in (cfg.get("per_algorithm") or {}).items()
+           if knob in knobs and knobs[knob] != shared]
+    return f"{shared:g}" + (f" ({', '.join(own)})" if own else "")
+
+
+def _threads(settings: dict | None) -> str:
+    if not settings or settings.get("threads") is None:
+        return ""
+    source = settings.get("threads_from")
+    return f" Torch threads per process: {settings['threads']}" + (f" ({source})." if source else ".")
 
 
 def _length(cfg: dict) -> str:

@@ -82,6 +82,10 @@ def _key(style: dict):
     return style["color"], str(style["linestyle"]), style["marker"]
 
 
+# Up to this many entries the legend sits in the first panel; more go below the panels in columns.
+LEGEND_INSIDE_MAX = 8
+LEGEND_COLUMNS = 5
+
 X_AXES = (
     ("iteration", "iterations", False),
     ("uploads", "communication rounds (uploads)", False),
@@ -178,7 +182,13 @@ def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | No
     uses the same algorithm -> style mapping, ``styles_for(histories)`` unless given."""
     label = (y_axes or Y_AXES).get(ykey, (ykey,))[0]
     styles = styles_for(histories) if styles is None else styles
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    entries = len(histories) + (ykey == metric and target is not None)
+    many = entries > LEGEND_INSIDE_MAX
+    # Many algorithms: the legend goes below the panels, in columns, and the figure grows to hold
+    # it; inside a panel it would hide that panel's curves. The constrained layout places it.
+    columns = min(LEGEND_COLUMNS, max(1, entries))
+    height = 4.2 + (0.24 * -(-entries // columns) + 0.3 if many else 0.0)
+    fig, axes = plt.subplots(1, 3, figsize=(15, height), layout="constrained" if many else None)
     for ax, (xkey, xlabel, log) in zip(axes, X_AXES):
         drawn = _panel(ax, histories, xkey, ykey, log, ykey == "train_loss", styles)
         if ykey == metric and drawn:
@@ -192,15 +202,12 @@ def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | No
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    handles = axes[0].get_legend_handles_labels()[0]
-    many = len(handles) > 8
-    if handles:
-        # Many algorithms: smaller text, more columns, so the legend stays inside the panel.
-        axes[0].legend(fontsize="small" if many else None, ncol=1 + (len(handles) - 1) // 12)
+    handles, labels = axes[0].get_legend_handles_labels()
     if many:
-        # A crowded legend may spill out of its panel: the constrained layout moves the next one aside.
-        fig.set_layout_engine("constrained")
+        fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize="small")
     else:
+        if handles:
+            axes[0].legend()
         # Fixed margins, sized for the widest tick labels these axes get (percentages, 10^k): the
         # constrained layout measures every label first, half of a run folder's plotting time.
         fig.subplots_adjust(left=0.045, right=0.99, bottom=0.125, top=0.975, wspace=0.21)

@@ -30,6 +30,18 @@ TOP5_COLUMNS = (
     ("best_test_top5", "best top-5 %", "{:.2f}"),
 )
 METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
+# Without sgd there is nothing the default target and the ratios are relative to: say so.
+NO_SGD_NOTE = ("sgd is not among this run's algorithms, so there is no default target (SGD's final "
+               "accuracy − 0.5) and the 'to target' columns are empty (—), as are the ratios against SGD; "
+               "pass --target-acc PERCENT for a target of your own, or add sgd to --algos")
+
+
+def target_note(summary: dict) -> str | None:
+    """:data:`NO_SGD_NOTE` where it applies to ``summary`` (no sgd, no --target-acc), else None."""
+    cfg = summary["config"]
+    if cfg.get("target_acc") is None and "sgd" not in cfg.get("algorithms", ["sgd"]):
+        return NO_SGD_NOTE
+    return None
 
 
 def columns(records: list[dict]) -> tuple:

@@ -41,6 +41,7 @@ def level_unit(norm: Tensor, levels: int) -> Tensor:
 class QSGD:
     name = "qsgd"
     default_memory = "none"
+    default_codec = "elias"  # priced with its own code when no codec is named (sasg.core.natural)
     exact_under = ("elias",)  # a lossy codec that still decodes its messages bit for bit
 
     def __init__(self, layout: Layout, levels: int = DEFAULT_LEVELS):

@@ -27,6 +27,7 @@ from ..payloads import DensePayload
 class ScaledSign:
     name = "sign"
     default_memory = "ef"
+    default_codec = "sign"  # priced with its own code when no codec is named (sasg.core.natural)
     exact_under = ("sign", "elias")  # lossy codecs that still decode its messages bit for bit
 
     def __init__(self, layout: Layout):

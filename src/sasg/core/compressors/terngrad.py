@@ -26,6 +26,7 @@ from ..payloads import DensePayload
 class TernGrad:
     name = "terngrad"
     default_memory = "none"
+    default_codec = "ternary"  # priced with its own code when no codec is named (sasg.core.natural)
     exact_under = ("ternary", "elias")  # lossy codecs that still decode its messages bit for bit
 
     def __init__(self, layout: Layout):

@@ -1,0 +1,37 @@
+"""Each algorithm's natural codec: how its messages are priced when nobody names a codec.
+
+The paper's four algorithms (``sgd``, ``sparse``, ``lasg``, ``sasg``) keep the paper's count,
+``paper32``, so their figures stay comparable with the paper's and with every earlier run. A
+composition takes its compressor's own code, declared as the class attribute ``default_codec``
+(``qsgd``: ``elias``, ``sign``: ``sign``, ``terngrad``: ``ternary``), because ``paper32``
+prices a QSGD level or a sign bit at 32 bits and so hides what the compressor saves; a
+compressor that declares none (top-k and the other sparsifiers, PowerSGD, a plug-in) gets
+``paper32``. An explicit ``--codec`` (or ``codec=``) always wins.
+"""
+
+from __future__ import annotations
+
+NATURAL = "natural"  # the codec name that asks for this choice (the default of RunConfig.codec)
+PAPER_CODEC = "paper32"
+
+
+def natural_codec(algorithm: str) -> str:
+    """The codec ``algorithm`` (an alias or a composition) is priced with when none is named."""
+    from .layout import Layout
+    from .registry import ALIASES, REGISTRIES
+    from .spec import AlgorithmSettings, AlgorithmSpec
+
+    key = str(algorithm).strip().lower()
+    if key in ALIASES:
+        return PAPER_CODEC
+    factory = REGISTRIES["compressor"].get(AlgorithmSpec.parse(key).compressor).factory
+    # Members register factories (often lambdas), so ask a tiny instance rather than its class.
+    compressor = factory(Layout([("probe", (4, 4))]), AlgorithmSettings())
+    return str(getattr(compressor, "default_codec", PAPER_CODEC))
+
+
+def resolve_codec(codec: str | None, algorithm: str) -> str:
+    """``codec`` as given, or the natural one where it is ``None`` or ``"natural"``."""
+    if codec is None or str(codec).strip().lower() == NATURAL:
+        return natural_codec(algorithm)
+    return str(codec).strip().lower()

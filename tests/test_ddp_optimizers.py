@@ -68,7 +68,7 @@ def _job(rank, world, folder):
             opt.step()
         out[kind] = {"weight": model.weight.detach().clone(), "bias": model.bias.detach().clone(),
                      "momentum": state.momentum is not None, "variance": state.variance is not None,
-                     "bits_by_rank": state.bits_by_rank}
+                     "bits_by_rank": state.bits_by_rank, "ledger_bits": state.ledger.totals()["bits_up"]}
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -193,3 +193,4 @@ def test_adam_variance_averages_are_counted_in_the_bits(ranks):
         # 2 dense warm-up rounds (32 d), then K = 7 weights (int32 index + fp32 value) + 5 biases (value)
         per_rank = 2 * 32 * d + (STEPS - WARMUP) * (64 * 7 + 32 * CLASSES) + extra
         assert bits == [per_rank] * WORLD
+        assert ranks[0][kind]["ledger_bits"] == WORLD * per_rank  # the ledger counts the same bits

@@ -23,6 +23,13 @@ class Ledger:
         self.bits_down.append(int(bits_down))
         self.bits_flags.append(int(bits_flags))
 
+    def add_up(self, bits: int) -> None:
+        """Bits a runner sent in the latest round beside its messages (the DDP hook's averaged
+        Adam second moments), on that round's uplink line."""
+        if not self.bits_up:
+            raise RuntimeError("no round recorded yet to add bits to")
+        self.bits_up[-1] += int(bits)
+
     @property
     def iterations(self) -> int:
         return len(self.uploads)

@@ -267,15 +267,18 @@ class HookState:
             eta = _check_lr(self._lr())
             threshold_lr = math.inf if eta == 0 else 1.0 / eta  # see the module docstring
         compressed = engine.iteration >= self.algorithm.warmup
+        averaged = 0  # bytes a rank sent averaging Adam's second moment this round
         if self.variance is not None:  # Adam: the local second moment, averaged now and then
-            sent = self.variance.observe(self._grads, self._average)
-            if sent:
-                self.transport.count_dense(sent)
+            averaged = self.variance.observe(self._grads, self._average)
+            if averaged:
+                self.transport.count_dense(averaged)
         grads = self._grads
         if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
             grads = self.momentum.accumulate(self._grads, self._theta)
         flags = engine.step(self._theta, grads.view(1, -1), self._no_second_gradient, 1.0,
                             threshold_lr=threshold_lr)
+        if averaged:  # every rank's, on the round's uplink line too
+            engine.ledger.add_up(8 * averaged * engine.num_workers)
         step = engine.last_step  # sum_m decoded(q_m): what the engine stepped by
         if self.momentum is not None:
             me = self.transport.rank

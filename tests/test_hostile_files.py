@@ -332,6 +332,18 @@ def test_11_a_compressor_returning_a_bare_tensor_is_one_line_naming_it(ws, capsy
             "compressor 'bare'", "compress() returned a float32 tensor")
 
 
+def test_11_a_compressor_whose_values_are_not_floats_is_one_line_naming_it(ws, capsys):
+    path = plugin(ws, "ints", 'import torch\nfrom sasg.core import register\n'
+                  'from sasg.core.compressors import Identity\nfrom sasg.core.payloads import DensePayload\n\n'
+                  'class Ints(Identity):\n'
+                  '    name = "ints"\n'
+                  '    def compress(self, v, rows=None, **kw):\n'
+                  '        return DensePayload(v[list(rows)].to(torch.int64))\n\n'
+                  'register("compressor", "ints", "integer values", lambda layout, s: Ints(layout))\n')
+    refused(ws, capsys, ["compare", "--algos", "always+ints", *TINY, "--plugin", path],
+            "compressor 'ints'", "values are a int64 tensor")
+
+
 @pytest.mark.parametrize("answer,words", [
     ("torch.ones(rnd.workers.staleness.shape[0])", "float32 tensor of shape (2,)"),
     ("torch.ones(3, dtype=torch.bool)", "bool tensor of shape (3,)"),

@@ -77,4 +77,10 @@ class FirstRoundCompressor:
                 f"{member_name('compressor', self._inner)}: compress() returned {got}; a compressor must "
                 f"return a payload (sasg.core.payloads) of {expected} message(s), one per row (fix the member)"
             )
+        values = getattr(q, "values", None)
+        if not (isinstance(values, Tensor) and values.is_floating_point()):
+            raise MemberError(
+                f"{member_name('compressor', self._inner)}: compress() returned a payload whose values are "
+                f"{what(values)}; a message's values must be a floating-point tensor (fix the member)"
+            )
         return q

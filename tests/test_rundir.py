@@ -152,7 +152,8 @@ def test_sighup_removes_the_staging_folder_of_a_compare(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 120
-        while not any(p.name.startswith(".") for p in tmp_path.iterdir()):
+        # the staging folder (a dot folder; the lock beside it is a dot file that lives to the end)
+        while not any(p.name.startswith(".") and p.is_dir() for p in tmp_path.iterdir()):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
             time.sleep(0.05)
         proc.send_signal(signal.SIGHUP)

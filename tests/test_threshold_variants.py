@@ -299,8 +299,9 @@ def test_optimizer_defaults_are_bit_identical_and_window_sum_d():
     state = a.state_dict()
     assert "threshold_lrs" not in state["sasg"]
     assert state["sasg"]["settings"] == {"density": 0.01, "window": 2, "c": 0.5, "window_sum": "D-1",
-                                         "threshold_lr_lag": 0}
-    for key in ("window_sum", "threshold_lr_lag"):  # a state saved before these settings existed
+                                         "threshold_lr_lag": 0, "tensor_policy": "all", "warmup": 0,
+                                         "momentum_correction": False}
+    for key in ("window_sum", "threshold_lr_lag", "tensor_policy", "warmup", "momentum_correction"):  # saved before they existed
         del state["sasg"]["settings"][key]
     b.load_state_dict(state)
     d = SASG(tiny()[0].parameters(), lr=0.1, window=2, c=0.5, window_sum="D")

@@ -149,7 +149,10 @@ def test_sighup_removes_the_staging_folder_of_a_compare(tmp_path):
     cmd = [sys.executable, "-m", "sasg", "compare", "--dataset", "synthetic", "--workers", "2", "--device", "cpu",
            "--iterations", "400", "--quiet", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGHUP at its default in the child, whatever this suite inherited (under nohup it is ignored,
+    # and sasg then keeps ignoring it, as a program started with nohup should)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         # the staging folder (a dot folder; the lock beside it is a dot file that lives to the end)

@@ -131,7 +131,7 @@ def _family(rank, world):
     return {algo: _hook_run(rank, _family_config(algo, world), synth(), algo) for algo in FAMILY}
 
 
-def _checkpoint_resume(rank, cfg, data, folder):
+def _checkpoint_resume(rank, cfg, data, folder, adam=False):
     # A lazy rule that skips (so the server's last messages and the rule's buffers must come back)
     # and varying-size messages (rice gaps), under momentum SGD (its buffers are the optimizer's).
     # With the optimizer given: DGC's velocity is part of the hook's state; 4 dense rounds first.
@@ -139,7 +139,8 @@ def _checkpoint_resume(rank, cfg, data, folder):
 
     def fresh(seed=None):
         model, ddp = _ddp_model(cfg, data, seed)
-        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=0.9)
+        opt = (torch.optim.AdamW(ddp.parameters(), lr=0.01) if adam  # the frozen second moment's state too
+               else torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=0.9))
         return model, ddp, opt, register(ddp, optimizer=opt, **algo)
 
     model, ddp, opt, state = fresh()
@@ -149,7 +150,7 @@ def _checkpoint_resume(rank, cfg, data, folder):
     model, ddp, opt, state = fresh()
     sampler, next_idx = _batches(cfg, data, rank)
     _train(ddp, opt, next_idx, data, 8)
-    path = os.path.join(folder, f"ckpt-rank{rank}.pt")
+    path = os.path.join(folder, f"ckpt-{'adam' if adam else 'sgd'}-rank{rank}.pt")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict(),
                 "sampler": sampler.state_dict()}, path)
     del model, ddp, opt, state
@@ -256,6 +257,7 @@ def _job(rank, world, folder):
         "simulator": _follows_simulator(rank, cfg, data),
         "family": _family(rank, world),
         "checkpoint": _checkpoint_resume(rank, cfg, data, folder),
+        "checkpoint_adam": _checkpoint_resume(rank, cfg, data, folder, adam=True),
         "lossy": _lossy_codec(rank, cfg, data),
         "bf16": _bf16(rank, cfg, data),
         "no_sync": _no_sync(rank, cfg, data),
@@ -330,14 +332,17 @@ def test_every_member_that_runs_in_a_hook_gives_the_simulators_numbers(ranks, al
         assert sum(sim.ledger.uploads) < WORLD * STEPS  # the rule skipped, at the simulator's rounds
 
 
-def test_checkpoint_restart_continue_equals_an_uninterrupted_run(ranks):
+@pytest.mark.parametrize("key", ["checkpoint", "checkpoint_adam"])
+def test_checkpoint_restart_continue_equals_an_uninterrupted_run(ranks, key):
+    """Momentum SGD (DGC's velocity in the hook's state) and AdamW (the averaged second moment)."""
     for out in ranks:
-        straight, resumed = out["checkpoint"]["straight"], out["checkpoint"]["resumed"]
+        straight, resumed = out[key]["straight"], out[key]["resumed"]
         assert torch.equal(resumed["theta"], straight["theta"])
         assert resumed["uploads"] == straight["uploads"]
         assert len(straight["uploads"]) == 16
-        assert sum(straight["uploads"][8:]) < 8 * WORLD  # ranks skipped after the restart too
-    assert torch.equal(ranks[0]["checkpoint"]["resumed"]["theta"], ranks[1]["checkpoint"]["resumed"]["theta"])
+        if key == "checkpoint":
+            assert sum(straight["uploads"][8:]) < 8 * WORLD  # ranks skipped after the restart too
+    assert torch.equal(ranks[0][key]["resumed"]["theta"], ranks[1][key]["resumed"]["theta"])
 
 
 def test_a_rule_that_needs_a_second_gradient_is_refused_with_the_rules_that_work(ranks):

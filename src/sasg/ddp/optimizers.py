@@ -153,6 +153,7 @@ class FrozenVariance:
         self.groups = _groups_of(optimizer, index.params)
         self.first_sync = max(1, int(warmup))
         self.local = torch.zeros(index.numel, device=index.device, dtype=torch.float32)  # EMA of g_m^2
+        self._b2 = torch.empty(index.numel, device=index.device, dtype=torch.float32)
         self.seen = 0  # rounds in the local EMA
         self.frozen: list[Tensor] | None = None
         # per tensor: its kept fraction k_s / d_s, or None for a tensor sent whole (left to Adam)
@@ -162,8 +163,7 @@ class FrozenVariance:
         self._handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())
 
     def _beta2(self) -> Tensor:
-        if not hasattr(self, "_b2"):
-            self._b2 = torch.empty(self.index.numel, device=self.index.device, dtype=torch.float32)
+        """Every entry's beta2, read from its group now (a scheduler may change the betas)."""
         for seg, g in zip(self.index.layout.segments, self.groups):
             self._b2[seg.offset : seg.end] = g["betas"][1]
         return self._b2

@@ -212,23 +212,11 @@ class RoundEngine:
         upload = torch.ones(n, dtype=torch.bool, device=self.workers.staleness.device)
         flags, payload, sizes = self.transport.exchange(upload, sent, self._dense_template, alg.codec, False)
         payload.sum(self._step)
-        self.server.push_step(float(torch.dot(self._step, self._step).item()) if self.server.step_sq.numel() else 0.0)
-        self.server.iteration += 1
+        self._close_round()
         theta.sub_(self._step)
         flag_bits = self.transport.flag_bits_per_round(False, self._dense_template.fixed_size(alg.codec))
         self.ledger.record(int(flags.sum()), 8 * sum(sizes), self.bits_down_per_round, flag_bits)
         return flags
-
-    def record_dense_round(self, step: Tensor, bits: int) -> None:
-        """A warm-up round a runner made itself (the DDP hook's plain all-reduce, overlapped with
-        the backward pass): ``step`` is the mean gradient it applied, ``bits`` what every rank
-        sent. The server's window, round count and ledger advance as in :meth:`_dense_round`."""
-        if self.iteration >= self.algorithm.warmup:
-            raise RuntimeError(f"round {self.iteration} is past the {self.algorithm.warmup} warm-up rounds")
-        self._step.copy_(step)
-        self.server.push_step(float(torch.dot(self._step, self._step).item()) if self.server.step_sq.numel() else 0.0)
-        self.server.iteration += 1
-        self.ledger.record(self.num_workers, int(bits), self.bits_down_per_round, 0)
 
     @property
     def last_step(self) -> Tensor:
@@ -246,6 +234,11 @@ class RoundEngine:
             else:
                 server.last.assign(senders, payload)
         server.last.sum(step)
+        self._close_round()
+
+    def _close_round(self) -> None:
+        """The round's step is in ``_step``: its squared norm joins the trigger's window."""
+        server, step = self.server, self._step
         server.push_step(float(torch.dot(step, step).item()) if server.step_sq.numel() else 0.0)
         server.iteration += 1
 

@@ -3,8 +3,8 @@
 One line after wrapping the model::
 
     model = DistributedDataParallel(model)
-    state = sasg.ddp.register(model, algo="always+topk", codec="rice+sign")
-    # ... the usual loop: loss.backward(); optimizer.step() (SGD, momentum, AdamW, ...)
+    state = sasg.ddp.register(model, optimizer=opt)   # opt: SGD, momentum SGD, AdamW, ...
+    # ... the usual loop: loss.backward(); opt.step()
 
 Each backward pass is one round of the algorithm: every rank compresses its gradient (top-k per
 tensor with error feedback, or any registered compressor and memory), encodes it with the codec,
@@ -13,7 +13,12 @@ decompressed messages to DDP, which puts it in ``.grad``. Lazy rules without a s
 (``wk1``, ``ps``) let a rank skip: it sends nothing and its last message stands. ``wk2``
 (``sasg``, ``lasg``) needs a second backward pass and is refused; :class:`sasg.optim.SASG` runs it.
 
+The defaults are made for a practitioner's job (small and 1-D tensors whole, 5 dense warm-up
+rounds, DGC's momentum correction with momentum SGD, a frozen second moment with Adam):
+:mod:`.optimizers` and docs/algorithms.md say why.
+
 Modules: :mod:`.hook` (the hook, :func:`register`), :mod:`.state` (one rank's state, checkpoints),
+:mod:`.optimizers` (the hook and the user's optimizer),
 :mod:`.buckets` (DDP's buckets <-> the model's flat vector), :mod:`.transport` (the distributed
 runner's exchange, with bits per rank), :mod:`.rules` (which algorithms run in a hook).
 """

@@ -53,6 +53,7 @@ from ..core.state import (ServerState, WorkerState, at_least, check_like, equal_
                           part_name)
 from ..core.workspace import Workspace
 from .contracts import FirstRoundCompressor, check_decision, check_sent
+from .. import kernels
 from ..seeds import worker_seed
 
 Blocks = Sequence[Tensor]
@@ -146,6 +147,7 @@ class RoundEngine:
         )
         self.ledger = Ledger(num_workers=M)
         self._step = torch.zeros(d, device=device, dtype=dtype)
+        kernels.warm()  # the members' compiled loops load now, not inside the first round
         if algorithm.warmup:
             self._dense = Identity(algorithm.layout)
             self._dense_template = self._dense.empty(1, device=device, dtype=dtype)

@@ -20,7 +20,9 @@ order rotated every turn), so a change in the machine's load hits every row. On 
 link costs next to nothing: what is left is the CPU a row adds to a step (top-k, coding, the
 collective calls), which is what the hook costs on any link. Table: median ms per step over the
 turns, rank 0's CPU ms per step, and the ratio to ``ddp`` of the same world size. The last line is
-JSON: per world size, per row, ``ms_per_step``, ``cpu_ms_per_step`` and ``over_ddp``.
+JSON: per world size, per row, ``ms_per_step``, ``cpu_ms_per_step`` and ``over_ddp``; with one rank
+and the rows ``ddp``, ``powersgd`` and ``rice+sign``, also what each hook adds to DDP's step
+(``sasg_added_ms``, ``powersgd_added_ms``) and their ratio ``sasg_over_powersgd_overhead``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,15 @@ def main(argv=None) -> int:
         for n in names:
             r = result[str(world)][n]
             print(f"{n:<10} {r['ms_per_step']:>8.2f} {r['cpu_ms_per_step']:>8.2f} {r['over_ddp']:>7.2f}")
+    one = result.get("1", {})
+    if all(n in one for n in ("ddp", "powersgd", "rice+sign")):
+        # What each hook adds to DDP's step on one rank (its CPU, no link): the issue's figure.
+        added = {n: one[n]["ms_per_step"] - one["ddp"]["ms_per_step"] for n in ("powersgd", "rice+sign")}
+        result["sasg_added_ms"] = round(added["rice+sign"], 3)
+        result["powersgd_added_ms"] = round(added["powersgd"], 3)
+        result["sasg_over_powersgd_overhead"] = round(added["rice+sign"] / max(added["powersgd"], 1e-9), 3)
+        print(f"added to DDP's step, 1 rank: sasg rice+sign {added['rice+sign']:.2f} ms, PowerSGD rank 2 "
+              f"{added['powersgd']:.2f} ms: sasg_over_powersgd_overhead {result['sasg_over_powersgd_overhead']:.2f}")
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     print(json.dumps(result))
     return 0

@@ -1,0 +1,94 @@
+"""How many latency-bound collective calls a hook round makes (issue #24, item 4).
+
+Every collective is a round trip at least; on a real link each costs a latency however few bytes
+it carries. The contract: a round makes its payload's call, plus at most one call of its own (the
+flags of a lazy rule, or the sizes of messages whose size varies), and none where every rank
+knows the sizes in advance (a fixed-size codec with a rule that always sends).
+
+Two real gloo ranks train through the hook; the torch.distributed functions the transport calls
+are wrapped in counters (they still run: a spy, not a mock), and the calls of the rounds after
+the first (set-up: the identity check and node discovery) are counted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from test_distributed import spawn
+
+# (algo, codec, extra calls per round on top of the payload's)
+CASES = [
+    ("always+topk", "paper32", 0),  # fixed sizes, everyone sends: nothing to tell
+    ("always+topk", "rice+fp32", 1),  # the hook's default: sizes vary, one size exchange
+    ("always+topk", "rice+sign", 1),
+    ("wk1+topk", "paper32", 1),  # a lazy rule: one flag byte per rank
+    ("wk1+topk", "rice+sign", 1),  # ... which the size exchange carries (0 = skip)
+]
+STEPS = 6
+COLLECTIVES = ("all_to_all_single", "all_reduce", "all_gather", "all_gather_into_tensor", "broadcast",
+               "barrier", "batch_isend_irecv", "reduce_scatter_tensor")
+
+
+def _rank(rank: int, world: int, out: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    import sasg.ddp
+
+    calls: dict[str, int] = {}
+    originals = {}
+    for name in COLLECTIVES:
+        fn = getattr(dist, name, None)
+        if fn is None:
+            continue
+        originals[name] = fn
+
+        def spy(*args, _name=name, _fn=fn, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _fn(*args, **kwargs)
+
+        setattr(dist, name, spy)
+    result = {}
+    try:
+        gen = torch.Generator().manual_seed(rank)
+        for algo, codec, _ in CASES:
+            torch.manual_seed(0)
+            model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
+                                                                torch.nn.Linear(16, 4)))
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            state = sasg.ddp.register(model, algo, codec, density=0.1, lr=opt, warmup=0)
+            per_round = []
+            for _ in range(STEPS):
+                before = sum(calls.values())
+                x, y = torch.randn(8, 20, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                per_round.append(sum(calls.values()) - before)
+            payload_rounds = state.transport.counters.payload_rounds
+            result[f"{algo} {codec}"] = {"per_round": per_round, "payload_rounds": payload_rounds,
+                                         "uploads": state.ledger.totals()["uploads"]}
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+
+
+def test_a_round_makes_its_payload_call_and_at_most_one_more(tmp_path):
+    out = tmp_path / "calls.json"
+    spawn(_rank, 2, str(out))
+    got = json.loads(out.read_text())
+    for algo, codec, extra in CASES:
+        r = got[f"{algo} {codec}"]
+        rounds = r["per_round"][1:]  # the first round also builds the engine (set-up calls)
+        assert r["payload_rounds"] >= 1, (algo, codec, r)
+        for n in rounds:
+            # the payload's own call when someone sent (a lazy round where nobody sends has none)
+            assert n in (extra, extra + 1), (algo, codec, r)
+        if not algo.startswith("wk1"):
+            assert rounds == [extra + 1] * len(rounds), (algo, codec, r)

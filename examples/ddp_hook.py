@@ -3,6 +3,7 @@
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --optimizer adamw --lr 1e-3
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo wk1+topk --threshold-scale 0.2
+    torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo sasg   # SASG's own rule (wk2)
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --checkpoint-dir ck   # run again to resume
 
 FC 784-512-10 on the embedded MNIST-5k, CPU (gloo) or one GPU per rank (NCCL). Everything is
@@ -40,7 +41,7 @@ from sasg.threads import use_threads
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--algo", default="always+topk", help="always+topk, wk1+topk, ps+topk, always+randomk, ...")
+    p.add_argument("--algo", default="always+topk", help="always+topk, wk1+topk, ps+topk, sasg (wk2+topk), always+randomk, ...")
     p.add_argument("--codec", default="rice+sign", help="paper32, rice+fp16, rice+sign, bitmap+bf16, ...")
     p.add_argument("--density", type=float, default=0.01)
     p.add_argument("--window", type=int, default=10, help="lazy rules: window D (10)")
@@ -91,6 +92,12 @@ def load_checkpoint(folder: Path | None, rank: int, device) -> dict | None:
         stop(f"rank {rank}: the ranks' checkpoints in {folder} are of different steps "
              f"({lo.item()} to {hi.item()}; -1: none): remove the folder to start afresh")
     return state
+
+
+def step_loss(module, micro, bf16: bool) -> torch.Tensor:
+    """The loss of one optimizer step over its micro-batches (what the backward passes add up to)."""
+    with torch.autocast(micro[0][0].device.type, dtype=torch.bfloat16, enabled=bf16):
+        return sum(F.cross_entropy(module(x), y) for x, y in micro) / len(micro)
 
 
 @torch.no_grad()
@@ -160,6 +167,13 @@ def main() -> None:
         for i, (x, y) in enumerate(itertools.islice(loader, skip, steps_per_epoch * args.accumulate), start=skip):
             x, y = x.to(device), y.to(device)
             last_micro = (i + 1) % args.accumulate == 0
+            micro = [] if i % args.accumulate == 0 else micro
+            micro.append((x, y))
+            if last_micro and hook is not None:
+                # SASG's rule (wk2, `--algo sasg`) compares with this rank's gradient at its last upload
+                # point on the same minibatch: the whole step's loss, computed on the module it is given
+                # (other rules need nothing and return at once).
+                hook.second_gradient(lambda m: step_loss(m, micro, args.bf16))
             # Gradient accumulation: DDP (and so the hook) communicates only on the last micro-batch.
             with contextlib.nullcontext() if last_micro else model.no_sync():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):

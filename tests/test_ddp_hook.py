@@ -9,7 +9,8 @@ each rank's results in files; the tests below read them:
   random-k, global top-k, DGC, QSGD, sign, TernGrad, PowerSGD, EF21, CLAG, wk1, ps), each under a
   codec of its kind, gives the simulator's numbers bit for bit;
 * checkpoint -> fresh model, optimizer and hook -> continue equals an uninterrupted run;
-* ``sasg`` (wk2: a second gradient) is refused with a message naming the rules that work;
+* ``sasg`` (wk2) follows the simulator too, its second gradient given by the loop
+  (``state.second_gradient``); a loop that does not give it gets a message saying how;
 * a lossy codec (rice+sign) trains and the bits on the ledger are 8 x the bytes handed over;
 * under bf16 autocast (and with bf16 parameters) the error memory stays fp32 and the loss falls;
 * gradient accumulation with ``no_sync`` gives the step of the whole batch;
@@ -42,13 +43,15 @@ WORLD = 2
 STEPS = 20
 ALGO = "always+topk"  # the alias `sparse`: top-k per tensor + error feedback, every round
 LAZY = ("wk1+topk", "ps+topk")  # lazy rules without a second gradient: their threshold needs the lr
+SECOND = "sasg"  # wk2+topk: the loop hands the hook the second gradient (HookState.second_gradient)
 # Every member that runs in a hook, each with a codec of its kind (qsgd's natural
 # elias, the sign and ternary value formats, Golomb-Rice indices), at an lr that is a power of two:
 # the hook's messages are the simulator's divided by the lr, which is then exact in floating point.
 FAMILY = {"always+randomk": "paper32", "always+globaltopk": "paper32", "always+dgc": "paper32",
           "always+qsgd": "elias", "always+sign": "sign", "always+terngrad": "ternary",
           "always+powersgd": "paper32", "always+identity+ef21": "paper32", "always+topk+ef21": "rice+sign",
-          "clag+topk": "rice+sign", "wk1+topk": "rice+int8", "always+topk": "paper32", "ps+topk": "paper32"}
+          "clag+topk": "rice+sign", "wk1+topk": "rice+int8", "always+topk": "paper32", "ps+topk": "paper32",
+          "wk2+topk": "rice+fp32"}
 
 
 def _family_config(algo: str, world: int):
@@ -82,11 +85,15 @@ def _flat(model) -> torch.Tensor:
     return Layout.from_module(model).flatten(dict(model.named_parameters())).detach().clone()
 
 
-def _train(ddp, opt, next_idx, data, steps, autocast=None):
+def _train(ddp, opt, next_idx, data, steps, autocast=None, state=None):
+    """``steps`` steps; with the hook's ``state``, the loop also offers it the second gradient (a
+    rule that needs none ignores it)."""
     for _ in range(steps):
         idx = next_idx()
         x, y = data.train.x[idx], data.train.y[idx]
         opt.zero_grad()
+        if state is not None:
+            state.second_gradient(lambda m: F.cross_entropy(m(x), y))
         with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
             loss = F.cross_entropy(ddp(x), y)
         loss.backward()
@@ -109,14 +116,14 @@ def _hook_run(rank, cfg, data, algo):
     state = register(ddp, algo, codec=cfg.codec, density=cfg.density, window=cfg.window,
                      threshold_scale=cfg.threshold_scale, seed=cfg.seed, lr=opt, tensor_policy=cfg.tensor_policy,
                      warmup=cfg.warmup)
-    _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS)
+    _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS, state=state)
     error = state.error
     return {"theta": _flat(model), "error": None if error is None else error.clone(),
             "ledger": state.ledger.state_dict(), "bits_by_rank": state.bits_by_rank}
 
 
 def _follows_simulator(rank, cfg, data):
-    runs = {algo: _hook_run(rank, cfg, data, algo) for algo in (ALGO, *LAZY)}
+    runs = {algo: _hook_run(rank, cfg, data, algo) for algo in (ALGO, *LAZY, SECOND)}
     for algo in (ALGO, LAZY[0]):  # the hook's practical settings, which the simulator has too
         runs[f"{algo}|practical"] = _hook_run(rank, _practical(cfg), data, algo)
     return runs
@@ -239,15 +246,17 @@ def _start_iter(rank, cfg, data):
             "compressed": state.ledger.iterations, "uploads": state.ledger.uploads}
 
 
-def _refusal(rank, cfg, data):
+def _second_gradient_missing(rank, cfg, data):
+    """``sasg`` registered, a step taken without ``second_gradient``: the message, from backward."""
     _, ddp = _ddp_model(cfg, data)
-    messages = {}
-    for algo in ("sasg", "lasg", "wk2+randomk"):
-        try:
-            register(ddp, algo)
-        except ValueError as e:
-            messages[algo] = str(e)
-    return messages
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
+    register(ddp, SECOND, lr=opt)
+    idx = _batches(cfg, data, rank)[1]()
+    try:
+        F.cross_entropy(ddp(data.train.x[idx]), data.train.y[idx]).backward()
+    except RuntimeError as e:
+        return str(e)
+    return None
 
 
 def _job(rank, world, folder):
@@ -262,7 +271,7 @@ def _job(rank, world, folder):
         "bf16": _bf16(rank, cfg, data),
         "no_sync": _no_sync(rank, cfg, data),
         "start_iter": _start_iter(rank, cfg, data),
-        "refusal": _refusal(rank, cfg, data),
+        "second_missing": _second_gradient_missing(rank, cfg, data),  # last: this DDP model is left mid-step
     }
     torch.save(results, os.path.join(folder, f"results-rank{rank}.pt"))
 
@@ -277,7 +286,7 @@ def ranks(tmp_path_factory):
 # ----- the tests --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algo", [ALGO, *LAZY, f"{ALGO}|practical", f"{LAZY[0]}|practical"])
+@pytest.mark.parametrize("algo", [ALGO, *LAZY, SECOND, f"{ALGO}|practical", f"{LAZY[0]}|practical"])
 def test_hook_follows_the_simulator_with_topk_error_feedback_and_sgd(ranks, algo):
     key = algo
     algo, _, practical = algo.partition("|")
@@ -328,7 +337,7 @@ def test_every_member_that_runs_in_a_hook_gives_the_simulators_numbers(ranks, al
         assert torch.equal(got["theta"], sim.theta)
         assert got["ledger"]["uploads"] == sim.ledger.uploads
         assert got["ledger"]["bits_up"] == sim.ledger.bits_up  # the same messages, the same bytes
-    if algo in ("clag+topk", "wk1+topk", "ps+topk"):
+    if algo in ("clag+topk", "wk1+topk", "ps+topk", "wk2+topk"):
         assert sum(sim.ledger.uploads) < WORLD * STEPS  # the rule skipped, at the simulator's rounds
 
 
@@ -345,19 +354,14 @@ def test_checkpoint_restart_continue_equals_an_uninterrupted_run(ranks, key):
     assert torch.equal(ranks[0][key]["resumed"]["theta"], ranks[1][key]["resumed"]["theta"])
 
 
-def test_a_rule_that_needs_a_second_gradient_is_refused_with_the_rules_that_work(ranks):
-    for algo in ("sasg", "lasg"):
-        with pytest.raises(ValueError, match="second gradient") as e:
-            register(_linear(), algo=algo)  # refused before the model is even looked at
-        assert "Rules that work in a hook: always, wk1, ps" in str(e.value)
-        assert "sasg.optim.SASG" in str(e.value)
-        with pytest.raises(ValueError, match="Rules that work in a hook"):
-            HookState(_linear(), algo=algo)
-    for out in ranks:  # and the same with a real DDP model
-        assert set(out["refusal"]) == {"sasg", "lasg", "wk2+randomk"}
-        assert all("Rules that work in a hook: always, wk1, ps" in m for m in out["refusal"].values())
+def test_a_rule_that_needs_a_second_gradient_says_how_to_give_it(ranks):
+    for out in ranks:
+        message = out["second_missing"]
+        assert message is not None and "state.second_gradient(" in message and "before loss.backward()" in message
     with pytest.raises(ValueError, match="needs the learning rate"):
         HookState(_linear(), algo="wk1+topk")
+    with pytest.raises(ValueError, match="needs the learning rate"):
+        HookState(_linear(), algo=SECOND)
     with pytest.raises(TypeError, match="DistributedDataParallel"):
         register(_linear(), algo="always+topk")
 

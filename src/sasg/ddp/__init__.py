@@ -9,9 +9,17 @@ One line after wrapping the model::
 Each backward pass is one round of the algorithm: every rank compresses its gradient (top-k per
 tensor with error feedback, or any registered compressor and memory), encodes it with the codec,
 exchanges the bytes with the other ranks, decodes everyone's message and hands the mean of the
-decompressed messages to DDP, which puts it in ``.grad``. Lazy rules without a second gradient
-(``wk1``, ``ps``) let a rank skip: it sends nothing and its last message stands. ``wk2``
-(``sasg``, ``lasg``) needs a second backward pass and is refused; :class:`sasg.optim.SASG` runs it.
+decompressed messages to DDP, which puts it in ``.grad``. Lazy rules (``wk1``, ``ps``) let a
+rank skip: it sends nothing and its last message stands. SASG's own rule ``wk2`` (``sasg``,
+``lasg``) also needs the gradient at the rank's last upload point on the same minibatch: the loop
+hands the hook its loss before the backward pass::
+
+    state = sasg.ddp.register(model, "sasg", optimizer=opt)
+    for x, y in loader:
+        opt.zero_grad()
+        state.second_gradient(lambda m: F.cross_entropy(m(x), y))  # only where the rule checks
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
 
 The defaults are made for a practitioner's job (small and 1-D tensors whole, 5 dense warm-up
 rounds, DGC's momentum correction with momentum SGD, a frozen second moment with Adam):
@@ -24,7 +32,7 @@ runner's exchange, with bits per rank), :mod:`.rules` (which algorithms run in a
 """
 
 from .hook import comm_hook, register
-from .rules import check_runs_in_hook, hook_algorithm, hook_triggers
+from .rules import hook_algorithm, hook_triggers
 from .state import HookState
 
-__all__ = ["HookState", "check_runs_in_hook", "comm_hook", "hook_algorithm", "hook_triggers", "register"]
+__all__ = ["HookState", "comm_hook", "hook_algorithm", "hook_triggers", "register"]

@@ -45,10 +45,9 @@ def register(
 
     Args:
         ddp_model: the DDP-wrapped model (call on every rank, after ``init_process_group``).
-        algo: ``TRIGGER+COMPRESSOR[+MEMORY]`` with a trigger that needs no second gradient:
-            ``always`` (every round), ``wk1`` or ``ps`` (lazy rules), or a plug-in that declares
-            ``needs_stale_grads = False``. ``wk2`` (``sasg``, ``lasg``) is refused: it needs a
-            second backward pass at the anchor (use :class:`sasg.optim.SASG` for it).
+        algo: ``TRIGGER+COMPRESSOR[+MEMORY]``: ``always`` (every round), the lazy rules ``wk1``,
+            ``ps``, ``clag``, or ``wk2`` (``sasg``, ``lasg``), which also needs the loop to call
+            ``state.second_gradient(loss_fn)`` before each backward pass (see there).
         codec: how messages become bytes, and so what crosses the network and what the ledger
             counts: default ``rice+fp32`` (lossless, Golomb-Rice index gaps), ``paper32`` (the
             paper's count) or ``INDEX+VALUE`` such as ``rice+sign`` (see ``sasg list``).
@@ -77,7 +76,7 @@ def register(
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.
     """
-    # The algorithm first: a rule that cannot run in a hook is refused before anything else.
+    # The algorithm first: a bad name or knob is refused before the model is looked at.
     hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
                    tensor_policy=tensor_policy, warmup=warmup)
     from torch.nn.parallel import DistributedDataParallel
@@ -94,7 +93,7 @@ def register(
     state = HookState(named, algo, codec, density=density, window=window, threshold_scale=threshold_scale, lr=lr,
                       start_iter=start_iter, seed=seed, process_group=group, optimizer=optimizer,
                       tensor_policy=tensor_policy, warmup=warmup, momentum_correction=momentum_correction,
-                      freeze_variance=freeze_variance)
+                      freeze_variance=freeze_variance, module=ddp_model.module)
     state.start()
     ddp_model.register_comm_hook(state, comm_hook)
     return state

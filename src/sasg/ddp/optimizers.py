@@ -118,6 +118,16 @@ class MomentumCorrection:
                 u[s].add_(theta[s], alpha=g["weight_decay"])
         return u
 
+    def stale_velocity(self, grads: Tensor, stale: Tensor, theta: Tensor, anchor: Tensor) -> Tensor:
+        """What ``u`` would be had this round's gradient been taken at the anchor (for ``wk2``, which
+        then compares velocities): ``u - g + g_hat - lambda (theta - anchor)``, in a new tensor."""
+        out = self.velocity - grads + stale
+        for seg, g in zip(self.index.layout.segments, self.groups):
+            if g["weight_decay"]:
+                s = slice(seg.offset, seg.end)
+                out[s].sub_(theta[s] - anchor[s], alpha=g["weight_decay"])
+        return out
+
     def mask(self, last, rank: int, uploaded: bool) -> None:
         """Factor masking: zero the velocity where this rank's message (``last[rank]``) sent."""
         if self.masking and uploaded:

@@ -27,10 +27,18 @@ Lazy rules (``wk1``, ``ps``) compare against
 ``1/eta`` as the threshold's lr, which gives exactly that. It needs the lr (``lr=``: a number, a
 function returning the current one, or the optimizer, whose first group's lr is read every round);
 with momentum or Adam the real step is not :math:`\eta G_j` and the rule is an approximation.
+
+SASG's rule ``wk2`` compares the fresh gradient with :math:`\nabla\ell(\hat\theta_m;\xi_m^k)`, the
+gradient at the rank's anchor (its parameters at its last upload) on the *same* minibatch. The
+loop provides it: :meth:`HookState.second_gradient` (called with the step's loss before
+``loss.backward()``) runs that forward/backward on a shadow copy of the module holding the anchor,
+and only in rounds where the rule will check this rank (not in its warm-up, not when the staleness
+bound forces an upload), which is what the simulator computes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import zlib
@@ -48,6 +56,7 @@ from ..core.state import at_least, check_like, equal_to, part_name
 from ..engine import RoundEngine
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
+from ..core.triggers import needs_stale_grads
 from .buckets import ParameterIndex, bucket_nbytes
 from .optimizers import FrozenVariance, MomentumCorrection, is_adam, is_momentum_sgd
 from .rules import hook_algorithm
@@ -82,7 +91,7 @@ class HookState:
     """One rank's state of the sasg communication hook (:func:`sasg.ddp.register` makes it).
 
     ``model``: the module DDP wraps (or its ``(name, parameter)`` pairs). The algorithm is
-    checked at once (a rule that needs a second gradient is refused); the round engine is built
+    checked at once; the round engine is built
     when the process group exists: in :func:`~sasg.ddp.register`, or at the first bucket when
     the state is handed to a framework that registers the hook itself (Lightning's
     ``DDPStrategy(ddp_comm_hook=..., ddp_comm_state=...)``).
@@ -90,6 +99,9 @@ class HookState:
     After that: ``ledger`` (per round: uploads, bits; ``ledger.totals()``), ``bits_by_rank``
     (8 x the bytes each rank has sent), ``rounds`` (hook rounds so far, plain all-reduce ones
     included), ``state_dict()`` / ``load_state_dict()`` for checkpoints.
+
+    ``module``: the module whose shadow copy :meth:`second_gradient` runs (``wk2`` only; default
+    ``model`` when that is a module; :func:`~sasg.ddp.register` passes the DDP model's module).
     """
 
     def __init__(
@@ -110,6 +122,7 @@ class HookState:
         optimizer=None,
         momentum_correction: bool = True,
         freeze_variance: bool = True,
+        module: nn.Module | None = None,
     ):
         self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
                                    tensor_policy=tensor_policy, warmup=warmup)
@@ -127,6 +140,11 @@ class HookState:
         if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
         named = model.named_parameters() if isinstance(model, nn.Module) else model
+        self._module = module if module is not None else (model if isinstance(model, nn.Module) else None)
+        self._shadow: nn.Module | None = None  # wk2: the module at this rank's anchor (second_gradient)
+        self._stale: Tensor | None = None  # ... and the gradient it gave, for the round numbered:
+        self._stale_round = -1
+        self._asked = False  # has the loop ever called second_gradient?
         self.index = ParameterIndex(named)
         self.algorithm = self.spec.build(self.index.layout, self.codec)
         if lr is None and optimizer is not None:
@@ -265,6 +283,8 @@ class HookState:
 
     def _round(self, buckets) -> None:
         engine, index = self.engine, self.index
+        if not self._asked and needs_stale_grads(self.algorithm.trigger) and self.rounds >= self.start_iter:
+            self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
         index.gather(buckets, self._grads)
         if self._needs_theta:  # theta^k: lazy rules measure drift from their anchors, DGC's decay reads it
             index.flat_params(self._theta)
@@ -281,7 +301,7 @@ class HookState:
         grads = self._grads
         if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
             grads = self.momentum.accumulate(self._grads, self._theta)
-        flags = engine.step(self._theta, grads.view(1, -1), self._no_second_gradient, 1.0,
+        flags = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
                             threshold_lr=threshold_lr)
         if averaged:  # every rank's, on the round's uplink line too
             engine.ledger.add_up(8 * averaged * engine.num_workers)
@@ -308,12 +328,94 @@ class HookState:
             dist.all_reduce(t, group=self.group)
             t.div_(self.engine.num_workers)
 
-    def _no_second_gradient(self, rows):
-        raise RuntimeError(
-            f"the trigger {self.spec.trigger!r} asked for a second gradient at the anchor, which a DDP hook "
-            "cannot compute; a trigger that does must declare needs_stale_grads = True (it is then refused "
-            "at register time)"
-        )
+    # ----- wk2: the second gradient ------------------------------------------------------------------
+    def second_gradient(self, loss_fn: Callable[[nn.Module], Tensor]) -> bool:
+        """Give a rule that needs it (``wk2``: ``sasg``, ``lasg``) this rank's gradient at its
+        anchor on the step's minibatch; call it every step, before ``loss.backward()``.
+
+        ``loss_fn(module)`` must return the loss the step is about to backpropagate, computed with
+        the module it is given (e.g. ``lambda m: F.cross_entropy(m(x), y)``; under gradient
+        accumulation, the loss of the whole step). Where the rule will check this rank in the coming
+        round, it is run on a shadow copy of the module holding the anchor (made at the first call:
+        one more copy of the parameters; the module's buffers are copied in every time), and the
+        gradient is kept for the round. Elsewhere (warm-up, a forced upload, a rule that needs no
+        second gradient, plain all-reduce rounds) nothing is computed. Returns whether it ran.
+
+        The loss is computed as the function says: random layers (dropout) draw from the global
+        generator, so the shadow's draws differ from the step's own, as two forward passes do."""
+        if not needs_stale_grads(self.algorithm.trigger):
+            return False
+        engine = self.start().engine
+        self._asked = True
+        if not self._checks_me():
+            return False
+        if self._module is None:
+            raise RuntimeError("second_gradient needs the module: build the HookState from it (or pass module=)")
+        if self._shadow is None:
+            self._shadow = copy.deepcopy(self._module)
+            self._shadow.requires_grad_(False)
+            for p in self._shadow.parameters():
+                p.grad = None
+            self._shadow_params = dict(self._shadow.named_parameters())
+            missing = [n for n in self.index.names if n not in self._shadow_params]
+            if missing:
+                raise RuntimeError(f"second_gradient: the module has no parameter {missing[0]!r} of the hook state")
+            self._stale = torch.zeros(self.index.numel, device=self.index.device, dtype=torch.float32)
+        anchor = engine.workers.buffer("anchor")[0]
+        with torch.no_grad():
+            for name, seg in zip(self.index.names, self.index.layout.segments):
+                p = self._shadow_params[name]
+                p.copy_(anchor[seg.offset:seg.end].view(p.shape))
+            for (_, mine), (_, live) in zip(self._shadow.named_buffers(), self._module.named_buffers()):
+                mine.copy_(live)
+        trained = [self._shadow_params[n] for n in self.index.names]
+        for p in trained:
+            p.requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                loss = loss_fn(self._shadow)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ValueError(f"second_gradient: loss_fn must return the step's loss (one number), got "
+                                     f"{type(loss).__name__ if not isinstance(loss, Tensor) else tuple(loss.shape)}")
+                if not loss.requires_grad:
+                    raise ValueError("second_gradient: the loss does not depend on the module's parameters: compute "
+                                     "it with the module loss_fn is given, outside torch.no_grad()")
+                grads = torch.autograd.grad(loss, trained, allow_unused=True)
+        finally:
+            for p in trained:
+                p.requires_grad_(False)
+        for g, seg in zip(grads, self.index.layout.segments):
+            if g is None:  # not used by this loss: DDP would hand the hook zeros for it too
+                self._stale[seg.offset:seg.end].zero_()
+            else:
+                self._stale[seg.offset:seg.end].copy_(g.reshape(-1))
+        self._stale_round = self.rounds
+        return True
+
+    def _checks_me(self) -> bool:
+        """Will the coming round's rule check this rank (so that it needs the second gradient)?"""
+        engine, alg = self.engine, self.algorithm
+        if self.rounds < self.start_iter or engine.iteration < alg.warmup:
+            return False  # a plain all-reduce round, or a dense warm-up round: no rule runs
+        checked = getattr(alg.trigger, "checked_rows", None)
+        if checked is None:
+            return True  # a rule that does not say: always have it ready
+        return bool(checked(engine.iteration - alg.warmup, engine.workers.staleness)[0])
+
+    def _second_gradient_of_round(self, rows):
+        """The engine's ``stale_grads``: what :meth:`second_gradient` computed for this round."""
+        if self._stale is None or self._stale_round != self.rounds:
+            raise RuntimeError(
+                f"the rule {self.spec.trigger!r} compares the fresh gradient with this rank's gradient at its last "
+                "upload point on the same minibatch, which a hook cannot compute: call "
+                "state.second_gradient(lambda m: <the step's loss computed with m>) before loss.backward() in "
+                "every step (see sasg.ddp.HookState.second_gradient)"
+            )
+        stale = self._stale
+        if self.momentum is not None:  # the rule then compares velocities (sasg.ddp.optimizers)
+            stale = self.momentum.stale_velocity(self._grads, stale, self._theta,
+                                                 self.engine.workers.buffer("anchor")[0])
+        return stale.view(1, -1)
 
     # ----- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -26,8 +26,8 @@ register("trigger", "wk1", "LASG-WK1 lazy rule: upload when the fresh gradient m
          "gradient; --window D, --threshold-scale c)",
          lambda layout, s: WK1(s.window, s.threshold_scale, s.window_sum))
 register("trigger", "ps", "LASG-PS lazy rule: upload when L_m^2 x the parameter drift since the last upload is "
-         "large, L_m^2 a noise-aware least-squares estimate from the uploads (no second gradient; --window D, "
-         "--threshold-scale c)",
+         "large, L_m^2 a noise-aware least-squares slope of the gradient change on the drift (no second "
+         "gradient; --window D, --threshold-scale c)",
          lambda layout, s: PS(s.window, s.threshold_scale, s.window_sum))
 register("trigger", "wk1-plain", "wk1 without the noise allowance, ||g - g_last||^2 > thr (the earlier wk1; its two "
          "minibatches' noise keeps it uploading once the steps are small)",

@@ -34,23 +34,23 @@ CODECS = ("paper32", "rice+fp32", "rice+fp16", "rice+bf16", "rice+int8", "rice+s
 KEPT_PER_MESSAGE = 4071  # top-k entries of FC 784-512-10 at h = 1 %: bits per kept entry
 COMPRESSORS = ("identity", "topk", "randomk", "globaltopk", "sign", "terngrad", "qsgd", "dgc", "powersgd")
 OWN_CODEC = {"sign": "sign", "terngrad": "ternary", "qsgd": "elias"}
-WK1_C = "0.002"  # wk1 never skips at c = 2 on this setting (README: its two gradients' noise)
+TRIGGERS = ("always", "wk2", "wk1", "ps")  # every rule at its own default c (the default setting's c = 2)
 
 
 def zoo_algorithms(rows: str = "all") -> list[str]:
-    """The family table's algorithms; ``rows="wk1"``: sgd and the wk1 rows only (no second
-    gradient, so the cheapest lazy rows, and those whose decisions moved most between CPUs)."""
+    """The family table's algorithms; ``rows="wk1"`` (or ``"ps"``): sgd and that rule's rows only
+    (no second gradient, so the cheapest lazy rows, and those whose decisions moved most between
+    CPUs)."""
     algos = ["sgd"]
     for comp in COMPRESSORS:
-        algos += [f"wk2+{comp}", f"wk1+{comp}"] if comp == "identity" else [f"{t}+{comp}" for t in ("always", "wk2", "wk1")]
-    return algos if rows == "all" else [a for a in algos if a == "sgd" or a.startswith("wk1+")]
+        algos += [f"{t}+{comp}" for t in TRIGGERS if not (comp == "identity" and t == "always")]
+    return algos if rows == "all" else [a for a in algos if a == "sgd" or a.startswith(f"{rows}+")]
 
 
 def zoo_flags(rows: str = "all") -> list[str]:
     algos = zoo_algorithms(rows)
     codecs = ["rice+fp32"] + [f"{a}={OWN_CODEC[a.split('+')[1]]}" for a in algos if a.split("+")[-1] in OWN_CODEC]
-    scales = ["2"] + [f"{a}={WK1_C}" for a in algos if a.startswith("wk1+")]
-    return ["--algos", ",".join(algos), "--codec", ",".join(codecs), "--threshold-scale", ",".join(scales)]
+    return ["--algos", ",".join(algos), "--codec", ",".join(codecs)]
 
 
 def runs(tables: list[str], seeds: list[int], out: Path, zoo_rows: str = "all") -> list[tuple[Path, list[str]]]:
@@ -177,12 +177,12 @@ def codec_table(seeds, out: Path, algos: list[str]) -> list[str]:
 
 def zoo_table(seeds, out: Path, rows: str = "all") -> list[str]:
     per = [load(out / zoo_folder(rows) / f"seed{s}") for s in seeds]
-    lines = ["| algorithm | codec | uploads | uploads → target | bits → target | vs sgd | final top-1 % |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| algorithm | codec | uploads | skipped | uploads → target | bits → target | vs sgd | final top-1 % |",
+             "|---|---|---|---|---|---|---|---|"]
     for algo in per[0]:
         rs = [p[algo] for p in per]
         lines.append(row([f"`{algo}`", rs[0]["codec"]], [
-            (values(rs, "uploads"), count), (values(rs, "uploads_to_target"), count),
+            (values(rs, "uploads"), count), (values(rs, "skipped"), count), (values(rs, "uploads_to_target"), count),
             (values(rs, "bits_to_target"), sci), (ratio(rs, [p["sgd"] for p in per], "bits_to_target"), saving),
             (values(rs, "final_test_acc"), pct)]))
     return lines
@@ -206,8 +206,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each one torch thread)")
     p.add_argument("--codec-algos", default="sparse,sasg",
                    help="the codec table's rows: sparse,sasg, or sasg alone (the lazy one, whose decisions move)")
-    p.add_argument("--zoo-rows", choices=("all", "wk1"), default="all",
-                   help="the family table's rows: all 27, or sgd and the 9 wk1 rows (about a tenth of the time)")
+    p.add_argument("--zoo-rows", choices=("all", "wk1", "ps"), default="all",
+                   help="the family table's rows: all 36, or sgd and the 9 wk1 (or ps) rows (about a quarter of the time)")
     p.add_argument("--render-only", action="store_true", help="print the tables from the runs already made")
     args = p.parse_args()
     tables = [t.strip() for t in args.tables.split(",")]

@@ -1,6 +1,7 @@
-"""The lazy rules without a second gradient, ``wk1`` (LASG-WK1) and ``ps`` (LASG-PS): they never
-ask for the stale gradient, skip within the staleness bound, reduce to ``always`` when the
-threshold vanishes, and give the same numbers in every runner."""
+"""The lazy rules without a second gradient, ``wk1`` (LASG-WK1) and ``ps`` (LASG-PS), noise-aware,
+and their plain forms ``wk1-plain`` and ``ps-plain``: they never ask for the stale gradient, skip
+within the staleness bound, the plain ones reduce to ``always`` when the threshold vanishes, and
+all give the same numbers in every runner (the noise allowance itself: test_noise_aware_rules)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from sasg.optim import SASG
 from conftest import small_config
 from test_distributed import spawn, synth
 
-RULES = ("wk1", "ps")
+RULES = ("wk1", "ps", "wk1-plain", "ps-plain")
+PLAIN = ("wk1-plain", "ps-plain")
 ROUNDS = 50
 D = 3
-# A threshold scale at which all three rules skip on the fixture data (ps's secant estimate of
-# L_m is large there: it needs a small c to skip at all).
+# A threshold scale at which all the rules skip on the fixture data (ps's estimate of L_m is large
+# there: it needs a small c to skip at all).
 LAZY = dict(window=D, threshold_scale=0.02)
 
 
@@ -100,10 +102,10 @@ def test_at_most_d_skips_when_nothing_changes(rule):
 
 
 def test_ps_secant_estimate_on_a_quadratic():
-    """On f(x) = a/2 ||x||^2 (no noise) the secant between uploads is exactly a."""
+    """On f(x) = a/2 ||x||^2 (no noise) ps-plain's secant between uploads is exactly a."""
     a = 3.0
     layout = Layout([("w", (5,))])
-    engine = RoundEngine(make_algorithm("ps+identity", layout, window=2, c=1.0), InProcessTransport(1))
+    engine = RoundEngine(make_algorithm("ps-plain+identity", layout, window=2, c=1.0), InProcessTransport(1))
     theta = torch.arange(1.0, 6.0)
     engine.step(theta, (a * theta).reshape(1, -1), None, 0.1)
     assert float(engine.workers.buffer("lipschitz")[0, 0]) == 0  # round 0: no earlier upload yet
@@ -113,9 +115,10 @@ def test_ps_secant_estimate_on_a_quadratic():
     assert engine.workers.buffer("lipschitz").shape == (1, 1)  # one number per worker
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", PLAIN)
 def test_huge_threshold_scale_is_always(rule):
-    """c = 1e30: the threshold is ~0, every worker uploads every round: exactly always+topk."""
+    """c = 1e30: the threshold is ~0, every worker uploads every round: exactly always+topk (the
+    noise-aware rules still skip the rounds whose change is within the noise)."""
     cfg = small_config(threshold_scale=1e30, window=2)
     a, b = Simulator(cfg, f"{rule}+topk", synth()), Simulator(cfg, "always+topk", synth())
     for _ in range(25):
@@ -136,12 +139,13 @@ def test_same_seed_same_run(runs, rule):
 
 
 def test_ps_resumes_from_its_state():
-    """The per-worker estimate L_m is worker state: saved and restored with the rest."""
-    straight, flags, *_ = run("ps+topk", rounds=30)
-    first = Simulator(small_config(**LAZY), "ps+topk", synth())
+    """ps-plain's per-worker estimate L_m is worker state: saved and restored with the rest (ps's
+    own buffers: test_noise_aware_rules)."""
+    straight, flags, *_ = run("ps-plain+topk", rounds=30)
+    first = Simulator(small_config(**LAZY), "ps-plain+topk", synth())
     for _ in range(18):
         first.step()
-    second = Simulator(small_config(**LAZY), "ps+topk", synth())
+    second = Simulator(small_config(**LAZY), "ps-plain+topk", synth())
     second.load_state_dict(first.state_dict())
     for _ in range(12):
         second.step()
@@ -200,7 +204,7 @@ def test_runner_follows_the_simulator(tmp_path, one_thread):
             assert out["ledger"]["uploads"] == ref.ledger.uploads, algo
             assert out["ledger"]["bits_up"] == ref.ledger.bits_up, algo
             torch.testing.assert_close(out["workers"]["staleness"], sim.workers.staleness[r : r + 1])
-            for name, buf in out["workers"]["buffers"].items():  # last_grad, error, anchor, lipschitz
+            for name, buf in out["workers"]["buffers"].items():  # last_grad, error, anchor, noise, ...
                 torch.testing.assert_close(buf, sim.workers.buffer(name)[r : r + 1], msg=f"{algo} {name}")
 
 

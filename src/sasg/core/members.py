@@ -10,7 +10,7 @@ from .compressors import GlobalTopK, RandomK, ScaledSign, TernGrad
 from .compressors import DGC
 from .memories import ErrorFeedback, NoMemory
 from .registry import register, register_alias
-from .triggers import PS, WK1, WK2, Always
+from .triggers import PS, WK1, WK2, Always, PSPlain, WK1Plain
 from .compressors.powersgd import PowerSGD
 from .memories.ef21 import EF21
 from .triggers.clag import CLAG
@@ -22,11 +22,19 @@ register("trigger", "wk2", "LASG-WK2 lazy rule: upload when the gradient changed
          "(second gradient at the anchor; --window D, --threshold-scale c)",
          lambda layout, s: WK2(s.window, s.threshold_scale, s.window_sum))
 register("trigger", "wk1", "LASG-WK1 lazy rule: upload when the fresh gradient moved away from the last uploaded "
-         "one (no second gradient; --window D, --threshold-scale c)",
+         "one by more than the minibatch noise, ||g - g_last||^2 - 2 s^2 > thr, s^2 a running estimate (no second "
+         "gradient; --window D, --threshold-scale c)",
          lambda layout, s: WK1(s.window, s.threshold_scale, s.window_sum))
 register("trigger", "ps", "LASG-PS lazy rule: upload when L_m^2 x the parameter drift since the last upload is "
-         "large, L_m a secant estimate (no second gradient; --window D, --threshold-scale c)",
+         "large, L_m^2 a noise-aware least-squares slope of the gradient change on the drift (no second "
+         "gradient; --window D, --threshold-scale c)",
          lambda layout, s: PS(s.window, s.threshold_scale, s.window_sum))
+register("trigger", "wk1-plain", "wk1 without the noise allowance, ||g - g_last||^2 > thr (the earlier wk1; its two "
+         "minibatches' noise keeps it uploading once the steps are small)",
+         lambda layout, s: WK1Plain(s.window, s.threshold_scale, s.window_sum))
+register("trigger", "ps-plain", "ps with L_m the running maximum of the noisy secants (the earlier ps; the noise "
+         "inflates L_m and keeps it uploading)",
+         lambda layout, s: PSPlain(s.window, s.threshold_scale, s.window_sum))
 register("compressor", "identity", "send the dense vector as it is", lambda layout, s: Identity(layout))
 register("compressor", "topk", "keep the max(1, floor(h*d_s)) largest magnitudes of every tensor (--density h); "
          "the tensors --tensor-policy names whole",

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..memories.ef21 import ESTIMATE
 from .lazy import check_threshold_scale
-from .wk1 import distance_to_rows, store_rows
+from .rows import distance_to_rows, store_rows
 
 
 def estimate_gap(grads: Sequence[Tensor], scale: float, estimate: Tensor, work: Tensor) -> Tensor:

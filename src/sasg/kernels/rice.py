@@ -1,0 +1,336 @@
+r"""Compiled encode and decode of the sectioned index codes ``rice`` and ``auto``.
+
+The bytes are :mod:`sasg.core.codecs.index.rice`'s and :mod:`~sasg.core.codecs.index.auto`'s
+(that module's vectorized torch code is the reference): per message a header (``S`` counts
+``c_s`` and the unary length ``U`` as ``W``-byte little-endian integers, ``S`` Rice parameters
+``b_s``, for ``auto`` ``S`` tags), then the idx32 section, the bitmap section, the remainders
+(``b_s`` bits per entry, zero-padded) and the unary stream (``1^q 0`` per entry, padded with
+ones). ``rice`` is ``auto`` with every tag 1 and no tag bytes (``tags_on = 0``).
+
+What it buys (FC 784-512-10, one message of 4,071 entries, ``rice+sign`` encode + decode, on
+2 loaded cores): the torch path costs ~1.9 ms, nearly all of it the fixed cost of some 150 small
+ops; these two loops run in ~0.03 ms (encode) and ~0.03 ms (decode).
+
+Errors: a kernel stops at the first thing that is wrong and returns a nonzero code. Encode
+rejects only what the reference rejects (indices not ascending or outside ``0..d-1``); decode
+rejects exactly the messages the reference decoder rejects (every length, count, parameter,
+tag, padding bit and index range it checks). The member then reruns the reference, which raises
+the existing error naming the message. Every read is bounds-checked against the message's own
+size before it happens, so hostile bytes never make a kernel read past its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import jit, on_warm
+from .bits import any_bit_set, bit_is_set, bit_length, clear_bit, read_int, set_bit, write_int
+
+OK = 0
+BAD_INDICES = 1  # encode: not ascending or outside 0..d-1
+TRUNCATED = 2  # decode: a message shorter than its header, sections and tail
+BAD_HEADER = 3  # a count, tag, parameter or unary length out of range
+BAD_SECTION = 4  # an idx32 index, bitmap bit, padding bit or unary code that no encoder writes
+
+
+def header_bytes(S: int, W: int, tags_on: int) -> int:
+    return (S + 1) * W + S * (2 if tags_on else 1)
+
+
+@jit
+def _plan(idx, offsets, numels, bmax, d, W, tags_on, counts, b, tag, lens):
+    """Pass 1 and 2 of the encoder: check the rows, count each tensor's entries, choose ``b_s``
+    (``floor(log2(mean gap))`` capped by ``bmax``) and the tag, and the section lengths
+    ``lens[n] = (n0 W, bitmap bytes, remainder bytes, unary bytes)``. False on bad indices."""
+    N, K = idx.shape
+    S = offsets.shape[0]
+    for n in range(N):
+        prev = np.int64(-1)
+        s = 0
+        for j in range(K):
+            x = idx[n, j]
+            if x <= prev or x >= d:
+                return False
+            while x >= offsets[s] + numels[s]:
+                s += 1
+            counts[n, s] += 1
+            prev = x
+        j = 0
+        n0 = np.int64(0)
+        r2 = np.int64(0)
+        rbits = np.int64(0)
+        ubits = np.int64(0)
+        for s in range(S):
+            c = counts[n, s]
+            bs = np.int64(0)
+            sumq = np.int64(0)
+            if c > 0:
+                sum_gap = idx[n, j + c - 1] - offsets[s] + 1 - c
+                bs = max(bit_length(sum_gap // c) - 1, 0)
+                bs = min(bs, bmax[s])
+                prev = offsets[s] - 1
+                for t in range(j, j + c):
+                    sumq += (idx[n, t] - prev - 1) >> bs
+                    prev = idx[n, t]
+            tg = 1
+            if tags_on:  # the cheapest code, the first of idx32, rice, bitmap on ties
+                best = c * 8 * W
+                tg = 0
+                if c * (bs + 1) + sumq < best:
+                    best = c * (bs + 1) + sumq
+                    tg = 1
+                if numels[s] < best:
+                    tg = 2
+                if tg != 1:
+                    bs = 0
+            b[n, s] = bs
+            tag[n, s] = tg
+            if tg == 0:
+                n0 += c
+            elif tg == 2:
+                r2 += numels[s]
+            else:
+                rbits += c * bs
+                ubits += sumq + c
+            j += c
+        lens[n, 0] = n0 * W
+        lens[n, 1] = (r2 + 7) // 8
+        lens[n, 2] = (rbits + 7) // 8
+        lens[n, 3] = (ubits + 7) // 8
+    return True
+
+
+@jit
+def sections_encode(idx, offsets, numels, bmax, d, W, tags_on):
+    """``(N, K)`` int64 indices -> (index parts back to back (uint8), each part's size, the
+    ``(N, S)`` counts, error code)."""
+    N, K = idx.shape
+    S = offsets.shape[0]
+    H = (S + 1) * W + S * (2 if tags_on else 1)
+    counts = np.zeros((N, S), np.int64)
+    b = np.zeros((N, S), np.int64)
+    tag = np.zeros((N, S), np.int64)
+    lens = np.zeros((N, 4), np.int64)
+    sizes = np.zeros(N, np.int64)
+    if not _plan(idx, offsets, numels, bmax, d, W, tags_on, counts, b, tag, lens):
+        return np.zeros(0, np.uint8), sizes, counts, BAD_INDICES
+    total = 0
+    for n in range(N):
+        sizes[n] = H + lens[n, 0] + lens[n, 1] + lens[n, 2] + lens[n, 3]
+        total += sizes[n]
+    out = np.zeros(total, np.uint8)
+    p = 0
+    for n in range(N):
+        for s in range(S):
+            write_int(out, p + s * W, counts[n, s], W)
+            out[p + (S + 1) * W + s] = b[n, s]
+            if tags_on:
+                out[p + (S + 1) * W + S + s] = tag[n, s]
+        write_int(out, p + S * W, lens[n, 3], W)
+        p0 = p + H  # idx32 section, then bitmap, remainders, unary
+        p2 = p0 + lens[n, 0]
+        pr = p2 + lens[n, 1]
+        pu = pr + lens[n, 2]
+        end = pu + lens[n, 3]
+        out[pu:end] = 0xFF
+        acc = np.int64(0)  # remainder bits not yet written (nacc < 8 of them)
+        nacc = 0
+        ubit = 8 * pu
+        region = 8 * p2
+        j = 0
+        for s in range(S):
+            c = counts[n, s]
+            tg = tag[n, s]
+            if tg == 0:
+                for t in range(j, j + c):
+                    write_int(out, p0, idx[n, t], W)
+                    p0 += W
+            elif tg == 2:
+                for t in range(j, j + c):
+                    set_bit(out, region + idx[n, t] - offsets[s])
+                region += numels[s]
+            else:
+                bs = b[n, s]
+                prev = offsets[s] - 1
+                for t in range(j, j + c):
+                    g = idx[n, t] - prev - 1
+                    prev = idx[n, t]
+                    q = g >> bs
+                    if bs > 0:
+                        acc = (acc << bs) | (g - (q << bs))
+                        nacc += bs
+                        while nacc >= 8:
+                            nacc -= 8
+                            out[pr] = (acc >> nacc) & 0xFF
+                            pr += 1
+                        acc &= (np.int64(1) << nacc) - 1
+                    ubit += q
+                    clear_bit(out, ubit)
+                    ubit += 1
+            j += c
+        if nacc > 0:
+            out[pr] = (acc << (8 - nacc)) & 0xFF
+        p = end
+    return out, sizes, counts, OK
+
+
+@jit
+def _header(data, a, size, tail, nnz, numels, bmax, W, tags_on, counts_row, b, tag, lens):
+    """Read and check one message's header (at ``data[a:]``, ``size`` bytes); fill its counts,
+    parameters, tags and section lengths as in :func:`_plan`. An error code."""
+    S = numels.shape[0]
+    H = (S + 1) * W + S * (2 if tags_on else 1)
+    if size < H + tail:
+        return TRUNCATED
+    total = np.int64(0)
+    n0 = np.int64(0)
+    r2 = np.int64(0)
+    rbits = np.int64(0)
+    for s in range(S):
+        c = read_int(data, a + s * W, W)
+        bs = np.int64(data[a + (S + 1) * W + s])
+        tg = np.int64(data[a + (S + 1) * W + S + s]) if tags_on else np.int64(1)
+        if c < 0 or c > numels[s] or tg > 2 or bs > bmax[s] or (tg != 1 and bs != 0):
+            return BAD_HEADER
+        counts_row[s] = c
+        b[s] = bs
+        tag[s] = tg
+        total += c
+        if tg == 0:
+            n0 += c
+        elif tg == 2:
+            r2 += numels[s]
+        else:
+            rbits += c * bs
+    U = read_int(data, a + S * W, W)
+    if total != nnz or U < 0 or U > size:
+        return BAD_HEADER
+    lens[0] = n0 * W
+    lens[1] = (r2 + 7) // 8
+    lens[2] = (rbits + 7) // 8
+    lens[3] = U
+    if H + lens[0] + lens[1] + lens[2] + U + tail > size:
+        return TRUNCATED
+    return OK
+
+
+@jit
+def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, tags_on):
+    """The messages at ``starts`` (``sizes`` bytes, each ending in ``tail`` value bytes) ->
+    (``(N, nnz)`` indices, ``(N, S)`` counts, index bytes used per message, error code)."""
+    N = starts.shape[0]
+    S = offsets.shape[0]
+    H = (S + 1) * W + S * (2 if tags_on else 1)
+    out = np.zeros((N, nnz), np.int64)
+    counts = np.zeros((N, S), np.int64)
+    used = np.zeros(N, np.int64)
+    b = np.zeros(S, np.int64)
+    tag = np.zeros(S, np.int64)
+    lens = np.zeros(4, np.int64)
+    for n in range(N):
+        a = starts[n]
+        err = _header(data, a, sizes[n], tail, nnz, numels, bmax, W, tags_on, counts[n], b, tag, lens)
+        if err != OK:
+            return out, counts, used, err
+        p0 = a + H
+        p2 = p0 + lens[0]
+        pr = p2 + lens[1]
+        pu = pr + lens[2]
+        pe = pu + lens[3]
+        used[n] = pe - a
+        racc = np.int64(0)  # remainder bits read but not yet used (rn < 8 of them between entries)
+        rn = 0
+        ubit = 8 * pu
+        uend = 8 * pe
+        region = 8 * p2
+        j = 0
+        for s in range(S):
+            c = counts[n, s]
+            lo = offsets[s]
+            d_s = numels[s]
+            if tag[s] == 0:
+                prev = np.int64(-1)
+                for t in range(c):
+                    x = read_int(data, p0, W)
+                    p0 += W
+                    if x < lo or x >= lo + d_s or (t > 0 and x <= prev):
+                        return out, counts, used, BAD_SECTION
+                    out[n, j] = x
+                    prev = x
+                    j += 1
+            elif tag[s] == 2:
+                found = 0
+                pos = region
+                hi = region + d_s
+                while pos < hi:
+                    if (pos & 7) == 0 and pos + 8 <= hi and data[pos >> 3] == 0:
+                        pos += 8
+                        continue
+                    if bit_is_set(data, pos):
+                        if found == c:
+                            return out, counts, used, BAD_SECTION
+                        out[n, j + found] = lo + pos - region
+                        found += 1
+                    pos += 1
+                if found != c:
+                    return out, counts, used, BAD_SECTION
+                j += c
+                region = hi
+            else:
+                bs = b[s]
+                mask = (np.int64(1) << bs) - 1
+                qmax = (d_s - 1) >> bs  # a larger quotient puts the gap past the tensor
+                loc = np.int64(0)  # entries so far plus their gaps: the next local index
+                for t in range(c):
+                    r = np.int64(0)
+                    if bs > 0:
+                        while rn < bs:
+                            racc = (racc << 8) | np.int64(data[pr])
+                            pr += 1
+                            rn += 8
+                        rn -= bs
+                        r = (racc >> rn) & mask
+                        racc &= (np.int64(1) << rn) - 1
+                    q = np.int64(0)
+                    while True:
+                        if ubit >= uend:
+                            return out, counts, used, BAD_SECTION
+                        if (ubit & 7) == 0 and data[ubit >> 3] == 0xFF:
+                            q += 8
+                            ubit += 8
+                        elif bit_is_set(data, ubit):
+                            q += 1
+                            ubit += 1
+                        else:
+                            ubit += 1
+                            break
+                    if q > qmax:
+                        return out, counts, used, BAD_SECTION
+                    loc += (q << bs) + r + 1
+                    if loc > d_s:
+                        return out, counts, used, BAD_SECTION
+                    out[n, j] = lo + loc - 1
+                    j += 1
+        if racc != 0 or any_bit_set(data, region, 8 * (p2 + lens[1])):
+            return out, counts, used, BAD_SECTION
+        # The unary stream ends in the byte of its last code, and the rest of it is ones.
+        if (ubit - 8 * pu + 7) // 8 != lens[3]:
+            return out, counts, used, BAD_SECTION
+        for pos in range(ubit, uend):
+            if not bit_is_set(data, pos):
+                return out, counts, used, BAD_SECTION
+    return out, counts, used, OK
+
+
+@on_warm
+def _warm() -> None:
+    offsets = np.array([0, 6], np.int64)
+    numels = np.array([6, 10], np.int64)
+    bmax = np.array([2, 3], np.int64)
+    idx = np.array([[1, 4, 7, 15]], np.int64)
+    for tags_on in (0, 1):
+        data, sizes, _, _ = sections_encode(idx, offsets, numels, bmax, 16, 4, tags_on)
+        sections_decode(data, np.zeros(1, np.int64), sizes, 0, 4, offsets, numels, bmax, 4, tags_on)
+
+
+__all__ = ["header_bytes", "sections_decode", "sections_encode"]

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from sasg import kernels
 from sasg.core import Layout
 from sasg.core.codecs.composite import make_codec
+from sasg.core.codecs.index import Auto
 from sasg.core.codecs.protocol import CodecError
 from sasg.core.spec import AlgorithmSettings
+from sasg.kernels import rice as rice_kernel
 from test_codecs import random_message
 
 INDEX = ("idx32", "rice", "bitmap", "auto")
@@ -180,21 +182,47 @@ def test_corrupted_messages_fail_alike_on_both_paths(name, layout, n, frac, how,
 
 
 @pytest.mark.parametrize("name", [f"{i}+{v}" for i in INDEX for v in ("sign", "int8")])
-def test_every_bit_flip_and_cut_fails_alike_on_both_paths(name):
+@pytest.mark.parametrize("layout", ["tiny", "one"])
+def test_every_bit_flip_and_cut_fails_alike_on_both_paths(name, layout):
     """Exhaustive over small messages (padding bits, the last remainder and unary bytes included):
     every single-bit flip, every byte set to 0x00 or 0xFF, every truncation of the last message."""
-    lay = LAYOUTS["tiny"]
+    lay = LAYOUTS[layout]
     codec = make_codec(name, lay)
-    for k, seed in ((0, 1), (3, 2), (11, 3), (lay.numel, 4)):
+    for k, seed in ((0, 1), (min(3, lay.numel), 2), (min(11, lay.numel), 3), (lay.numel, 4)):
         idx, vals = random_message(lay, 2, k, seed)
-        data, sizes = codec.encode_sparse(idx, vals)
-        for pos in range(data.numel()):
-            for value in [int(data[pos]) ^ (1 << bit) for bit in range(8)] + [0, 255]:
-                bad = data.clone()
-                bad[pos] = value
-                both(lambda: codec.decode_sparse(bad, sizes, k, torch.float32))
-        for cut in range(1, sizes[-1] + 1):
-            both(lambda: codec.decode_sparse(data[:-cut], sizes[:-1] + [sizes[-1] - cut], k, torch.float32))
+        flip_and_cut(codec, *codec.encode_sparse(idx, vals), k)
+
+
+def flip_and_cut(codec, data, sizes, k):
+    """Both paths decode every single-bit flip, 0x00 and 0xFF byte and cut of ``data`` alike."""
+    for pos in range(data.numel()):
+        for value in [int(data[pos]) ^ (1 << bit) for bit in range(8)] + [0, 255]:
+            bad = data.clone()
+            bad[pos] = value
+            both(lambda: codec.decode_sparse(bad, sizes, k, torch.float32))
+    for cut in range(1, sizes[-1] + 1):
+        both(lambda: codec.decode_sparse(data[:-cut], sizes[:-1] + [sizes[-1] - cut], k, torch.float32))
+
+
+def test_auto_sections_of_every_kind_agree(monkeypatch):
+    """``auto``'s idx32 and bitmap sections (rice is nearly always cheaper: tags forced here, in
+    the reference through ``choose_tags``, in the kernel through ``forced``)."""
+    lay = LAYOUTS["tiny"]
+    S, W, d = len(lay.segments), 4, lay.numel
+    codec = make_codec("auto+sign", lay)
+    for k, seed in ((0, 1), (5, 2), (14, 3), (d, 4)):
+        idx, vals = random_message(lay, 3, k, seed)
+        tags = torch.randint(0, 3, (3, S), generator=torch.Generator().manual_seed(seed))
+        monkeypatch.setattr(Auto, "choose_tags", lambda self, *costs: tags.reshape(-1))
+        data, sizes = reference(lambda: codec.encode_sparse(idx, vals))
+        part, part_sizes, _, err = rice_kernel.sections_encode(idx.numpy(), *codec.index.tables.arrays(), d, W, 1,
+                                                               tags.numpy())
+        V = codec.value.nbytes(k)
+        assert err == 0 and part_sizes.tolist() == [s - V for s in sizes]
+        messages = data.split(sizes)
+        assert torch.equal(torch.from_numpy(part), torch.cat([m[: len(m) - V] for m in messages]))
+        both(lambda: codec.decode_sparse(data, sizes, k, torch.float32))
+        flip_and_cut(codec, data, sizes, k)
 
 
 @pytest.mark.parametrize("name", ["rice+sign", "auto+int8"])
@@ -219,11 +247,23 @@ def test_headers_claiming_huge_sections_are_turned_away(name):
     assert both(lambda: codec.decode_sparse(longer, [sizes[0] + 1], 40, torch.float32))[0] == "CodecError"
 
 
+def test_a_bit_moved_into_the_bitmap_padding_is_turned_away():
+    """The count still matches: only the padding check tells."""
+    lay = Layout([("w", (30, 20)), ("b", (5,))])  # d = 605: three padding bits
+    codec = make_codec("bitmap+fp32", lay)
+    idx = torch.tensor([[0, 7, 604]])
+    data, sizes = codec.encode_sparse(idx, torch.ones(idx.shape))
+    bad = data.clone()
+    assert int(bad[75]) == 0b1000
+    bad[75] = 0b0100  # entry 604 -> padding bit 605
+    assert both(lambda: codec.decode_sparse(bad, sizes, 3, torch.float32))[0] == "CodecError"
+
+
 # ---------------------------------------------------------------------------- warm-ups
 def test_codec_kernels_register_their_warm_ups_on_import():
     import sasg.core.codecs.composite  # noqa: F401  (imports every member, and so their kernels)
 
     modules = {fn.__module__ for fn in kernels._WARMERS}
-    assert {"sasg.kernels.rice", "sasg.kernels.values"} <= modules
+    assert {"sasg.kernels.rice", "sasg.kernels.values", "sasg.kernels.bitmap", "sasg.kernels.idx32"} <= modules
     for fn in kernels._WARMERS:
         fn()

@@ -33,14 +33,14 @@ BAD_HEADER = 3  # a count, tag, parameter or unary length out of range
 BAD_SECTION = 4  # an idx32 index, bitmap bit, padding bit or unary code that no encoder writes
 
 
-def header_bytes(S: int, W: int, tags_on: int) -> int:
-    return (S + 1) * W + S * (2 if tags_on else 1)
+CHOOSE = np.zeros((0, 0), np.int64)  # sections_encode's `forced`: let the costs choose the tags
 
 
 @jit
-def _plan(idx, offsets, numels, bmax, d, W, tags_on, counts, b, tag, lens):
+def _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, lens):
     """Pass 1 and 2 of the encoder: check the rows, count each tensor's entries, choose ``b_s``
-    (``floor(log2(mean gap))`` capped by ``bmax``) and the tag, and the section lengths
+    (``floor(log2(mean gap))`` capped by ``bmax``) and the tag (``forced[n, s]`` when ``forced``
+    has rows: tests reach every section that way), and the section lengths
     ``lens[n] = (n0 W, bitmap bytes, remainder bytes, unary bytes)``. False on bad indices."""
     N, K = idx.shape
     S = offsets.shape[0]
@@ -81,6 +81,8 @@ def _plan(idx, offsets, numels, bmax, d, W, tags_on, counts, b, tag, lens):
                     tg = 1
                 if numels[s] < best:
                     tg = 2
+                if forced.shape[0]:
+                    tg = forced[n, s]
                 if tg != 1:
                     bs = 0
             b[n, s] = bs
@@ -101,9 +103,9 @@ def _plan(idx, offsets, numels, bmax, d, W, tags_on, counts, b, tag, lens):
 
 
 @jit
-def sections_encode(idx, offsets, numels, bmax, d, W, tags_on):
+def sections_encode(idx, offsets, numels, bmax, d, W, tags_on, forced):
     """``(N, K)`` int64 indices -> (index parts back to back (uint8), each part's size, the
-    ``(N, S)`` counts, error code)."""
+    ``(N, S)`` counts, error code). ``forced``: ``(0, 0)``, or ``(N, S)`` tags to use."""
     N, K = idx.shape
     S = offsets.shape[0]
     H = (S + 1) * W + S * (2 if tags_on else 1)
@@ -112,7 +114,7 @@ def sections_encode(idx, offsets, numels, bmax, d, W, tags_on):
     tag = np.zeros((N, S), np.int64)
     lens = np.zeros((N, 4), np.int64)
     sizes = np.zeros(N, np.int64)
-    if not _plan(idx, offsets, numels, bmax, d, W, tags_on, counts, b, tag, lens):
+    if not _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, lens):
         return np.zeros(0, np.uint8), sizes, counts, BAD_INDICES
     total = 0
     for n in range(N):
@@ -329,8 +331,8 @@ def _warm() -> None:
     bmax = np.array([2, 3], np.int64)
     idx = np.array([[1, 4, 7, 15]], np.int64)
     for tags_on in (0, 1):
-        data, sizes, _, _ = sections_encode(idx, offsets, numels, bmax, 16, 4, tags_on)
+        data, sizes, _, _ = sections_encode(idx, offsets, numels, bmax, 16, 4, tags_on, CHOOSE)
         sections_decode(data, np.zeros(1, np.int64), sizes, 0, 4, offsets, numels, bmax, 4, tags_on)
 
 
-__all__ = ["header_bytes", "sections_decode", "sections_encode"]
+__all__ = ["CHOOSE", "sections_decode", "sections_encode"]

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ....kernels import idx32 as kernel
 from ...layout import Layout
-from ..bitstream import MAX_FIELD_BITS, bit_length
+from ..bitstream import MAX_FIELD_BITS, as_numpy, bit_length, on_kernels
 from ..protocol import CodecError
 
 
@@ -89,6 +90,10 @@ class LayoutTables:
     def counts_of(self, indices: Tensor) -> Tensor:
         """``(N, S)``: how many indices of every row fall in every tensor (rows ascending, or not)."""
         N, K = indices.shape
+        if on_kernels(indices):
+            counts, err = kernel.segment_counts(as_numpy(indices, np.int64), self.arrays()[0], self.d)
+            if not err:  # else (an index outside 0..d-1) as the reference counts it
+                return torch.from_numpy(counts)
         tab = self.on(indices.device)
         if K == 0:
             return torch.zeros(N, self.S, dtype=torch.long, device=indices.device)

@@ -153,7 +153,7 @@ class _Sections(IndexCode):
         if on_kernels(indices):
             t = self.tables
             data, sizes, counts, err = kernel.sections_encode(
-                as_numpy(indices, np.int64), *t.arrays(), t.d, t.W, int(self.TAGS))
+                as_numpy(indices, np.int64), *t.arrays(), t.d, t.W, int(self.TAGS), kernel.CHOOSE)
             if not err:  # else the reference raises its error
                 return (torch.from_numpy(data), sizes.tolist()), torch.from_numpy(counts)
         return self._encode_torch(indices)

@@ -1,0 +1,84 @@
+r"""Compiled ``bitmap`` index code.
+
+Bytes as :mod:`sasg.core.codecs.index.bitmap` (the torch reference): bit ``i`` (big-endian within
+a byte) of a ``ceil(d / 8)``-byte stream set iff index ``i`` is kept; the decoded indices ascend,
+and come with their per-tensor counts.
+
+What they buy (FC 784-512-10, one message of 4,071 entries, on 2 loaded cores): ``bitmap+fp32``
+encode + decode ~0.57 ms in torch (index_add over int32, then a nonzero/unpack of the whole
+50 kB bitmap), ~0.08 ms here (the decode is one pass over the bytes, ~1 ns a byte).
+
+Errors: an index outside ``0..d-1`` (encode) or a padding bit set / a wrong number of
+bits (decode) give a nonzero code; the member then runs the reference, which raises the existing
+error. The decoder reads only the ``ceil(d / 8)`` bytes of each message it has checked are there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import jit, on_warm
+
+OK = 0
+BAD_INDEX = 1  # encode: an index outside 0..d-1
+TRUNCATED = 2  # decode: a message shorter than its bitmap and tail
+BAD_BITS = 3  # decode: a padding bit set, or not nnz bits
+
+
+@jit
+def bitmap_encode(idx, d):
+    """``(N, K)`` indices (any order, repeats allowed) -> ``(N, ceil(d / 8))`` bytes, error code."""
+    N, K = idx.shape
+    nb = (d + 7) // 8
+    out = np.zeros((N, nb), np.uint8)
+    for n in range(N):
+        for j in range(K):
+            x = idx[n, j]
+            if x < 0 or x >= d:
+                return out, BAD_INDEX
+            out[n, x >> 3] |= np.uint8(128 >> (x & 7))
+    return out, OK
+
+
+@jit
+def bitmap_decode(data, starts, sizes, tail, nnz, d, offsets):
+    """The bitmaps at ``starts`` -> (``(N, nnz)`` ascending indices, ``(N, S)`` counts, error)."""
+    N = starts.shape[0]
+    S = offsets.shape[0]
+    nb = (d + 7) // 8
+    out = np.zeros((N, nnz), np.int64)
+    counts = np.zeros((N, S), np.int64)
+    for n in range(N):
+        if sizes[n] < nb + tail:
+            return out, counts, TRUNCATED
+        a = starts[n]
+        found = 0
+        s = 0
+        for byte in range(nb):  # (skipping eight zero bytes at once measured slower: 74 vs 52 us)
+            v = data[a + byte]
+            if v == 0:
+                continue
+            for bit in range(8):
+                if (v >> (7 - bit)) & 1:
+                    x = 8 * byte + bit
+                    if x >= d or found == nnz:
+                        return out, counts, BAD_BITS
+                    while s + 1 < S and x >= offsets[s + 1]:
+                        s += 1
+                    counts[n, s] += 1
+                    out[n, found] = x
+                    found += 1
+        if found != nnz:
+            return out, counts, BAD_BITS
+    return out, counts, OK
+
+
+@on_warm
+def _warm() -> None:
+    offsets = np.array([0, 6], np.int64)
+    idx = np.array([[1, 4, 7, 15]], np.int64)
+    rows, _ = bitmap_encode(idx, 16)
+    bitmap_decode(rows.reshape(-1), np.zeros(1, np.int64), np.array([2], np.int64), 0, 4, 16, offsets)
+
+
+__all__ = ["bitmap_decode", "bitmap_encode"]

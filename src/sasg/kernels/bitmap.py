@@ -26,31 +26,30 @@ BAD_BITS = 3  # decode: a padding bit set, or not nnz bits
 
 
 @jit
-def bitmap_encode(idx, d):
-    """``(N, K)`` indices (any order, repeats allowed) -> ``(N, ceil(d / 8))`` bytes, error code."""
+def bitmap_encode(idx, d, out):
+    """``(N, K)`` indices (any order, repeats allowed) -> their bits set in ``out``, zeroed
+    ``(N, ceil(d / 8))`` bytes; returns an error code."""
     N, K = idx.shape
-    nb = (d + 7) // 8
-    out = np.zeros((N, nb), np.uint8)
     for n in range(N):
         for j in range(K):
             x = idx[n, j]
             if x < 0 or x >= d:
-                return out, BAD_INDEX
+                return BAD_INDEX
             out[n, x >> 3] |= np.uint8(128 >> (x & 7))
-    return out, OK
+    return OK
 
 
 @jit
-def bitmap_decode(data, starts, sizes, tail, nnz, d, offsets):
-    """The bitmaps at ``starts`` -> (``(N, nnz)`` ascending indices, ``(N, S)`` counts, error)."""
+def bitmap_decode(data, starts, sizes, tail, nnz, d, offsets, out):
+    """The bitmaps at ``starts`` -> ascending indices into ``out`` ``(N, nnz)``; returns
+    (``(N, S)`` counts, error code)."""
     N = starts.shape[0]
     S = offsets.shape[0]
     nb = (d + 7) // 8
-    out = np.zeros((N, nnz), np.int64)
     counts = np.zeros((N, S), np.int64)
     for n in range(N):
         if sizes[n] < nb + tail:
-            return out, counts, TRUNCATED
+            return counts, TRUNCATED
         a = starts[n]
         found = 0
         s = 0
@@ -62,23 +61,25 @@ def bitmap_decode(data, starts, sizes, tail, nnz, d, offsets):
                 if (v >> (7 - bit)) & 1:
                     x = 8 * byte + bit
                     if x >= d or found == nnz:
-                        return out, counts, BAD_BITS
+                        return counts, BAD_BITS
                     while s + 1 < S and x >= offsets[s + 1]:
                         s += 1
                     counts[n, s] += 1
                     out[n, found] = x
                     found += 1
         if found != nnz:
-            return out, counts, BAD_BITS
-    return out, counts, OK
+            return counts, BAD_BITS
+    return counts, OK
 
 
 @on_warm
 def _warm() -> None:
     offsets = np.array([0, 6], np.int64)
     idx = np.array([[1, 4, 7, 15]], np.int64)
-    rows, _ = bitmap_encode(idx, 16)
-    bitmap_decode(rows.reshape(-1), np.zeros(1, np.int64), np.array([2], np.int64), 0, 4, 16, offsets)
+    rows = np.zeros((1, 2), np.uint8)
+    bitmap_encode(idx, 16, rows)
+    bitmap_decode(rows.reshape(-1), np.zeros(1, np.int64), np.array([2], np.int64), 0, 4, 16, offsets,
+                  np.empty((1, 4), np.int64))
 
 
 __all__ = ["bitmap_decode", "bitmap_encode"]

@@ -48,22 +48,21 @@ def segment_counts(idx, offsets, d):
 
 
 @jit
-def idx32_decode(data, starts, sizes, tail, nnz, W, d, offsets):
-    """The index parts at ``starts`` -> (``(N, nnz)`` indices, ``(N, S)`` counts, error code)."""
+def idx32_decode(data, starts, sizes, tail, nnz, W, d, offsets, out):
+    """The index parts at ``starts`` -> indices into ``out`` ``(N, nnz)``; returns (``(N, S)``
+    counts, error code)."""
     N = starts.shape[0]
-    out = np.zeros((N, nnz), np.int64)
     for n in range(N):
         if sizes[n] < nnz * W + tail:
-            return out, np.zeros((N, offsets.shape[0]), np.int64), TRUNCATED
+            return np.zeros((N, offsets.shape[0]), np.int64), TRUNCATED
         prev = np.int64(-1)
         for j in range(nnz):
             x = read_int(data, starts[n] + j * W, W)
             if x <= prev or x >= d:
-                return out, np.zeros((N, offsets.shape[0]), np.int64), BAD_INDEX
+                return np.zeros((N, offsets.shape[0]), np.int64), BAD_INDEX
             out[n, j] = x
             prev = x
-    counts, err = segment_counts(out, offsets, d)
-    return out, counts, err
+    return segment_counts(out, offsets, d)
 
 
 @on_warm
@@ -72,7 +71,7 @@ def _warm() -> None:
     idx = np.array([[1, 4, 7, 15]], np.int64)
     segment_counts(idx, offsets, 16)
     data = idx.astype(np.int32).view(np.uint8).reshape(-1)
-    idx32_decode(data, np.zeros(1, np.int64), np.array([16], np.int64), 0, 4, 4, 16, offsets)
+    idx32_decode(data, np.zeros(1, np.int64), np.array([16], np.int64), 0, 4, 4, 16, offsets, np.empty((1, 4), np.int64))
 
 
 __all__ = ["idx32_decode", "segment_counts"]

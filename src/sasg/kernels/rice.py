@@ -17,6 +17,11 @@ rejects exactly the messages the reference decoder rejects (every length, count,
 tag, padding bit and index range it checks). The member then reruns the reference, which raises
 the existing error naming the message. Every read is bounds-checked against the message's own
 size before it happens, so hostile bytes never make a kernel read past its input.
+
+Outputs whose size the caller knows (decoded indices here, value rows and decoded values in
+:mod:`.values`, bitmaps in :mod:`.bitmap`) are allocated by the caller with numpy and filled in
+place: an array allocated inside a kernel measured up to ~2x slower to fill once it passes a few
+hundred kB (10 FC messages: 0.48 ms against 0.18 ms for the decode), page faults on fresh memory.
 """
 
 from __future__ import annotations
@@ -217,13 +222,13 @@ def _header(data, a, size, tail, nnz, numels, bmax, W, tags_on, counts_row, b, t
 
 
 @jit
-def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, tags_on):
+def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, tags_on, out):
     """The messages at ``starts`` (``sizes`` bytes, each ending in ``tail`` value bytes) ->
-    (``(N, nnz)`` indices, ``(N, S)`` counts, index bytes used per message, error code)."""
+    indices into ``out`` ``(N, nnz)``; returns (``(N, S)`` counts, index bytes used per message,
+    error code)."""
     N = starts.shape[0]
     S = offsets.shape[0]
     H = (S + 1) * W + S * (2 if tags_on else 1)
-    out = np.zeros((N, nnz), np.int64)
     counts = np.zeros((N, S), np.int64)
     used = np.zeros(N, np.int64)
     b = np.zeros(S, np.int64)
@@ -233,7 +238,7 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
         a = starts[n]
         err = _header(data, a, sizes[n], tail, nnz, numels, bmax, W, tags_on, counts[n], b, tag, lens)
         if err != OK:
-            return out, counts, used, err
+            return counts, used, err
         p0 = a + H
         p2 = p0 + lens[0]
         pr = p2 + lens[1]
@@ -256,7 +261,7 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
                     x = read_int(data, p0, W)
                     p0 += W
                     if x < lo or x >= lo + d_s or (t > 0 and x <= prev):
-                        return out, counts, used, BAD_SECTION
+                        return counts, used, BAD_SECTION
                     out[n, j] = x
                     prev = x
                     j += 1
@@ -270,12 +275,12 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
                         continue
                     if bit_is_set(data, pos):
                         if found == c:
-                            return out, counts, used, BAD_SECTION
+                            return counts, used, BAD_SECTION
                         out[n, j + found] = lo + pos - region
                         found += 1
                     pos += 1
                 if found != c:
-                    return out, counts, used, BAD_SECTION
+                    return counts, used, BAD_SECTION
                 j += c
                 region = hi
             else:
@@ -296,7 +301,7 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
                     q = np.int64(0)
                     while True:
                         if ubit >= uend:
-                            return out, counts, used, BAD_SECTION
+                            return counts, used, BAD_SECTION
                         if (ubit & 7) == 0 and data[ubit >> 3] == 0xFF:
                             q += 8
                             ubit += 8
@@ -307,21 +312,21 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
                             ubit += 1
                             break
                     if q > qmax:
-                        return out, counts, used, BAD_SECTION
+                        return counts, used, BAD_SECTION
                     loc += (q << bs) + r + 1
                     if loc > d_s:
-                        return out, counts, used, BAD_SECTION
+                        return counts, used, BAD_SECTION
                     out[n, j] = lo + loc - 1
                     j += 1
         if racc != 0 or any_bit_set(data, region, 8 * (p2 + lens[1])):
-            return out, counts, used, BAD_SECTION
+            return counts, used, BAD_SECTION
         # The unary stream ends in the byte of its last code, and the rest of it is ones.
         if (ubit - 8 * pu + 7) // 8 != lens[3]:
-            return out, counts, used, BAD_SECTION
+            return counts, used, BAD_SECTION
         for pos in range(ubit, uend):
             if not bit_is_set(data, pos):
-                return out, counts, used, BAD_SECTION
-    return out, counts, used, OK
+                return counts, used, BAD_SECTION
+    return counts, used, OK
 
 
 @on_warm
@@ -332,7 +337,8 @@ def _warm() -> None:
     idx = np.array([[1, 4, 7, 15]], np.int64)
     for tags_on in (0, 1):
         data, sizes, _, _ = sections_encode(idx, offsets, numels, bmax, 16, 4, tags_on, CHOOSE)
-        sections_decode(data, np.zeros(1, np.int64), sizes, 0, 4, offsets, numels, bmax, 4, tags_on)
+        sections_decode(data, np.zeros(1, np.int64), sizes, 0, 4, offsets, numels, bmax, 4, tags_on,
+                        np.empty((1, 4), np.int64))
 
 
 __all__ = ["CHOOSE", "sections_decode", "sections_encode"]

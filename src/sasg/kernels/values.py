@@ -47,11 +47,10 @@ def _check_scale(bits, c):
 
 
 @ieee
-def sign_encode(v, counts):
-    """``(N, n)`` float32 values -> ``(N, 4 S + ceil(n / 8))`` bytes, error code."""
+def sign_encode(v, counts, out):
+    """``(N, n)`` float32 values -> ``out``, zeroed ``(N, 4 S + ceil(n / 8))`` bytes; an error code."""
     N, n = v.shape
     S = counts.shape[1]
-    out = np.zeros((N, 4 * S + (n + 7) // 8), np.uint8)
     mag = np.zeros(S, np.float32)
     mb = mag.view(np.uint8)
     for r in range(N):
@@ -59,7 +58,7 @@ def sign_encode(v, counts):
         for s in range(S):
             c = counts[r, s]
             if c < 0 or j + c > n:
-                return out, BAD_SHAPE
+                return BAD_SHAPE
             tot = 0.0
             for t in range(j, j + c):
                 tot += abs(np.float64(v[r, t]))
@@ -69,43 +68,43 @@ def sign_encode(v, counts):
         for t in range(n):
             if v[r, t] < 0:
                 out[r, 4 * S + (t >> 3)] |= np.uint8(128 >> (t & 7))
-    return out, OK
+    return OK
 
 
 @ieee
-def sign_decode(rows, counts, n):
-    """``(N, 4 S + ceil(n / 8))`` bytes -> ``(N, n)`` float32 bits (as uint32), error code."""
+def sign_decode(rows, counts, n, out):
+    """``(N, 4 S + ceil(n / 8))`` bytes -> ``out``: ``(N, n)`` float32 bits (as uint32); an error code."""
     N, V = rows.shape
     S = counts.shape[1]
-    out = np.zeros((N, n), np.uint32)
     if V != 4 * S + (n + 7) // 8:
-        return out, BAD_SHAPE
+        return BAD_SHAPE
     mag = np.zeros(S, np.uint32)
     mb = mag.view(np.uint8)
     for r in range(N):
         mb[:] = rows[r, : 4 * S]
         if n % 8 and (rows[r, V - 1] & ((1 << (8 - n % 8)) - 1)) != 0:
-            return out, BAD_VALUE
+            return BAD_VALUE
         j = 0
         for s in range(S):
             c = counts[r, s]
             if c < 0 or j + c > n:
-                return out, BAD_SHAPE
+                return BAD_SHAPE
             if not _check_scale(mag[s], c):
-                return out, BAD_VALUE
+                return BAD_VALUE
             for t in range(j, j + c):
                 neg = (rows[r, 4 * S + (t >> 3)] >> (7 - (t & 7))) & 1
                 out[r, t] = mag[s] ^ _SIGN if neg else mag[s]
             j += c
-    return out, OK
+        if j != n:
+            return BAD_SHAPE
+    return OK
 
 
 @ieee
-def int8_encode(v, counts):
-    """``(N, n)`` float32 values -> ``(N, 4 S + n)`` bytes, error code."""
+def int8_encode(v, counts, out):
+    """``(N, n)`` float32 values -> ``out``: ``(N, 4 S + n)`` bytes; an error code."""
     N, n = v.shape
     S = counts.shape[1]
-    out = np.zeros((N, 4 * S + n), np.uint8)
     scale = np.zeros(S, np.float32)
     sb = scale.view(np.uint8)
     for r in range(N):
@@ -113,7 +112,7 @@ def int8_encode(v, counts):
         for s in range(S):
             c = counts[r, s]
             if c < 0 or j + c > n:
-                return out, BAD_SHAPE
+                return BAD_SHAPE
             m = np.float32(0.0)
             for t in range(j, j + c):
                 a = abs(v[r, t])
@@ -129,17 +128,16 @@ def int8_encode(v, counts):
                 out[r, 4 * S + t] = np.uint8(np.int64(x) & 0xFF)
             j += c
         out[r, : 4 * S] = sb
-    return out, OK
+    return OK
 
 
 @ieee
-def int8_decode(rows, counts, n):
-    """``(N, 4 S + n)`` bytes -> ``(N, n)`` float32 values, error code."""
+def int8_decode(rows, counts, n, out):
+    """``(N, 4 S + n)`` bytes -> ``out``: ``(N, n)`` float32 values; an error code."""
     N, V = rows.shape
     S = counts.shape[1]
-    out = np.zeros((N, n), np.float32)
     if V != 4 * S + n:
-        return out, BAD_SHAPE
+        return BAD_SHAPE
     scale = np.zeros(S, np.float32)
     sb = scale.view(np.uint8)
     sbits = scale.view(np.uint32)
@@ -149,31 +147,32 @@ def int8_decode(rows, counts, n):
         for s in range(S):
             c = counts[r, s]
             if c < 0 or j + c > n:
-                return out, BAD_SHAPE
+                return BAD_SHAPE
             if not _check_scale(sbits[s], c):
-                return out, BAD_VALUE
+                return BAD_VALUE
             for t in range(j, j + c):
                 q = np.int64(rows[r, 4 * S + t])
                 if q == 128:
-                    return out, BAD_VALUE
+                    return BAD_VALUE
                 if q > 128:
                     q -= 256
                 out[r, t] = np.float32(q) * scale[s]
             j += c
-        for t in range(j, n):  # values past the counts (none when the counts sum to n)
-            if rows[r, 4 * S + t] == 128:
-                return out, BAD_VALUE
-    return out, OK
+        if j != n:
+            return BAD_SHAPE
+    return OK
 
 
 @on_warm
 def _warm() -> None:
     v = np.array([[0.5, -1.0, 2.0]], np.float32)
     counts = np.array([[2, 1]], np.int64)
-    rows, _ = sign_encode(v, counts)
-    sign_decode(rows, counts, 3)
-    rows, _ = int8_encode(v, counts)
-    int8_decode(rows, counts, 3)
+    rows = np.zeros((1, 9), np.uint8)
+    sign_encode(v, counts, rows)
+    sign_decode(rows, counts, 3, np.empty((1, 3), np.uint32))
+    rows = np.zeros((1, 11), np.uint8)
+    int8_encode(v, counts, rows)
+    int8_decode(rows, counts, 3, np.empty((1, 3), np.float32))
 
 
 __all__ = ["int8_decode", "int8_encode", "sign_decode", "sign_encode"]

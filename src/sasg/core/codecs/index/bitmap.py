@@ -25,8 +25,8 @@ class Bitmap(IndexCode):
         N, K = indices.shape
         d, nb = self.tables.d, self.part_bytes(K)
         if on_kernels(indices):
-            rows, err = kernel.bitmap_encode(as_numpy(indices, np.int64), d)
-            if not err:  # else the reference raises its error
+            rows = np.zeros((N, nb), np.uint8)
+            if not kernel.bitmap_encode(as_numpy(indices, np.int64), d, rows):  # else the reference raises its error
                 return torch.from_numpy(rows), None
         if K and (bool((indices < 0).any()) or bool((indices >= d).any())):
             raise ValueError(f"bitmap: an index is outside 0..{d - 1}")
@@ -52,9 +52,10 @@ class Bitmap(IndexCode):
     def decode(self, data, starts, sizes, tail, nnz, who):
         N, d, B = len(sizes), self.tables.d, self.part_bytes(nnz)
         if on_kernels(data):
-            indices, counts, err = kernel.bitmap_decode(
+            indices = np.empty((N, nnz), np.int64)
+            counts, err = kernel.bitmap_decode(
                 as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
-                int(nnz), d, self.tables.arrays()[0])
+                int(nnz), d, self.tables.arrays()[0], indices)
             if not err:  # else the reference names what is wrong
                 return torch.from_numpy(indices), torch.from_numpy(counts), torch.full((N,), B, dtype=torch.long)
         _check_room(who, sizes, B + tail)

@@ -30,9 +30,10 @@ class Idx32(IndexCode):
         B = self.part_bytes(nnz)
         if on_kernels(data):
             t = self.tables
-            indices, counts, err = kernel.idx32_decode(
+            indices = np.empty((len(sizes), nnz), np.int64)
+            counts, err = kernel.idx32_decode(
                 as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
-                int(nnz), t.W, t.d, t.arrays()[0])
+                int(nnz), t.W, t.d, t.arrays()[0], indices)
             if not err:  # else the reference names what is wrong
                 return torch.from_numpy(indices), torch.from_numpy(counts), torch.full((len(sizes),), B, dtype=torch.long)
         _check_room(who, sizes, B + tail)

@@ -238,9 +238,10 @@ class _Sections(IndexCode):
         if on_kernels(data):
             t = self.tables
             offsets, numels, bmax = t.arrays()
-            indices, counts, used, err = kernel.sections_decode(
+            indices = np.empty((len(sizes), nnz), np.int64)  # (allocated here: see sasg.kernels.values)
+            counts, used, err = kernel.sections_decode(
                 as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
-                int(nnz), offsets, numels, bmax, t.W, int(self.TAGS))
+                int(nnz), offsets, numels, bmax, t.W, int(self.TAGS), indices)
             if not err:  # else the reference names what is wrong
                 return torch.from_numpy(indices), torch.from_numpy(counts), torch.from_numpy(used)
         return self._decode_torch(data, starts, sizes, tail, nnz, who)

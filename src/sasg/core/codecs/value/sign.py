@@ -30,8 +30,8 @@ class Sign(ValueFormat):
     def encode(self, values: Tensor, groups: Groups) -> Tensor:
         v = values.to(torch.float32)
         if on_kernels(v, groups):
-            rows, err = kernel.sign_encode(as_numpy(v, np.float32), as_numpy(groups.counts(), np.int64))
-            if not err:
+            rows = np.zeros((v.shape[0], self.nbytes(v.shape[1])), np.uint8)
+            if not kernel.sign_encode(as_numpy(v, np.float32), as_numpy(groups.counts(), np.int64), rows):
                 return torch.from_numpy(rows)
         mag = groups.mean(v.abs())
         bits = pack_bits(v < 0).to(v.device)
@@ -39,8 +39,8 @@ class Sign(ValueFormat):
 
     def decode(self, rows: Tensor, groups: Groups, dtype: torch.dtype, who: str) -> Tensor:
         if on_kernels(rows, groups):
-            out, err = kernel.sign_decode(as_numpy(rows, np.uint8), as_numpy(groups.counts(), np.int64), groups.n)
-            if not err:  # else the reference names what is wrong
+            out = np.empty((rows.shape[0], groups.n), np.uint32)
+            if not kernel.sign_decode(as_numpy(rows, np.uint8), as_numpy(groups.counts(), np.int64), groups.n, out):
                 return torch.from_numpy(out.view(np.float32)).to(dtype)
         S, n = self.S, groups.n
         mag = from_bytes(rows[:, : 4 * S], torch.float32)

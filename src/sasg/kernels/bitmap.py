@@ -6,7 +6,8 @@ and come with their per-tensor counts.
 
 What they buy (FC 784-512-10, one message of 4,071 entries, on 2 loaded cores): ``bitmap+fp32``
 encode + decode ~0.57 ms in torch (index_add over int32, then a nonzero/unpack of the whole
-50 kB bitmap), ~0.08 ms here (the decode is one pass over the bytes, ~1 ns a byte).
+50 kB bitmap), ~0.08 ms here (the decode is one pass over the bytes, ~1 ns a byte; the set
+bits of a nonzero byte come from a table, see :func:`.bits.bit_positions`).
 
 Errors: an index outside ``0..d-1`` (encode) or a padding bit set / a wrong number of
 bits (decode) give a nonzero code; the member then runs the reference, which raises the existing
@@ -18,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit, on_warm
+from .bits import bit_positions
 
 OK = 0
 BAD_INDEX = 1  # encode: an index outside 0..d-1
@@ -47,28 +49,21 @@ def bitmap_decode(data, starts, sizes, tail, nnz, d, offsets, out):
     S = offsets.shape[0]
     nb = (d + 7) // 8
     counts = np.zeros((N, S), np.int64)
+    found = np.empty(nnz + 8, np.int64)
     for n in range(N):
         if sizes[n] < nb + tail:
             return counts, TRUNCATED
-        a = starts[n]
-        found = 0
-        s = 0
-        for byte in range(nb):  # (skipping eight zero bytes at once measured slower: 74 vs 52 us)
-            v = data[a + byte]
-            if v == 0:
-                continue
-            for bit in range(8):
-                if (v >> (7 - bit)) & 1:
-                    x = 8 * byte + bit
-                    if x >= d or found == nnz:
-                        return counts, BAD_BITS
-                    while s + 1 < S and x >= offsets[s + 1]:
-                        s += 1
-                    counts[n, s] += 1
-                    out[n, found] = x
-                    found += 1
-        if found != nnz:
+        if bit_positions(data, starts[n], starts[n] + nb, 0, nnz, found) != nnz:
             return counts, BAD_BITS
+        if nnz and found[nnz - 1] >= d:  # a padding bit set
+            return counts, BAD_BITS
+        s = 0
+        for j in range(nnz):
+            x = found[j]
+            while s + 1 < S and x >= offsets[s + 1]:
+                s += 1
+            counts[n, s] += 1
+            out[n, j] = x
     return counts, OK
 
 

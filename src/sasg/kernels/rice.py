@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit, on_warm
-from .bits import any_bit_set, bit_is_set, bit_length, clear_bit, read_int, set_bit, write_int
+from .bits import any_bit_set, bit_is_set, bit_length, bit_positions, clear_bit, read_int, set_bit, write_int
 
 OK = 0
 BAD_INDICES = 1  # encode: not ascending or outside 0..d-1
@@ -234,6 +234,7 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
     b = np.zeros(S, np.int64)
     tag = np.zeros(S, np.int64)
     lens = np.zeros(4, np.int64)
+    zeros = np.empty(nnz + 8, np.int64)  # where each unary code ends, from the stream's first bit
     for n in range(N):
         a = starts[n]
         err = _header(data, a, sizes[n], tail, nnz, numels, bmax, W, tags_on, counts[n], b, tag, lens)
@@ -245,10 +246,19 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
         pu = pr + lens[2]
         pe = pu + lens[3]
         used[n] = pe - a
+        # The unary stream holds one code (1^q 0) per rice-coded entry, ends in the byte of its
+        # last code and is padded with ones.
+        codes = 0
+        for s in range(S):
+            codes += counts[n, s] if tag[s] == 1 else 0
+        if bit_positions(data, pu, pe, 255, codes, zeros) != codes:
+            return counts, used, BAD_SECTION
+        if ((zeros[codes - 1] + 1 if codes else 0) + 7) // 8 != lens[3]:
+            return counts, used, BAD_SECTION
+        code = 0
+        end = np.int64(-1)  # where the previous code ended
         racc = np.int64(0)  # remainder bits read but not yet used (rn < 8 of them between entries)
         rn = 0
-        ubit = 8 * pu
-        uend = 8 * pe
         region = 8 * p2
         j = 0
         for s in range(S):
@@ -298,19 +308,9 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
                         rn -= bs
                         r = (racc >> rn) & mask
                         racc &= (np.int64(1) << rn) - 1
-                    q = np.int64(0)
-                    while True:
-                        if ubit >= uend:
-                            return counts, used, BAD_SECTION
-                        if (ubit & 7) == 0 and data[ubit >> 3] == 0xFF:
-                            q += 8
-                            ubit += 8
-                        elif bit_is_set(data, ubit):
-                            q += 1
-                            ubit += 1
-                        else:
-                            ubit += 1
-                            break
+                    q = zeros[code] - end - 1
+                    end = zeros[code]
+                    code += 1
                     if q > qmax:
                         return counts, used, BAD_SECTION
                     loc += (q << bs) + r + 1
@@ -320,12 +320,6 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
                     j += 1
         if racc != 0 or any_bit_set(data, region, 8 * (p2 + lens[1])):
             return counts, used, BAD_SECTION
-        # The unary stream ends in the byte of its last code, and the rest of it is ones.
-        if (ubit - 8 * pu + 7) // 8 != lens[3]:
-            return counts, used, BAD_SECTION
-        for pos in range(ubit, uend):
-            if not bit_is_set(data, pos):
-                return counts, used, BAD_SECTION
     return counts, used, OK
 
 

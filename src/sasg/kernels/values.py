@@ -65,9 +65,8 @@ def sign_encode(v, counts, out):
             mag[s] = np.float32(tot / c) if c > 0 else np.float32(0.0)
             j += c
         out[r, : 4 * S] = mb
-        for t in range(n):
-            if v[r, t] < 0:
-                out[r, 4 * S + (t >> 3)] |= np.uint8(128 >> (t & 7))
+        for t in range(n):  # branch-free: a sign is a coin flip to a branch predictor
+            out[r, 4 * S + (t >> 3)] |= np.uint8(np.int64(v[r, t] < 0) << (7 - (t & 7)))
     return OK
 
 

@@ -41,6 +41,26 @@ BAD_SECTION = 4  # an idx32 index, bitmap bit, padding bit or unary code that no
 CHOOSE = np.zeros((0, 0), np.int64)  # sections_encode's `forced`: let the costs choose the tags
 
 
+@jit(inline="always")
+def _section_lengths(counts, b, tag, numels, W, lens):
+    """``lens[:3]``: one message's idx32 section (``W`` bytes an entry of its tag-0 tensors),
+    bitmap section (``d_s`` bits each of its tag-2 tensors) and remainders (``b_s`` bits an
+    entry of its rice tensors), in bytes, from its counts, parameters and tags."""
+    n0 = np.int64(0)
+    r2 = np.int64(0)
+    rbits = np.int64(0)
+    for s in range(numels.shape[0]):
+        if tag[s] == 0:
+            n0 += counts[s]
+        elif tag[s] == 2:
+            r2 += numels[s]
+        else:
+            rbits += counts[s] * b[s]
+    lens[0] = n0 * W
+    lens[1] = (r2 + 7) // 8
+    lens[2] = (rbits + 7) // 8
+
+
 @jit
 def _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, lens):
     """Pass 1 and 2 of the encoder: check the rows, count each tensor's entries, choose ``b_s``
@@ -61,9 +81,6 @@ def _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, len
             counts[n, s] += 1
             prev = x
         j = 0
-        n0 = np.int64(0)
-        r2 = np.int64(0)
-        rbits = np.int64(0)
         ubits = np.int64(0)
         for s in range(S):
             c = counts[n, s]
@@ -92,17 +109,10 @@ def _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, len
                     bs = 0
             b[n, s] = bs
             tag[n, s] = tg
-            if tg == 0:
-                n0 += c
-            elif tg == 2:
-                r2 += numels[s]
-            else:
-                rbits += c * bs
+            if tg == 1:
                 ubits += sumq + c
             j += c
-        lens[n, 0] = n0 * W
-        lens[n, 1] = (r2 + 7) // 8
-        lens[n, 2] = (rbits + 7) // 8
+        _section_lengths(counts[n], b[n], tag[n], numels, W, lens[n])
         lens[n, 3] = (ubits + 7) // 8
     return True
 
@@ -190,9 +200,6 @@ def _header(data, a, size, tail, nnz, numels, bmax, W, tags_on, counts_row, b, t
     if size < H + tail:
         return TRUNCATED
     total = np.int64(0)
-    n0 = np.int64(0)
-    r2 = np.int64(0)
-    rbits = np.int64(0)
     for s in range(S):
         c = read_int(data, a + s * W, W)
         bs = np.int64(data[a + (S + 1) * W + s])
@@ -203,18 +210,10 @@ def _header(data, a, size, tail, nnz, numels, bmax, W, tags_on, counts_row, b, t
         b[s] = bs
         tag[s] = tg
         total += c
-        if tg == 0:
-            n0 += c
-        elif tg == 2:
-            r2 += numels[s]
-        else:
-            rbits += c * bs
     U = read_int(data, a + S * W, W)
     if total != nnz or U < 0 or U > size:
         return BAD_HEADER
-    lens[0] = n0 * W
-    lens[1] = (r2 + 7) // 8
-    lens[2] = (rbits + 7) // 8
+    _section_lengths(counts_row, b, tag, numels, W, lens)
     lens[3] = U
     if H + lens[0] + lens[1] + lens[2] + U + tail > size:
         return TRUNCATED

@@ -37,7 +37,7 @@ _SIGN = np.uint32(0x80000000)
 ieee = jit(error_model="numpy")
 
 
-@ieee
+@jit
 def _check_scale(bits, c):
     """A scale's float32 bits are valid: not negative (NaN aside), and 0 for an empty tensor."""
     nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
@@ -46,24 +46,39 @@ def _check_scale(bits, c):
     return not (c == 0 and (bits & np.uint32(0x7FFFFFFF)) != 0)
 
 
+@jit
+def _groups(counts, n):
+    """``(N, S + 1)``: where each row's tensors start (the last column ``n``); a float32 scratch
+    of ``S`` scales; and whether the counts are all ``>= 0`` and sum to ``n`` in every row (else
+    nothing may be read by them)."""
+    N, S = counts.shape
+    at = np.zeros((N, S + 1), np.int64)
+    scale = np.zeros(S, np.float32)
+    for r in range(N):
+        for s in range(S):
+            if counts[r, s] < 0:
+                return at, scale, False
+            at[r, s + 1] = at[r, s] + counts[r, s]
+        if at[r, S] != n:
+            return at, scale, False
+    return at, scale, True
+
+
 @ieee
 def sign_encode(v, counts, out):
     """``(N, n)`` float32 values -> ``out``, zeroed ``(N, 4 S + ceil(n / 8))`` bytes; an error code."""
-    N, n = v.shape
-    S = counts.shape[1]
-    mag = np.zeros(S, np.float32)
+    (N, n), S = v.shape, counts.shape[1]
+    at, mag, ok = _groups(counts, n)
     mb = mag.view(np.uint8)
+    if not ok:
+        return BAD_SHAPE
     for r in range(N):
-        j = 0
         for s in range(S):
-            c = counts[r, s]
-            if c < 0 or j + c > n:
-                return BAD_SHAPE
             tot = 0.0
-            for t in range(j, j + c):
+            for t in range(at[r, s], at[r, s + 1]):
                 tot += abs(np.float64(v[r, t]))
+            c = counts[r, s]
             mag[s] = np.float32(tot / c) if c > 0 else np.float32(0.0)
-            j += c
         out[r, : 4 * S] = mb
         for t in range(n):  # branch-free: a sign is a coin flip to a branch predictor
             out[r, 4 * S + (t >> 3)] |= np.uint8(np.int64(v[r, t] < 0) << (7 - (t & 7)))
@@ -73,59 +88,47 @@ def sign_encode(v, counts, out):
 @ieee
 def sign_decode(rows, counts, n, out):
     """``(N, 4 S + ceil(n / 8))`` bytes -> ``out``: ``(N, n)`` float32 bits (as uint32); an error code."""
-    N, V = rows.shape
-    S = counts.shape[1]
-    if V != 4 * S + (n + 7) // 8:
+    (N, V), S = rows.shape, counts.shape[1]
+    at, scratch, ok = _groups(counts, n)
+    mag, mb = scratch.view(np.uint32), scratch.view(np.uint8)
+    if not ok or V != 4 * S + (n + 7) // 8:
         return BAD_SHAPE
-    mag = np.zeros(S, np.uint32)
-    mb = mag.view(np.uint8)
     for r in range(N):
         mb[:] = rows[r, : 4 * S]
         if n % 8 and (rows[r, V - 1] & ((1 << (8 - n % 8)) - 1)) != 0:
             return BAD_VALUE
-        j = 0
         for s in range(S):
-            c = counts[r, s]
-            if c < 0 or j + c > n:
-                return BAD_SHAPE
-            if not _check_scale(mag[s], c):
+            if not _check_scale(mag[s], counts[r, s]):
                 return BAD_VALUE
-            for t in range(j, j + c):
+            for t in range(at[r, s], at[r, s + 1]):
                 neg = (rows[r, 4 * S + (t >> 3)] >> (7 - (t & 7))) & 1
                 out[r, t] = mag[s] ^ _SIGN if neg else mag[s]
-            j += c
-        if j != n:
-            return BAD_SHAPE
     return OK
 
 
 @ieee
 def int8_encode(v, counts, out):
     """``(N, n)`` float32 values -> ``out``: ``(N, 4 S + n)`` bytes; an error code."""
-    N, n = v.shape
-    S = counts.shape[1]
-    scale = np.zeros(S, np.float32)
+    (N, n), S = v.shape, counts.shape[1]
+    at, scale, ok = _groups(counts, n)
     sb = scale.view(np.uint8)
+    if not ok:
+        return BAD_SHAPE
     for r in range(N):
-        j = 0
         for s in range(S):
-            c = counts[r, s]
-            if c < 0 or j + c > n:
-                return BAD_SHAPE
             m = np.float32(0.0)
-            for t in range(j, j + c):
+            for t in range(at[r, s], at[r, s + 1]):
                 a = abs(v[r, t])
                 if np.isnan(a) or m < a:
                     m = a
             a_s = m / np.float32(127.0)
             scale[s] = a_s
-            for t in range(j, j + c):
+            for t in range(at[r, s], at[r, s + 1]):
                 x = v[r, t] / a_s
                 if not np.isfinite(x):
                     x = np.float32(0.0)
                 x = min(max(np.rint(x), np.float32(-127.0)), np.float32(127.0))
                 out[r, 4 * S + t] = np.uint8(np.int64(x) & 0xFF)
-            j += c
         out[r, : 4 * S] = sb
     return OK
 
@@ -133,32 +136,21 @@ def int8_encode(v, counts, out):
 @ieee
 def int8_decode(rows, counts, n, out):
     """``(N, 4 S + n)`` bytes -> ``out``: ``(N, n)`` float32 values; an error code."""
-    N, V = rows.shape
-    S = counts.shape[1]
-    if V != 4 * S + n:
+    (N, V), S = rows.shape, counts.shape[1]
+    at, scale, ok = _groups(counts, n)
+    sb, sbits = scale.view(np.uint8), scale.view(np.uint32)
+    if not ok or V != 4 * S + n:
         return BAD_SHAPE
-    scale = np.zeros(S, np.float32)
-    sb = scale.view(np.uint8)
-    sbits = scale.view(np.uint32)
     for r in range(N):
         sb[:] = rows[r, : 4 * S]
-        j = 0
         for s in range(S):
-            c = counts[r, s]
-            if c < 0 or j + c > n:
-                return BAD_SHAPE
-            if not _check_scale(sbits[s], c):
+            if not _check_scale(sbits[s], counts[r, s]):
                 return BAD_VALUE
-            for t in range(j, j + c):
+            for t in range(at[r, s], at[r, s + 1]):
                 q = np.int64(rows[r, 4 * S + t])
                 if q == 128:
                     return BAD_VALUE
-                if q > 128:
-                    q -= 256
-                out[r, t] = np.float32(q) * scale[s]
-            j += c
-        if j != n:
-            return BAD_SHAPE
+                out[r, t] = np.float32(q - 256 if q > 128 else q) * scale[s]
     return OK
 
 

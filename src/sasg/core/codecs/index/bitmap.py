@@ -3,10 +3,12 @@ bytes whatever ``K``, no header; smaller than ``idx32`` above a density of 1/32 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..bitstream import pack_bits, set_bit_positions
+from ....kernels import bitmap as kernel
+from ..bitstream import as_numpy, on_kernels, pack_bits, set_bit_positions
 from .common import IndexCode, _check_room, _fail, _first, message_rows
 
 
@@ -22,6 +24,10 @@ class Bitmap(IndexCode):
     def encode(self, indices: Tensor) -> tuple[Tensor, None]:
         N, K = indices.shape
         d, nb = self.tables.d, self.part_bytes(K)
+        if on_kernels(indices):
+            rows = np.zeros((N, nb), np.uint8)
+            if not kernel.bitmap_encode(as_numpy(indices, np.int64), d, rows):  # else the reference raises its error
+                return torch.from_numpy(rows), None
         if K and (bool((indices < 0).any()) or bool((indices >= d).any())):
             raise ValueError(f"bitmap: an index is outside 0..{d - 1}")
         rows = torch.arange(N, device=indices.device).unsqueeze(1)
@@ -45,6 +51,13 @@ class Bitmap(IndexCode):
 
     def decode(self, data, starts, sizes, tail, nnz, who):
         N, d, B = len(sizes), self.tables.d, self.part_bytes(nnz)
+        if on_kernels(data):
+            indices = np.empty((N, nnz), np.int64)
+            counts, err = kernel.bitmap_decode(
+                as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
+                int(nnz), d, self.tables.arrays()[0], indices)
+            if not err:  # else the reference names what is wrong
+                return torch.from_numpy(indices), torch.from_numpy(counts), torch.full((N,), B, dtype=torch.long)
         _check_room(who, sizes, B + tail)
         rows = message_rows(data, starts, sizes, 0, B).reshape(-1)
         pos = set_bit_positions(rows)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ....kernels import idx32 as kernel
 from ...layout import Layout
-from ..bitstream import MAX_FIELD_BITS, bit_length
+from ..bitstream import MAX_FIELD_BITS, as_numpy, bit_length, on_kernels
 from ..protocol import CodecError
 
 
@@ -78,9 +80,20 @@ class LayoutTables:
             }
         return t
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CPU tables as int64 numpy arrays, for the kernels: (offsets, numels, bmax)."""
+        t = self.on("cpu")
+        if "arrays" not in t:
+            t["arrays"] = tuple(t[k].numpy() for k in ("offsets", "numels", "bmax"))
+        return t["arrays"]
+
     def counts_of(self, indices: Tensor) -> Tensor:
         """``(N, S)``: how many indices of every row fall in every tensor (rows ascending, or not)."""
         N, K = indices.shape
+        if on_kernels(indices):
+            counts, err = kernel.segment_counts(as_numpy(indices, np.int64), self.arrays()[0], self.d)
+            if not err:  # else (an index outside 0..d-1) as the reference counts it
+                return torch.from_numpy(counts)
         tab = self.on(indices.device)
         if K == 0:
             return torch.zeros(N, self.S, dtype=torch.long, device=indices.device)
@@ -112,7 +125,8 @@ class IndexCode:
     """Base: an index code for one layout.
 
     ``encode(indices (N, K) int64)`` -> (bytes: an ``(N, B)`` uint8 tensor when every message has
-    ``B`` bytes, else each message's list of pieces; the ``(N, S)`` per-tensor counts, or None).
+    ``B`` bytes, else each message's list of pieces, or a pair (the parts back to back as one
+    uint8 tensor, each part's size); the ``(N, S)`` per-tensor counts, or None).
     ``decode(data, starts, sizes, tail, nnz, who)`` -> (indices ``(N, nnz)``, counts ``(N, S)``,
     index bytes used per message ``(N,)``): the messages lie in ``data`` at ``starts`` with
     ``sizes``, each ending with a ``tail`` of ``tail`` bytes (the value part)."""

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..bitstream import as_bytes, from_bytes
+from ....kernels import idx32 as kernel
+from ..bitstream import as_bytes, as_numpy, from_bytes, on_kernels
 from .common import IndexCode, _check_ascending, _check_room, message_rows
 
 
@@ -26,6 +28,15 @@ class Idx32(IndexCode):
 
     def decode(self, data, starts, sizes, tail, nnz, who):
         B = self.part_bytes(nnz)
+        if on_kernels(data):
+            t = self.tables
+            indices = np.empty((len(sizes), nnz), np.int64)
+            counts, err = kernel.idx32_decode(
+                as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
+                int(nnz), t.W, t.d, t.arrays()[0], indices)
+            if not err:  # else the reference names what is wrong
+                used = torch.full((len(sizes),), B, dtype=torch.long)
+                return torch.from_numpy(indices), torch.from_numpy(counts), used
         _check_room(who, sizes, B + tail)
         rows = message_rows(data, starts, sizes, 0, B)
         indices = from_bytes(rows, self.tables.index_dtype).to(torch.long)

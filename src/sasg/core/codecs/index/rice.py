@@ -23,14 +23,18 @@ two streams serve :mod:`.auto` too.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ....kernels import rice as kernel
 from ..bitstream import (
     as_bytes,
+    as_numpy,
     bit_length,
     exclusive_cumsum,
     from_bytes,
+    on_kernels,
     ones_then_zero,
     pack_bits,
     pack_fields,
@@ -145,7 +149,17 @@ class _Sections(IndexCode):
         return (t.S + 1) * t.W + t.S * (2 if self.TAGS else 1)
 
     # ---------------------------------------------------------------- encode
-    def encode(self, indices: Tensor) -> tuple[list[list[Tensor]], Tensor]:
+    def encode(self, indices: Tensor) -> tuple[list[list[Tensor]] | tuple[Tensor, list[int]], Tensor]:
+        if on_kernels(indices):
+            t = self.tables
+            data, sizes, counts, err = kernel.sections_encode(
+                as_numpy(indices, np.int64), *t.arrays(), t.d, t.W, int(self.TAGS), kernel.CHOOSE)
+            if not err:  # else the reference raises its error
+                return (torch.from_numpy(data), sizes.tolist()), torch.from_numpy(counts)
+        return self._encode_torch(indices)
+
+    def _encode_torch(self, indices: Tensor) -> tuple[list[list[Tensor]], Tensor]:
+        """The reference encoder: vectorized torch ops over every entry of the batch."""
         t = self.tables
         tab = t.on(indices.device)
         S, W = t.S, t.W
@@ -221,6 +235,19 @@ class _Sections(IndexCode):
         return from_bytes(hdr, t.index_dtype).long().sum(1).tolist()
 
     def decode(self, data, starts, sizes, tail, nnz, who):
+        if on_kernels(data):
+            t = self.tables
+            offsets, numels, bmax = t.arrays()
+            indices = np.empty((len(sizes), nnz), np.int64)  # allocated here, not in the kernel: see its module
+            counts, used, err = kernel.sections_decode(
+                as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
+                int(nnz), offsets, numels, bmax, t.W, int(self.TAGS), indices)
+            if not err:  # else the reference names what is wrong
+                return torch.from_numpy(indices), torch.from_numpy(counts), torch.from_numpy(used)
+        return self._decode_torch(data, starts, sizes, tail, nnz, who)
+
+    def _decode_torch(self, data, starts, sizes, tail, nnz, who):
+        """The reference decoder (and the one that raises: see :mod:`sasg.kernels.rice`)."""
         t = self.tables
         tab = t.on(data.device)
         S, W, N, d = t.S, t.W, len(sizes), t.d

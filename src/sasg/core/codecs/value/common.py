@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ...layout import Layout
+from ..bitstream import on_kernels as _cpu_kernels
 from ..protocol import CodecError
 
 
@@ -67,6 +68,13 @@ class Groups:
         if self.layout is not None:
             return torch.repeat_interleave(t, c[0], dim=1, output_size=self.n)
         return torch.repeat_interleave(t.reshape(-1), c.reshape(-1), output_size=self.N * self.n).view(self.N, self.n)
+
+
+def on_kernels(t: Tensor, groups: Groups) -> bool:
+    """Whether a per-tensor format takes its compiled path (:mod:`sasg.kernels.values`): a
+    sparse message's groups, on the CPU, kernels on. Dense groups keep the torch path (a few
+    column blocks: whole-tensor ops already)."""
+    return groups.layout is None and _cpu_kernels(t)
 
 
 def _sum_rows(blk: Tensor) -> Tensor:

@@ -13,6 +13,8 @@ $(BIN)/.installed: pyproject.toml
 	@echo "==> creating $(VENV) and installing sasg, torch 2.13.0 (CPU) and the test tools (about a minute; pip lists each package)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) -e '.[test]'
+	@echo "==> compiling sasg's kernels into numba's cache (once; up to a minute on a busy 2-core machine)"
+	$(BIN)/python -m sasg.kernels
 	touch $@
 	@echo "==> installed in $(VENV)"
 

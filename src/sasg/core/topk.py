@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..kernels import topk as _kernel
 from .workspace import Workspace
 
 # Sampled candidates pay off when the sample is a small part of the row.
@@ -121,6 +122,10 @@ def topk_rows(
     n = x.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    if _kernel.supports(x):  # the same result, one compiled pass (sasg.kernels.topk)
+        ws = workspace if workspace is not None else Workspace()
+        plan = ws.cached(("topk-kernel-plan", n, k), lambda: _kernel.SegmentPlan([0], [n], [k], _sample_plan))
+        return _kernel.select(x, rows, plan, plan.scratch(ws, x))
     if rows is not None and (len(rows) * n < _GATHER_BELOW or x.stride(1) != 1):
         x, rows = _gather_rows(x, rows), None
     n_sel = x.shape[0] if rows is None else len(rows)

@@ -125,7 +125,7 @@ def topk_rows(
     if _kernel.supports(x):  # the same result, one compiled pass (sasg.kernels.topk)
         ws = workspace if workspace is not None else Workspace()
         plan = ws.cached(("topk-kernel-plan", n, k), lambda: _kernel.SegmentPlan([0], [n], [k], _sample_plan))
-        return _kernel.select(x, rows, plan, plan.scratch(ws, x))
+        return _kernel.select(x, rows, plan)
     if rows is not None and (len(rows) * n < _GATHER_BELOW or x.stride(1) != 1):
         x, rows = _gather_rows(x, rows), None
     n_sel = x.shape[0] if rows is None else len(rows)

@@ -57,7 +57,7 @@ class TopK:
         if topk_kernel.supports(v):
             # One compiled call for every row and segment: no per-tensor fixed costs, one read of
             # v at memory speed (benchmarks/compress.py). The torch path below is the reference.
-            idx, val = topk_kernel.select(v, rows, self.plan, self.plan.scratch(self.workspace, v))
+            idx, val = topk_kernel.select(v, rows, self.plan)
             return SparsePayload(idx, val, self.layout.numel)
         rows = list(range(v.shape[0])) if rows is None else list(rows)
         everyone = rows == list(range(v.shape[0]))

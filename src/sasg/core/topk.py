@@ -30,6 +30,12 @@ runs ``torch.topk`` only on a short list of candidates:
 
 Candidates keep their original order, so "lower position among candidates" is "lower index" and
 the tie rule carries over.
+
+Compiled path: float32 and float64 rows on the CPU go to :mod:`sasg.kernels.topk`, the same three
+steps as one compiled loop per row (about 20 times faster: it reads a row once, at memory speed,
+where the torch ops above pay fixed costs per op and per tensor). The torch code here is the
+reference it is tested against (``SASG_KERNELS=0`` selects it) and the path for other devices
+and dtypes.
 """
 
 from __future__ import annotations

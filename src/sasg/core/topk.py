@@ -130,7 +130,7 @@ def topk_rows(
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if _kernel.supports(x):  # the same result, one compiled pass (sasg.kernels.topk)
         ws = workspace if workspace is not None else Workspace()
-        plan = ws.cached(("topk-kernel-plan", n, k), lambda: _kernel.SegmentPlan([0], [n], [k], _sample_plan))
+        plan = ws.cached(("topk-kernel-plan", n, k), lambda: _kernel.SegmentPlan([0], [n], [k]))
         return _kernel.select(x, rows, plan)
     if rows is not None and (len(rows) * n < _GATHER_BELOW or x.stride(1) != 1):
         x, rows = _gather_rows(x, rows), None

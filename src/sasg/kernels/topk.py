@@ -13,7 +13,7 @@ How (one call for all rows and segments, so per-tensor Python and torch fixed co
   becomes "the ``k`` largest keys, ties to the lower index": no float compares, no NaN cases.
 * *Threshold from a sample*, as the torch path: the keys at fixed positions (one pseudo-random
   position per stratum of the segment) give ``t_c``, the sample's ``rank``-th largest key, a
-  little below the segment's k-th largest (:func:`sasg.core.topk._sample_plan` sizes it).
+  little below the segment's k-th largest (:func:`sample_plan` sizes it).
 * *Candidates in one pass.* ``key > t_c`` is made into 64-bit words of bits a chunk at a time (a
   vectorised compare), and the set bits of the words give the positions, ascending. If there
   are at least ``k`` candidates, every entry outside them is at most ``t_c``, below every
@@ -32,6 +32,8 @@ took 2 ms; on ResNet-18's 11.2M parameters, 10 rows: 1.5 times a bare ``copy_`` 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -42,6 +44,12 @@ try:
     from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz: one instruction
 except ImportError:  # pragma: no cover - no numba: the kernels are off (see sasg.kernels)
     trailing_zeros = None
+
+# A segment's sample holds about this many of its top k (else, for medium segments, the second
+# figure; below that, no sample). The torch path takes 64: here a sample's scattered reads cost
+# more, relative to the candidates they save (FC row: 0.079 ms at 32, 0.090 ms at 64).
+_SAMPLE_HITS = (32, 24)
+_SAMPLE_MAX_FRACTION = 8  # a sample of at most n / 8 entries
 
 _SUB = 31  # sub-sample of a quickselect round, sorted to choose its pivot
 _NUDGE = 3  # ... whose pivot is taken this many places past the target's rank in it
@@ -67,20 +75,33 @@ def supports(x: Tensor) -> bool:
     )
 
 
+def sample_plan(n: int, k: int) -> tuple[int, int] | None:
+    """(sample size, rank in the sample) for a segment of ``n`` entries with ``k`` kept, or None
+    (select directly). The sample's rank-th largest lies below the segment's k-th largest unless
+    ``rank`` of the sample land in the top k: ``rank`` is the expected count + 4 standard
+    deviations (binomial) + 1, so that happens about once in 30,000 (then: the direct path)."""
+    if not 1 <= k < n < 2**31:  # (strata are addressed with 32-bit arithmetic)
+        return None
+    for hits in _SAMPLE_HITS:
+        size = math.ceil(hits * n / k)
+        if size * _SAMPLE_MAX_FRACTION <= n:
+            return size, min(size, math.ceil(hits + 4.0 * math.sqrt(hits)) + 1)
+    return None
+
+
 class SegmentPlan:
     """What :func:`select` needs to know of the segments, as arrays: their columns ``starts`` and
     ``ends``, the ``ks`` kept, the sample ``sizes`` and ``ranks`` (size 0: select directly); and
     its scratch buffers. A plan is used by one call at a time (like a :class:`Workspace`)."""
 
-    def __init__(self, starts, ends, ks, sample_plan):
+    def __init__(self, starts, ends, ks):
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.asarray(ends, dtype=np.int64)
         self.ks = np.asarray(ks, dtype=np.int64)
         lengths = self.ends - self.starts
         if len(lengths) and not bool(((self.ks >= 1) & (self.ks <= lengths)).all()):
             raise ValueError("every k_s must be in [1, d_s]")
-        # (a sampled segment's strata are addressed with 32-bit arithmetic)
-        plans = [sample_plan(int(n), int(k)) if k < n < 2**31 else None for n, k in zip(lengths, self.ks)]
+        plans = [sample_plan(int(n), int(k)) for n, k in zip(lengths, self.ks)]
         self.sizes = np.array([p[0] if p else 0 for p in plans], dtype=np.int64)
         self.ranks = np.array([p[1] if p else 0 for p in plans], dtype=np.int64)
         self.nnz = int(self.ks.sum())
@@ -324,9 +345,7 @@ def _collect(seg, t_c, mask, cand, words):
 
 
 def _warm() -> None:
-    from ..core.topk import _sample_plan
-
-    plan = SegmentPlan([0, 1000], [1000, 60000], [3, 600], _sample_plan)
+    plan = SegmentPlan([0, 1000], [1000, 60000], [3, 600])
     for dtype in _KEYS:
         select(torch.zeros(1, 60000, dtype=dtype), None, plan)
 

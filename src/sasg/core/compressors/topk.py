@@ -22,7 +22,7 @@ from ..layout import Layout
 from ..payloads import SparsePayload
 from ..tensor_policy import whole_segments
 from ...kernels import topk as topk_kernel
-from ..topk import _sample_plan, topk_rows
+from ..topk import topk_rows
 from ..workspace import Workspace
 
 
@@ -49,8 +49,9 @@ class TopK:
                          zip(self.k_per_segment, layout.segments, whole_segments(layout, policy)))
         self.nnz = sum(self.k_per_segment)
         self.workspace = Workspace()  # candidate buffers and sample positions, reused every round
+        # the compiled path's per-segment constants and scratch (sasg.kernels.topk)
         self.plan = topk_kernel.SegmentPlan([s.offset for s in layout.segments], [s.end for s in layout.segments],
-                                            self.k_per_segment, _sample_plan)
+                                            self.k_per_segment)
 
     def compress(self, v: Tensor, rows=None, *, generators=None, donate: bool = False) -> SparsePayload:
         """Rows ``rows`` of ``v`` read where they lie, without a gathered copy of them."""

@@ -24,10 +24,10 @@ How (one call for all rows and segments, so per-tensor Python and torch fixed co
   (a tie at ``t``), the keys equal to ``t`` fill the places left, lowest positions first:
   ascending positions and the lower-index tie rule at once.
 
-Measured on FC 784-512-10 (one row of 407,050 floats, 4 segments, h = 1 %): about 0.09 ms for
-the whole ``TopK.compress``, 2.5 memory passes (a ``clone`` of the row), where the torch path
-took 2 ms; on ResNet-18's 11.2M parameters, 10 rows: 1.5 times a bare ``copy_`` of them
-(``benchmarks/compress.py``).
+Measured on FC 784-512-10 (one row of 407,050 floats, 4 segments, h = 1 %): about 0.08 ms for
+the whole ``TopK.compress``, 2.3 memory passes (a ``clone`` of the row), where the torch path
+takes 1.1-1.6 ms; on ResNet-18's 11.2M parameters, 10 rows: 1.2-1.7 times a bare ``copy_`` of
+them (``benchmarks/compress.py``, ``docs/performance.md``).
 """
 
 from __future__ import annotations

@@ -128,6 +128,16 @@ def test_column_slices_and_some_rows(kind):
         T.topk_rows(x, 10, [-1])
 
 
+def test_rows_too_short_for_the_plan_are_refused():
+    plan = K.SegmentPlan([0, 10], [10, 100], [1, 5])
+    with pytest.raises(ValueError):
+        K.select(torch.zeros(2, 99), None, plan)
+    with pytest.raises(ValueError):
+        K.SegmentPlan([0], [10], [11])
+    idx, _ = K.select(torch.arange(200.0).reshape(2, 100), [1], plan)
+    assert idx.tolist() == [[9, 95, 96, 97, 98, 99]]
+
+
 def ragged_layout():
     """Tensors from one entry to long ones: direct, sampled and whole (k = n) segments."""
     return Layout([("a", (1,)), ("w", (300, 400)), ("b", (300,)), ("v", (10, 300)), ("c", (10,)),

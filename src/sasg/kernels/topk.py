@@ -78,7 +78,7 @@ def supports(x: Tensor) -> bool:
 def sample_plan(n: int, k: int) -> tuple[int, int] | None:
     """(sample size, rank in the sample) for a segment of ``n`` entries with ``k`` kept, or None
     (select directly). The sample's rank-th largest lies below the segment's k-th largest unless
-    ``rank`` of the sample land in the top k: ``rank`` is the expected count + 4 standard
+    ``rank`` or more of the sample land in the top k: ``rank`` is the expected count + 4 standard
     deviations (binomial) + 1, so that happens about once in 30,000 (then: the direct path)."""
     if not 1 <= k < n < 2**31:  # (strata are addressed with 32-bit arithmetic)
         return None
@@ -106,6 +106,9 @@ class SegmentPlan:
         self.ranks = np.array([p[1] if p else 0 for p in plans], dtype=np.int64)
         self.nnz = int(self.ks.sum())
         self.longest = int(lengths.max()) if len(lengths) else 0
+        self.width = int(self.ends.max()) if len(lengths) else 0  # columns the rows must have
+        if len(lengths) and int(self.starts.min()) < 0:
+            raise ValueError("segments start at column 0 or later")
         self._scratch: dict = {}
         self._all_rows = np.arange(0, dtype=np.int64)
 
@@ -145,6 +148,8 @@ def select(x: Tensor, rows, plan: SegmentPlan) -> tuple[Tensor, Tensor]:
     ``x`` (int64), ascending within each segment, segments in plan order; values are ``x``'s
     entries there (copies). ``x`` is only read."""
     key_dtype, mask, nan_key = _KEYS[x.dtype]
+    if x.shape[1] < plan.width:  # (the kernel reads memory unchecked)
+        raise ValueError(f"rows of {x.shape[1]} entries, but the segments reach column {plan.width}")
     rows = plan.rows(rows, x.shape[0])
     if len(rows) == 0 or plan.nnz == 0:  # (torch's strides: numpy's for an empty array are 0)
         return torch.empty(len(rows), plan.nnz, dtype=torch.long), torch.empty(len(rows), plan.nnz, dtype=x.dtype)

@@ -8,7 +8,9 @@ h = 1 % (k_s = max(1, floor(h d_s)) per segment):
 
 - ``fc``: the paper's MNIST net, FC 784-512-10, d = 407,050 in 4 segments;
 - ``resnet18``: ResNet-18 for CIFAR-10, d = 11,173,962 in 62 segments, built from its parameter
-  shapes (listed below, no model needed; checked against ``sasg.models`` when available).
+  shapes (listed below, no model needed; checked against ``sasg.models`` when available);
+- ``fc_row``: the FC layout again, for ONE row (N = 1: one worker's upload, where the fixed costs
+  per call and per tensor show), timed over ``--row-reps`` turns (a call takes about 0.1 ms).
 
 Timed in the same run, median of ``--reps`` after one untimed call:
 
@@ -24,8 +26,12 @@ Timed in the same run, median of ``--reps`` after one untimed call:
 Before timing, ``ours`` is checked to be exact on this input: k_s entries per row and segment,
 ascending, and every kept magnitude >= every dropped one (full mode: also equal to a stable sort).
 
+``ours`` runs the compiled kernel (``sasg.kernels.topk``) where it applies, else the torch path;
+``SASG_KERNELS=0`` times the torch path.
+
 The last line is one JSON object: ``ours_over_memory_pass_11M`` (time ratio to ``clone``),
-``torch_topk_over_ours_11M`` (speed-up over ``torch.topk``) and the same for the FC layout.
+``torch_topk_over_ours_11M`` (speed-up over ``torch.topk``), the same for the FC layout, and
+``fc_row_topk_over_memory_pass`` (one FC row: ``ours`` over ``clone``).
 """
 
 from __future__ import annotations
@@ -80,6 +86,14 @@ def check_against_registry(shapes) -> str:
         return f"not checked against sasg.models ({type(e).__name__})"
     theirs = [tuple(p.shape) for p in model.parameters()]
     return "matches sasg.models resnet18" if theirs == [s for _, s in shapes] else "DIFFERS from sasg.models resnet18"
+
+
+def kernels_on() -> bool:
+    try:
+        from sasg import kernels
+    except ImportError:  # a checkout from before sasg.kernels
+        return False
+    return kernels.available()
 
 
 def median_ms(fn, reps: int) -> float:
@@ -152,6 +166,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="3 repetitions, exactness checked by the ordering rule only")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 3)")
     p.add_argument("--rows", type=int, default=10, help="M, worker rows (10)")
+    p.add_argument("--row-reps", type=int, default=None, help="timed repetitions of the one-row case (default 300, quick 60)")
     p.add_argument("--density", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = p.parse_args()
@@ -166,17 +181,19 @@ def main() -> None:
     print(f"resnet18 layout: {layouts['resnet18'].numel:,} parameters in {len(rn)} segments, {check_against_registry(rn)}")
     print(f"M = {args.rows} rows, h = {args.density}, median of {reps} (ms)\n")
     results = {name: bench_layout(name, lay, args.rows, args.density, reps, not args.quick) for name, lay in layouts.items()}
+    row_reps = args.row_reps or (60 if args.quick else 300)
+    results["fc_row"] = bench_layout("fc_row", layouts["fc"], 1, args.density, row_reps, not args.quick)
 
     hdr = f"{'layout':<9} {'d':>11} {'ours':>9} {'reference':>10} {'torch.topk':>11} {'clone':>8} {'copy_':>8} {'ours/clone':>11} {'ours/copy_':>11} {'topk/ours':>10}"
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
         print(
-            f"{name:<9} {r['d']:>11,} {r['ours_ms']:>9.1f} {r['reference_ms']:>10.1f} {r['torch_topk_ms']:>11.1f} "
-            f"{r['clone_ms']:>8.1f} {r['copy__ms']:>8.1f} {r['ours_ms'] / r['clone_ms']:>10.2f}x "
+            f"{name:<9} {r['d']:>11,} {r['ours_ms']:>9.3f} {r['reference_ms']:>10.3f} {r['torch_topk_ms']:>11.3f} "
+            f"{r['clone_ms']:>8.3f} {r['copy__ms']:>8.3f} {r['ours_ms'] / r['clone_ms']:>10.2f}x "
             f"{r['ours_ms'] / r['copy__ms']:>10.2f}x {r['torch_topk_ms'] / r['ours_ms']:>9.2f}x"
         )
-    big, fc = results["resnet18"], results["fc"]
+    big, fc, row = results["resnet18"], results["fc"], results["fc_row"]
     headline = {
         "ours_over_memory_pass_11M": round(big["ours_ms"] / big["clone_ms"], 3),
         "torch_topk_over_ours_11M": round(big["torch_topk_ms"] / big["ours_ms"], 3),
@@ -184,7 +201,10 @@ def main() -> None:
         "reference_over_ours_11M": round(big["reference_ms"] / big["ours_ms"], 3),
         "ours_over_memory_pass_fc": round(fc["ours_ms"] / fc["clone_ms"], 3),
         "torch_topk_over_ours_fc": round(fc["torch_topk_ms"] / fc["ours_ms"], 3),
-        "ms": {n: {k: round(v, 2) for k, v in r.items() if k.endswith("_ms")} for n, r in results.items()},
+        "fc_row_topk_over_memory_pass": round(row["ours_ms"] / row["clone_ms"], 3),
+        "torch_topk_over_ours_fc_row": round(row["torch_topk_ms"] / row["ours_ms"], 3),
+        "kernels": kernels_on(),
+        "ms": {n: {k: round(v, 4) for k, v in r.items() if k.endswith("_ms")} for n, r in results.items()},
         "exact": True,
         "threads": torch.get_num_threads(),
         "seconds": round(time.perf_counter() - t_start, 1),

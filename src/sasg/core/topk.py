@@ -30,6 +30,12 @@ runs ``torch.topk`` only on a short list of candidates:
 
 Candidates keep their original order, so "lower position among candidates" is "lower index" and
 the tie rule carries over.
+
+Compiled path: float32 and float64 rows on the CPU go to :mod:`sasg.kernels.topk`, the same three
+steps as one compiled loop per row (about 20 times faster: it reads a row once, at memory speed,
+where the torch ops above pay fixed costs per op and per tensor). The torch code here is the
+reference it is tested against (``SASG_KERNELS=0`` selects it) and the path for other devices
+and dtypes.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..kernels import topk as _kernel
 from .workspace import Workspace
 
 # Sampled candidates pay off when the sample is a small part of the row.
@@ -121,6 +128,10 @@ def topk_rows(
     n = x.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    if _kernel.supports(x):  # the same result, one compiled pass (sasg.kernels.topk)
+        ws = workspace if workspace is not None else Workspace()
+        plan = ws.cached(("topk-kernel-plan", n, k), lambda: _kernel.SegmentPlan([0], [n], [k]))
+        return _kernel.select(x, rows, plan)
     if rows is not None and (len(rows) * n < _GATHER_BELOW or x.stride(1) != 1):
         x, rows = _gather_rows(x, rows), None
     n_sel = x.shape[0] if rows is None else len(rows)

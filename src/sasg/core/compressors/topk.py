@@ -21,6 +21,7 @@ from torch import Tensor
 from ..layout import Layout
 from ..payloads import SparsePayload
 from ..tensor_policy import whole_segments
+from ...kernels import topk as topk_kernel
 from ..topk import topk_rows
 from ..workspace import Workspace
 
@@ -48,9 +49,17 @@ class TopK:
                          zip(self.k_per_segment, layout.segments, whole_segments(layout, policy)))
         self.nnz = sum(self.k_per_segment)
         self.workspace = Workspace()  # candidate buffers and sample positions, reused every round
+        # the compiled path's per-segment constants and scratch (sasg.kernels.topk)
+        self.plan = topk_kernel.SegmentPlan([s.offset for s in layout.segments], [s.end for s in layout.segments],
+                                            self.k_per_segment)
 
     def compress(self, v: Tensor, rows=None, *, generators=None, donate: bool = False) -> SparsePayload:
         """Rows ``rows`` of ``v`` read where they lie, without a gathered copy of them."""
+        if topk_kernel.supports(v):
+            # One compiled call for every row and segment: no per-tensor fixed costs, one read of
+            # v at memory speed (benchmarks/compress.py). The torch path below is the reference.
+            idx, val = topk_kernel.select(v, rows, self.plan)
+            return SparsePayload(idx, val, self.layout.numel)
         rows = list(range(v.shape[0])) if rows is None else list(rows)
         everyone = rows == list(range(v.shape[0]))
         n = len(rows)

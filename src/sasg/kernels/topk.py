@@ -1,0 +1,358 @@
+r"""Exact per-segment top-k of rows in one compiled call (the kernel behind :mod:`sasg.core.topk`).
+
+Contract: that of :mod:`sasg.core.topk`, for every segment ``[start_s, end_s)`` of every selected
+row: exactly ``k_s`` positions, those of the ``k_s`` largest ``|x|``; ties to the **lower index**;
+positions **ascending**; NaN larger than every number (all NaNs equal). The result is the same,
+bit for bit, as the torch path's (``SASG_KERNELS=0``); only the time differs.
+
+How (one call for all rows and segments, so per-tensor Python and torch fixed costs vanish):
+
+* *Integer keys.* A float's bits with the sign cleared order like its magnitude (``+inf`` above
+  every number); clamping them at ``inf + 1`` maps every NaN to one key above ``inf``. So the
+  kernel works on the data's bits (``int32`` for float32, ``int64`` for float64) and the rule
+  becomes "the ``k`` largest keys, ties to the lower index": no float compares, no NaN cases.
+* *Threshold from a sample*, as the torch path: the keys at fixed positions (one pseudo-random
+  position per stratum of the segment) give ``t_c``, the sample's ``rank``-th largest key, a
+  little below the segment's k-th largest (:func:`sample_plan` sizes it).
+* *Candidates in one pass.* ``key > t_c`` is made into 64-bit words of bits a chunk at a time (a
+  vectorised compare), and the set bits of the words give the positions, ascending. If there
+  are at least ``k`` candidates, every entry outside them is at most ``t_c``, below every
+  candidate: the top k are among them. Otherwise (no sample planned for a short segment, an
+  unlucky sample, too many equal keys) the segment is selected directly: same result.
+* *Exact selection* among the candidates (or all entries): the k-th largest key ``t`` by a
+  quickselect; then the positions with a key ``>= t`` in order. If there are more than ``k``
+  (a tie at ``t``), the keys equal to ``t`` fill the places left, lowest positions first:
+  ascending positions and the lower-index tie rule at once.
+
+Measured on FC 784-512-10 (one row of 407,050 floats, 4 segments, h = 1 %): about 0.08 ms for
+the whole ``TopK.compress``, 2.3 memory passes (a ``clone`` of the row), where the torch path
+takes 1.1-1.6 ms; on ResNet-18's 11.2M parameters, 10 rows: 1.2-1.7 times a bare ``copy_`` of
+them (``benchmarks/compress.py``, ``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import available, jit, on_warm
+
+try:
+    from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz: one instruction
+except ImportError:  # pragma: no cover - no numba: the kernels are off (see sasg.kernels)
+    trailing_zeros = None
+
+# A segment's sample holds about this many of its top k (else, for medium segments, the second
+# figure; below that, no sample). The torch path takes 64: here a sample's scattered reads cost
+# more, relative to the candidates they save (FC row: 0.079 ms at 32, 0.090 ms at 64).
+_SAMPLE_HITS = (32, 24)
+_SAMPLE_MAX_FRACTION = 8  # a sample of at most n / 8 entries
+
+_SUB = 31  # sub-sample of a quickselect round, sorted to choose its pivot
+_NUDGE = 3  # ... whose pivot is taken this many places past the target's rank in it
+_CHUNK = 4096  # entries whose candidate bits are made before they are read (512 bytes of bits)
+
+# For each supported float type: the integer type of its bits, the mask that clears the sign,
+# and the one key of every NaN (the bits of +inf, plus one).
+_KEYS = {
+    torch.float32: (torch.int32, np.int32(0x7FFFFFFF), np.int32(0x7F800001)),
+    torch.float64: (torch.int64, np.int64(0x7FFFFFFFFFFFFFFF), np.int64(0x7FF0000000000001)),
+}
+
+
+def supports(x: Tensor) -> bool:
+    """True when :func:`select` can take ``x`` (shape ``(N, n)``): kernels on, a CPU tensor of
+    float32 or float64 whose rows are contiguous (a column slice of a wider batch is fine)."""
+    return (
+        x.dtype in _KEYS
+        and x.device.type == "cpu"
+        and x.dim() == 2
+        and (x.stride(1) == 1 or x.shape[1] <= 1)
+        and available()
+    )
+
+
+def sample_plan(n: int, k: int) -> tuple[int, int] | None:
+    """(sample size, rank in the sample) for a segment of ``n`` entries with ``k`` kept, or None
+    (select directly). The sample's rank-th largest lies below the segment's k-th largest unless
+    ``rank`` or more of the sample land in the top k: ``rank`` is the expected count + 4 standard
+    deviations (binomial) + 1, so that happens about once in 30,000 (then: the direct path)."""
+    if not 1 <= k < n < 2**31:  # (strata are addressed with 32-bit arithmetic)
+        return None
+    for hits in _SAMPLE_HITS:
+        size = math.ceil(hits * n / k)
+        if size * _SAMPLE_MAX_FRACTION <= n:
+            return size, min(size, math.ceil(hits + 4.0 * math.sqrt(hits)) + 1)
+    return None
+
+
+class SegmentPlan:
+    """What :func:`select` needs to know of the segments, as arrays: their columns ``starts`` and
+    ``ends``, the ``ks`` kept, the sample ``sizes`` and ``ranks`` (size 0: select directly); and
+    its scratch buffers. A plan is used by one call at a time (like a :class:`Workspace`)."""
+
+    def __init__(self, starts, ends, ks):
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.ends = np.asarray(ends, dtype=np.int64)
+        self.ks = np.asarray(ks, dtype=np.int64)
+        lengths = self.ends - self.starts
+        if len(lengths) and not bool(((self.ks >= 1) & (self.ks <= lengths)).all()):
+            raise ValueError("every k_s must be in [1, d_s]")
+        plans = [sample_plan(int(n), int(k)) for n, k in zip(lengths, self.ks)]
+        self.sizes = np.array([p[0] if p else 0 for p in plans], dtype=np.int64)
+        self.ranks = np.array([p[1] if p else 0 for p in plans], dtype=np.int64)
+        self.nnz = int(self.ks.sum())
+        self.longest = int(lengths.max()) if len(lengths) else 0
+        self.width = int(self.ends.max()) if len(lengths) else 0  # columns the rows must have
+        if len(lengths) and int(self.starts.min()) < 0:
+            raise ValueError("segments start at column 0 or later")
+        self._scratch: dict = {}
+        self._all_rows = np.arange(0, dtype=np.int64)
+
+    def scratch(self, key_dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate positions (uint64, ``longest``), their keys (``longest``) and room to select
+        among them (``2 longest``), made once per key type."""
+        got = self._scratch.get(key_dtype)
+        if got is None:
+            n = max(self.longest, 1)
+            got = self._scratch[key_dtype] = (np.empty(n, np.uint64), np.empty(n, _NUMPY[key_dtype]),
+                                              np.empty(2 * n, _NUMPY[key_dtype]))
+        return got
+
+    def rows(self, rows, n: int) -> np.ndarray:
+        """``rows`` (None: all ``n``; a sequence, array or tensor) as int64, checked: the kernel
+        reads memory unchecked."""
+        if rows is None:
+            if len(self._all_rows) != n:
+                self._all_rows = np.arange(n, dtype=np.int64)
+            return self._all_rows
+        if isinstance(rows, Tensor):
+            out = rows.detach().cpu().reshape(-1).to(torch.long).numpy()
+        else:
+            out = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.int64).reshape(-1)
+        if len(out) and (int(out.min()) < 0 or int(out.max()) >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        return out
+
+
+_NUMPY = {torch.int32: np.int32, torch.int64: np.int64, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def select(x: Tensor, rows, plan: SegmentPlan) -> tuple[Tensor, Tensor]:
+    """The top ``k_s`` of every segment of the rows ``rows`` of ``x`` (where ``supports(x)``;
+    ``rows``: a sequence, array or tensor of row numbers, None for all):
+    ``(indices, values)``, both of shape ``(len(rows), sum k_s)``; indices are column positions in
+    ``x`` (int64), ascending within each segment, segments in plan order; values are ``x``'s
+    entries there (copies). ``x`` is only read."""
+    key_dtype, mask, nan_key = _KEYS[x.dtype]
+    if x.shape[1] < plan.width:  # (the kernel reads memory unchecked)
+        raise ValueError(f"rows of {x.shape[1]} entries, but the segments reach column {plan.width}")
+    rows = plan.rows(rows, x.shape[0])
+    if len(rows) == 0 or plan.nnz == 0:  # (torch's strides: numpy's for an empty array are 0)
+        return torch.empty(len(rows), plan.nnz, dtype=torch.long), torch.empty(len(rows), plan.nnz, dtype=x.dtype)
+    # numpy arrays made here and handed to torch: a few microseconds less than torch.empty
+    # and .numpy(), which counts on a short row.
+    indices = np.empty((len(rows), plan.nnz), dtype=np.int64)
+    values = np.empty((len(rows), plan.nnz), dtype=_NUMPY[x.dtype])
+    if x.is_contiguous():
+        flat = x.detach().numpy().view(_NUMPY[key_dtype]).reshape(-1)
+    else:  # a column slice: one flat view of the rows' storage (row r at r * stride(0))
+        span = (x.shape[0] - 1) * x.stride(0) + x.shape[1]
+        flat = torch.as_strided(x.detach(), (span,), (1,)).view(key_dtype).numpy()
+    cand, keys, work = plan.scratch(key_dtype)
+    _select_rows(flat, rows * x.stride(0), plan.starts, plan.ends, plan.ks, plan.sizes, plan.ranks,
+                 mask, nan_key, indices, values.view(_NUMPY[key_dtype]), cand, keys, work)
+    return torch.from_numpy(indices), torch.from_numpy(values)
+
+
+# The loops below index with unsigned integers (``u8``) wherever they are hot: numba corrects a
+# signed index for Python's negative indexing on every access, which costs 2-3x on a partition
+# pass and keeps loops from vectorising. (uint64 mixed with int64 in numba gives float64, so the
+# two are kept apart.)
+u8 = np.uint64
+
+
+@jit
+def _select_rows(flat, row_starts, starts, ends, ks, sizes, ranks, mask, nan_key,
+                 out_idx, out_val, cand, keys, work):
+    words = np.empty(_CHUNK // 64, dtype=np.uint64)  # candidate bits of one chunk
+    for i in range(row_starts.shape[0]):
+        base = row_starts[i]
+        col = u8(0)
+        for s in range(starts.shape[0]):
+            seg = flat[base + starts[s] : base + ends[s]]
+            k = u8(ks[s])
+            _select_segment(seg, k, u8(sizes[s]), u8(ranks[s]), mask, nan_key, cand, keys, work, words)
+            start = starts[s]
+            idx_row = out_idx[i]
+            val_row = out_val[i]
+            for j in range(k):
+                p = cand[j]
+                idx_row[col + j] = np.int64(p) + start
+                val_row[col + j] = seg[p]
+            col += k
+
+
+@jit
+def _select_segment(seg, k, size, rank, mask, nan_key, cand, keys, work, words):
+    """The top ``k`` of ``seg`` (``1 <= k``): their positions, ascending, in ``cand[:k]``."""
+    n = u8(seg.shape[0])
+    if k >= n:
+        for j in range(n):
+            cand[j] = j
+        return
+    c = u8(0)
+    if size > 0:
+        t_c = _sample_threshold(seg, size, rank, mask, nan_key, keys, work)
+        if t_c < nan_key:  # (a NaN threshold would leave no key above it)
+            c = _collect(seg, t_c, mask, cand, words)
+    if c >= k:
+        # The k-th largest key t among the candidates; then those with a key >= t, in order.
+        for j in range(c):
+            keys[j] = min(seg[cand[j]] & mask, nan_key)
+        t = _kth_largest(keys, c, k, work)
+        m = u8(0)
+        for j in range(c):  # compacted in place (m <= j), without branches
+            cand[m] = cand[j]
+            m += u8(keys[j] >= t)
+    else:
+        # No sample, or an unlucky one: the k-th largest key of the whole segment; then the
+        # positions with a key >= t, found as candidates are (t - 1 < t <= nan_key).
+        for j in range(n):
+            keys[j] = min(seg[j] & mask, nan_key)
+        t = _kth_largest(keys, n, k, work)
+        keys[0] = t - 1  # (stored, so that it keeps the key type: a wider one would not vectorise)
+        m = _collect(seg, keys[0], mask, cand, words)
+    if m == k:
+        return  # no tie at t beyond the k places (the usual case)
+    # Keys equal to t fill the places that keys above t leave, lowest positions first.
+    above = u8(0)
+    for j in range(m):
+        above += u8(min(seg[cand[j]] & mask, nan_key) > t)
+    need = k - above
+    out = u8(0)
+    for j in range(m):
+        p = cand[j]
+        key = min(seg[p] & mask, nan_key)
+        tie = u8(key == t)
+        take = u8(key > t) | (tie & u8(need > 0))
+        need -= take & tie
+        cand[out] = p
+        out += take
+
+
+@jit
+def _kth_largest(a, n, k, work):
+    """The ``k``-th largest of ``a[:n]`` (``1 <= k <= n``); ``a`` is only read, ``work``
+    (``2 n`` entries) is scratch.
+
+    Quickselect with out-of-place, branch-free partitions (each entry is written to both ends of
+    the output, and only one cursor moves). Each pivot is taken from a sorted sub-sample at the
+    target's rank, nudged so that the target's side is the small one: about 1.5 passes in all.
+    A range whose pivot is its least key splits that key's equals off (so ranges of equal keys
+    end at once); a range still long after many rounds (adversarial keys) is sorted."""
+    target = n - k  # its position in ascending order
+    sub = np.empty(_SUB, dtype=a.dtype)
+    src = work[:n]
+    dst = work[n : 2 * n]
+    src[:] = a[:n]
+    lo = u8(0)
+    hi = n
+    for _ in range(64):
+        m = hi - lo
+        if m <= u8(2 * _SUB):
+            break
+        for j in range(_SUB):  # sorted sub-sample, spread over the range
+            v = src[lo + (u8(j) * m) // u8(_SUB) + m // u8(2 * _SUB)]
+            i = j
+            while i > 0 and sub[i - 1] > v:
+                sub[i] = sub[i - 1]
+                i -= 1
+            sub[i] = v
+        q = np.int64(((target - lo) * u8(_SUB)) // m)
+        pivot = sub[min(q + _NUDGE, _SUB - 1)] if u8(2) * (target - lo) < m else sub[max(q - _NUDGE, 0)]
+        lt = lo
+        r = hi - u8(1)
+        for i in range(lo, hi):  # dst[lo:lt] < pivot <= dst[lt:hi]
+            v = src[i]
+            dst[lt] = v
+            dst[r] = v
+            below = u8(v < pivot)
+            lt += below
+            r -= u8(1) - below
+        src, dst = dst, src
+        if target < lt:
+            hi = lt
+        elif lt > lo:
+            lo = lt
+        else:  # the pivot is the least key: split its equals off, else the range would not shrink
+            eq = lo
+            r = hi - u8(1)
+            for i in range(lo, hi):  # dst[lo:eq] == pivot < dst[eq:hi]
+                v = src[i]
+                dst[eq] = v
+                dst[r] = v
+                same = u8(v == pivot)
+                eq += same
+                r -= u8(1) - same
+            src, dst = dst, src
+            if target < eq:
+                return pivot
+            lo = eq
+    rest = np.sort(src[lo:hi])
+    return rest[target - lo]
+
+
+@jit
+def _sample_threshold(seg, size, rank, mask, nan_key, keys, work):
+    """The ``rank``-th largest key among ``size`` positions of ``seg``, one in each stratum."""
+    width = u8(seg.shape[0]) // size
+    h = u8(0x5A56) ^ u8(seg.shape[0])
+    for j in range(size):
+        # A 64-bit LCG's high half scaled to [0, width): a fixed offset inside stratum j (a
+        # multiply and a shift; a modulo here cost more than the read).
+        h = h * u8(6364136223846793005) + u8(1442695040888963407)
+        keys[j] = min(seg[j * width + (((h >> u8(32)) * width) >> u8(32))] & mask, nan_key)
+    return _kth_largest(keys, size, rank, work)
+
+
+@jit
+def _collect(seg, t_c, mask, cand, words):
+    """Positions ``p`` of ``seg`` with ``seg[p] & mask > t_c`` into ``cand``, ascending; their
+    count. ``t_c`` is below the NaN key, so every NaN bit pattern is above it as it stands.
+
+    A chunk at a time: first its candidate bits as 64-bit words (a vectorised compare), then the
+    set bits of the words (few: about 1.5 %). Fused in one loop, the two ran 3x slower."""
+    n = u8(seg.shape[0])
+    chunk_len = u8(_CHUNK)
+    c = u8(0)
+    for a in range(u8(0), n - n % chunk_len, chunk_len):
+        chunk = seg[a : a + chunk_len]
+        for q in range(_CHUNK // 64):
+            w = u8(0)
+            for j in range(64):
+                w |= u8((chunk[q * 64 + j] & mask) > t_c) << u8(j)
+            words[q] = w
+        for q in range(_CHUNK // 64):
+            w = words[q]
+            at = a + u8(q * 64)
+            while w:
+                cand[c] = at + u8(trailing_zeros(w))
+                c += u8(1)
+                w &= w - u8(1)
+    for p in range(n - n % chunk_len, n):
+        cand[c] = p
+        c += u8((seg[p] & mask) > t_c)
+    return c
+
+
+def _warm() -> None:
+    plan = SegmentPlan([0, 1000], [1000, 60000], [3, 600])
+    for dtype in _KEYS:
+        select(torch.zeros(1, 60000, dtype=dtype), None, plan)
+
+
+on_warm(_warm)

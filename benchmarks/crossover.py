@@ -160,7 +160,7 @@ def _build_row(row: str, shapes, grads, seed: int):
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    model = DDP(_exchange_module(shapes, grads))
+    model = DDP(_exchange_module(shapes, grads), init_sync=False)  # zeros on every rank: nothing to broadcast
     if row == "powersgd-r2":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 

@@ -28,10 +28,8 @@ The rows (every one DDP-wrapped with its defaults, 25 MB buckets):
 
   ddp          DDP's own all-reduce: 4 bytes per parameter, ring all-reduce
   powersgd-r2  PyTorch's PowerSGD hook, rank 2 (error feedback, warm start, start_powerSGD_iter=2),
-               one bucket at a time: the hook waits for a bucket's future before it returns. (Its
-               callbacks issue an all-reduce from gloo's thread; when all buckets are ready at once,
-               as here, the next bucket's all-reduce can overtake it on one rank and not the other,
-               and the ranks fail with a size mismatch or hang. No backward pass is left to overlap.)
+               each bucket on its own gloo group (benchmarks/powersgd_rows.py says why: with all
+               buckets ready at once, as here, one group fails or hangs)
   sasg         sasg.ddp.register(model): its defaults, always+topk (top-k 1 % per tensor, error
                feedback), rice+fp32 codec (Golomb-Rice gaps, fp32 values)
   sasg-sign    the same with codec="rice+sign" (one sign bit per kept value, a magnitude per tensor)
@@ -162,17 +160,9 @@ def _build_row(row: str, shapes, grads, seed: int):
 
     model = DDP(_exchange_module(shapes, grads), init_sync=False)  # zeros on every rank: nothing to broadcast
     if row == "powersgd-r2":
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
+        from powersgd_rows import register_powersgd  # PyTorch's hook, a gloo group per bucket
 
-        state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=2,
-                                       random_seed=seed)
-
-        def one_bucket_at_a_time(state, bucket):
-            fut = powersgd.powerSGD_hook(state, bucket)
-            fut.wait()  # see the module's docstring: with gloo, overlapping buckets can hang
-            return fut
-
-        model.register_comm_hook(state, one_bucket_at_a_time)
+        register_powersgd(model, rank=2, seed=seed)
     elif row == "compute":
         def hand_back(_, bucket):
             fut = torch.futures.Future()

@@ -324,7 +324,7 @@ def orchestrate(args) -> int:
         shapes = LAYOUTS[m][1]()
         layouts[m] = {"what": LAYOUTS[m][0], "parameters": sum(_numel(s) for _, s in shapes), "tensors": len(shapes)}
     links = ["loopback"] if args.loopback else args.links
-    result = {"benchmark": "crossover", "ranks": 2, "rows": args.rows, "turns": args.turns, "warmup": args.warmup,
+    result = {"benchmark": "crossover", "command": " ".join(["benchmarks/crossover.py", *sys.argv[1:]]), "ranks": 2, "rows": args.rows, "turns": args.turns, "warmup": args.warmup,
               "turn_seconds": args.turn_seconds, "quick": args.quick, "cpu": _cpu(), "nproc": os.cpu_count(),
               "load_before": [round(x, 2) for x in os.getloadavg()], "layouts": layouts, "links": {},
               "crossover_ms": {m: {} for m in args.models}, "mb_per_step": {m: {} for m in args.models},

@@ -58,7 +58,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -67,7 +66,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, check_link_flags, communicate_all, measure_link, two_nodes  # noqa: E402
+from netns import Unavailable, check_link_flags, communicate_all, exit_on_signals, measure_link, two_nodes  # noqa: E402
 
 LINKS = ("100mbit", "1gbit", "10gbit")
 # row -> (algo, codec) of sasg.ddp.register; None: not a sasg hook
@@ -313,11 +312,7 @@ def _cpu() -> str:
 
 
 def orchestrate(args) -> int:
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    exit_on_signals()
     started = time.monotonic()
     layouts = {}
     for m in args.models:

@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, check_link_flags, measure_link, parse_delay, two_nodes  # noqa: E402  (benchmarks/netns.py)
+from netns import Unavailable, check_link_flags, exit_on_signals, measure_link, parse_delay, two_nodes  # noqa: E402  (benchmarks/netns.py)
 
 # row id -> (kind, algorithm, codec, label)
 ROWS = {
@@ -375,11 +375,7 @@ def fmt_table(rate: str, link: dict, summary: list[dict], target: float, per_nod
 
 
 def orchestrate(args) -> int:
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    exit_on_signals()
     started = time.monotonic()
     setting = {**SETTINGS[args.setting], "workers": NODES * args.per_node, "nodes": NODES, "nproc_per_node": args.per_node,
                "seed": args.seed}

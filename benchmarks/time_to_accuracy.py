@@ -28,15 +28,17 @@ on the mean of the 4 gradients, seed 0):
   sasg-runner-rice  the same with the rice+sign codec
 
 ``--setting comm-heavy``: a model where the link, not the CPU, sets DDP's pace. The same data,
-batch, lr and rows, but the model is an MLP 784-4096-2048-10 with ReLU, 11,626,506 parameters
-(ResNet-18's count, 11.2M, at a small part of its compute: a batch of 10 takes a few ms per
-worker here, where one dense fp32 gradient, 46.5 MB, takes about 0.4 s to cross a 1 Gbit/s link,
-so DDP waits for the link as ResNet-18 on a GPU does). It trains on the embedded MNIST-5k as it
-is (28x28, no download). Its defaults: target 85 % (every row reaches it), at most 200
-iterations, 1800 s per row, evaluation every 5, rates 1gbit,100mbit (``--quick``: 1gbit only, rows ddp,
-powersgd-r2, powersgd-r4, sasg-hook, one repeat). The model is added to ``sasg.models.MODELS``
-as ``mlp-11m`` inside this benchmark's processes only, so that the runner rows can build it too.
-Its JSON keys carry the prefix ``comm_heavy_`` (``comm_heavy_speedup_vs_ddp_1gbit``, ...).
+batch, lr and rows, but the model is an MLP 784-4096-2048-10 with ReLU, 11,626,506 parameters:
+ResNet-18's count (11.2M) at a small part of its compute (forward and backward of a batch of 10:
+about 0.7 GFLOP, against about 17 for ResNet-18 on 32x32 images), while gloo's ring sends about
+70 MB each way across the link per iteration (4 workers, 2 nodes): 0.56 s at 1 Gbit/s, as a
+ResNet-18 on GPUs would wait. It trains on the embedded MNIST-5k as it is (28x28, no download).
+Its defaults: target 85 % (every row reaches it), at most 200 iterations, 1800 s per row,
+evaluation every 5, rates 1gbit,100mbit, one repeat (DDP alone needs about 5 s an iteration at
+100 Mbit/s: the full run takes about 20 minutes); ``--quick``: 1gbit only, rows ddp, powersgd-r2,
+powersgd-r4, sasg-hook (about 5 minutes). The model is added to ``sasg.models.MODELS`` as
+``mlp-11m`` inside this benchmark's processes only, so that the runner rows can build it too. Its
+JSON keys carry the prefix ``comm_heavy_`` (``comm_heavy_speedup_vs_ddp_1gbit``, ...).
 
 The clock. All ranks train ``--eval-every`` iterations between two barriers; rank 0 times that
 segment (from leaving the first barrier to leaving the second, so a segment ends when every rank
@@ -97,9 +99,9 @@ SETTINGS = {
 }
 # setting -> the defaults of the flags left out (quick_*: under --quick)
 DEFAULTS = {
-    "paper": {"target": 90.0, "quick_target": 88.0, "max_iterations": 1000, "timeout": 600.0,
+    "paper": {"target": 90.0, "quick_target": 88.0, "max_iterations": 1000, "timeout": 600.0, "repeats": 3,
               "rates": ("100mbit", "1gbit"), "quick_rates": ("100mbit", "1gbit"), "quick_rows": QUICK_ROWS},
-    "comm-heavy": {"target": 85.0, "quick_target": 85.0, "max_iterations": 200, "timeout": 1800.0,
+    "comm-heavy": {"target": 85.0, "quick_target": 85.0, "max_iterations": 200, "timeout": 1800.0, "repeats": 1,
                    "rates": ("1gbit", "100mbit"), "quick_rates": ("1gbit",),
                    "quick_rows": ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook")},
 }
@@ -440,15 +442,17 @@ def main(argv=None) -> int:
                    help="paper: FC 784-512-10 (0.4M); comm-heavy: MLP 784-4096-2048-10 (11.6M), where the link "
                    "sets DDP's pace (paper)")
     p.add_argument("--rates", type=lambda s: s.split(","), default=None,
-                   help="100mbit,1gbit (comm-heavy: 1gbit,100mbit; --quick: 1gbit)")
+                   help="100mbit,1gbit (comm-heavy: 1gbit,100mbit, with --quick 1gbit)")
     p.add_argument("--rows", type=lambda s: s.split(","), default=None,
-                   help=f"comma-separated, from {','.join(ROWS)} (default: all; --quick: {','.join(QUICK_ROWS)})")
+                   help=f"comma-separated, from {','.join(ROWS)} (default: all; --quick: {','.join(QUICK_ROWS)}; "
+                   f"comm-heavy --quick: {','.join(DEFAULTS['comm-heavy']['quick_rows'])})")
     p.add_argument("--target", type=float, default=None,
                    help="test accuracy in percent (90; --quick: 88; comm-heavy: 85)")
     p.add_argument("--max-iterations", type=int, default=None, help="budget per row (1000; comm-heavy: 200)")
     p.add_argument("--eval-every", type=int, default=5, help="iterations between evaluations (5)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="runs of every (rate, row), taking turns; the median is reported (3; --quick: 1)")
+                   help="runs of every (rate, row), taking turns; the median is reported (3; --quick and "
+                   "comm-heavy: 1)")
     p.add_argument("--quick", action="store_true",
                    help="one repeat; paper: target 88 %%, 5 rows (no sasg-runner-rice), about 3 minutes instead "
                    "of 10; comm-heavy: 1gbit only, rows ddp,powersgd-r2,powersgd-r4,sasg-hook")
@@ -471,7 +475,7 @@ def main(argv=None) -> int:
     if args.rates is None:
         args.rates = list(d["quick_rates" if args.quick else "rates"])
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else d["repeats"]
     if args.worker:
         worker(args)
         return 0

@@ -1,8 +1,8 @@
 """Where sasg pays: ms per step of the gradient exchange alone, DDP vs PowerSGD vs the sasg hook,
 for three model sizes at three link rates, over two network-namespace nodes. Root needed.
 
-    sudo .venv/bin/python benchmarks/crossover.py                  # 3 models x 3 links, 5 turns: ~15 min
-    sudo .venv/bin/python benchmarks/crossover.py --quick          # 3 turns, shorter turns: ~5 min
+    sudo .venv/bin/python benchmarks/crossover.py                  # 3 models x 3 links, 5 turns: ~8-10 min
+    sudo .venv/bin/python benchmarks/crossover.py --quick          # 3 turns of ~1 s: ~5-7 min
     sudo .venv/bin/python benchmarks/crossover.py --models 11M --links 1gbit --out /tmp/c.json
     .venv/bin/python benchmarks/crossover.py --loopback --models 0.4M   # no namespaces, no root: CPU cost only
 

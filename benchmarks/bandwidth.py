@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, parse_rate, private_namespace, shape_device, sh  # noqa: E402  (benchmarks/netns.py)
+from netns import Unavailable, exit_on_signals, parse_rate, private_namespace, shape_device, sh  # noqa: E402  (benchmarks/netns.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("ddp", "sgd", "sparse", "sasg", "sparse:rice+sign", "sasg:rice+sign")
@@ -182,11 +181,7 @@ def orchestrate(args) -> int:
     ensure_iproute2()
     ns = args.netns or f"sasg-bw-{os.getpid()}"
 
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    exit_on_signals()
     try:
         with private_namespace(ns), tempfile.TemporaryDirectory() as tmp:
             links = sh("ip", "netns", "exec", ns, "ip", "-o", "link", "show").stdout.strip().splitlines()

@@ -106,6 +106,17 @@ def check_link_flags(parser, rates, delay) -> None:
         parser.error(str(e))
 
 
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end this process as Ctrl-C does, through ``finally`` and ``with`` exits
+    (:func:`two_nodes` and :func:`private_namespace` then remove their namespaces)."""
+
+    def on_signal(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+
 def parse_delay(text: str | None) -> tuple[str, float] | None:
     """``'2ms'`` -> ``('2ms', 0.002)``; None, ``'0'``, ``'0ms'`` -> None (no delay)."""
     if text is None:

@@ -3,6 +3,7 @@
     sudo .venv/bin/python benchmarks/time_to_accuracy.py                  # 6 rows, target 90 %, 3 repeats: ~10 min
     sudo .venv/bin/python benchmarks/time_to_accuracy.py --quick          # 5 rows, target 88 %, 1 repeat: ~3 min
     sudo .venv/bin/python benchmarks/time_to_accuracy.py --rates 100mbit --rows ddp,sasg-runner --target 88
+    sudo .venv/bin/python benchmarks/time_to_accuracy.py --setting comm-heavy --quick   # 11.6M MLP, 1 Gbit/s
 
 Two "nodes" (network namespaces joined by a veth pair, benchmarks/netns.py) with 2 worker
 processes each: 4 workers, gloo, CPU (``--per-node 1``: 2 workers, a core each on a 2-core
@@ -17,12 +18,27 @@ on the mean of the 4 gradients, seed 0):
 
   ddp               DistributedDataParallel + torch.optim.SGD: one dense all-reduce per step
   powersgd-r2/-r4   the same with PyTorch's PowerSGD hook, rank 2 / 4 (error feedback and warm
-                    start on; start_powerSGD_iter=2, the smallest DDP allows with them)
+                    start on; start_powerSGD_iter=2, the smallest DDP allows with them), each DDP
+                    bucket on its own gloo group (benchmarks/powersgd_rows.py: with one group,
+                    the comm-heavy MLP's 3 buckets hung)
   sasg-hook         the same with sasg.ddp.register(algo="always+topk", codec="rice+sign"):
                     top-k 1 % per tensor + error feedback, Golomb-Rice gaps + sign bits
   sasg-runner       sasg's runner (sasg.distributed.DistributedRun, what every `sasg launch`
                     worker runs): SASG, h = 1 %, D = 10, c = 2, paper32 codec
   sasg-runner-rice  the same with the rice+sign codec
+
+``--setting comm-heavy``: a model where the link, not the CPU, sets DDP's pace. The same data,
+batch, lr and rows, but the model is an MLP 784-4096-2048-10 with ReLU, 11,626,506 parameters:
+ResNet-18's count (11.2M) at a small part of its compute (forward and backward of a batch of 10:
+about 0.7 GFLOP, against about 17 for ResNet-18 on 32x32 images), while gloo's ring sends about
+70 MB each way across the link per iteration (4 workers, 2 nodes): 0.56 s at 1 Gbit/s, as a
+ResNet-18 on GPUs would wait. It trains on the embedded MNIST-5k as it is (28x28, no download).
+Its defaults: target 85 % (every row reaches it), at most 200 iterations, 1800 s per row,
+evaluation every 5, rates 1gbit,100mbit, one repeat (DDP alone needs about 5 s an iteration at
+100 Mbit/s: the full run takes about 20 minutes); ``--quick``: 1gbit only, rows ddp, powersgd-r2,
+powersgd-r4, sasg-hook (about 5 minutes). The model is added to ``sasg.models.MODELS`` as
+``mlp-11m`` inside this benchmark's processes only, so that the runner rows can build it too. Its
+JSON keys carry the prefix ``comm_heavy_`` (``comm_heavy_speedup_vs_ddp_1gbit``, ...).
 
 The clock. All ranks train ``--eval-every`` iterations between two barriers; rank 0 times that
 segment (from leaving the first barrier to leaving the second, so a segment ends when every rank
@@ -39,7 +55,9 @@ around the whole run (``MB run``: start-up and evaluation broadcasts included).
 Rows take turns: for each repeat, for each rate, every row once (the order rotated per repeat);
 the figures are the median over repeats. The load average is read before every row. The last line
 is JSON: ``speedup_vs_ddp_<rate>`` (DDP's seconds to target over the best sasg row's),
-``speedup_vs_powersgd_<rate>`` (the faster PowerSGD row's over the best sasg row's), the rows.
+``speedup_vs_powersgd_<rate>`` (the faster PowerSGD row's over the best sasg row's; both keys for
+100mbit and 1gbit always, null where that rate was not run or no row reached the target), the rows;
+``comm_heavy_`` before each of these keys under ``--setting comm-heavy``.
 """
 
 from __future__ import annotations
@@ -57,7 +75,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, check_link_flags, measure_link, parse_delay, two_nodes  # noqa: E402  (benchmarks/netns.py)
+from netns import Unavailable, check_link_flags, exit_on_signals, measure_link, parse_delay, two_nodes  # noqa: E402  (benchmarks/netns.py)
 
 # row id -> (kind, algorithm, codec, label)
 ROWS = {
@@ -72,9 +90,23 @@ SASG_ROWS = ("sasg-hook", "sasg-runner", "sasg-runner-rice")
 POWERSGD_ROWS = ("powersgd-r2", "powersgd-r4")
 QUICK_ROWS = ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook", "sasg-runner")
 NODES, PER_NODE = 2, 2  # PER_NODE: the default of --per-node
-# The workers are 2 x --per-node (the world size), not part of SETTING.
-SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05,
-           "density": 0.01, "window": 10, "threshold_scale": 2.0}
+# The workers are 2 x --per-node (the world size), not part of a setting.
+SETTINGS = {
+    "paper": {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05,
+              "density": 0.01, "window": 10, "threshold_scale": 2.0},
+    "comm-heavy": {"dataset": "mnist5k", "model": "mlp-11m", "batch_size": 10, "lr": 0.05,
+                   "density": 0.01, "window": 10, "threshold_scale": 2.0},
+}
+# setting -> the defaults of the flags left out (quick_*: under --quick)
+DEFAULTS = {
+    "paper": {"target": 90.0, "quick_target": 88.0, "max_iterations": 1000, "timeout": 600.0, "repeats": 3,
+              "rates": ("100mbit", "1gbit"), "quick_rates": ("100mbit", "1gbit"), "quick_rows": QUICK_ROWS},
+    "comm-heavy": {"target": 85.0, "quick_target": 85.0, "max_iterations": 200, "timeout": 1800.0, "repeats": 1,
+                   "rates": ("1gbit", "100mbit"), "quick_rates": ("1gbit",),
+                   "quick_rows": ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook")},
+}
+KEY_PREFIX = {"paper": "", "comm-heavy": "comm_heavy_"}
+KEY_RATES = ("100mbit", "1gbit")  # the speed-up keys always present (null where not run)
 PORTS = itertools.count(29611)
 
 
@@ -83,11 +115,28 @@ PORTS = itertools.count(29611)
 # ----------------------------------------------------------------------------------------------------
 
 
-def _config(algo: str, codec: str, iterations: int, seed: int, workers: int):
+def mlp_11m(sample_shape: tuple[int, ...], num_classes: int):
+    """MLP 784-4096-2048-10 with ReLU: 11,626,506 parameters on MNIST (the comm-heavy setting)."""
+    import math
+
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(sample_shape), 4096), nn.ReLU(),
+                         nn.Linear(4096, 2048), nn.ReLU(), nn.Linear(2048, num_classes))
+
+
+def add_models() -> None:
+    """The comm-heavy setting's model, by name, in this process's model registry."""
+    from sasg.models import MODELS
+
+    MODELS.setdefault("mlp-11m", mlp_11m)
+
+
+def _config(setting: dict, algo: str, codec: str, iterations: int, seed: int, workers: int):
     from sasg import RunConfig
 
     return RunConfig(algorithms=(algo,), iterations=iterations, codec=codec, eval_every=10**9, seed=seed,
-                     device="cpu", workers=workers, **SETTING).validate()
+                     device="cpu", workers=workers, **setting).validate()
 
 
 def _tx_bytes() -> int:
@@ -96,7 +145,7 @@ def _tx_bytes() -> int:
     return int(Path(f"/sys/class/net/{dev}/statistics/tx_bytes").read_text())
 
 
-def build_row(row: str, max_iterations: int, seed: int, transport, data):
+def build_row(row: str, setting: dict, max_iterations: int, seed: int, transport, data):
     """``(step, flat_parameters, model, layout, extra)`` for ``row`` on this rank."""
     import torch
     import torch.nn.functional as F
@@ -106,7 +155,7 @@ def build_row(row: str, max_iterations: int, seed: int, transport, data):
     if kind == "runner":
         from sasg.distributed.runner import DistributedRun
 
-        run = DistributedRun(_config(algo, codec, max_iterations, seed, workers), algo, data, transport)
+        run = DistributedRun(_config(setting, algo, codec, max_iterations, seed, workers), algo, data, transport)
         return run.step, (lambda: run.theta), run.model, run.layout, {"ledger": lambda: run.ledger}
 
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -114,22 +163,20 @@ def build_row(row: str, max_iterations: int, seed: int, transport, data):
     from sasg import Simulator
 
     # The simulator's initial parameters and worker m's minibatch stream, as the runner rows have.
-    sim = Simulator(_config("sgd", "paper32", max_iterations, seed, workers), "sgd", data)
+    sim = Simulator(_config(setting, "sgd", "paper32", max_iterations, seed, workers), "sgd", data)
     model = DDP(sim.model)  # broadcasts rank 0's parameters (start-up, off the clock)
     extra = {}
     if kind == "powersgd":
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
+        from powersgd_rows import register_powersgd  # PyTorch's hook, a gloo group per bucket
 
-        state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=algo, start_powerSGD_iter=2,
-                                       random_seed=seed)
-        model.register_comm_hook(state, powersgd.powerSGD_hook)
+        register_powersgd(model, rank=algo, seed=seed)
     elif kind == "hook":
         import sasg.ddp
 
-        hook = sasg.ddp.register(model, algo=algo, codec=codec, density=SETTING["density"],
-                                 window=SETTING["window"], threshold_scale=SETTING["threshold_scale"], seed=seed)
+        hook = sasg.ddp.register(model, algo=algo, codec=codec, density=setting["density"],
+                                 window=setting["window"], threshold_scale=setting["threshold_scale"], seed=seed)
         extra["ledger"] = lambda: hook.ledger
-    opt = torch.optim.SGD(model.parameters(), lr=SETTING["lr"])
+    opt = torch.optim.SGD(model.parameters(), lr=setting["lr"])
     x_all, y_all = data.train.x, data.train.y
 
     def step() -> None:
@@ -158,8 +205,10 @@ def worker(args) -> None:
     transport = init_process_group_from_env("gloo", timeout_s=args.timeout)
     rank = transport.rank
     counts_link = int(os.environ.get("LOCAL_RANK", "0")) == 0  # one reader per node
-    data = load_dataset("mnist5k")
-    step, flat, model, layout, extra = build_row(args.worker, args.max_iterations, args.seed, transport, data)
+    add_models()
+    setting = SETTINGS[args.setting]
+    data = load_dataset(setting["dataset"])
+    step, flat, model, layout, extra = build_row(args.worker, setting, args.max_iterations, args.seed, transport, data)
 
     history, train_s, eval_s, link, it = [], 0.0, 0.0, 0, 0
     reached = None  # (iteration, seconds, link bytes) at the first evaluation >= target
@@ -230,7 +279,8 @@ def run_row(net, row: str, args, tmp: Path, tag: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SASG_LAUNCHER_PID")}
     base.update(OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR", MASTER_ADDR=net.address(0),
                 MASTER_PORT=str(port), WORLD_SIZE=str(NODES * args.per_node), LOCAL_WORLD_SIZE=str(args.per_node))
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", row, "--target", str(args.target),
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", row, "--setting", args.setting,
+            "--target", str(args.target),
             "--max-iterations", str(args.max_iterations), "--eval-every", str(args.eval_every),
             "--seed", str(args.seed), "--timeout", str(args.timeout), "--result", str(result)]
     load = os.getloadavg()
@@ -327,15 +377,11 @@ def fmt_table(rate: str, link: dict, summary: list[dict], target: float, per_nod
 
 
 def orchestrate(args) -> int:
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    exit_on_signals()
     started = time.monotonic()
-    setting = {**SETTING, "workers": NODES * args.per_node, "nodes": NODES, "nproc_per_node": args.per_node,
+    setting = {**SETTINGS[args.setting], "workers": NODES * args.per_node, "nodes": NODES, "nproc_per_node": args.per_node,
                "seed": args.seed}
-    result = {"benchmark": "time_to_accuracy", "setting": setting, "target_acc": args.target,
+    result = {"benchmark": "time_to_accuracy", "setting_name": args.setting, "setting": setting, "target_acc": args.target,
               "max_iterations": args.max_iterations,
               "eval_every": args.eval_every, "repeats": args.repeats, "quick": args.quick, "rows_run": args.rows,
               "load_before": [round(x, 2) for x in os.getloadavg()], "rates": {}}
@@ -368,13 +414,16 @@ def orchestrate(args) -> int:
     except RuntimeError as e:
         print(f"time_to_accuracy.py: {e}", file=sys.stderr)
         return 1
+    prefix = KEY_PREFIX[args.setting]
+    for rate in KEY_RATES:
+        result[f"{prefix}speedup_vs_ddp_{rate}"] = result[f"{prefix}speedup_vs_powersgd_{rate}"] = None
     for rate in args.rates:
         summary = [summarize(raw[rate][row]) for row in args.rows]
         sp = speedups(summary)
         print(fmt_table(rate, links[rate], summary, args.target, args.per_node) + "\n", flush=True)
         result["rates"][rate] = {"link": links[rate], **sp, "rows": summary}
-        result[f"speedup_vs_ddp_{rate}"] = sp["vs_ddp"]
-        result[f"speedup_vs_powersgd_{rate}"] = sp["vs_powersgd"]
+        result[f"{prefix}speedup_vs_ddp_{rate}"] = sp["vs_ddp"]
+        result[f"{prefix}speedup_vs_powersgd_{rate}"] = sp["vs_powersgd"]
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     result["benchmark_seconds"] = round(time.monotonic() - started, 1)
     if args.out:
@@ -389,34 +438,49 @@ def orchestrate(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Time to a target test accuracy over a shaped two-node link.")
-    p.add_argument("--rates", type=lambda s: s.split(","), default=["100mbit", "1gbit"], help="100mbit,1gbit")
+    p.add_argument("--setting", choices=list(SETTINGS), default="paper",
+                   help="paper: FC 784-512-10 (0.4M); comm-heavy: MLP 784-4096-2048-10 (11.6M), where the link "
+                   "sets DDP's pace (paper)")
+    p.add_argument("--rates", type=lambda s: s.split(","), default=None,
+                   help="100mbit,1gbit (comm-heavy: 1gbit,100mbit, with --quick 1gbit)")
     p.add_argument("--rows", type=lambda s: s.split(","), default=None,
-                   help=f"comma-separated, from {','.join(ROWS)} (default: all; --quick: {','.join(QUICK_ROWS)})")
-    p.add_argument("--target", type=float, default=None, help="test accuracy in percent (90; --quick: 88)")
-    p.add_argument("--max-iterations", type=int, default=1000, help="budget per row (1000)")
+                   help=f"comma-separated, from {','.join(ROWS)} (default: all; --quick: {','.join(QUICK_ROWS)}; "
+                   f"comm-heavy --quick: {','.join(DEFAULTS['comm-heavy']['quick_rows'])})")
+    p.add_argument("--target", type=float, default=None,
+                   help="test accuracy in percent (90; --quick: 88; comm-heavy: 85)")
+    p.add_argument("--max-iterations", type=int, default=None, help="budget per row (1000; comm-heavy: 200)")
     p.add_argument("--eval-every", type=int, default=5, help="iterations between evaluations (5)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="runs of every (rate, row), taking turns; the median is reported (3; --quick: 1)")
+                   help="runs of every (rate, row), taking turns; the median is reported (3; --quick and "
+                   "comm-heavy: 1)")
     p.add_argument("--quick", action="store_true",
-                   help="target 88 %%, 5 rows (no sasg-runner-rice), one repeat: about 3 minutes instead of 10")
+                   help="one repeat; paper: target 88 %%, 5 rows (no sasg-runner-rice), about 3 minutes instead "
+                   "of 10; comm-heavy: 1gbit only, rows ddp,powersgd-r2,powersgd-r4,sasg-hook")
     p.add_argument("--delay", default="0", help="one-way delay (needs netem; this kernel has none) (0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-node", type=int, default=PER_NODE,
                    help=f"worker processes per node ({PER_NODE}: the issue's 4 workers; 1: a core each on 2 cores)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per row (600)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per row (600; comm-heavy: 1800)")
     p.add_argument("--out", default=None, help="also write the full results (every evaluation) to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    d = DEFAULTS[args.setting]
     if args.target is None:
-        args.target = 88.0 if args.quick else 90.0
+        args.target = d["quick_target" if args.quick else "target"]
+    if args.max_iterations is None:
+        args.max_iterations = d["max_iterations"]
+    if args.timeout is None:
+        args.timeout = d["timeout"]
+    if args.rates is None:
+        args.rates = list(d["quick_rates" if args.quick else "rates"])
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else d["repeats"]
     if args.worker:
         worker(args)
         return 0
     if args.rows is None:
-        args.rows = list(QUICK_ROWS if args.quick else ROWS)
+        args.rows = list(d["quick_rows"] if args.quick else ROWS)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")

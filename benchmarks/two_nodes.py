@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Unavailable, check_link_flags, measure_link, parse_delay, two_nodes  # noqa: E402
+from netns import Unavailable, check_link_flags, exit_on_signals, measure_link, parse_delay, two_nodes  # noqa: E402
 
 PAPER_MNIST = ["--dataset", "mnist5k", "--model", "fc", "--batch-size", "10", "--lr", "0.05", "--density", "0.01",
                "--window", "10", "--threshold-scale", "2", "--eval-every", "1000000", "--device", "cpu", "--quiet"]
@@ -122,11 +121,7 @@ def main(argv=None) -> int:
     if not args.relay or any(r not in ("on", "off") for r in args.relay):
         p.error(f"--relay: on, off or on,off, got {','.join(args.relay)}")
 
-    def on_signal(signum, frame):
-        raise SystemExit(128 + signum)
-
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    exit_on_signals()
     result = {"nodes": 2, **({} if command else {"nproc_per_node": 2}), "rates": {}}
     try:
         with two_nodes() as net, tempfile.TemporaryDirectory() as tmp:

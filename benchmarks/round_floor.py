@@ -139,7 +139,6 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     from sasg.ddp.rules import hook_algorithm
     from sasg.engine import RoundEngine
     from sasg.engine.round import Round
-    from sasg.core.codecs import CodecError  # noqa: F401  (decode errors would surface as themselves)
     from sasg.core.payloads import transmit
     from sasg.distributed.transport import TorchTransport
 

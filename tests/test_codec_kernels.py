@@ -293,3 +293,46 @@ def test_the_warm_ups_compile_every_signature_the_codecs_call():
     idx = torch.cat([torch.arange(600, 630), torch.arange(840, 847), torch.tensor([3, 700])]).sort().values
     codec.decode_sparse(*codec.encode_sparse(idx.unsqueeze(0), torch.ones(1, idx.numel())), idx.numel(), torch.float32)
     assert {d: len(d.signatures) for d in dispatchers} == before
+
+
+@HYP
+@given(st.data())
+def test_implied_indices_split_and_merge_match_the_reference(data):
+    """The tensor policy's implied indices (sasg.kernels.implied): split and merge give the
+    reference's tensors, and a message without every whole-tensor entry (or an index outside the
+    layout) is turned away with the reference's message."""
+    from sasg.core.codecs.implied import ImpliedIndices
+
+    layout = LAYOUTS["tiny"]
+    whole = [data.draw(st.booleans()) for _ in layout.segments]
+    if not any(whole):
+        whole[0] = True
+    imp = ImpliedIndices(layout, whole)
+    forced = [i for seg, w in zip(layout.segments, whole) if w for i in range(seg.offset, seg.end)]
+    free = [i for i in range(layout.numel) if i not in forced]
+    rows = data.draw(st.integers(1, 3))
+    extra = data.draw(st.integers(0, len(free)))
+    msgs = [sorted(forced + data.draw(st.permutations(free))[:extra]) for _ in range(rows)]
+    indices = torch.tensor(msgs, dtype=torch.long)
+    if data.draw(st.booleans()):  # break it: drop a whole-tensor entry, or point outside the layout
+        r = data.draw(st.integers(0, rows - 1))
+        if data.draw(st.booleans()) and extra < len(free):
+            pos = msgs[r].index(data.draw(st.sampled_from(forced)))
+            indices[r, pos] = data.draw(st.sampled_from([i for i in free if i not in msgs[r]]))
+            indices[r] = indices[r].sort().values
+        else:
+            indices[r, -1] = layout.numel + 3
+    def split():
+        try:
+            return "ok", imp.split(indices, "codec")
+        except (ValueError, IndexError) as e:  # an index past the end: torch's own IndexError, both ways
+            return type(e).__name__, str(e)
+
+    got, want = split(), reference(split)
+    if want[0] == "ok" or got[0] == "ok":
+        assert got[0] == want[0] and same(got[1], want[1])
+        kept = want[1]
+        assert same(imp.merge(kept), reference(lambda: imp.merge(kept)))
+        assert same(imp.merge(kept.to(torch.int32)), reference(lambda: imp.merge(kept.to(torch.int32))))
+    else:
+        assert got == want

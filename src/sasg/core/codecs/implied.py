@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...kernels import implied as kernel
 from ..layout import Layout
 from ..tensor_policy import whole_segments
+from .bitstream import on_kernels
 
 
 class ImpliedIndices:
@@ -50,6 +52,12 @@ class ImpliedIndices:
         """``(N, K)`` ascending indices -> the ``(N, K - count)`` a codec writes; a ``ValueError``
         when a message does not hold every entry of the whole tensors."""
         N, K = indices.shape
+        if on_kernels(indices) and indices.dtype == torch.long and K >= self.count:
+            # One compiled pass (sasg.kernels.implied); on any error the reference below raises.
+            out = torch.empty(N, K - self.count, dtype=torch.long)
+            tables = self._on(indices.device)
+            if kernel.split_rows(indices.contiguous().numpy(), tables["mask"].numpy(), out.numpy()) == kernel.OK:
+                return out
         implied = self._on(indices.device)["mask"][indices]
         per = implied.sum(1)
         if bool((per != self.count).any()):
@@ -60,6 +68,11 @@ class ImpliedIndices:
     def merge(self, kept: Tensor) -> Tensor:
         """The written ``(N, K - count)`` indices -> all ``(N, K)``, ascending."""
         N = kept.shape[0]
+        if on_kernels(kept):  # one ordered merge instead of a sort (sasg.kernels.implied)
+            kept = kept.to(torch.long).contiguous()
+            out = torch.empty(N, kept.shape[1] + self.count, dtype=torch.long)
+            kernel.merge_rows(kept.numpy(), self._on(kept.device)["implied"].numpy(), out.numpy())
+            return out
         implied = self._on(kept.device)["implied"].expand(N, self.count)
         return torch.cat([kept.to(torch.long), implied], dim=1).sort(dim=1).values
 

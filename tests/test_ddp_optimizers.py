@@ -194,3 +194,29 @@ def test_adam_variance_averages_are_counted_in_the_bits(ranks):
         per_rank = 2 * 32 * d + (STEPS - WARMUP) * (64 * 7 + 32 * CLASSES) + extra
         assert bits == [per_rank] * WORLD
         assert ranks[0][kind]["ledger_bits"] == WORLD * per_rank  # the ledger counts the same bits
+
+
+def test_wk2s_stale_velocity_is_the_velocity_at_the_anchor():
+    """Under DGC the hook's wk2 compares velocities: the stale one must be what the velocity would
+    be had this round's gradient been taken at the anchor (per-group weight decay included)."""
+    from sasg.ddp.buckets import ParameterIndex
+    from sasg.ddp.optimizers import MomentumCorrection
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():  # the layers' initialisation draws from the global generator
+        model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "weight_decay": 0.1},
+                           {"params": model[1].parameters()}], lr=0.1, momentum=0.9)
+    index = ParameterIndex(model.named_parameters())
+    d = index.numel
+    compressed = torch.ones(d, dtype=torch.bool)
+    fresh, at_anchor = MomentumCorrection(opt, index, compressed), MomentumCorrection(opt, index, compressed)
+    before = torch.randn(d, generator=gen)
+    fresh.velocity.copy_(before)
+    at_anchor.velocity.copy_(before)
+    g, g_hat = torch.randn(d, generator=gen), torch.randn(d, generator=gen)
+    theta, anchor = torch.randn(d, generator=gen), torch.randn(d, generator=gen)
+    fresh.accumulate(g, theta)
+    want = at_anchor.accumulate(g_hat, anchor)
+    torch.testing.assert_close(fresh.stale_velocity(g, g_hat, theta, anchor), want)
+    assert not torch.allclose(fresh.velocity - g + g_hat, want)  # the weight decay term matters here

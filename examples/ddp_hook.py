@@ -47,6 +47,8 @@ def parse_args():
     p.add_argument("--window", type=int, default=10, help="lazy rules: window D (10)")
     p.add_argument("--threshold-scale", type=float, default=2.0,
                    help="lazy rules: c (2); a smaller c raises the threshold, so ranks skip more often")
+    p.add_argument("--aggregate", default=None, choices=("last", "senders"),
+                   help="lazy rules: what a round steps by where ranks skip (default senders; last: the paper's)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "momentum", "adamw"))
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=2)
@@ -137,7 +139,7 @@ def main() -> None:
         # The one line. optimizer= lets the hook work with it: DGC's momentum correction for
         # momentum SGD, a frozen second moment for AdamW; the lazy rules wk1/ps read its lr.
         hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, optimizer=opt,
-                                 window=args.window, threshold_scale=args.threshold_scale)
+                                 window=args.window, threshold_scale=args.threshold_scale, aggregate=args.aggregate)
 
     def state_of(step: int) -> dict:  # plain tensors and numbers: torch.load(weights_only=True) reads it
         return {"step": step, "model": model.module.state_dict(), "optimizer": opt.state_dict(),

@@ -142,7 +142,7 @@ GROUPED = {
     "model": ["--model", "--backend", "--device", "--threads"],
     "optimization": ["--lr", "--lr-decay-epochs", "--lr-decay-factor", "--epochs", "--iterations", "--seed",
                      "--seeds", "--preset"],
-    "trigger": ["--window", "--threshold-scale", "--window-sum", "--threshold-lr-lag"],
+    "trigger": ["--window", "--threshold-scale", "--window-sum", "--threshold-lr-lag", "--aggregate"],
     "compression": ["--density", "--tensor-policy", "--warmup", "--codec"],
     "evaluation": ["--eval-every", "--target-acc", "--target-metric"],
     "output": ["--out", "--overwrite", "--dry-run", "--quiet", "--log-every", "--tensorboard"],

@@ -112,10 +112,10 @@ def _hook_run(rank, cfg, data, algo):
     """``STEPS`` steps of plain SGD with the hook for ``algo`` under ``cfg``: what the tests compare."""
     model, ddp = _ddp_model(cfg, data)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
-    # cfg's tensor policy and warm-up, as the simulator runs them (the paper's: all, 0)
+    # cfg's tensor policy, warm-up and aggregate, as the simulator runs them (the paper's: all, 0, last)
     state = register(ddp, algo, codec=cfg.codec, density=cfg.density, window=cfg.window,
                      threshold_scale=cfg.threshold_scale, seed=cfg.seed, lr=opt, tensor_policy=cfg.tensor_policy,
-                     warmup=cfg.warmup)
+                     warmup=cfg.warmup, aggregate=cfg.aggregate)
     _train(ddp, opt, _batches(cfg, data, rank)[1], data, STEPS, state=state)
     error = state.error
     return {"theta": _flat(model), "error": None if error is None else error.clone(),

@@ -300,7 +300,7 @@ def test_optimizer_defaults_are_bit_identical_and_window_sum_d():
     assert "threshold_lrs" not in state["sasg"]
     assert state["sasg"]["settings"] == {"density": 0.01, "window": 2, "c": 0.5, "window_sum": "D-1",
                                          "threshold_lr_lag": 0, "tensor_policy": "all", "warmup": 0,
-                                         "momentum_correction": False}
+                                         "momentum_correction": False, "aggregate": "last"}
     for key in ("window_sum", "threshold_lr_lag", "tensor_policy", "warmup", "momentum_correction"):  # saved before they existed
         del state["sasg"]["settings"][key]
     b.load_state_dict(state)

@@ -86,6 +86,9 @@ class RunConfig:
     # rounds come first.
     tensor_policy: str = "all"
     warmup: int = 0
+    # What the server steps by when lazy workers skip: "last" (every worker's last message, the
+    # paper's) or "senders" (the round's messages scaled to M; sasg.core.aggregate).
+    aggregate: str = "last"
     epochs: float = 20
     eval_every: int = 10
     seed: int = 0
@@ -172,9 +175,11 @@ class RunConfig:
             raise ConfigError(str(e)) from None
         # The threshold variants as config.json records them ("d-1" -> "D-1", a lag of 1 -> 1.0).
         self.window_sum, self.threshold_lr_lag = shared.window_sum, shared.threshold_lr_lag
+        self.aggregate = shared.aggregate
         for a, settings in own.items():
             knobs = self.per_algorithm.get(a, {})
-            knobs.update({k: getattr(settings, k) for k in ("window_sum", "threshold_lr_lag") if k in knobs})
+            knobs.update({k: getattr(settings, k) for k in ("window_sum", "threshold_lr_lag", "aggregate")
+                          if k in knobs})
         decay = self.lr_decay_epochs
         decay = (decay,) if isinstance(decay, (int, float)) and not isinstance(decay, bool) else decay
         if not all(_finite(e) for e in decay):

@@ -126,6 +126,16 @@ def _window_sum(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is neither D-1 nor D") from None
 
 
+def _aggregate(text: str) -> str:
+    """``last`` or ``senders`` (any case), normalized."""
+    from ..core.aggregate import check_aggregate
+
+    try:
+        return check_aggregate(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither last nor senders") from None
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     parse = _number(float)
     return tuple(parse(t) for t in _items(text, "20,30"))
@@ -203,7 +213,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
         return f"; per algorithm: ALGO=VALUE,... (e.g. {example}; a bare value for the others)"
 
     examples = {"window": "sasg=5,lasg=20", "threshold_scale": "sasg=0.8,lasg=0.2", "window_sum": "sasg=D",
-                "threshold_lr_lag": "sasg=1,lasg=0.4", "density": "sasg=0.05,sparse=0.02", "warmup": "sasg=100,sparse=50"}
+                "threshold_lr_lag": "sasg=1,lasg=0.4", "aggregate": "sasg=senders", "density": "sasg=0.05,sparse=0.02", "warmup": "sasg=100,sparse=50"}
     g = groups["trigger"]
     g.add_argument("--window", type=_knob(int, examples["window"]),
                    help=f"D, trigger window and max skips in a row ({d.window}){per(examples['window'])}")
@@ -222,6 +232,13 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
         help=f"the lazy threshold divides by the lr of EPOCHS epochs earlier ({d.threshold_lr_lag:g}: this "
              "round's lr; the authors' notebook lags 1, their distributed code 0.4); matters only with "
              f"--lr-decay-epochs{per(examples['threshold_lr_lag'])}",
+    )
+
+    g.add_argument(
+        "--aggregate", type=_knob(_aggregate, examples["aggregate"]), metavar="{last,senders}",
+        help=f"what the server steps by when lazy workers skip: last (default, the paper's: every worker's last "
+             f"message stands) or senders (the round's messages only, scaled to all M workers)"
+             f"{per(examples['aggregate'])}",
     )
 
     g = groups["compression"]
@@ -397,7 +414,7 @@ def list_members(args) -> int:
 _FLAG_FIELDS = (
     "dataset", "data_dir", "download", "model", "workers", "batch_size", "lr", "lr_decay_epochs",
     "lr_decay_factor", "density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "tensor_policy",
-    "warmup", "epochs",
+    "warmup", "aggregate", "epochs",
     "iterations", "eval_every", "seed", "partition", "beta", "shards_per_worker", "augment", "target_acc",
     "target_metric", "backend", "device", "codec",
 )

@@ -17,7 +17,8 @@ One round for worker m that uploads (``eta`` is the lr on the **mean** of the M 
     anchor_m = theta ; tau_m = 1    # the trigger's and the engine's bookkeeping
 
 A skipper sends nothing and ``tau_m += 1``. The server steps
-:math:`\theta^{k+1} = \theta^k - \sum_m q_m` with the last message of every worker. The round
+:math:`\theta^{k+1} = \theta^k - \sum_m q_m` with the last message of every worker (or, with
+``aggregate="senders"``, the round's messages scaled to M: :mod:`sasg.core.aggregate`). The round
 itself is :class:`sasg.engine.RoundEngine`; this object only holds the members.
 """
 
@@ -42,8 +43,16 @@ class Algorithm:
     # Dense warm-up: the first ``warmup`` rounds every worker sends its whole (error-fed) update
     # through the same memory and codec (:class:`sasg.engine.RoundEngine`); 0: none, the paper's.
     warmup: int = 0
+    # What the server steps by when workers skip: every worker's last message ("last", the
+    # paper's) or the round's messages scaled to M ("senders"); see sasg.core.aggregate.
+    aggregate: str = "last"
 
     def __post_init__(self):
+        if self.aggregate == "senders" and getattr(self.memory, "server_store", None) is not None:
+            raise ValueError(
+                f"{self.name}: aggregate 'senders' empties a skipper's slot on the server, but the memory "
+                f"{self.memory.name!r} keeps a running state there instead of messages; use aggregate 'last'"
+            )
         # A member that works only with certain others says so (clag needs the ef21 estimate):
         # its check_algorithm(algorithm) raises a ValueError that names the fix.
         for member in (self.trigger, self.compressor, self.memory):

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from numbers import Integral
 
+from .aggregate import check_aggregate
 from .algorithm import Algorithm
 from .layout import Layout
 from .registry import ALIASES, REGISTRIES
@@ -20,7 +21,8 @@ from .tensor_policy import check_tensor_policy, whole_segments
 from .triggers.lazy import check_threshold_scale, check_window, check_window_sum
 
 # The knobs an algorithm takes; `sasg compare` accepts each per algorithm (`--density sasg=0.05`).
-KNOBS = ("density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "tensor_policy", "warmup")
+KNOBS = ("density", "window", "threshold_scale", "window_sum", "threshold_lr_lag", "tensor_policy", "warmup",
+         "aggregate")
 # Windows above this would make the server keep more squared steps than any run has rounds.
 MAX_WINDOW = 10**7
 # A lag of the threshold's lr, in epochs: a run is at most 1e8 rounds (config.MAX_ROUNDS), so at
@@ -39,7 +41,9 @@ class AlgorithmSettings:
     the lr of the round itself). Two settings for a practitioner's job, both off by default (the
     paper's choices): ``tensor_policy`` (which tensors top-k sends whole,
     :mod:`sasg.core.tensor_policy`) and ``warmup`` (the first rounds are dense: every worker sends
-    its whole gradient, :class:`sasg.engine.RoundEngine`)."""
+    its whole gradient, :class:`sasg.engine.RoundEngine`). ``aggregate``: what the server steps
+    by when workers skip (``"last"``: every worker's last message, the paper's; ``"senders"``: the
+    round's messages scaled to M workers; :mod:`sasg.core.aggregate`)."""
 
     density: float = 0.01
     window: int = 10
@@ -48,6 +52,7 @@ class AlgorithmSettings:
     threshold_lr_lag: float = 0.0
     tensor_policy: str = "all"
     warmup: int = 0
+    aggregate: str = "last"
 
     def validate(self) -> "AlgorithmSettings":
         d = self.density
@@ -87,7 +92,11 @@ class AlgorithmSettings:
         if isinstance(w, bool) or not isinstance(w, Integral) or not 0 <= w <= MAX_WARMUP:
             raise ValueError(f"warmup must be a whole number of dense rounds from 0 to {MAX_WARMUP}, got {w!r}; "
                              "e.g. --warmup 100")
-        return AlgorithmSettings(float(d), window, c, window_sum, float(lag), policy, int(w))
+        try:
+            aggregate = check_aggregate(self.aggregate)
+        except ValueError as e:
+            raise ValueError(f"{e}; e.g. --aggregate senders") from None
+        return AlgorithmSettings(float(d), window, c, window_sum, float(lag), policy, int(w), aggregate)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +158,7 @@ class AlgorithmSpec:
             memory=REGISTRIES["memory"].get(memory_name).factory(layout, s),
             codec=build_codec(codec, layout, s),
             warmup=s.warmup,
+            aggregate=s.aggregate,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import torch
 from torch import Tensor
 
 from ..core.layout import Layout, Segment
@@ -45,6 +46,18 @@ class ParameterIndex:
         for p, seg in zip(self.params, self.layout.segments):
             out[seg.offset : seg.end].copy_(p.detach().reshape(-1))
         return out
+
+    def step_sq_from(self, previous: Tensor, metric: Sequence[Tensor | None] | None = None) -> float:
+        """``||theta - previous||^2`` of the current parameters (float64 sums): the real step since
+        ``previous`` (a flat copy from :meth:`flat_params`), whatever the optimizer did; with
+        ``metric`` (per tensor, a tensor of its shape or None), ``||metric * (theta - previous)||^2``."""
+        total = 0.0
+        for i, (p, seg) in enumerate(zip(self.params, self.layout.segments)):
+            diff = p.detach().reshape(-1).double() - previous[seg.offset : seg.end].double()
+            if metric is not None and metric[i] is not None:
+                diff.mul_(metric[i].detach().reshape(-1).double())
+            total += float(torch.dot(diff, diff).item()) if diff.numel() else 0.0
+        return total
 
     def _pairs(self, bucket) -> list[tuple[Segment, Tensor]]:
         pairs = []

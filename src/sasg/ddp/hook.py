@@ -40,6 +40,8 @@ def register(
     warmup: int | None = None,
     momentum_correction: bool = True,
     freeze_variance: bool = True,
+    aggregate: str | None = None,
+    step_metric: str = "auto",
 ) -> HookState:
     """Install the sasg hook on a ``DistributedDataParallel`` model; returns its state.
 
@@ -72,13 +74,18 @@ def register(
             the algorithm starts as from round 0 (default 5, where the memory is ``ef`` or
             ``none``; 0 is the paper's setting).
         momentum_correction, freeze_variance: switch the optimizer-specific handling off.
+        aggregate: what a round steps by where ranks skip (lazy rules): ``"senders"`` (default for a
+            lazy rule: the round's messages, scaled to all ranks) or ``"last"`` (the paper's: every
+            rank's last message stands; ``sasg.core.aggregate`` measures both).
+        step_metric: how a lazy rule measures the parameters' real steps: ``"auto"`` (Adam's metric
+            under Adam/AdamW, else Euclidean; ``sasg.ddp.HookState``) or ``"euclidean"``.
 
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.
     """
     # The algorithm first: a bad name or knob is refused before the model is looked at.
     hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
-                   tensor_policy=tensor_policy, warmup=warmup)
+                   tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate)
     from torch.nn.parallel import DistributedDataParallel
 
     if not isinstance(ddp_model, DistributedDataParallel):
@@ -93,7 +100,8 @@ def register(
     state = HookState(named, algo, codec, density=density, window=window, threshold_scale=threshold_scale, lr=lr,
                       start_iter=start_iter, seed=seed, process_group=group, optimizer=optimizer,
                       tensor_policy=tensor_policy, warmup=warmup, momentum_correction=momentum_correction,
-                      freeze_variance=freeze_variance, module=ddp_model.module)
+                      freeze_variance=freeze_variance, module=ddp_model.module, aggregate=aggregate,
+                      step_metric=step_metric)
     state.start()
     ddp_model.register_comm_hook(state, comm_hook)
     return state

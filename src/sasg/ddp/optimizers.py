@@ -72,7 +72,7 @@ GUARD = 0.1
 VARIANCE_WIRE_DTYPE = torch.bfloat16
 
 
-def _groups_of(optimizer, params) -> list[dict]:
+def groups_of(optimizer, params) -> list[dict]:
     """The optimizer's parameter group of every tensor in ``params`` (a ValueError for a tensor it
     does not train: the hook's state and the optimizer must cover the same parameters)."""
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
@@ -91,6 +91,21 @@ def is_adam(optimizer) -> bool:
     return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
 
 
+def adam_metric(optimizer, params, groups) -> list[Tensor | None]:
+    """Per tensor of ``params`` (``groups``: the optimizer's group of each), the root of Adam's
+    bias-corrected second moment plus eps, or None before its first step: Adam's step divided by
+    the lr, times this, is back in gradient units (the lazy rules' threshold measures steps in it)."""
+    out = []
+    for p, g in zip(params, groups):
+        s = optimizer.state.get(p) or {}
+        if "exp_avg_sq" not in s:
+            out.append(None)
+            continue
+        bc2 = 1 - g["betas"][1] ** float(s["step"])
+        out.append((s["exp_avg_sq"] / bc2).sqrt() + g["eps"])
+    return out
+
+
 class MomentumCorrection:
     """DGC's momentum correction between the hook and a ``torch.optim.SGD`` (module docstring).
 
@@ -104,7 +119,7 @@ class MomentumCorrection:
                     "hook inverts its momentum step); pass momentum_correction=False to compress the gradient instead"
                 )
         self.optimizer, self.index, self.masking = optimizer, index, bool(masking)
-        self.groups = _groups_of(optimizer, index.params)
+        self.groups = groups_of(optimizer, index.params)
         self.velocity = torch.zeros(index.numel, device=index.device, dtype=torch.float32)
         self._compressed = compressed  # (d,) bool: the entries factor masking may clear
 
@@ -160,7 +175,7 @@ class FrozenVariance:
                 raise ValueError("the frozen second moment needs Adam/AdamW without amsgrad or maximize; pass "
                                  "freeze_variance=False to let the optimizer see the compressed aggregate as it is")
         self.optimizer, self.index, self._compressed = optimizer, index, compressed
-        self.groups = _groups_of(optimizer, index.params)
+        self.groups = groups_of(optimizer, index.params)
         self.first_sync = max(1, int(warmup))
         self.local = torch.zeros(index.numel, device=index.device, dtype=torch.float32)  # EMA of g_m^2
         self._b2 = torch.empty(index.numel, device=index.device, dtype=torch.float32)

@@ -41,19 +41,29 @@ def hook_triggers(second_gradient: bool = False) -> list[str]:
 # members allow it (a compressor that sends tensors whole; the memories ef and none), else off.
 DEFAULT_TENSOR_POLICY = "auto"
 DEFAULT_WARMUP = 5
+# ... and, for a lazy rule, the round's messages scaled to M where a rank skips: repeating a
+# skipper's last top-k message every skipped round cost 3-15 points with momentum SGD and AdamW
+# (sasg.core.aggregate, benchmarks/hook_lazy.py); where the members allow it, else "last".
+DEFAULT_LAZY_AGGREGATE = "senders"
 
 
 def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int | None = None,
-                   **settings) -> AlgorithmSpec:
+                   aggregate: str | None = None, **settings) -> AlgorithmSpec:
     """``algo`` parsed with its knobs (``density``, ``window``, ``threshold_scale``,
-    ``tensor_policy``, ``warmup``): the spec, or a ``ValueError`` saying what is wrong. ``tensor_policy``/``warmup`` left ``None`` take the hook's defaults
-    where the members allow them and are off otherwise (``randomk`` sends no tensor whole;
-    ``ef21``'s server state leaves no room for dense rounds)."""
+    ``tensor_policy``, ``warmup``, ``aggregate``): the spec, or a ``ValueError`` saying what is
+    wrong. ``tensor_policy``/``warmup``/``aggregate`` left ``None`` take the hook's defaults where
+    the members allow them and are off otherwise (``randomk`` sends no tensor whole; ``ef21``'s
+    server state leaves no room for dense rounds nor for dropping a skipper's slot)."""
     spec = AlgorithmSpec.parse(algo, AlgorithmSettings(**settings))
     if tensor_policy is None:
         compressor = REGISTRIES["compressor"].get(spec.compressor).factory(_PROBE, spec.settings)
         tensor_policy = DEFAULT_TENSOR_POLICY if getattr(compressor, "honours_tensor_policy", False) else "all"
+    memory = spec.build(_PROBE).memory
     if warmup is None:
-        memory = spec.build(_PROBE).memory.name
-        warmup = DEFAULT_WARMUP if memory in ("ef", "none") else 0
-    return AlgorithmSpec.parse(algo, AlgorithmSettings(**settings, tensor_policy=tensor_policy, warmup=warmup))
+        warmup = DEFAULT_WARMUP if memory.name in ("ef", "none") else 0
+    if aggregate is None:
+        lazy = REGISTRIES["trigger"].get(spec.trigger).factory(_PROBE, spec.settings).lazy
+        keeps_messages = getattr(memory, "server_store", None) is None
+        aggregate = DEFAULT_LAZY_AGGREGATE if lazy and keeps_messages else "last"
+    return AlgorithmSpec.parse(algo, AlgorithmSettings(**settings, tensor_policy=tensor_policy, warmup=warmup,
+                                                       aggregate=aggregate))

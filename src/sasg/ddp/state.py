@@ -21,12 +21,29 @@ simulator's :math:`\theta \leftarrow \theta - \sum_m q_m` with its messages (for
 :math:`\tfrac{\eta}{M} g`) written in units of :math:`\eta`. The error memory is fp32 whatever
 the gradients' dtype (bf16/fp16 buckets are cast for compression and the result cast back).
 
-Lazy rules (``wk1``, ``ps``) compare against
-:math:`thr_k = \frac{1}{cM\eta}\sum_j \|\theta^{j+1}-\theta^j\|^2`. With plain SGD the step is
-:math:`\eta G_j`, so :math:`thr_k = \frac{\eta}{cM}\sum_j\|G_j\|^2`: the hook passes the engine
-``1/eta`` as the threshold's lr, which gives exactly that. It needs the lr (``lr=``: a number, a
-function returning the current one, or the optimizer, whose first group's lr is read every round);
-with momentum or Adam the real step is not :math:`\eta G_j` and the rule is an approximation.
+Lazy rules (``wk1``, ``ps``, ``wk2``) compare against
+:math:`thr_k = \frac{1}{cM\eta}\sum_j \|\theta^{j+1}-\theta^j\|^2` with the parameters' *real*
+steps, whatever the optimizer made of the aggregate (momentum, weight decay, Adam): at the start of
+round k+1 the hook measures :math:`\|\theta^{k+1}-\theta^k\|^2` from the parameters and its copy of
+:math:`\theta^k`, and puts it in the rule's window in place of the engine's own step
+(:meth:`sasg.engine.RoundEngine.record_step`). With plain SGD the step is :math:`\eta G_k`, the
+same number up to float rounding. It needs the lr (``lr=``: a number, a function returning the
+current one, or the optimizer, whose first group's lr is read every round).
+
+Under Adam/AdamW (``step_metric="auto"``) the step is measured in Adam's own metric,
+:math:`\|\sqrt{\hat v}\odot(\theta^{j+1}-\theta^j)\|^2` (:math:`\hat v` the optimizer's bias-corrected
+second moment). Why: the rule compares *gradient* differences with :math:`thr_k`, and with SGD
+:math:`(\theta^{j+1}-\theta^j)/\eta` is a gradient; Adam's step over its lr is
+:math:`\hat m/\sqrt{\hat v}`, a number of order 1 per entry whatever the gradients' scale, and
+times :math:`\sqrt{\hat v}` it is :math:`\hat m`, a gradient again. Measured (FC 784-512-10, AdamW
+1e-3, ``wk1+topk``, 2 ranks, 2 epochs, seeds 0-2, ``benchmarks/hook_lazy.py``): the Euclidean step
+makes the threshold so large that the rule skips all it may (76 % of uploads) and ends 0.8 points
+below ``always+topk``; Adam's metric skips 47 % and ends level with it. ``step_metric="euclidean"``
+keeps the plain :math:`\|\theta^{j+1}-\theta^j\|^2`.
+
+Where a rank skips, a lazy rule's round steps by the round's messages scaled to M ranks
+(``aggregate="senders"``, the hook's default for lazy rules) rather than by every rank's last
+message (``"last"``, the paper's): :mod:`sasg.core.aggregate` says why.
 
 SASG's rule ``wk2`` compares the fresh gradient with :math:`\nabla\ell(\hat\theta_m;\xi_m^k)`, the
 gradient at the rank's anchor (its parameters at its last upload) on the *same* minibatch. The
@@ -58,12 +75,15 @@ from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
 from ..core.triggers import needs_stale_grads
 from .buckets import ParameterIndex, bucket_nbytes
-from .optimizers import FrozenVariance, MomentumCorrection, is_adam, is_momentum_sgd
+from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
 from .rules import hook_algorithm
 from .transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
 DEFAULT_CODEC = "rice+fp32"
+# How a lazy rule measures the parameters' real steps: "auto" (Adam's metric under Adam/AdamW,
+# else Euclidean) or "euclidean" (||theta^{j+1} - theta^j||^2 whatever the optimizer).
+STEP_METRICS = ("auto", "euclidean")
 
 
 def _lr_reader(lr) -> Callable[[], float] | None:
@@ -123,9 +143,11 @@ class HookState:
         momentum_correction: bool = True,
         freeze_variance: bool = True,
         module: nn.Module | None = None,
+        aggregate: str | None = None,
+        step_metric: str = "auto",
     ):
         self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
-                                   tensor_policy=tensor_policy, warmup=warmup)
+                                   tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate)
         self.codec = check_codec(codec)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
@@ -160,6 +182,14 @@ class HookState:
         if optimizer is not None and freeze_variance and is_adam(optimizer):
             self.variance = FrozenVariance(optimizer, self.index, lambda: self._compressed_round,
                                            self.spec.settings.warmup, self._kept_fractions())
+        if step_metric not in STEP_METRICS:
+            raise ValueError(f"step_metric must be one of {', '.join(STEP_METRICS)} (how a lazy rule measures the "
+                             f"parameters' steps), got {step_metric!r}")
+        # Under Adam a step is lr * m_hat / sqrt(v_hat): measured in Adam's own metric it is back in
+        # the gradient units the rule compares with (module docstring).
+        self._adam = (optimizer if step_metric == "auto" and optimizer is not None and is_adam(optimizer)
+                      else None)
+        self._adam_groups = groups_of(optimizer, self.index.params) if self._adam is not None else None
         if self.algorithm.lazy and self._lr is None:
             raise ValueError(
                 f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
@@ -167,10 +197,12 @@ class HookState:
                 "current lr, or the optimizer)"
             )
         # theta^k is copied out of the parameters each round only where someone reads it (a copy
-        # of the whole model: 15 ms a round for ResNet-18 on one core). The engine's own update of
-        # this scratch copy is never read back (the optimizer steps the parameters).
+        # of the whole model: 15 ms a round for ResNet-18 on one core). The engine leaves it as it
+        # is (apply=False: the optimizer steps the parameters), so it is still theta^k when the
+        # next round measures the real step.
         # `always` never looks at it; any other trigger (a plug-in too) may.
         self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
+        self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
         self.start_iter = int(start_iter)
         self.seed = int(seed)
         self.group = process_group
@@ -287,11 +319,14 @@ class HookState:
             self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
         index.gather(buckets, self._grads)
         if self._needs_theta:  # theta^k: lazy rules measure drift from their anchors, DGC's decay reads it
+            if self.algorithm.lazy and self._theta_round == engine.iteration - 1 >= 0:
+                # The real step of the round before, whatever the optimizer made of it.
+                engine.record_step(index.step_sq_from(self._theta, self._step_metric()))
             index.flat_params(self._theta)
+            self._theta_round = engine.iteration
         threshold_lr = None
         if self.algorithm.lazy:
-            eta = _check_lr(self._lr())
-            threshold_lr = math.inf if eta == 0 else 1.0 / eta  # see the module docstring
+            threshold_lr = _check_lr(self._lr())  # thr_k = sum of real squared steps / (c M eta)
         compressed = engine.iteration >= self.algorithm.warmup
         averaged = 0  # bytes a rank sent averaging Adam's second moment this round
         if self.variance is not None:  # Adam: the local second moment, averaged now and then
@@ -302,7 +337,7 @@ class HookState:
         if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
             grads = self.momentum.accumulate(self._grads, self._theta)
         flags = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
-                            threshold_lr=threshold_lr)
+                            threshold_lr=threshold_lr, apply=False)
         if averaged:  # every rank's, on the round's uplink line too
             engine.ledger.add_up(8 * averaged * engine.num_workers)
         step = engine.last_step  # sum_m decoded(q_m): what the engine stepped by
@@ -313,6 +348,12 @@ class HookState:
         index.scatter(step, buckets)
         self._compressed_round = compressed
         self.rounds += 1
+
+    def _step_metric(self):
+        """Per tensor, the weights the real step is measured with (None: plain Euclidean)."""
+        if self._adam is None:
+            return None
+        return adam_metric(self._adam, self.index.params, self._adam_groups)
 
     def _kept_fractions(self) -> list[float | None]:
         """Per tensor, the fraction of its entries a message keeps (None: sent whole)."""
@@ -441,6 +482,9 @@ class HookState:
         if self.variance is not None:
             out.update(self.variance.state_dict())
         out["compressed_round"] = self._compressed_round
+        if self.algorithm.lazy:  # theta^k: the first round after a resume measures the real step from it
+            out["theta"] = self._theta.clone()
+            out["theta_round"] = self._theta_round
         return out
 
     def check_state_dict(self, state, where: str = "") -> None:
@@ -464,12 +508,20 @@ class HookState:
 
     def _check_link(self, saved, where: str) -> None:
         mine = self._link_state()
-        if not isinstance(saved, Mapping) or set(saved) != set(mine):
+        # A state saved before the hook measured real steps has no theta: the first round then
+        # keeps the engine's own step in the window.
+        optional = {"theta", "theta_round"}
+        if not isinstance(saved, Mapping) or not set(mine) - optional <= set(saved) <= set(mine):
             raise ValueError(f"state part {where!r} was saved with another optimizer link ({', '.join(sorted(mine))} "
                              "expected): register the hook with the same optimizer and settings")
         velocity = saved.get("velocity")
         if velocity is not None and (not isinstance(velocity, Tensor) or velocity.shape != mine["velocity"].shape):
             raise ValueError(f"state part {part_name(where, 'velocity')!r} does not fit this model")
+        theta = saved.get("theta")
+        if theta is not None and (not isinstance(theta, Tensor) or theta.shape != mine["theta"].shape):
+            raise ValueError(f"state part {part_name(where, 'theta')!r} does not fit this model")
+        if "theta" in saved and not isinstance(saved.get("theta_round"), int):
+            raise ValueError(f"state part {part_name(where, 'theta_round')!r} must be an integer")
 
     def _check_settings(self, saved, where: str) -> None:
         mine = self._settings()
@@ -489,6 +541,11 @@ class HookState:
         if self.variance is not None:
             self.variance.load_state_dict(link)
         self._compressed_round = bool(link["compressed_round"])
+        if "theta" in link:
+            self._theta.copy_(link["theta"])
+            self._theta_round = int(link["theta_round"])
+        else:
+            self._theta_round = -1
         self.rounds = int(state["rounds"])
         self.transport.bits_by_rank = [int(b) for b in state["bits_by_rank"]]
         self._pending = []

@@ -7,8 +7,9 @@ the optimizer) and its copy of the server, a round is::
     sent   = memory.upload(workers, rows, g, eta/M, compressor, generators, codec)  # bytes + decoded
     trigger.uploaded(...); tau += 1; tau[rows] = 1
     flags, q_all, sizes = transport.exchange(upload, sent, ...)  # every sender's message, in order
-    server.last[senders] = q_all                   # a skipper's last message stands
-    step   = sum_m server.last[m];  theta -= step
+    server.last[senders] = q_all                   # a skipper's last message stands ...
+    step   = sum_m server.last[m];  theta -= step  # ... or, aggregate="senders", only the round's
+                                                   # messages, scaled by M / |senders|
     ledger.record(...)                             # 8 x the bytes sent: here and nowhere else
 
 Members' capabilities, called where a member has them (never a switch on a member's type):
@@ -59,6 +60,7 @@ from ..seeds import worker_seed
 Blocks = Sequence[Tensor]
 DOWNLINK_BITS_PER_VALUE = 32  # the parameter-server convention's dense fp32 broadcast of theta
 MEMBER_STREAM = 2  # the per-worker generator stream of randomized members (see sasg.seeds)
+SENDERS = "senders"  # the server buffer of aggregate="senders": the latest round's number of senders
 
 
 @dataclass
@@ -132,6 +134,8 @@ class RoundEngine:
             step_sq=torch.zeros(algorithm.trigger.history, dtype=torch.float64),
             buffers=own(seed, device=device, dtype=dtype) if own is not None else {},
         )
+        if algorithm.aggregate == "senders":  # how many sent in the latest round anyone sent in
+            self.server.buffers[SENDERS] = torch.zeros(1, dtype=torch.int64)
         self._receive = getattr(algorithm.memory, "receive", None)
         self.generators = [
             torch.Generator().manual_seed(worker_seed(seed, m, MEMBER_STREAM)) for m in self.local_workers
@@ -157,8 +161,9 @@ class RoundEngine:
         return self.server.iteration
 
     def step(self, theta: Tensor, grads: Tensor | Blocks, stale_grads: Callable[[Tensor], Tensor | Blocks],
-             lr: float, threshold_lr: float | None = None) -> Tensor:
-        """One round. ``theta`` (d,) is updated in place; ``grads`` are the held workers' fresh
+             lr: float, threshold_lr: float | None = None, apply: bool = True) -> Tensor:
+        """One round. ``theta`` (d,) is updated in place (``apply=False``: left as it is, for a
+        runner that makes its own update from :attr:`last_step`); ``grads`` are the held workers' fresh
         gradients (``(N, d)`` or per-segment blocks); ``stale_grads(rows)`` returns the gradients
         at the anchors of those rows on their current minibatches (called only when the trigger
         needs it). ``threshold_lr``: the lr a lazy rule's threshold divides by (default ``lr``;
@@ -167,7 +172,7 @@ class RoundEngine:
         alg, M, layout = self.algorithm, self.num_workers, self.algorithm.layout
         cols = layout.as_columns(grads)
         if self.iteration < alg.warmup:
-            return self._dense_round(theta, cols, lr)
+            return self._dense_round(theta, cols, lr, apply)
         rnd = Round(self.iteration - alg.warmup, lr, M, self.local_workers, layout, self.workers, self.server, cols,
                     lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta,
                     threshold_lr=threshold_lr)
@@ -196,7 +201,8 @@ class RoundEngine:
         flags, payload, sizes = self.transport.exchange(upload, sent, template, alg.codec, alg.lazy)
         senders = flags.nonzero().squeeze(1).to(self._step.device)
         self._aggregate(senders, payload)
-        theta.sub_(self._step)
+        if apply:
+            theta.sub_(self._step)
         bits, flag_bits = 8 * sum(sizes), self.bits_flags_per_round
         if link is not None:
             compressor.received(senders, payload)
@@ -204,7 +210,7 @@ class RoundEngine:
         self.ledger.record(int(flags.sum()), bits, self.bits_down_per_round, flag_bits)
         return flags
 
-    def _dense_round(self, theta: Tensor, cols, lr: float) -> Tensor:
+    def _dense_round(self, theta: Tensor, cols, lr: float, apply: bool) -> Tensor:
         """A warm-up round (see the module docstring): everyone sends everything."""
         alg, M = self.algorithm, self.num_workers
         n = len(self.local_workers)
@@ -215,7 +221,8 @@ class RoundEngine:
         flags, payload, sizes = self.transport.exchange(upload, sent, self._dense_template, alg.codec, False)
         payload.sum(self._step)
         self._close_round()
-        theta.sub_(self._step)
+        if apply:
+            theta.sub_(self._step)
         flag_bits = self.transport.flag_bits_per_round(False, self._dense_template.fixed_size(alg.codec))
         self.ledger.record(int(flags.sum()), 8 * sum(sizes), self.bits_down_per_round, flag_bits)
         return flags
@@ -230,13 +237,41 @@ class RoundEngine:
         """Store the senders' fresh messages, write ``sum_m q_m`` into the step and record its
         squared norm for the trigger's history."""
         server, step = self.server, self._step
+        n, M = senders.numel(), self.num_workers
+        if self.algorithm.aggregate == "senders":
+            # The round's messages only (sasg.core.aggregate): the skippers' slots are emptied. A
+            # round nobody sends in changes nothing on the server and repeats the latest senders'
+            # mean (a round with no step at all would be a round of training lost).
+            count = server.buffers[SENDERS]
+            if n:
+                idle = torch.ones(M, dtype=torch.bool)
+                idle[senders.cpu()] = False
+                idle = idle.nonzero().squeeze(1)
+                if idle.numel():
+                    server.last.assign(idle.to(step.device), self.template_of(idle.numel()))
+                count.fill_(n)
+            n = int(count.item())
         if senders.numel():
             if self._receive is not None:  # the memory's server side (ef21: h_m += decoded c_m)
                 self._receive(server.last, senders, payload)
             else:
                 server.last.assign(senders, payload)
         server.last.sum(step)
+        if self.algorithm.aggregate == "senders" and 0 < n < M:
+            step.mul_(M / n)  # the mean of the senders' messages, for M workers
         self._close_round()
+
+    def template_of(self, n: int):
+        """``n`` empty messages of this algorithm (all zeros: they add nothing to a sum)."""
+        values = self.template.values
+        return self.algorithm.compressor.empty(n, device=values.device, dtype=values.dtype)
+
+    def record_step(self, step_sq: float) -> None:
+        """Replace the latest round's squared step in the lazy rules' window with ``step_sq``: the
+        runner's measured :math:`\\|\\theta^{k+1}-\\theta^k\\|^2` where its own update (momentum,
+        weight decay, Adam) moved the parameters by something other than the engine's step."""
+        if self.server.step_sq.numel() and self.iteration > 0:
+            self.server.step_sq[-1] = float(step_sq)
 
     def _close_round(self) -> None:
         """The round's step is in ``_step``: its squared norm joins the trigger's window."""

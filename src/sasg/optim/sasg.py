@@ -240,10 +240,9 @@ class SASG(torch.optim.Optimizer):
 
     Weight decay and the lazy rule: the decay term is computed from the current
     :math:`\theta^k` every round, on every rank, whether or not anyone uploaded; a skipper's stale
-    message carries its old loss gradient only, never an old decay term. The lazy rule itself is
-    unchanged: its window sums :math:`\|s^j\|^2`, the aggregated message steps (which equal
-    :math:`\|\theta^{j+1}-\theta^j\|^2` with the defaults), not the steps momentum or decay
-    make. L2 *inside* the messages is not offered: :math:`\lambda\theta` is dense and the same on
+    message carries its old loss gradient only, never an old decay term. The lazy rule's window
+    sums the parameters' real steps :math:`\|\theta^{j+1}-\theta^j\|^2`, the ones momentum and
+    decay make (with neither, the aggregated message steps :math:`\|s^j\|^2`, bit for bit). L2 *inside* the messages is not offered: :math:`\lambda\theta` is dense and the same on
     every rank, so sending it would spend top-k slots on it, error feedback would delay it and a
     skipper's message would carry it from its anchor. To have it anyway, add
     :math:`\tfrac{\lambda}{2}\|\theta\|^2` to the loss in the closure: it is then part of the
@@ -322,6 +321,9 @@ class SASG(torch.optim.Optimizer):
         decoupled_weight_decay: False (default): the decay term joins the step before momentum, as
             in ``torch.optim.SGD``; True: the parameters shrink by ``1 - lr * weight_decay``
             outside momentum (SGDW / AdamW style).
+        aggregate: what the round steps by when workers skip: ``"last"`` (default, the paper's:
+            every worker's last message) or ``"senders"`` (the round's messages scaled to all M
+            workers; :mod:`sasg.core.aggregate`).
 
     Example (under ``torchrun``; in one process it is the single worker M = 1)::
 
@@ -359,6 +361,7 @@ class SASG(torch.optim.Optimizer):
         tensor_policy: str = "all",
         warmup: int = 0,
         momentum_correction: bool = False,
+        aggregate: str = "last",
     ):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "decoupled_weight_decay": decoupled_weight_decay}
@@ -412,7 +415,8 @@ class SASG(torch.optim.Optimizer):
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
         # ignores, so a typo fails the same way whichever algorithm it was written for.
         self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum,
-                                                                     tensor_policy=tensor_policy, warmup=warmup))
+                                                                     tensor_policy=tensor_policy, warmup=warmup,
+                                                                     aggregate=aggregate))
         if not isinstance(momentum_correction, bool):
             raise ValueError(f"momentum_correction must be True or False, got {momentum_correction!r}")
         if momentum_correction and any(g["nesterov"] or g["dampening"] or g["decoupled_weight_decay"]
@@ -564,13 +568,17 @@ class SASG(torch.optim.Optimizer):
             self._write(theta)
             self._write(grad, grads=True)
             return loss
-        # With momentum or weight decay the update starts again from theta^k, on the engine's
-        # aggregated step; with neither, the engine's own theta^k - s^k stands (bit for bit).
+        # With momentum or weight decay this optimizer makes the update from theta^k on the engine's
+        # aggregated step, and a lazy rule's window gets the real ||theta^{k+1} - theta^k||^2; with
+        # neither, the engine's own theta^k - s^k stands (bit for bit) and is the real step.
         start = theta.clone() if any(u[1] != 0 or u[3] != 0 for u in updates) else None
-        self.engine.step(theta, sent.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr, threshold_lr)
+        self.engine.step(theta, sent.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr, threshold_lr,
+                         apply=start is None)
         if start is not None:
-            self._update(start, updates)
-            theta = start
+            self._update(theta, updates)
+            if self.algorithm.lazy:
+                moved = theta.double() - start.double()
+                self.engine.record_step(float(torch.dot(moved, moved).item()))
         self._write(theta)
         self._write(grad, grads=True)
         return loss
@@ -697,7 +705,7 @@ class SASG(torch.optim.Optimizer):
         s = self.spec.settings
         return {"density": s.density, "window": s.window, "c": s.threshold_scale, "window_sum": s.window_sum,
                 "threshold_lr_lag": self._lag, "tensor_policy": s.tensor_policy, "warmup": s.warmup,
-                "momentum_correction": self._velocity is not None}
+                "momentum_correction": self._velocity is not None, "aggregate": s.aggregate}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """All or nothing: the whole state is checked first (the ``torch.optim`` part, the settings
@@ -806,7 +814,7 @@ class SASG(torch.optim.Optimizer):
 # The settings a state saved before --window-sum, --threshold-lr-lag, the tensor policy, the warm-up
 # and momentum correction existed was made with.
 _SETTINGS_BEFORE_VARIANTS = {"window_sum": "D-1", "threshold_lr_lag": 0, "tensor_policy": "all", "warmup": 0,
-                             "momentum_correction": False}
+                             "momentum_correction": False, "aggregate": "last"}
 # The parts of the "sasg" state that are the optimizer's own, not the round engine's.
 _NOT_ENGINE = ("settings", "threshold_lrs", "velocity")
 

@@ -87,7 +87,7 @@ def _schedule(cfg: dict) -> str:
 def _variants(cfg: dict) -> str:
     """The lazy threshold's variants where any is set (shared, then per algorithm); else nothing."""
 
-    default = {"window_sum": "D-1", "threshold_lr_lag": 0.0}
+    default = {"window_sum": "D-1", "threshold_lr_lag": 0.0, "aggregate": "last"}
     shared = {k: cfg.get(k, v) for k, v in default.items()}
 
     def words(knobs: dict, base: dict) -> list[str]:  # what differs from base
@@ -96,6 +96,8 @@ def _variants(cfg: dict) -> str:
             out.append(f"thr_k over the last {knobs['window_sum']} steps")
         if knobs.get("threshold_lr_lag", base["threshold_lr_lag"]) != base["threshold_lr_lag"]:
             out.append(f"threshold lr {knobs['threshold_lr_lag']:g} epoch(s) late")
+        if knobs.get("aggregate", base["aggregate"]) != base["aggregate"]:
+            out.append(f"steps by the {knobs['aggregate']!r} aggregate")
         return out
 
     parts = words(shared, default) + [

@@ -1,0 +1,219 @@
+"""Lazy rules in a practitioner's job: the "senders" aggregate and the real steps in the threshold.
+
+* ``aggregate="senders"``: a round steps by its senders' messages scaled to M workers; a rule
+  that never skips gives the "last" aggregate's round bit for bit; the skippers' slots are empty.
+* The threshold sums the parameters' real steps: in the DDP hook (momentum, AdamW in Adam's
+  metric or Euclidean) and in ``sasg.optim.SASG`` with momentum; with the defaults it is the
+  engine's own step, as before.
+* The hook's defaults: "senders" for lazy rules whose server keeps messages, "last" otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sasg import Simulator
+from sasg.config import ConfigError
+from sasg.core.aggregate import check_aggregate
+from sasg.ddp.rules import hook_algorithm
+
+from conftest import small_config
+from test_ddp_optimizers import _batch, _model
+from test_distributed import spawn, synth
+
+WORLD = 2
+STEPS = 8
+
+
+# ----- the "senders" aggregate ----------------------------------------------------------------------
+
+
+def _run(cfg, algo, steps=12):
+    sim = Simulator(cfg, algo, synth())
+    for _ in range(steps):
+        sim.step()
+    return sim
+
+
+def test_with_a_rule_that_never_skips_senders_is_last_bit_for_bit():
+    last = _run(small_config(aggregate="last"), "sparse")
+    senders = _run(small_config(aggregate="senders"), "sparse")
+    assert torch.equal(last.theta, senders.theta)
+    assert last.ledger.uploads == senders.ledger.uploads
+    assert last.ledger.bits_up == senders.ledger.bits_up
+
+
+def test_senders_steps_by_the_round_messages_scaled_to_m_workers():
+    cfg = small_config(aggregate="senders", threshold_scale=0.5)
+    sim = Simulator(cfg, "wk1+topk", synth())
+    M, partial, nobody = cfg.workers, 0, 0
+    prev_step, prev_last = None, None
+    for _ in range(20):
+        before = sim.theta.clone()
+        flags = sim.step()
+        n = int(flags.sum())
+        step = sim.engine.last_step
+        last = sim.server.last.to_dense()
+        if n == 0:  # nothing changes on the server; the latest senders' mean is stepped by again
+            assert torch.equal(last, prev_last) and torch.equal(step, prev_step)
+            nobody += 1
+        else:
+            for m in range(M):
+                if not flags[m]:
+                    assert not last[m].any(), "a skipper's slot is emptied"
+            torch.testing.assert_close(step, last.sum(0) * (M / n), rtol=1e-6, atol=1e-7)
+            partial += n < M
+        assert torch.equal(sim.theta, before - step)
+        prev_step, prev_last = step.clone(), last
+    assert partial > 0 and nobody > 0, "rounds with some senders and with none"
+    # ... and the paper's aggregate, on the same rule, is another trajectory
+    assert not torch.equal(_run(small_config(threshold_scale=0.5), "wk1+topk", 20).theta, sim.theta)
+
+
+def test_senders_resumes_exactly_after_a_round_nobody_sent_in():
+    cfg = small_config(aggregate="senders", threshold_scale=0.5)
+    whole = _run(cfg, "wk1+topk", 20)
+    first = _run(cfg, "wk1+topk", 4)  # round 3: nobody sent (see the test above)
+    assert first.ledger.uploads[-1] == 0
+    second = Simulator(cfg, "wk1+topk", synth())
+    second.load_state_dict(first.state_dict())
+    for _ in range(16):
+        second.step()
+    assert torch.equal(second.theta, whole.theta)
+
+
+def test_aggregate_is_checked_and_named_in_errors():
+    assert check_aggregate(" Senders ") == "senders"
+    with pytest.raises(ValueError, match="aggregate must be 'last'.*or 'senders'"):
+        check_aggregate("mean")
+    with pytest.raises(ConfigError, match="aggregate must be .*e.g. --aggregate senders"):
+        small_config(aggregate="mean")
+    with pytest.raises(ConfigError, match="ef21.*use aggregate 'last'"):
+        small_config(algorithms=("clag+topk",), aggregate="senders")
+    assert small_config(aggregate="SENDERS").aggregate == "senders"
+
+
+def test_the_cli_takes_aggregate_shared_and_per_algorithm():
+    from sasg.cli.main import add_training_flags, config_from_args
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--algos", nargs="+", default=["sasg", "sparse"])
+    add_training_flags(p)
+    args = p.parse_args(["--aggregate", "last,sasg=senders", "--dataset", "synthetic"])
+    args.command, args.algo = "compare", None
+    cfg = config_from_args(args).validate()
+    assert cfg.settings_for("sasg").aggregate == "senders"
+    assert cfg.settings_for("sparse").aggregate == "last"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--aggregate", "mean"])
+
+
+def test_the_hook_defaults_to_senders_for_lazy_rules_that_keep_messages():
+    assert hook_algorithm("wk1+topk").settings.aggregate == "senders"
+    assert hook_algorithm("sasg").settings.aggregate == "senders"
+    assert hook_algorithm("always+topk").settings.aggregate == "last"
+    assert hook_algorithm("clag+topk").settings.aggregate == "last"  # ef21's server keeps estimates
+    assert hook_algorithm("wk1+topk", aggregate="last").settings.aggregate == "last"
+
+
+# ----- the real steps in the threshold ----------------------------------------------------------------
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def _adam_metric(opt, model) -> torch.Tensor:
+    """sqrt(v_hat) + eps of every entry, from the optimizer's state now."""
+    g = opt.param_groups[0]
+    out = []
+    for p in model.parameters():
+        s = opt.state[p]
+        out.append(((s["exp_avg_sq"] / (1 - g["betas"][1] ** float(s["step"]))).sqrt() + g["eps"]).reshape(-1))
+    return torch.cat(out)
+
+
+def _hook_job(rank, world, folder):
+    from torch.nn.parallel import DistributedDataParallel
+
+    import sasg.ddp
+
+    out = {}
+    cases = {"momentum": dict(), "adamw": dict(), "adamw-euclidean": dict(step_metric="euclidean")}
+    for name, extra in cases.items():
+        model = _model()
+        ddp = DistributedDataParallel(model)
+        if name == "momentum":
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+        else:
+            opt = torch.optim.AdamW(ddp.parameters(), lr=0.01)
+        state = sasg.ddp.register(ddp, "wk1+topk", codec="paper32", density=0.3, optimizer=opt, warmup=2,
+                                  **extra)
+        thetas, sqs, metrics = [_flat(model)], [], []
+        for step in range(STEPS):
+            x, y = _batch(step, rank)
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            if step >= 1:  # this round put the real step of the round before in the window
+                sqs.append(float(state.engine.server.step_sq[-2]))
+            opt.step()
+            thetas.append(_flat(model))
+            metrics.append(_adam_metric(opt, model) if name == "adamw" else None)
+        out[name] = {"thetas": thetas, "sqs": sqs, "metrics": metrics}
+    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def hook_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lazy_in_jobs")
+    spawn(_hook_job, WORLD, str(folder), timeout=120.0)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", ["momentum", "adamw", "adamw-euclidean"])
+def test_the_hook_threshold_sums_the_parameters_real_steps(hook_ranks, name):
+    """Round k's window entry, once round k+1 has started, is ||theta^{k+1} - theta^k||^2 as the
+    optimizer made it (momentum with weight decay; AdamW), in Adam's metric under Adam by default."""
+    for out in hook_ranks:
+        got = out[name]
+        thetas = got["thetas"]
+        assert len(got["sqs"]) == STEPS - 1
+        for k, sq in enumerate(got["sqs"], start=1):  # measured at round k's start: theta^k - theta^(k-1)
+            diff = thetas[k].double() - thetas[k - 1].double()
+            if name == "adamw":  # Adam's metric after the step that made theta^k
+                diff = diff * got["metrics"][k - 1].double()
+            assert sq == pytest.approx(float(diff @ diff), rel=1e-12), (name, k)
+    # Adam's metric is another number than the Euclidean step (it is in gradient units)
+    auto, euclid = hook_ranks[0]["adamw"], hook_ranks[0]["adamw-euclidean"]
+    diff = auto["thetas"][1].double() - auto["thetas"][0].double()
+    assert auto["sqs"][0] != pytest.approx(float(diff @ diff), rel=1e-2)
+
+
+def test_the_optimizer_threshold_sums_its_real_steps_with_momentum():
+    from sasg.optim import SASG
+
+    for kw, real in ((dict(momentum=0.9, weight_decay=0.01), True), (dict(), False)):
+        model = _model()
+        opt = SASG(model.parameters(), lr=0.1, density=0.3, window=3, algorithm="wk1+topk", **kw)
+        for step in range(6):
+            x, y = _batch(step, 0)
+            before = _flat(model)
+
+            def closure():
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            diff = (_flat(model).double() - before.double())
+            last = float(opt.engine.server.step_sq[-1])
+            s = opt.engine.last_step
+            if real:  # momentum and decay moved theta by something else than the aggregate
+                assert last == pytest.approx(float(diff @ diff), rel=1e-12)
+            else:  # the defaults: the engine's own step, bit for bit as before
+                assert last == float(torch.dot(s, s).item())

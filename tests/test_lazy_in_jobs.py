@@ -144,11 +144,12 @@ def _hook_job(rank, world, folder):
     import sasg.ddp
 
     out = {}
-    cases = {"momentum": dict(), "adamw": dict(), "adamw-euclidean": dict(step_metric="euclidean")}
+    cases = {"momentum": dict(), "momentum-plain": dict(momentum_correction=False), "adamw": dict(),
+             "adamw-euclidean": dict(step_metric="euclidean")}
     for name, extra in cases.items():
         model = _model()
         ddp = DistributedDataParallel(model)
-        if name == "momentum":
+        if name.startswith("momentum"):
             opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
         else:
             opt = torch.optim.AdamW(ddp.parameters(), lr=0.01)
@@ -175,10 +176,11 @@ def hook_ranks(tmp_path_factory):
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["momentum", "adamw", "adamw-euclidean"])
+@pytest.mark.parametrize("name", ["momentum", "momentum-plain", "adamw", "adamw-euclidean"])
 def test_the_hook_threshold_sums_the_parameters_real_steps(hook_ranks, name):
     """Round k's window entry, once round k+1 has started, is ||theta^{k+1} - theta^k||^2 as the
-    optimizer made it (momentum with weight decay; AdamW), in Adam's metric under Adam by default."""
+    optimizer made it (momentum with weight decay; AdamW): plain under DGC's correction (wk1
+    compares velocities), in Adam's metric under Adam, times 1 - mu for momentum without DGC."""
     for out in hook_ranks:
         got = out[name]
         thetas = got["thetas"]
@@ -187,6 +189,8 @@ def test_the_hook_threshold_sums_the_parameters_real_steps(hook_ranks, name):
             diff = thetas[k].double() - thetas[k - 1].double()
             if name == "adamw":  # Adam's metric after the step that made theta^k
                 diff = diff * got["metrics"][k - 1].double()
+            if name == "momentum-plain":  # velocity steps against a rule comparing gradients: x (1 - mu)
+                diff = diff * (1 - 0.9)
             assert sq == pytest.approx(float(diff @ diff), rel=1e-12), (name, k)
     # Adam's metric is another number than the Euclidean step (it is in gradient units)
     auto, euclid = hook_ranks[0]["adamw"], hook_ranks[0]["adamw-euclidean"]

@@ -77,8 +77,10 @@ def register(
         aggregate: what a round steps by where ranks skip (lazy rules): ``"senders"`` (default for a
             lazy rule: the round's messages, scaled to all ranks) or ``"last"`` (the paper's: every
             rank's last message stands; ``sasg.core.aggregate`` measures both).
-        step_metric: how a lazy rule measures the parameters' real steps: ``"auto"`` (Adam's metric
-            under Adam/AdamW, else Euclidean; ``sasg.ddp.HookState``) or ``"euclidean"``.
+        step_metric: how a lazy rule measures the parameters' real steps: ``"auto"`` (in the units
+            of what the rule compares: Adam's metric under Adam/AdamW, ``1 - momentum`` where
+            momentum SGD meets a rule that compares gradients; ``sasg.ddp.HookState``) or
+            ``"euclidean"``.
 
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.

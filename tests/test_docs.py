@@ -158,6 +158,17 @@ def test_the_makefile_runs_the_readme_commands():
     assert re.search(r"^demo:", make, re.M) and re.search(r"^test:", make, re.M)
 
 
+def test_docs_named_in_the_code_exist():
+    """Docstrings, help texts and comments name pages as ``docs/NAME.md``; each must exist."""
+    named = set()
+    for folder in ("src", "benchmarks", "tests", "examples"):
+        for source in (ROOT / folder).rglob("*.py"):
+            for name in re.findall(r"docs/([a-z0-9_-]+\.md)", source.read_text()):
+                named.add((name, source.relative_to(ROOT)))
+    assert named
+    assert [(n, str(s)) for n, s in sorted(named) if not (ROOT / "docs" / n).exists()] == []
+
+
 def test_docs_are_linked_from_the_readme():
     linked = {(README.parent / t.partition("#")[0]).resolve() for _, t in links(README.read_text())}
     for page in PAGES[1:]:

@@ -30,7 +30,7 @@ The last line is JSON (``within_half_point``: every pair within 0.5 points;
 ``never_half_point_below``: the hook never more than 0.5 points below DDP;
 ``mean_within_half_point``: every optimizer's mean difference within 0.5 points).
 
-Measured with ``--seeds 0,1,2`` (2 ranks, 20 epochs): see the README, "Use it in your DDP job".
+Measured with ``--seeds 0,1,2`` (2 ranks, 20 epochs): see docs/ddp-hook.md, "Accuracy with your optimizer and your model".
 
 The workers are the ranks: the paper's setting has M = 10, here 2 by default to keep it cheap
 on a small CPU box (each rank is one process on one core).

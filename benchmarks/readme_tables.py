@@ -1,4 +1,4 @@
-"""Regenerate the README's FC tables (the default run, the codecs, the family) over several seeds.
+"""Regenerate the FC tables of docs/results.md (the default run, the codecs, the family) over several seeds.
 
     python benchmarks/readme_tables.py                       # all three tables, seeds 0,1,2
     python benchmarks/readme_tables.py --tables default --seeds 0,1,2,3,4 --jobs 2

@@ -27,7 +27,7 @@ iteration, vmap), ``m100_over_m10_cost`` (sasg time per iteration, M = 100 over 
 ``gradient_vectorized_over_loop`` (the gradient call alone: the bound on the first, since the
 rest of a round is the same code on both backends), and ``cheap_lazy_over_sgd_cost``: time per
 iteration of the cheapest lazy rule that needs no second gradient (``wk1+topk``, ``ps+topk``
-at c = 0.002 as in the README's zoo table, vmap, timed in turn with the others in section 1)
+at c = 0.002 as in the zoo table of docs/results.md, vmap, timed in turn with the others in section 1)
 over sgd's.
 """
 
@@ -167,7 +167,7 @@ def section_backends(args, base: RunConfig, data: DataSplit) -> dict:
         for backend in ("vmap", "loop")
     }
     # At the default c = 2 these rules never skip on this data (their two gradients are on different
-    # minibatches: a noise floor); they run at the README zoo's c = 0.002, where wk1 skips.
+    # minibatches: a noise floor); they run at docs/results.md's zoo c = 0.002, where wk1 skips.
     lazy_c = {algo: {"threshold_scale": CHEAP_LAZY_C} for algo in CHEAP_LAZY}
     sims.update({(algo, "vmap"): Simulator(replace(base, backend="vmap", per_algorithm=lazy_c), algo, data)
                  for algo in CHEAP_LAZY})

@@ -4,7 +4,7 @@ The claim (issue 14): momentum SGD and AdamW under the hook train the default se
 784-512-10, embedded MNIST-5k, batch 10 per worker, 20 epochs) to within 0.5 points of the same
 optimizer under plain DDP, and a bf16-autocast run likewise. The hook is registered with the
 optimizer (so momentum correction and Adam's frozen second moment apply) at its default tensor
-policy and warm-up (issue 23); its algorithm and codec are the README's earlier ones:
+policy and warm-up (issue 23); its algorithm and codec are the earlier documented ones:
 ``always+topk`` (top-k per tensor, h = 1 %, error feedback) with the ``rice+sign`` codec. The
 runs are benchmarks/ddp_accuracy.py's own (same code, same learning rates), 2 ranks on gloo.
 
@@ -14,7 +14,7 @@ runs are benchmarks/ddp_accuracy.py's own (same code, same learning rates), 2 ra
   2 epochs the runs are still moving (constant lr) and the hook is still catching up on its error
   memory, so 0.5 points cannot be asserted there; REDUCED_TOLERANCE is what the spread of that
   setting over 10 seeds justifies (see its comment). The 0.5-point claim is the full setting's;
-  the README gives its figures (benchmarks/ddp_accuracy.py, 3 seeds).
+  docs/ddp-hook.md gives its figures (benchmarks/ddp_accuracy.py, 3 seeds).
 * ``test_full_setting_rerun``: reruns the full setting for seed 0 (minutes; set
   SASG_FULL_ACCURACY=1) and asserts every pair within 0.5 points.
 """

@@ -20,7 +20,7 @@ from sasg.sim import RunResult
 
 TINY = ["--dataset", "synthetic", "--workers", "4", "--batch-size", "5", "--epochs", "1",
         "--eval-every", "4", "--density", "0.1", "--window", "3"]
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def strict_load(path: Path) -> dict:
@@ -196,12 +196,12 @@ BASE = {"algorithm": "sasg", "target_metric": "top1", "num_parameters": 10, "bac
         "wall_seconds": 1.0, "train_seconds": 1.0, "iters_per_second": 30.0, "diverged": False}
 
 
-# ----- 7. the README lists every file the run folder holds ----------------------------------------
+# ----- 7. docs/cli.md lists every file the run folder holds ----------------------------------------
 
-def test_readme_run_folder_section_lists_every_file(tmp_path):
+def test_docs_run_folder_section_lists_every_file(tmp_path):
     runs = {"sgd": fake_run("sgd", [10.0, 80.0]), "sasg": fake_run("sasg", [10.0, 70.0])}
     write_run_folder(tmp_path, runs, small_config(algorithms=["sgd", "sasg"], target_metric="top5"))
-    text = README.read_text()
+    text = CLI_DOC.read_text()
     section = text[text.index("### The run folder"):text.index("## Paper-scale experiments")]
     for p in tmp_path.iterdir():
         assert f"`{p.name}`" in section, p.name

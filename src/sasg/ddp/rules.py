@@ -7,7 +7,7 @@ that, and so do the lazy rules that compare the fresh gradient with one the work
 anchor on the same minibatch (``wk2``: the ``sasg`` and ``lasg`` aliases; a trigger that declares
 ``needs_stale_grads = True``) needs the training loop's help: a hook cannot run another
 forward/backward pass, so the loop calls :meth:`sasg.ddp.HookState.second_gradient` with its
-loss before ``loss.backward()`` (README, "SASG in a DDP job").
+loss before ``loss.backward()`` (docs/ddp-hook.md, "SASG in a DDP job").
 """
 
 from __future__ import annotations

@@ -170,13 +170,14 @@ def _none_readable(folder: Path, seed: int, name: str) -> ConfigError:
 def _note_long_windows(config: RunConfig, rounds: int) -> None:
     """A lazy rule whose window D covers the whole run never skips (its warm-up is D rounds): not
     an error (a quick trial run often is that short), but worth a line, as it looks like one."""
-    from .core import REGISTRIES, AlgorithmSpec, Layout
+    from .core import REGISTRIES, AlgorithmSpec
+    from .core.capabilities import capability
 
     for name in config.algorithms:
         spec = AlgorithmSpec.parse(name, config.settings_for(name))
-        # Only a rule with a warm-up window (not always, not clag, which has no window).
-        trigger = REGISTRIES["trigger"].get(spec.trigger).factory(Layout([("probe", (8,))]), spec.settings)
-        if getattr(trigger, "window", None) is not None and spec.settings.window >= rounds:
+        # Only a rule with a warm-up window (not always, not clag, which has no window): its
+        # declared capability "window" (sasg.core.capabilities).
+        if capability(REGISTRIES["trigger"].get(spec.trigger), "window") and spec.settings.window >= rounds:
             print(f"sasg: note: {name}: window D = {spec.settings.window} covers the whole run ({rounds} rounds), "
                   "so it uploads every round (warm-up); use a smaller --window or a longer run", file=sys.stderr)
 

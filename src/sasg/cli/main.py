@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_subparser(sub, add_training_flags, ALGO_HELP)
     listing = sub.add_parser("list", help="list the registered triggers, compressors, memories, codecs and aliases",
                              description="Every registered member, one line each: kind, name, description.")
+    listing.add_argument("--verbose", "-v", action="store_true",
+                         help="also each member's optional capabilities (sasg.core.capabilities), one line under it")
     add_plugin_flag(listing)
     return parser
 
@@ -408,7 +410,21 @@ def list_members(args) -> int:
     width = max(len(name) for _, name, _ in rows)
     for kind, name, description in rows:
         print(f"{kind:<10}  {name:<{width}}  {description}")
+        if args.verbose and kind in ("trigger", "compressor", "memory"):
+            print(f"{'':<10}  {'':<{width}}  capabilities: {member_capabilities(kind, name)}")
     return 0
+
+
+def member_capabilities(kind: str, name: str) -> str:
+    """A registered member's optional capabilities in one line (a plug-in that declares none and
+    cannot be built on a small layout: why not)."""
+    from ..core import REGISTRIES
+    from ..core.capabilities import describe
+
+    try:
+        return describe(REGISTRIES[kind].get(name))
+    except Exception as e:  # an older plug-in's member, built to read them, refused
+        return f"unknown ({type(e).__name__}: {e})"
 
 
 _FLAG_FIELDS = (

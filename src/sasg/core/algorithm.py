@@ -24,8 +24,9 @@ itself is :class:`sasg.engine.RoundEngine`; this object only holds the members.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .capabilities import flag as member_flag, provided
 from .codecs import Codec
 from .compressors import Compressor
 from .layout import Layout
@@ -46,17 +47,21 @@ class Algorithm:
     # What the server steps by when workers skip: every worker's last message ("last", the
     # paper's) or the round's messages scaled to M ("senders"); see sasg.core.aggregate.
     aggregate: str = "last"
+    # Each member's optional flags as its registration declares them ({"trigger": {...}, ...};
+    # sasg.core.capabilities), filled by AlgorithmSpec.build; None (an algorithm composed by
+    # hand): read off the members.
+    capabilities: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if self.aggregate == "senders" and getattr(self.memory, "server_store", None) is not None:
+        if self.aggregate == "senders" and provided(self.memory, "server_store") is not None:
             raise ValueError(
                 f"{self.name}: aggregate 'senders' empties a skipper's slot on the server, but the memory "
                 f"{self.memory.name!r} keeps a running state there instead of messages; use aggregate 'last'"
             )
         # A member that works only with certain others says so (clag needs the ef21 estimate):
-        # its check_algorithm(algorithm) raises a ValueError that names the fix.
+        # its check_algorithm(algorithm) raises a ValueError that names the fix (sasg.core.capabilities).
         for member in (self.trigger, self.compressor, self.memory):
-            check = getattr(member, "check_algorithm", None)
+            check = provided(member, "check_algorithm")
             if callable(check):
                 check(self)
 
@@ -64,9 +69,21 @@ class Algorithm:
     def layout(self) -> Layout:
         return self.compressor.layout
 
+    def flag(self, role: str, name: str):
+        """The flag ``name`` of the member in ``role`` (``"trigger"``, ``"compressor"``,
+        ``"memory"``): as declared where it registered, else as the member says
+        (:mod:`sasg.core.capabilities`)."""
+        declared = (self.capabilities or {}).get(role)
+        return declared[name] if declared is not None else member_flag(getattr(self, role), name)
+
     @property
     def lazy(self) -> bool:
-        return self.trigger.lazy
+        return bool(self.flag("trigger", "lazy"))
+
+    @property
+    def needs_stale_grads(self) -> bool:
+        """Whether the trigger may ask for a second gradient at the anchor (``wk2``)."""
+        return bool(self.flag("trigger", "needs_stale_grads"))
 
     @property
     def worker_buffers(self) -> tuple:
@@ -88,7 +105,7 @@ class Algorithm:
         """A lossy codec and a memory that does not send what was dropped later: the applied
         updates are biased (the report says so). Not when the compressor's messages are exactly
         representable in that codec (``exact_under``: e.g. terngrad's under ``ternary``)."""
-        exact = self.codec_name in getattr(self.compressor, "exact_under", ())
+        exact = self.codec_name in self.flag("compressor", "exact_under")
         return not self.codec.lossless and not self.memory.corrects and not exact
 
     def describe(self) -> dict:

@@ -10,6 +10,10 @@ A class whose ``__init__`` takes ``(layout, settings)`` is its own factory, so a
     class MyCompressor:
         def __init__(self, layout, settings): ...
 
+A trigger, compressor or memory also declares its optional capabilities here, with
+``capabilities={...}`` (its flags with their values, its methods with ``True``;
+:mod:`sasg.core.capabilities`), so that what it can do is known without building it.
+
 Algorithms are compositions ``TRIGGER+COMPRESSOR[+MEMORY]`` of registered names
 (:mod:`sasg.core.spec`); the paper's four names are aliases of compositions.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 # "index" and "value" are the parts of a composite codec INDEX+VALUE (sasg.core.codecs.composite).
 KINDS = ("trigger", "compressor", "memory", "codec", "index", "value")
@@ -30,6 +34,9 @@ class Entry:
     name: str
     description: str
     factory: Callable[..., Any]
+    # The declared optional capabilities ({name: value}; sasg.core.capabilities), or None: not
+    # declared (an older plug-in), then read off the class or a built member.
+    capabilities: Mapping[str, Any] | None = None
 
 
 class Registry:
@@ -39,12 +46,16 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, description: str, factory: Callable[..., Any], replace: bool = False) -> Entry:
+    def add(self, name: str, description: str, factory: Callable[..., Any], replace: bool = False,
+            capabilities: Mapping[str, Any] | None = None) -> Entry:
         key = _check_name(name, self.kind)
+        from .capabilities import check_declared
+
+        capabilities = check_declared(self.kind, key, capabilities)
         old = self._entries.get(key)
         if old is not None and not replace and not _same_definition(old.factory, factory):
             raise ValueError(f"a {self.kind} named {key!r} is already registered; choose another name")
-        entry = self._entries[key] = Entry(self.kind, key, " ".join(description.split()), factory)
+        entry = self._entries[key] = Entry(self.kind, key, " ".join(description.split()), factory, capabilities)
         return entry
 
     def get(self, name: str) -> Entry:
@@ -93,18 +104,20 @@ def _check_name(name: str, kind: str) -> str:
     return key
 
 
-def register(kind: str, name: str, description: str, factory: Callable[..., Any] | None = None):
+def register(kind: str, name: str, description: str, factory: Callable[..., Any] | None = None, *,
+             capabilities: Mapping[str, Any] | None = None):
     """Register ``factory`` (or, used as a decorator, the decorated class or function) as the
-    ``kind`` member ``name``. Registering the same factory twice (a re-imported plug-in) is fine;
-    another one under a taken name is an error."""
+    ``kind`` member ``name``, with its optional ``capabilities`` (:mod:`sasg.core.capabilities`;
+    ``None``: read off the class or a built member). Registering the same factory twice (a
+    re-imported plug-in) is fine; another one under a taken name is an error."""
     if kind not in REGISTRIES:
         raise ValueError(f"unknown member kind {kind!r}; choose from {', '.join(KINDS)}")
     if factory is not None:
-        REGISTRIES[kind].add(name, description, factory)
+        REGISTRIES[kind].add(name, description, factory, capabilities=capabilities)
         return factory
 
     def decorate(obj):
-        REGISTRIES[kind].add(name, description, obj)
+        REGISTRIES[kind].add(name, description, obj, capabilities=capabilities)
         return obj
 
     return decorate

@@ -15,6 +15,7 @@ from numbers import Integral
 
 from .aggregate import check_aggregate
 from .algorithm import Algorithm
+from .capabilities import capability, check_member
 from .layout import Layout
 from .registry import ALIASES, REGISTRIES
 from .tensor_policy import check_tensor_policy, whole_segments
@@ -133,33 +134,49 @@ class AlgorithmSpec:
     def composition(self) -> str:
         return "+".join(p for p in (self.trigger, self.compressor, self.memory) if p)
 
+    @property
+    def memory_name(self) -> str:
+        """The memory as written, else the trigger's default if it reads a memory's state
+        (clag: ef21), else the compressor's: read from the registry, nothing built."""
+        return (self.memory or capability(REGISTRIES["trigger"].get(self.trigger), "default_memory")
+                or capability(REGISTRIES["compressor"].get(self.compressor), "default_memory") or "none")
+
     def build(self, layout: Layout, codec: str = "paper32") -> Algorithm:
-        """The members for a model ``layout``; messages priced and encoded by ``codec``."""
+        """The members for a model ``layout``; messages priced and encoded by ``codec``. Each
+        member is checked against the capabilities its registration declares."""
         s = self.settings
-        compressor = REGISTRIES["compressor"].get(self.compressor).factory(layout, s)
-        if any(whole_segments(layout, s.tensor_policy)) and not getattr(compressor, "honours_tensor_policy", False):
+        entry = REGISTRIES["compressor"].get(self.compressor)
+        if any(whole_segments(layout, s.tensor_policy)) and not capability(entry, "honours_tensor_policy"):
             raise ValueError(
                 f"algorithm {self.name!r}: the compressor {self.compressor!r} does not send tensors whole, so the "
                 f"tensor policy {s.tensor_policy!r} cannot apply to it; use --tensor-policy all, or a compressor "
                 "that honours it (topk, identity)"
             )
-        trigger = REGISTRIES["trigger"].get(self.trigger).factory(layout, s)
-        # No memory written: the trigger's default if it reads a memory's state (clag: ef21),
-        # else the compressor's.
-        memory_name = (self.memory or getattr(trigger, "default_memory", None)
-                       or getattr(compressor, "default_memory", "none"))
+        memory_name = self.memory_name
         if s.warmup and memory_name not in ("ef", "none"):
             raise ValueError(f"algorithm {self.name!r}: a dense warm-up runs through the error memory ef or none, "
                              f"not {memory_name!r} (its server keeps state of its own); use --warmup 0")
+        caps = {}
+        compressor = _built(entry, layout, s, caps)
+        trigger = _built(REGISTRIES["trigger"].get(self.trigger), layout, s, caps)
         return Algorithm(
             name=self.name,
             trigger=trigger,
             compressor=compressor,
-            memory=REGISTRIES["memory"].get(memory_name).factory(layout, s),
+            memory=_built(REGISTRIES["memory"].get(memory_name), layout, s, caps),
             codec=build_codec(codec, layout, s),
             warmup=s.warmup,
             aggregate=s.aggregate,
+            capabilities=caps,
         )
+
+
+def _built(entry, layout: Layout, settings: AlgorithmSettings, caps: dict):
+    """The member of ``entry`` for ``layout``, refused where it breaks its declared capabilities;
+    its capabilities go into ``caps`` under its kind (as declared, else as the member says)."""
+    member = entry.factory(layout, settings)
+    caps[entry.kind] = check_member(entry, member)
+    return member
 
 
 def _unknown(name: str, why: str = "") -> str:

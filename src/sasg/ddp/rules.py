@@ -12,10 +12,10 @@ loss before ``loss.backward()`` (docs/ddp-hook.md, "SASG in a DDP job").
 
 from __future__ import annotations
 
+from ..core.capabilities import capability
 from ..core.layout import Layout
 from ..core.registry import REGISTRIES
 from ..core.spec import AlgorithmSettings, AlgorithmSpec
-from ..core.triggers import needs_stale_grads
 
 _PROBE = Layout([("probe", (8,))])
 
@@ -24,14 +24,15 @@ def hook_triggers(second_gradient: bool = False) -> list[str]:
     """The registered triggers that run in a hook on DDP's gradient alone (``always``, ``wk1``,
     ``ps``, ``clag`` and any plug-in that says so), in registration order; with
     ``second_gradient=True`` also those that need the loop's :meth:`~sasg.ddp.HookState.second_gradient`
-    (``wk2``)."""
+    (``wk2``). Read from what each trigger declares where it registers (its ``needs_stale_grads``,
+    :mod:`sasg.core.capabilities`): nothing is built."""
     names = []
     for entry in REGISTRIES["trigger"].entries():
         try:
-            trigger = entry.factory(_PROBE, AlgorithmSettings())
-        except Exception:  # a plug-in that cannot be built on a probe layout: not offered
+            needs = capability(entry, "needs_stale_grads")
+        except Exception:  # an older plug-in that declares nothing and cannot be built on a small layout
             continue
-        if second_gradient or not needs_stale_grads(trigger):
+        if second_gradient or not needs:
             names.append(entry.name)
     return names
 
@@ -55,15 +56,17 @@ def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int |
     the members allow them and are off otherwise (``randomk`` sends no tensor whole; ``ef21``'s
     server state leaves no room for dense rounds nor for dropping a skipper's slot)."""
     spec = AlgorithmSpec.parse(algo, AlgorithmSettings(**settings))
+    spec.build(_PROBE)  # members that refuse each other (clag without ef21) say so now
+    # The defaults follow what the members declare where they register (sasg.core.capabilities).
     if tensor_policy is None:
-        compressor = REGISTRIES["compressor"].get(spec.compressor).factory(_PROBE, spec.settings)
-        tensor_policy = DEFAULT_TENSOR_POLICY if getattr(compressor, "honours_tensor_policy", False) else "all"
-    memory = spec.build(_PROBE).memory
+        honours = capability(REGISTRIES["compressor"].get(spec.compressor), "honours_tensor_policy")
+        tensor_policy = DEFAULT_TENSOR_POLICY if honours else "all"
+    memory = spec.memory_name
     if warmup is None:
-        warmup = DEFAULT_WARMUP if memory.name in ("ef", "none") else 0
+        warmup = DEFAULT_WARMUP if memory in ("ef", "none") else 0
     if aggregate is None:
-        lazy = REGISTRIES["trigger"].get(spec.trigger).factory(_PROBE, spec.settings).lazy
-        keeps_messages = getattr(memory, "server_store", None) is None
+        lazy = capability(REGISTRIES["trigger"].get(spec.trigger), "lazy")
+        keeps_messages = not capability(REGISTRIES["memory"].get(memory), "server_store")
         aggregate = DEFAULT_LAZY_AGGREGATE if lazy and keeps_messages else "last"
     return AlgorithmSpec.parse(algo, AlgorithmSettings(**settings, tensor_policy=tensor_policy, warmup=warmup,
                                                        aggregate=aggregate))

@@ -74,12 +74,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..config import MAX_SEED
+from ..core.capabilities import provided
 from ..core.spec import check_codec
 from ..core.state import at_least, check_like, equal_to, part_name
 from ..engine import RoundEngine
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
-from ..core.triggers import needs_stale_grads
 from .buckets import ParameterIndex, bucket_nbytes
 from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
 from .rules import hook_algorithm
@@ -199,7 +199,7 @@ class HookState:
         if step_metric == "auto" and optimizer is not None and self.algorithm.lazy:
             if is_adam(optimizer):
                 self._metric_kind = "adam"
-            elif is_momentum_sgd(optimizer) and (self.momentum is None or needs_stale_grads(self.algorithm.trigger)):
+            elif is_momentum_sgd(optimizer) and (self.momentum is None or self.algorithm.needs_stale_grads):
                 self._metric_kind = "momentum"
         self._metric_groups = groups_of(optimizer, self.index.params) if self._metric_kind else None
         if self.algorithm.lazy and self._lr is None:
@@ -327,7 +327,7 @@ class HookState:
 
     def _round(self, buckets) -> None:
         engine, index = self.engine, self.index
-        if not self._asked and needs_stale_grads(self.algorithm.trigger) and self.rounds >= self.start_iter:
+        if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
             self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
         index.gather(buckets, self._grads)
         if self._needs_theta:  # theta^k: lazy rules measure drift from their anchors, DGC's decay reads it
@@ -372,7 +372,7 @@ class HookState:
     def _kept_fractions(self) -> list[float | None]:
         """Per tensor, the fraction of its entries a message keeps (None: sent whole)."""
         whole = whole_segments(self.index.layout, self.spec.settings.tensor_policy)
-        ks = getattr(self.algorithm.compressor, "k_per_segment", None)
+        ks = provided(self.algorithm.compressor, "k_per_segment")
         density = self.spec.settings.density
         return [None if w else (k / seg.numel if ks is not None else density)
                 for seg, w, k in zip(self.index.layout.segments, whole, ks or [None] * len(whole))]
@@ -398,7 +398,7 @@ class HookState:
 
         The loss is computed as the function says: random layers (dropout) draw from the global
         generator, so the shadow's draws differ from the step's own, as two forward passes do."""
-        if not needs_stale_grads(self.algorithm.trigger):
+        if not self.algorithm.needs_stale_grads:
             return False
         engine = self.start().engine
         self._asked = True
@@ -452,7 +452,7 @@ class HookState:
         engine, alg = self.engine, self.algorithm
         if self.rounds < self.start_iter or engine.iteration < alg.warmup:
             return False  # a plain all-reduce round, or a dense warm-up round: no rule runs
-        checked = getattr(alg.trigger, "checked_rows", None)
+        checked = provided(alg.trigger, "checked_rows")
         if checked is None:
             return True  # a rule that does not say: always have it ready
         return bool(checked(engine.iteration - alg.warmup, engine.workers.staleness)[0])

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from ..accounting import Ledger
 from ..core.algorithm import Algorithm
+from ..core.capabilities import provided
 from ..core.compressors import Identity
 from ..core.layout import Layout
 from ..core.state import (ServerState, WorkerState, at_least, check_like, equal_to, generator_state,
@@ -126,8 +127,8 @@ class RoundEngine:
         self.workers = WorkerState.create(len(self.local_workers), d, algorithm.worker_buffers, device, dtype)
         # Members' server-side capabilities: a memory whose server keeps its own state per worker
         # (ef21: the estimates h_m, accumulated) and a compressor's server buffers (powersgd: Q).
-        store = getattr(algorithm.memory, "server_store", None)
-        own = getattr(algorithm.compressor, "server_buffers", None)
+        store = provided(algorithm.memory, "server_store")
+        own = provided(algorithm.compressor, "server_buffers")
         self.server = ServerState(
             last=(store(algorithm.compressor, M, device=device, dtype=dtype) if store is not None
                   else algorithm.compressor.empty(M, device=device, dtype=dtype)),
@@ -136,7 +137,7 @@ class RoundEngine:
         )
         if algorithm.aggregate == "senders":  # how many sent in the latest round anyone sent in
             self.server.buffers[SENDERS] = torch.zeros(1, dtype=torch.int64)
-        self._receive = getattr(algorithm.memory, "receive", None)
+        self._receive = provided(algorithm.memory, "receive")
         self.generators = [
             torch.Generator().manual_seed(worker_seed(seed, m, MEMBER_STREAM)) for m in self.local_workers
         ]
@@ -182,7 +183,7 @@ class RoundEngine:
             check_decision(alg.trigger, upload, len(self.local_workers))
         rows = upload.nonzero().squeeze(1).tolist()
         compressor, template, link = alg.compressor, self.template, None
-        begin = getattr(compressor, "begin_round", None)
+        begin = provided(compressor, "begin_round")
         if begin is not None:  # a compressor with an exchange of its own (powersgd: P, then Q)
             link = Link(upload, self.server, alg.codec, self.transport, alg.lazy)
             compressor = begin(link)

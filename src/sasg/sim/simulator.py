@@ -25,6 +25,7 @@ from torch import Tensor
 from ..accounting import Ledger
 from ..config import ConfigError, RunConfig
 from ..core.algorithm import Algorithm
+from ..core.capabilities import provided
 from ..core.layout import Layout
 from ..core.spec import AlgorithmSpec
 from ..core.state import at_least, check_like, generator_state, list_of, optional
@@ -170,7 +171,7 @@ class Simulator:
         self.gradients = make_gradients(self.model, self.layout, config.backend)
         # A rule that says before the round which rows it will check (wk2) lets a one-worker
         # engine (a rank of a real run) compute the fresh and the stale gradient in one call.
-        self._checked_rows = getattr(self.algorithm.trigger, "checked_rows", None)
+        self._checked_rows = provided(self.algorithm.trigger, "checked_rows")
         self._pair_gradients = (self._checked_rows is not None and len(self.local_workers) == 1
                                 and hasattr(self.gradients, "fresh_and_stale"))
         self.workspace = Workspace()  # the gathered anchors of the checked workers

@@ -33,6 +33,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from torch import Tensor
 
+from ..capabilities import flag
+
 
 @runtime_checkable
 class Trigger(Protocol):
@@ -59,7 +61,4 @@ def needs_stale_grads(trigger) -> bool:
     runner that offers the second gradient) is taken to need it exactly when it is lazy: a rule
     that uploads every round never compares gradients, and a lazy one that is wrongly assumed not
     to need it would fail in the middle of a round on some ranks only."""
-    declared = getattr(trigger, "needs_stale_grads", None)
-    if declared is not None:
-        return bool(declared)
-    return bool(getattr(trigger, "lazy", True))
+    return bool(flag(trigger, "needs_stale_grads"))

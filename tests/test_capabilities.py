@@ -13,7 +13,7 @@ import torch
 from sasg.cli.main import main
 from sasg.config import ConfigError, RunConfig
 from sasg.core import AlgorithmSpec, Layout, register
-from sasg.core.capabilities import CAPABILITIES, capabilities_of, check_member, for_kind
+from sasg.core.capabilities import CAPABILITIES, METHOD, capabilities_of, check_member, for_kind
 from sasg.core.natural import natural_codec
 from sasg.core.registry import REGISTRIES
 from sasg.core.spec import AlgorithmSettings
@@ -58,7 +58,11 @@ def test_every_built_in_member_keeps_its_declaration():
         for entry in REGISTRIES[kind].entries():
             assert entry.capabilities is not None, f"{kind} {entry.name} declares no capabilities"
             declared = capabilities_of(entry)
-            assert check_member(entry, entry.factory(LAYOUT, AlgorithmSettings())) == declared
+            member = entry.factory(LAYOUT, AlgorithmSettings())
+            assert check_member(entry, member) == declared
+            for cap in for_kind(kind):  # each method as its protocol says
+                if cap.sort == METHOD and declared[cap.name]:
+                    assert isinstance(member, cap.protocol), (entry.name, cap.name)
             assert set(declared) == {c.name for c in for_kind(kind)}
     assert len(CAPABILITIES) >= 14
 

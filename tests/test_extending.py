@@ -111,6 +111,11 @@ def test_registry_names_and_errors(plugin):
     assert (spec.trigger, spec.compressor, spec.memory) == ("alternate", "randblock", "")
     assert make_algorithm("alternate+randblock", Layout([("w", (4, 5))]), density=0.25).memory.name == "ef"
     assert make_algorithm("alternate+randblock+none", Layout([("w", (4, 5))])).memory.name == "none"
+    # Its declared capabilities: no second gradient, so a DDP hook runs it (sasg.core.capabilities).
+    from sasg.ddp import hook_triggers
+
+    assert "alternate" in hook_triggers()
+    assert not make_algorithm("alternate+randblock", Layout([("w", (4, 5))])).needs_stale_grads
     with pytest.raises(ValueError, match="'randk' is no registered compressor"):
         AlgorithmSpec.parse("wk2+randk")
     with pytest.raises(ValueError, match="is already registered"):

@@ -105,6 +105,7 @@ class ChecksAlgorithm(Protocol):
 FLAG, METHOD = "flag", "method"
 _UNSET = object()  # needs_stale_grads' default: the trigger's lazy flag
 
+
 @dataclass(frozen=True)
 class Capability:
     name: str

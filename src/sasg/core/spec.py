@@ -145,20 +145,22 @@ class AlgorithmSpec:
         """The members for a model ``layout``; messages priced and encoded by ``codec``. Each
         member is checked against the capabilities its registration declares."""
         s = self.settings
-        entry = REGISTRIES["compressor"].get(self.compressor)
-        if any(whole_segments(layout, s.tensor_policy)) and not capability(entry, "honours_tensor_policy"):
+        caps = {}  # each member's capabilities: as declared, else as the member says
+        compressor = _built(REGISTRIES["compressor"].get(self.compressor), layout, s, caps)
+        if any(whole_segments(layout, s.tensor_policy)) and not caps["compressor"]["honours_tensor_policy"]:
             raise ValueError(
                 f"algorithm {self.name!r}: the compressor {self.compressor!r} does not send tensors whole, so the "
                 f"tensor policy {s.tensor_policy!r} cannot apply to it; use --tensor-policy all, or a compressor "
                 "that honours it (topk, identity)"
             )
-        memory_name = self.memory_name
+        trigger = _built(REGISTRIES["trigger"].get(self.trigger), layout, s, caps)
+        # No memory written: the trigger's default if it reads a memory's state (clag: ef21),
+        # else the compressor's (as memory_name says).
+        memory_name = (self.memory or caps["trigger"]["default_memory"] or caps["compressor"]["default_memory"]
+                       or "none")
         if s.warmup and memory_name not in ("ef", "none"):
             raise ValueError(f"algorithm {self.name!r}: a dense warm-up runs through the error memory ef or none, "
                              f"not {memory_name!r} (its server keeps state of its own); use --warmup 0")
-        caps = {}
-        compressor = _built(entry, layout, s, caps)
-        trigger = _built(REGISTRIES["trigger"].get(self.trigger), layout, s, caps)
         return Algorithm(
             name=self.name,
             trigger=trigger,
@@ -173,7 +175,7 @@ class AlgorithmSpec:
 
 def _built(entry, layout: Layout, settings: AlgorithmSettings, caps: dict):
     """The member of ``entry`` for ``layout``, refused where it breaks its declared capabilities;
-    its capabilities go into ``caps`` under its kind (as declared, else as the member says)."""
+    its capabilities go into ``caps`` under its kind."""
     member = entry.factory(layout, settings)
     caps[entry.kind] = check_member(entry, member)
     return member

@@ -16,13 +16,18 @@ send; the compressor itself is stateless between rounds.
   instead of a copy. Without it, the payload must not alias ``v`` (error feedback then updates
   ``v`` in place).
 
-Optional ``exact_under``: names of lossy codecs (value formats) that nevertheless decode this
+Optional capabilities (declared where the member registers, :mod:`sasg.core.capabilities`,
+which lists them; ``sasg list --verbose`` shows each member's):
+
+``exact_under``: names of lossy codecs (value formats) that nevertheless decode this
 member's messages bit for bit (``terngrad`` under ``ternary``), so a run with them is not biased.
 
 ``default_memory`` names the memory a composition gets when none is written (``topk``: error
-feedback; ``identity``: none).
+feedback; ``identity``: none); ``default_codec`` the codec it is priced with when none is named
+(``qsgd``: ``elias``); ``honours_tensor_policy``: it sends the tensors a tensor policy names whole
+(``topk``, ``identity``); ``k_per_segment``: the entries it keeps of every tensor.
 
-Optional engine capabilities (:mod:`sasg.engine.round` calls them where a compressor has them):
+Engine capabilities (:mod:`sasg.engine.round` calls them where a compressor has them):
 
 * ``server_buffers(seed, device=..., dtype=...) -> {name: tensor}``: server-side state, created
   the same on every holder and saved with the server's state (``powersgd``: the warm-start Q);

@@ -17,8 +17,9 @@ so a lossy codec leaves the updates unbiased over time; without it such a run is
 where it lies) belongs in the member's ``upload``, never in the round engine.
 
 ``upload`` calls ``compressor.compress`` once per round, also with no rows (a compressor with an
-exchange of its own, ``powersgd``, takes part in its collective there). Optional server side
-(:mod:`sasg.engine.round` calls them where a memory has them): ``server_store(compressor, M,
+exchange of its own, ``powersgd``, takes part in its collective there). Optional server side,
+capabilities declared where the memory registers (:mod:`sasg.core.capabilities`;
+:mod:`sasg.engine.round` calls them where a memory has them): ``server_store(compressor, M,
 device=..., dtype=...)`` is what the server keeps per worker instead of the last messages, and
 ``receive(store, senders, q_all)`` updates it instead of replacing the senders' messages
 (``ef21``: the estimates, :math:`h_m \mathrel{+}= \mathrm{decoded}(c_m)`); the step is still

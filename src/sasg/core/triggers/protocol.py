@@ -13,12 +13,19 @@ of the uploaders' fresh gradients records it in ``decide``, the only place that 
   the server keeps for the rule;
 * ``worker_buffers``: the ``(N, d)`` buffers it keeps per worker, by name (e.g. ``anchor``), or
   ``(name, width)`` for an ``(N, width)`` one (e.g. ``("lipschitz", 1)``: one number per worker);
-* ``uploaded(workers, rows, theta)``: bookkeeping after the ``rows`` uploaded at ``theta``;
-* ``needs_stale_grads`` (optional): ``True`` if ``decide`` may call ``rnd.stale_grads`` (``wk2``),
+* ``uploaded(workers, rows, theta)``: bookkeeping after the ``rows`` uploaded at ``theta``.
+
+Optional capabilities, declared where the trigger registers (:mod:`sasg.core.capabilities`, which
+lists them; ``sasg list --verbose`` shows each trigger's), so that they are known without building it:
+
+* ``needs_stale_grads``: ``True`` if ``decide`` may call ``rnd.stale_grads`` (``wk2``),
   ``False`` if it never does (``always``, ``wk1``, ``ps``). Runners that cannot evaluate the loss a
   second time (the DDP communication hook, :mod:`sasg.ddp`) run only triggers that never do. A
-  trigger without the attribute is answered by :func:`needs_stale_grads` (see there).
-* ``checked_rows(iteration, staleness)`` (optional, for rules that need stale gradients): the
+  trigger that says nothing is answered by :func:`needs_stale_grads` (see there).
+* ``window``: it uses the window ``D`` (uploads every round for the first ``D``); ``default_memory``:
+  the memory its compositions get when none is written (``clag``: ``ef21``); ``check_algorithm``:
+  a method that refuses the members it cannot work with;
+* ``checked_rows(iteration, staleness)`` (for rules that need stale gradients): the
   ``(N,)`` bool mask of the rows ``decide`` will ask ``rnd.stale_grads`` for this round, known
   before the round. A runner holding one worker then computes the fresh and the stale gradient in
   one pass (``wk2``).
@@ -56,7 +63,9 @@ class Trigger(Protocol):
 def needs_stale_grads(trigger) -> bool:
     """Whether ``trigger`` may ask for a second gradient at the anchor (``rnd.stale_grads``).
 
-    Its own ``needs_stale_grads`` attribute when it has one. A trigger without it (a plug-in
+    Its own ``needs_stale_grads`` attribute when it has one. (A trigger built from the registry
+    answers as its registration declares: :attr:`sasg.core.Algorithm.needs_stale_grads`.) A trigger
+    without it (a plug-in
     written before the attribute existed; it is optional, so such plug-ins keep working in every
     runner that offers the second gradient) is taken to need it exactly when it is lazy: a rule
     that uploads every round never compares gradients, and a lazy one that is wrongly assumed not

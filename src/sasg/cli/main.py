@@ -356,8 +356,9 @@ def make_watchers(args) -> list:
 def add_plugin_flag(p) -> None:
     p.add_argument(
         "--plugin", action="append", default=[], metavar="MODULE",
-        help="import MODULE (an import path or a .py file) first: its registered members can then be "
-             "named in --algo/--algos; repeatable or comma-separated; also $SASG_PLUGINS",
+        help="import MODULE (a .py file, or an import path on PYTHONPATH: the current folder is not searched "
+             "unless PYTHONPATH=.) first: its registered members can then be named in --algo/--algos; "
+             "repeatable or comma-separated; also $SASG_PLUGINS",
     )
 
 

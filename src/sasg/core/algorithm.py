@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .codecs import Codec
-from .compressors import Compressor
+from .codecs.protocol import Codec
+from .compressors.protocol import Compressor
 from .layout import Layout
-from .memories import Memory
-from .triggers import Trigger
+from .memories.protocol import Memory
+from .triggers.protocol import Trigger
 
 
 @dataclass

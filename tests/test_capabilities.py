@@ -13,7 +13,8 @@ import torch
 from sasg.cli.main import main
 from sasg.config import ConfigError, RunConfig
 from sasg.core import AlgorithmSpec, Layout, register
-from sasg.core.capabilities import CAPABILITIES, METHOD, capabilities_of, check_member, for_kind
+from sasg.core.capabilities import CAPABILITIES, METHOD, check_member, for_kind
+from sasg.core.declared import capabilities_of, default_memory
 from sasg.core.natural import natural_codec
 from sasg.core.registry import REGISTRIES
 from sasg.core.spec import AlgorithmSettings
@@ -161,7 +162,7 @@ def test_hook_triggers_and_the_defaults_build_no_member(monkeypatch):
     assert "cap-declared" in plain and "wk2" not in plain
     assert "wk2" in hook_triggers(second_gradient=True)
     assert natural_codec("always+qsgd") == "elias" and natural_codec("wk2+topk") == "paper32"
-    assert AlgorithmSpec.parse("clag+topk").memory_name == "ef21"
+    assert default_memory(AlgorithmSpec.parse("clag+topk")) == "ef21"
     assert calls == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,8 +130,31 @@ def test_a_missing_plugin_is_one_clear_line(tmp_path, capsys):
     assert main(["run", "--plugin", "no_such_sasg_plugin", "--algo", "sgd", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "plug-in 'no_such_sasg_plugin': no module named" in err and "Traceback" not in err
+    assert "PYTHONPATH" in err and len(err.strip().splitlines()) == 1  # and how to fix it
     assert main(["run", "--plugin", str(tmp_path / "missing.py"), "--algo", "sgd", "--dry-run"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_sys_path_changes_only_as_the_user_says(tmp_path, monkeypatch, capsys):
+    """sasg never puts a folder on sys.path: a module of the current folder is imported once the
+    user puts it there (PYTHONPATH=.), and the error before says so; a .py file is loaded by its path."""
+    (tmp_path / "cwd_members.py").write_text("LOADED = True\n")
+    (tmp_path / "needs_sibling.py").write_text("import sibling_of_needs_sibling\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_members", raising=False)
+    path = list(sys.path)
+    assert main(["list", "--plugin", "cwd_members"]) == 2
+    err = capsys.readouterr().err
+    assert "cwd_members.py is in the current folder" in err and "PYTHONPATH=." in err, err
+    assert "cwd_members" not in sys.modules and sys.path == path
+    assert main(["list", "--plugin", "needs_sibling.py"]) == 2
+    err = capsys.readouterr().err
+    assert "sibling_of_needs_sibling" in err and "installed or on PYTHONPATH" in err and sys.path == path
+    assert main(["list", "--plugin", "cwd_members.py"]) == 0 and sys.path == path
+    sys.path.insert(0, str(tmp_path))  # what PYTHONPATH=. does
+    assert main(["list", "--plugin", "cwd_members"]) == 0
+    assert sys.modules.pop("cwd_members").LOADED and sys.path == [str(tmp_path), *path]
 
 
 def test_wk2_topk_and_sasg_give_identical_records_but_their_names(tmp_path):

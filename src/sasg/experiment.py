@@ -171,7 +171,7 @@ def _note_long_windows(config: RunConfig, rounds: int) -> None:
     """A lazy rule whose window D covers the whole run never skips (its warm-up is D rounds): not
     an error (a quick trial run often is that short), but worth a line, as it looks like one."""
     from .core import REGISTRIES, AlgorithmSpec
-    from .core.capabilities import capability
+    from .core.declared import capability
 
     for name in config.algorithms:
         spec = AlgorithmSpec.parse(name, config.settings_for(name))

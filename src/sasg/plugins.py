@@ -4,9 +4,11 @@ A plug-in is an ordinary Python module that calls :func:`sasg.core.register` whe
 command line imports the ones named by ``--plugin MODULE`` (repeatable, or comma-separated) and
 by the ``SASG_PLUGINS`` environment variable (comma-separated), before it reads ``--algo``:
 
-- a dotted import path (``mylab.members``), looked up like ``python -m`` does, the current folder
-  first;
-- or the path of a ``.py`` file (``./my_members.py``).
+- the path of a ``.py`` file (``./my_members.py``, ``lab/members.py``): that file is loaded;
+- or a dotted import path (``mylab.members``), imported as any module is: from an installed
+  package or a folder on ``PYTHONPATH``. sasg never changes ``sys.path`` itself, so a module of the
+  current folder is found only where that folder is on the path (``PYTHONPATH=. sasg ...``); the
+  error for a module not found says so.
 
 Importing a plug-in runs its code, as any import does: name only modules you trust.
 """
@@ -49,33 +51,18 @@ def _import(name: str) -> None:
     path = Path(name)
     try:
         if name.endswith(".py") or os.sep in name:
-            if not path.is_file():
-                raise ConfigError(f"plug-in {name!r}: no such file; give a .py file or a module's import path")
-            key = f"sasg_plugin_{abs(hash(str(path.resolve())))}"
-            if key in sys.modules:
-                return
-            spec = importlib.util.spec_from_file_location(key, path.resolve())
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[key] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[key]
-                raise
-            return
-        cwd = os.getcwd()
-        if cwd not in sys.path:  # as `python -m` would: the current folder first
-            sys.path.insert(0, cwd)
-        importlib.import_module(name)
+            _load_file(name, path)
+        else:
+            importlib.import_module(name)
     except ConfigError:
         raise
     except ModuleNotFoundError as e:
-        if e.name and name.split(".")[0] == e.name.split(".")[0]:
-            raise ConfigError(
-                f"plug-in {name!r}: no module named {e.name!r} (looked in the current folder and "
-                "on PYTHONPATH); give its import path or a .py file"
-            ) from None
-        raise ConfigError(f"plug-in {name!r} failed to import: {e}") from None
+        if e.name and path.suffix != ".py" and name.split(".")[0] == e.name.split(".")[0]:
+            raise ConfigError(f"plug-in {name!r}: no module named {e.name!r} on the import path; "
+                              f"{_how_to_find(name, e.name)}") from None
+        hint = ("; a .py plug-in is loaded on its own: a module it imports must be installed or on PYTHONPATH"
+                if path.suffix == ".py" else "")
+        raise ConfigError(f"plug-in {name!r} failed to import: {e}{hint}") from None
     except SystemExit as e:  # sys.exit() at import would end sasg silently, even with exit code 0
         raise ConfigError(
             f"plug-in {name!r} called sys.exit({e.code!r}) while being imported; a plug-in must only define "
@@ -84,3 +71,36 @@ def _import(name: str) -> None:
     except Exception as e:  # the plug-in's own error: say whose it is, in one line
         text = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
         raise ConfigError(f"plug-in {name!r} failed to import: {type(e).__name__}: {text}") from None
+
+
+def _load_file(name: str, path: Path) -> None:
+    """Load the plug-in file ``path`` as a module of its own (once per file)."""
+    if not path.is_file():
+        raise ConfigError(f"plug-in {name!r}: no such file; give a .py file or a module's import path")
+    key = f"sasg_plugin_{abs(hash(str(path.resolve())))}"
+    if key in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(key, path.resolve())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+
+
+def _how_to_find(name: str, missing: str) -> str:
+    """How to make the plug-in ``name`` importable (``missing``: the module not found), in words."""
+    top = name.split(".")[0]
+    try:
+        here = Path.cwd()
+    except OSError:  # the current folder was removed
+        here = None
+    if missing == top and here is not None:
+        for entry in (f"{top}.py", f"{top}/"):
+            if (here / entry).exists():
+                return (f"{entry} is in the current folder, which sasg does not search: run with PYTHONPATH=. "
+                        f"(e.g. PYTHONPATH=. sasg ... --plugin {name}), or give the path of the .py file")
+    return ("install it, add the folder that holds it to PYTHONPATH (PYTHONPATH=/path/to/folder), "
+            "or give the path of its .py file")

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..config import MAX_ROUNDS, MAX_WORKERS, ConfigError
 from ..safe_files import os_reason
 from ..safe_files import probe_folder as _probe_folder
+from .config_args import check_seeds, config_from_args, resolved
 
 # The torchrun entry point the launcher starts on every process.
 WORKER_MODULE = "sasg.cli.worker"
@@ -373,8 +374,6 @@ def _store_outlives_exit_barrier(seconds: float = EXIT_BARRIER_GRACE_S):
 
 def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
-    from .main import check_seeds, config_from_args, resolved
-
     world = args.nproc_per_node * args.nnodes
     if args.node_rank >= args.nnodes:
         raise ConfigError(f"--node-rank {args.node_rank} but --nnodes {args.nnodes}; node ranks are 0..{args.nnodes - 1}")

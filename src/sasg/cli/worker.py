@@ -151,7 +151,8 @@ def train(args) -> int:
     from ..distributed.transport import init_process_group_from_env
     from ..experiment import check_fits, load_data
     from ..report import staged_run_dir, write_run_folder
-    from .main import announce, check_seeds, config_from_args, make_watchers, resolved
+    from .config_args import check_seeds, config_from_args, resolved
+    from .main import announce, make_watchers
 
     from ..plugins import load_plugins
     from ..sim import retain_freed_memory

@@ -27,11 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .capabilities import flag as member_flag, provided
-from .codecs import Codec
-from .compressors import Compressor
+from .codecs.protocol import Codec
+from .compressors.protocol import Compressor
 from .layout import Layout
-from .memories import Memory
-from .triggers import Trigger
+from .memories.protocol import Memory
+from .triggers.protocol import Trigger
 
 
 @dataclass

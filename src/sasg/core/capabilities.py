@@ -15,8 +15,8 @@ some of the optional ones below. There are two sorts:
 
 Design: **declared on the registry entry**, checked against the member when an algorithm is built.
 ``register(kind, name, description, factory, capabilities={...})`` names the member's flags with
-their values and its methods with ``True``; :func:`capabilities_of` answers for an entry without
-building anything (a factory is usually a lambda, and a member needs a model's layout to exist,
+their values and its methods with ``True``; :func:`sasg.core.declared.capabilities_of` answers for
+an entry without building anything (a factory is usually a lambda, and a member needs a model's layout to exist,
 so asking the member would mean building it on a made-up "probe" layout, as sasg once did).
 :meth:`sasg.core.AlgorithmSpec.build` then checks that every member keeps its entry's word
 (:func:`check_member`): a declared method it lacks, a method it has but did not declare, or a flag
@@ -27,7 +27,8 @@ building; flags alone would not say what a method takes.
 
 Plug-ins registered the older way (no ``capabilities=``) keep working: a class registered as its
 own factory is read off the class (its class attributes and methods); any other undeclared factory
-is built once on a small layout, the old probe, and read off the member (cached).
+is built once on a small layout, the old probe, and read off the member (:mod:`sasg.core.declared`,
+which answers for a registered member; this module knows no registry and no spec).
 """
 
 from __future__ import annotations
@@ -172,31 +173,9 @@ def check_declared(kind: str, name: str, declared: Mapping[str, Any] | None) -> 
     return out
 
 
-# ----- what an entry can do, without building it -------------------------------------------------------
-
-_LEGACY: dict[int, tuple[Any, dict]] = {}  # id(entry) -> (entry, answers of a probe-built member)
-
-
-def capabilities_of(entry) -> dict[str, Any]:
-    """Every optional capability of a registered member (``entry``: a :class:`~.registry.Entry`),
-    ``{name: value}`` (methods: ``True``/``False``): as declared; for an undeclared class, read off
-    the class; for another undeclared factory (an older plug-in), read off a member built once on a
-    small layout."""
-    if entry.capabilities is not None:
-        found = dict(entry.capabilities)
-    elif isinstance(entry.factory, type):
-        found = _read(entry.kind, entry.factory)
-    else:
-        found = _probed(entry)
-    return _complete(entry.kind, found)
-
-
-def capability(entry, name: str):
-    """One capability of a registered member: :func:`capabilities_of` ``[name]``."""
-    return capabilities_of(entry)[name]
-
-
-def _complete(kind: str, found: dict) -> dict:
+def complete(kind: str, found: Mapping[str, Any]) -> dict[str, Any]:
+    """Every capability of a ``kind`` member, from those ``found`` (declared or read): the rest
+    take their defaults (methods: ``False``)."""
     out = {}
     for cap in for_kind(kind):
         value = found.get(cap.name, False if cap.sort == METHOD else cap.default)
@@ -206,7 +185,7 @@ def _complete(kind: str, found: dict) -> dict:
     return out
 
 
-def _read(kind: str, obj) -> dict:
+def read(kind: str, obj) -> dict:
     """What ``obj`` (a member or its class) says of itself."""
     found = {}
     for cap in for_kind(kind):
@@ -220,17 +199,6 @@ def _read(kind: str, obj) -> dict:
     return found
 
 
-def _probed(entry) -> dict:
-    cached = _LEGACY.get(id(entry))
-    if cached is None or cached[0] is not entry:
-        from .layout import Layout
-        from .spec import AlgorithmSettings
-
-        member = entry.factory(Layout([("probe", (4, 4)), ("bias", (4,))]), AlgorithmSettings())
-        cached = _LEGACY[id(entry)] = (entry, _read(entry.kind, member))
-    return cached[1]
-
-
 # ----- a built member against its entry ------------------------------------------------------------------
 
 
@@ -238,10 +206,10 @@ def check_member(entry, member) -> dict[str, Any]:
     """Refuse a built member that breaks its entry's declaration (a ``ValueError`` naming the
     member, the capability and the fix); return its capabilities: as declared, or, for an entry
     that declares none, as the member itself says (what the runners then go by)."""
-    has = _read(entry.kind, member)
+    has = read(entry.kind, member)
     if entry.capabilities is None:
-        return _complete(entry.kind, has)
-    declared = _complete(entry.kind, dict(entry.capabilities))
+        return complete(entry.kind, has)
+    declared = complete(entry.kind, dict(entry.capabilities))
     where = f"the {entry.kind} {entry.name!r}"
     for cap in for_kind(entry.kind):
         said = declared[cap.name]
@@ -279,12 +247,11 @@ def flag(member, name: str):
     return cap.default
 
 
-def describe(entry) -> str:
-    """The capabilities of a registered member in one line, for ``sasg list --verbose``: the
-    methods and true flags by name, other flags that are set as ``name=value`` (``lazy=False``);
-    ``-`` for none."""
+def describe(found: Mapping[str, Any]) -> str:
+    """A member's capabilities (``{name: value}``, as :func:`sasg.core.declared.capabilities_of`
+    answers) in one line, for ``sasg list --verbose``: the methods and true flags by name, other
+    flags that are set as ``name=value`` (``lazy=False``); ``-`` for none."""
     parts = []
-    found = capabilities_of(entry)
     for name, value in found.items():
         default = CAPABILITIES[name].default
         if value is True:

@@ -18,7 +18,7 @@ PAPER_CODEC = "paper32"
 
 def natural_codec(algorithm: str) -> str:
     """The codec ``algorithm`` (an alias or a composition) is priced with when none is named."""
-    from .capabilities import capability
+    from .declared import capability
     from .registry import ALIASES, REGISTRIES
     from .spec import AlgorithmSpec
 

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .capabilities import check_declared
+
 # "index" and "value" are the parts of a composite codec INDEX+VALUE (sasg.core.codecs.composite).
 KINDS = ("trigger", "compressor", "memory", "codec", "index", "value")
 
@@ -49,8 +51,6 @@ class Registry:
     def add(self, name: str, description: str, factory: Callable[..., Any], replace: bool = False,
             capabilities: Mapping[str, Any] | None = None) -> Entry:
         key = _check_name(name, self.kind)
-        from .capabilities import check_declared
-
         capabilities = check_declared(self.kind, key, capabilities)
         old = self._entries.get(key)
         if old is not None and not replace and not _same_definition(old.factory, factory):

@@ -15,7 +15,7 @@ from numbers import Integral
 
 from .aggregate import check_aggregate
 from .algorithm import Algorithm
-from .capabilities import capability, check_member
+from .capabilities import check_member
 from .layout import Layout
 from .registry import ALIASES, REGISTRIES
 from .tensor_policy import check_tensor_policy, whole_segments
@@ -134,13 +134,6 @@ class AlgorithmSpec:
     def composition(self) -> str:
         return "+".join(p for p in (self.trigger, self.compressor, self.memory) if p)
 
-    @property
-    def memory_name(self) -> str:
-        """The memory as written, else the trigger's default if it reads a memory's state
-        (clag: ef21), else the compressor's: read from the registry, nothing built."""
-        return (self.memory or capability(REGISTRIES["trigger"].get(self.trigger), "default_memory")
-                or capability(REGISTRIES["compressor"].get(self.compressor), "default_memory") or "none")
-
     def build(self, layout: Layout, codec: str = "paper32") -> Algorithm:
         """The members for a model ``layout``; messages priced and encoded by ``codec``. Each
         member is checked against the capabilities its registration declares."""
@@ -155,7 +148,7 @@ class AlgorithmSpec:
             )
         trigger = _built(REGISTRIES["trigger"].get(self.trigger), layout, s, caps)
         # No memory written: the trigger's default if it reads a memory's state (clag: ef21),
-        # else the compressor's (as memory_name says).
+        # else the compressor's (as sasg.core.declared.default_memory says).
         memory_name = (self.memory or caps["trigger"]["default_memory"] or caps["compressor"]["default_memory"]
                        or "none")
         if s.warmup and memory_name not in ("ef", "none"):

@@ -12,7 +12,7 @@ loss before ``loss.backward()`` (docs/ddp-hook.md, "SASG in a DDP job").
 
 from __future__ import annotations
 
-from ..core.capabilities import capability
+from ..core.declared import capability, default_memory
 from ..core.layout import Layout
 from ..core.registry import REGISTRIES
 from ..core.spec import AlgorithmSettings, AlgorithmSpec
@@ -61,7 +61,7 @@ def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int |
     if tensor_policy is None:
         honours = capability(REGISTRIES["compressor"].get(spec.compressor), "honours_tensor_policy")
         tensor_policy = DEFAULT_TENSOR_POLICY if honours else "all"
-    memory = spec.memory_name
+    memory = default_memory(spec)
     if warmup is None:
         warmup = DEFAULT_WARMUP if memory in ("ef", "none") else 0
     if aggregate is None:

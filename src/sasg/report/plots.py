@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 # Colours: matplotlib's tab10, then the lighter tab20 shades of the same hues.
 _TAB20 = (
@@ -171,7 +169,6 @@ def plot_curves(
         fig = _figure(histories, ykey, y_axes, target, metric, styles)
         filename = y_axes[ykey][1]
         fig.savefig(folder / filename, dpi=110)
-        plt.close(fig)
         written.append(filename)
     return written
 
@@ -188,7 +185,11 @@ def _figure(histories: dict[str, list[list[dict]]], ykey: str, y_axes: dict | No
     # it; inside a panel it would hide that panel's curves. The constrained layout places it.
     columns = min(LEGEND_COLUMNS, max(1, entries))
     height = 4.2 + (0.24 * -(-entries // columns) + 0.3 if many else 0.0)
-    fig, axes = plt.subplots(1, 3, figsize=(15, height), layout="constrained" if many else None)
+    # A Figure with its own Agg canvas (files only, no display), not pyplot's: no backend is chosen
+    # for the process (a user's stays as it is) and no figure is left open in pyplot's list.
+    fig = Figure(figsize=(15, height), layout="constrained" if many else None)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     for ax, (xkey, xlabel, log) in zip(axes, X_AXES):
         drawn = _panel(ax, histories, xkey, ykey, log, ykey == "train_loss", styles)
         if ykey == metric and drawn:

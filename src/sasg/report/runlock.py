@@ -29,6 +29,7 @@ except ImportError:  # Windows: no locking, the rest works as before
 OWNER_FILE = ".sasg-owner"  # inside a staging folder: who is writing it (removed before the rename)
 
 _held: dict[str, "RunLock"] = {}  # lock file -> the lock this process holds on it
+_exit_hook = False  # whether _release_all is registered with atexit (see _hold)
 
 
 # -- the lock -----------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class RunLock:
                 same = False
             if same:
                 lock = cls(path, fd)
-                _held[key] = lock
+                _hold(key, lock)
                 lock._record()
                 return lock
             os.close(fd)  # its holder removed it as we opened it: take the new one
@@ -189,7 +190,16 @@ def busy_message(out: Path, owner: dict) -> str:
     return f"--out {out} is being written by {who}; wait for it to finish, or choose another --out"
 
 
-@atexit.register
+def _hold(key: str, lock: RunLock) -> None:
+    """Keep ``lock`` as held by this process. The first one registers :func:`_release_all` to run
+    at exit: a process that never locks (one that only imports sasg) gets no exit hook."""
+    global _exit_hook
+    if not _exit_hook:
+        atexit.register(_release_all)
+        _exit_hook = True
+    _held[key] = lock
+
+
 def _release_all() -> None:
     """A lock still held at exit (an error between taking it and staging) is let go tidily."""
     for lock in list(_held.values()):

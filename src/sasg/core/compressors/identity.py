@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
-from ..payloads import DensePayload
+from ..payloads.dense import DensePayload
 
 
 class Identity:

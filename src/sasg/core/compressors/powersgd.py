@@ -62,7 +62,8 @@ from torch import Tensor
 
 from ...seeds import worker_seed
 from ..layout import Layout
-from ..payloads import DensePayload, transmit
+from ..payloads.dense import DensePayload
+from ..payloads.encoded import transmit
 from ..payloads.lowrank import LowRankGeometry, LowRankPayload
 
 DEFAULT_RANK = 2

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
-from ..payloads import Payload
+from ..payloads.protocol import Payload
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
-from ..payloads import DensePayload
+from ..payloads.dense import DensePayload
 
 DEFAULT_LEVELS = 16
 MAX_LEVELS = 2**16

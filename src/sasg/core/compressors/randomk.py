@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
-from ..payloads import SparsePayload
+from ..payloads.sparse import SparsePayload
 from .topk import kept_per_segment
 
 

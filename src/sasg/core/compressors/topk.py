@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
-from ..payloads import SparsePayload
+from ..payloads.sparse import SparsePayload
 from ..tensor_policy import whole_segments
 from ...kernels import topk as topk_kernel
 from ..topk import topk_rows

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from ..payloads import Encoded, transmit
+from ..payloads.encoded import Encoded, transmit
 
 
 class ErrorFeedback:

@@ -35,7 +35,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..payloads import DensePayload, Encoded, Payload, transmit
+from ..payloads.dense import DensePayload
+from ..payloads.encoded import Encoded, transmit
+from ..payloads.protocol import Payload
 
 ESTIMATE = "estimate"  # the worker buffer holding h_m
 

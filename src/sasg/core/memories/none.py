@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..payloads import Encoded, transmit
+from ..payloads.encoded import Encoded, transmit
 
 
 class NoMemory:

@@ -33,7 +33,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..payloads import Encoded
+from ..payloads.encoded import Encoded
 
 
 @runtime_checkable

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout, Segment
+from ..spec import build_codec
 from .rows import all_rows, check_state
 
 
@@ -99,8 +100,6 @@ class LowRankGeometry:
         key = (codec.name, part)
         built = self._codecs.get(key)
         if built is None:
-            from ..spec import build_codec  # the spec imports the members: import it when first used
-
             layout = self.coef_layout if part == "coef" else self.basis_layout
             built = self._codecs[key] = build_codec(codec.name, layout)
         return built

@@ -199,7 +199,7 @@ def test_resolved_config_records_them(capsys, command):
 @pytest.mark.parametrize("flags,says", [
     (["--window-sum", "D+1"], "argument --window-sum: 'D+1' is neither D-1 nor D"),
     (["--window-sum", "sasg=2"], "argument --window-sum: '2' is neither D-1 nor D"),
-    (["--threshold-lr-lag", "one"], "argument --threshold-lr-lag: 'one' is not a number"),
+    (["--threshold-lr-lag", "one"], "argument --threshold-lr-lag: must be a number, got 'one'"),
     (["--threshold-lr-lag", "-1"], "threshold lr lag must be a finite number of epochs >= 0, got -1.0; e.g. --threshold-lr-lag 1"),
     (["--threshold-lr-lag", "nan"], "threshold lr lag must be a finite number of epochs >= 0, got nan"),
     (["--threshold-lr-lag", "inf"], "threshold lr lag must be a finite number of epochs >= 0, got inf"),

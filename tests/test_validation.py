@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 
 from sasg import validation as v
-from sasg.validation import MAX_SEED
-
-
-class ConfigError(ValueError):
-    pass
+from sasg.config import MAX_SEED, ConfigError, RunConfig
 
 FORMAT = re.compile(r"^(\S.* )?must be .+, got .+(; .+)?$")
 
@@ -89,3 +85,34 @@ def test_text_is_converted_then_checked_and_shown_as_typed(parse, text, bounds, 
 def test_text_without_bounds_is_only_converted():
     assert v.parse_number("nan", "n") != v.parse_number("nan", "n")  # nan: the caller checks the range
     assert v.parse_integer(" 7 ", "n") == 7
+
+
+@pytest.mark.parametrize("kw,says", [
+    (dict(workers=0), "workers must be an integer >= 1, got 0; e.g. --workers 10"),
+    (dict(workers=2.0), "workers must be an integer >= 1, got 2.0; e.g. --workers 10"),
+    (dict(batch_size=True), "batch size must be an integer >= 1, got True; e.g. --batch-size 10"),
+    (dict(seed=-1), "seed must be an integer from 0 to 4294967295, got -1; e.g. --seed 1"),
+    (dict(lr=0), "lr must be a finite number > 0, got 0; e.g. --lr 0.05"),
+    (dict(epochs=float("nan")), "epochs must be a finite number > 0, got nan; e.g. --epochs 20"),
+    (dict(target_acc=101), "target accuracy must be a number in [0, 100], got 101; a percentage, e.g. --target-acc 90"),
+    (dict(backend="jax"), "backend must be one of auto, vmap, loop, got 'jax'; e.g. --backend auto"),
+    (dict(beta=0), "Dirichlet beta must be a finite number > 0, got 0; e.g. --beta 0.5"),
+    (dict(lr_decay_factor=2), "lr decay factor must be a number in (0, 1], got 2; e.g. --lr-decay-factor 0.1"),
+    (dict(lr_decay_epochs=(-1,)), "lr decay epochs must be a finite number > 0, got -1; e.g. --lr-decay-epochs 20"),
+    (dict(lr_decay_epochs="20,30"), "lr decay epochs must be a number or a list of numbers, got '20,30'"),
+    (dict(target_metric="top3"), "target metric must be one of top1, top5, got 'top3'; e.g. --target-metric top1"),
+    (dict(iterations=0), "iterations must be an integer >= 1, got 0; e.g. --iterations 1000"),
+])
+def test_run_config_refuses_in_the_one_format(kw, says):
+    with pytest.raises(ConfigError) as e:
+        RunConfig(device="cpu", **kw).validate()
+    assert str(e.value).startswith(says) and FORMAT.match(str(e.value)), str(e.value)
+
+
+def test_run_config_normalizes_choices_and_keeps_good_values():
+    cfg = RunConfig(device="cpu", dataset=" Synthetic", backend="LOOP", iterations=np.int64(3), seed=5).validate()
+    assert (cfg.dataset, cfg.backend, cfg.iterations, cfg.seed) == ("synthetic", "loop", 3, 5)
+    assert type(cfg.iterations) is int
+    default = RunConfig(device="cpu").validate()
+    assert (default.lr, default.epochs, default.target_acc, default.preset) == (0.05, 20, None, None)
+    assert type(default.epochs) is int  # config.json keeps what was given

@@ -286,8 +286,8 @@ def test_launch_too_many_processes_names_the_launch_flag(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--master-port", "99999"], "--master-port: must be a TCP port, 1..65535"),
-    (["--master-port", "0"], "--master-port: must be >= 1"),
+    (["--master-port", "99999"], "--master-port: must be an integer from 1 to 65535, got 99999; a TCP port, e.g. --master-port 29500"),
+    (["--master-port", "0"], "--master-port: must be an integer from 1 to 65535, got 0"),
     (["--nproc", "2"], "unrecognized arguments: --nproc 2"),
     (["--nproc-per", "2"], "unrecognized arguments: --nproc-per 2"),
     (["--iter", "2"], "unrecognized arguments: --iter 2"),

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from sasg.cli.main import main
-from sasg.report import rundir
+from sasg.lifecycle import rundir
 
 TINY = ["--dataset", "synthetic", "--workers", "2", "--batch-size", "5", "--eval-every", "5", "--density", "0.1",
         "--window", "3", "--lr", "0.2", "--device", "cpu", "--iterations", "10", "--quiet"]
@@ -168,7 +168,7 @@ def test_4_a_member_name_with_a_path_is_refused_at_registration(ws, capsys):
 
 
 def test_4_a_name_becoming_a_file_name_stays_in_its_folder(tmp_path):
-    from sasg.distributed.checkpoint import checkpoint_path
+    from sasg.lifecycle.checkpoint import checkpoint_path
     from sasg.safe_files import file_tag
 
     assert file_tag("wk2+topk") == "wk2+topk" and file_tag("sasg") == "sasg"

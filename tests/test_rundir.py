@@ -15,8 +15,8 @@ import time
 import pytest
 
 from sasg.config import ConfigError
-from sasg.report import rundir, runlock
-from sasg.report.rundir import check_destination, default_run_dir, staged_run_dir
+from sasg.lifecycle import lock, rundir
+from sasg.lifecycle.rundir import check_destination, default_run_dir, staged_run_dir
 
 
 def test_a_folder_filled_meanwhile_is_kept_and_the_run_lands_beside_it(tmp_path):
@@ -175,7 +175,7 @@ def test_sighup_removes_the_staging_folder_of_a_compare(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_an_ignored_sighup_stays_ignored(monkeypatch):
     # Under nohup SIGHUP is ignored on purpose: the run must go on when the terminal closes.
-    from sasg.report.rundir import exit_on_sigterm
+    from sasg.lifecycle.rundir import exit_on_sigterm
 
     before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
     try:
@@ -334,7 +334,7 @@ def test_the_lock_is_released_on_every_exit(tmp_path, failure):
             assert (tmp_path / ".run.lock").exists() and rundir.lock_path(out).name == ".run.lock"
             (stage / "half.csv").write_text("1,2")
             raise failure
-    assert list(tmp_path.iterdir()) == [] and runlock._held == {}
+    assert list(tmp_path.iterdir()) == [] and lock._held == {}
     # Another process can take it at once.
     code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.unlink(sys.argv[1])")
@@ -348,7 +348,7 @@ def test_a_refused_destination_releases_the_lock(tmp_path):
     with pytest.raises(ConfigError, match="not a run folder"):
         with staged_run_dir(out, overwrite=True):
             pass
-    assert _hidden(tmp_path) == [] and runlock._held == {}
+    assert _hidden(tmp_path) == [] and lock._held == {}
 
 
 def _earlier_run(out):

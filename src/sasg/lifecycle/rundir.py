@@ -34,8 +34,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..safe_files import is_regular_file, open_regular, os_reason, read_small, write_new
-from .runlock import (OWNER_FILE, RunLock, busy_message, busy_owner, holds, lock_path, process_alive, read_owner,
-                      write_owner)
+from .lock import (OWNER_FILE, RunLock, busy_message, busy_owner, holds, lock_path, process_alive, read_owner,
+                    write_owner)
 
 RUN_FOLDER_MARK = "summary.json"  # every run folder has one
 # Written into every run folder as it is made; --overwrite replaces only a folder holding it (a

@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_on_sigterm()
         from ..sim import retain_freed_memory
 
-        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.memory)
+        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.allocator)
         return execute(args)
     except ConfigError as e:
         print(f"sasg: error: {e}", file=sys.stderr)

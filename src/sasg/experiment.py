@@ -139,7 +139,7 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
             raise  # a setting or the disk: the whole command stops with its one line
         # A SIGTERM that came during the round (its exit may surface as whatever torch made of it,
         # e.g. an internal assert): the stop it is, not this algorithm's failure.
-        from .lifecycle.rundir import stop_if_signalled
+        from .lifecycle.signals import stop_if_signalled
 
         stop_if_signalled()
         # Something inside this algorithm broke (e.g. a member refusing non-finite values after a

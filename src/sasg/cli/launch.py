@@ -226,7 +226,7 @@ def check_backend(backend: str, device: str, local_processes: int) -> None:
 def check_run_folder(out: Path, overwrite: bool) -> None:
     """What the finished run needs: ``check_destination``, and a parent folder the run folder
     can be staged in (found out here, not after training; what this creates is removed)."""
-    from ..lifecycle.rundir import check_destination
+    from ..lifecycle.destination import check_destination
 
     out = Path(out)
     check_destination(out, overwrite)
@@ -265,7 +265,7 @@ def check_checkpoint_dir(args: argparse.Namespace, tidy: bool = True) -> None:
 
 def default_out(command: str = "launch") -> Path:
     """``runs/<command>-<time>``, as ``sasg run`` and ``sasg compare`` name theirs."""
-    from ..lifecycle.rundir import default_run_dir
+    from ..lifecycle.destination import default_run_dir
 
     return default_run_dir(command)
 
@@ -403,7 +403,7 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     check_backend(args.dist_backend, config.device, args.nproc_per_node)
     out = args.out or default_out()
     if args.node_rank == 0:
-        from ..lifecycle.rundir import check_separate_folders
+        from ..lifecycle.destination import check_separate_folders
 
         check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
         check_run_folder(out, args.overwrite)

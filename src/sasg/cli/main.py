@@ -511,7 +511,9 @@ def execute(args: argparse.Namespace) -> int:
     from ..plugins import load_plugins
 
     from ..experiment import check_fits, load_data, partition_report, run_seeds
-    from ..lifecycle.rundir import StopCheck, check_destination, check_separate_folders, default_run_dir, staged_run_dir
+    from ..lifecycle.destination import check_destination, check_separate_folders, default_run_dir
+    from ..lifecycle.rundir import staged_run_dir
+    from ..lifecycle.signals import StopCheck
     from ..report import write_run_folder
 
     from ..threads import use_threads
@@ -577,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             from .launch import launch_main
 
             return launch_main(args, sys.argv[1:] if argv is None else list(argv))
-        from ..lifecycle.rundir import exit_on_sigterm
+        from ..lifecycle.signals import exit_on_sigterm
 
         # A scheduler's kill cleans up like Ctrl-C: no half-written folder left. (Not for launch:
         # torchrun's agent in this process handles SIGTERM for its workers itself.)

@@ -115,7 +115,7 @@ def local_problem(args, out: Path, rank: int) -> ConfigError | None:
     checkpoint folder (on every node; created, never removed, as ranks probe it at once)."""
     try:
         if rank == 0:
-            from ..lifecycle.rundir import check_separate_folders
+            from ..lifecycle.destination import check_separate_folders
 
             check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
             check_run_folder(out, args.overwrite)

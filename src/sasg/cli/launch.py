@@ -177,7 +177,7 @@ def check_backend(backend: str, device: str, local_processes: int) -> None:
 def check_run_folder(out: Path, overwrite: bool) -> None:
     """What the finished run needs: ``check_destination``, and a parent folder the run folder
     can be staged in (found out here, not after training; what this creates is removed)."""
-    from ..report import check_destination
+    from ..lifecycle.destination import check_destination
 
     out = Path(out)
     check_destination(out, overwrite)
@@ -216,7 +216,7 @@ def check_checkpoint_dir(args: argparse.Namespace, tidy: bool = True) -> None:
 
 def default_out(command: str = "launch") -> Path:
     """``runs/<command>-<time>``, as ``sasg run`` and ``sasg compare`` name theirs."""
-    from ..report.rundir import default_run_dir
+    from ..lifecycle.destination import default_run_dir
 
     return default_run_dir(command)
 
@@ -352,13 +352,13 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     check_backend(args.dist_backend, config.device, args.nproc_per_node)
     out = args.out or default_out()
     if args.node_rank == 0:
-        from ..report.rundir import check_separate_folders
+        from ..lifecycle.destination import check_separate_folders
 
         check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
         check_run_folder(out, args.overwrite)
     check_checkpoint_dir(args)
     if args.resume:
-        from ..distributed.checkpoint import check_resumable
+        from ..lifecycle.checkpoint import check_resumable
 
         first = args.node_rank * args.nproc_per_node
         check_resumable(args.checkpoint_dir, seeds[0], range(first, first + args.nproc_per_node))

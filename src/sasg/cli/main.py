@@ -407,8 +407,10 @@ def execute(args: argparse.Namespace) -> int:
     from ..plugins import load_plugins
 
     from ..experiment import check_fits, load_data, partition_report, run_seeds
+    from ..lifecycle.destination import check_destination, check_separate_folders, default_run_dir
+    from ..lifecycle.rundir import staged_run_dir
+    from ..lifecycle.signals import StopCheck
     from ..report import write_run_folder
-    from ..report.rundir import StopCheck, check_destination, check_separate_folders, default_run_dir, staged_run_dir
 
     from ..threads import use_threads
 
@@ -473,14 +475,14 @@ def main(argv: list[str] | None = None) -> int:
             from .launch import launch_main
 
             return launch_main(args, sys.argv[1:] if argv is None else list(argv))
-        from ..report.rundir import exit_on_sigterm
+        from ..lifecycle.signals import exit_on_sigterm
 
         # A scheduler's kill cleans up like Ctrl-C: no half-written folder left. (Not for launch:
         # torchrun's agent in this process handles SIGTERM for its workers itself.)
         exit_on_sigterm()
         from ..sim import retain_freed_memory
 
-        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.memory)
+        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.allocator)
         return execute(args)
     except ConfigError as e:
         print(f"sasg: error: {e}", file=sys.stderr)
@@ -490,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sasg: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        from ..distributed.checkpoint import CheckpointWriteError  # torch: imported only when needed
+        from ..lifecycle.checkpoint import CheckpointWriteError  # torch: imported only when needed
 
         if not isinstance(e, CheckpointWriteError):
             raise

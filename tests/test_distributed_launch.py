@@ -286,8 +286,8 @@ def test_launch_too_many_processes_names_the_launch_flag(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--master-port", "99999"], "--master-port: must be a TCP port, 1..65535"),
-    (["--master-port", "0"], "--master-port: must be >= 1"),
+    (["--master-port", "99999"], "--master-port: must be an integer from 1 to 65535, got 99999; a TCP port, e.g. --master-port 29500"),
+    (["--master-port", "0"], "--master-port: must be an integer from 1 to 65535, got 0"),
     (["--nproc", "2"], "unrecognized arguments: --nproc 2"),
     (["--nproc-per", "2"], "unrecognized arguments: --nproc-per 2"),
     (["--iter", "2"], "unrecognized arguments: --iter 2"),
@@ -388,7 +388,7 @@ def test_worker_ranks_agree_who_reports(tmp_path):
 
 def test_worker_resume_without_checkpoints_is_an_error(tmp_path):
     from sasg.config import ConfigError
-    from sasg.distributed.checkpoint import load_resume_state, save_checkpoint
+    from sasg.lifecycle.checkpoint import load_resume_state, save_checkpoint
 
     with pytest.raises(ConfigError, match="no checkpoint found in .*drop --resume to start afresh"):
         load_resume_state(tmp_path / "ck", 0, 0, _FakeTransport(0, [0, 0]))
@@ -398,7 +398,7 @@ def test_worker_resume_without_checkpoints_is_an_error(tmp_path):
 
 
 def test_checkpoint_write_failure_is_one_line(tmp_path):
-    from sasg.distributed.checkpoint import CheckpointWriteError, save_checkpoint
+    from sasg.lifecycle.checkpoint import CheckpointWriteError, save_checkpoint
 
     (tmp_path / "f").write_text("")
     with pytest.raises(CheckpointWriteError, match="cannot write the checkpoint .*--checkpoint-dir"):
@@ -415,7 +415,7 @@ class _Planted:
 
 
 def test_a_damaged_newest_checkpoint_falls_back_and_a_planted_one_never_runs(tmp_path, capsys, monkeypatch):
-    from sasg.distributed.checkpoint import checkpoint_path, load_resume_state, save_checkpoint
+    from sasg.lifecycle.checkpoint import checkpoint_path, load_resume_state, save_checkpoint
 
     monkeypatch.chdir(tmp_path)
     for it in (10, 20):

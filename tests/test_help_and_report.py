@@ -105,8 +105,8 @@ def test_threads_come_from_the_flag_then_sasg_threads_then_omp_then_one():
 
 
 @pytest.mark.parametrize("flag,env,match", [
-    (0, {}, "--threads must be in 1..1024, got 0"),
-    (None, {"SASG_THREADS": "two"}, "SASG_THREADS must be a whole number of threads, got 'two'"),
+    (0, {}, "--threads must be an integer from 1 to 1024, got 0; e.g. --threads=1"),
+    (None, {"SASG_THREADS": "two"}, "SASG_THREADS must be an integer from 1 to 1024, got 'two'; e.g. SASG_THREADS=1"),
 ])
 def test_a_bad_thread_count_names_where_it_came_from(flag, env, match):
     with pytest.raises(ValueError, match=re.escape(match)):
@@ -115,5 +115,5 @@ def test_a_bad_thread_count_names_where_it_came_from(flag, env, match):
 
 def test_a_bad_threads_flag_is_one_line_before_anything_runs(tmp_path, capsys):
     assert main(["compare", *TINY, "--threads", "0", "--out", str(tmp_path / "r")]) == 2
-    assert "--threads must be in 1..1024" in capsys.readouterr().err
+    assert "--threads must be an integer from 1 to 1024, got 0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from sasg.cli.main import main
-from sasg.report import rundir
+from sasg.lifecycle import destination, signals
 
 TINY = ["--dataset", "synthetic", "--workers", "2", "--batch-size", "5", "--eval-every", "5", "--density", "0.1",
         "--window", "3", "--lr", "0.2", "--device", "cpu", "--iterations", "10", "--quiet"]
@@ -47,7 +47,7 @@ def ws(tmp_path, monkeypatch) -> Path:
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "thesis.tex").write_text("\\chapter{Mine}\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(rundir, "_stop_code", None)  # a test that signals itself leaves no stop behind
+    monkeypatch.setattr(signals, "_stop_code", None)  # a test that signals itself leaves no stop behind
     return tmp_path
 
 
@@ -137,22 +137,22 @@ def test_3_overwrite_never_deletes_a_folder_that_merely_holds_a_summary_json(ws,
     refused(ws, capsys, [*RUN, "--out", "thesis", "--overwrite"], "not a run folder")
     (ws / "linked").mkdir()
     os.symlink(ws / "thesis" / "summary.json", ws / "linked" / "summary.json")
-    os.symlink(ws / "notes.txt", ws / "linked" / rundir.RUN_MARKER)  # a marker that is a symlink counts not
+    os.symlink(ws / "notes.txt", ws / "linked" / destination.RUN_MARKER)  # a marker that is a symlink counts not
     refused(ws, capsys, [*RUN, "--out", "linked", "--overwrite"], "not a run folder")
     assert (ws / "thesis" / "thesis.tex").is_file()
 
 
 def test_3_a_marked_run_folder_and_an_older_one_are_replaced(ws, capsys):
     assert main([*RUN, "--out", "run1"]) == 0
-    assert (ws / "run1" / rundir.RUN_MARKER).read_bytes() == rundir.RUN_MARKER_TEXT
+    assert (ws / "run1" / destination.RUN_MARKER).read_bytes() == destination.RUN_MARKER_TEXT
     assert main([*RUN, "--out", "run1", "--overwrite"]) == 0
     # A run folder from before the marker: recognised by its files and summary, and replaced.
-    (ws / "run1" / rundir.RUN_MARKER).unlink()
-    assert rundir.is_run_folder(ws / "run1")
+    (ws / "run1" / destination.RUN_MARKER).unlink()
+    assert destination.is_run_folder(ws / "run1")
     assert main([*RUN, "--out", "run1", "--overwrite"]) == 0
-    assert (ws / "run1" / rundir.RUN_MARKER).is_file()
+    assert (ws / "run1" / destination.RUN_MARKER).is_file()
     # ... but not once it holds a file of someone else's.
-    (ws / "run1" / rundir.RUN_MARKER).unlink()
+    (ws / "run1" / destination.RUN_MARKER).unlink()
     (ws / "run1" / "my-analysis.ipynb").write_text("{}")
     capsys.readouterr()
     refused(ws, capsys, [*RUN, "--out", "run1", "--overwrite"], "not a run folder")
@@ -168,7 +168,7 @@ def test_4_a_member_name_with_a_path_is_refused_at_registration(ws, capsys):
 
 
 def test_4_a_name_becoming_a_file_name_stays_in_its_folder(tmp_path):
-    from sasg.distributed.checkpoint import checkpoint_path
+    from sasg.lifecycle.checkpoint import checkpoint_path
     from sasg.safe_files import file_tag
 
     assert file_tag("wk2+topk") == "wk2+topk" and file_tag("sasg") == "sasg"

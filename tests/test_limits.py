@@ -80,10 +80,10 @@ def test_compare_refuses_huge_values_before_anything_runs(tmp_path, capsys, flag
 
 # ----- sasg launch's own flags -------------------------------------------------------------------
 @pytest.mark.parametrize("flags,message", [
-    (["--timeout", "inf"], "--timeout: must be a finite number of seconds, at most 86400 (one day), got inf"),
-    (["--timeout", "1e300"], "--timeout: must be a finite number of seconds, at most 86400"),
-    (["--timeout", "nan"], "--timeout: must be a finite number of seconds"),
-    (["--timeout", "86401"], "at most 86400 (one day), got 86401; e.g. --timeout 120"),
+    (["--timeout", "inf"], "--timeout: must be a finite number of seconds > 0, got inf; e.g. --timeout 120"),
+    (["--timeout", "1e300"], "--timeout: must be at most 86400 seconds (one day), got 1e300; e.g. --timeout 120"),
+    (["--timeout", "nan"], "--timeout: must be a finite number of seconds > 0, got nan"),
+    (["--timeout", "86401"], "--timeout: must be at most 86400 seconds (one day), got 86401; e.g. --timeout 120"),
     (["--checkpoint-dir", "ck", "--checkpoint-every", "100000001"], "--checkpoint-every: must be at most 100000000"),
     (["--lr", "1e300"], "lr must be at most 10000"),
 ], ids=["inf", "1e300", "nan", "day+1", "checkpoint-every", "lr"])

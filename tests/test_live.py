@@ -65,7 +65,7 @@ def test_compare_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path, cap
 def test_log_every_out_of_range_is_one_line(tmp_path, capsys):
     assert main(["compare", *TINY, "--iterations", "5", "--log-every", "-1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "sasg: error: --log-every must be a number of seconds in 0..86400, got -1.0; e.g. --log-every 60"
+    assert err == "sasg: error: --log-every must be a number of seconds in [0, 86400], got -1.0; e.g. --log-every 60"
 
 
 def test_tensorboard_logs_every_evaluation(tmp_path):

@@ -118,11 +118,11 @@ def test_group_values_win_over_the_constructor_and_bookkeeping_keys_pass():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(momentum=-0.1), r"momentum must be in \[0, 1\)"),
-    (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
+    (dict(momentum=-0.1), r"momentum must be a number in \[0, 1\), got -0.1; e.g. momentum=0.9"),
+    (dict(momentum=1.0), r"momentum must be a number in \[0, 1\), got 1.0"),
     (dict(momentum="0.9"), "momentum must be"),
     (dict(momentum=True), "momentum must be"),
-    (dict(dampening=1.5), r"dampening must be in \[0, 1\]"),
+    (dict(dampening=1.5), r"dampening must be a number in \[0, 1\], got 1.5"),
     (dict(weight_decay=-1e-4), "weight_decay must be a finite number >= 0"),
     (dict(weight_decay=float("nan")), "weight_decay must be"),
     (dict(weight_decay=float("inf")), "weight_decay must be"),
@@ -573,7 +573,7 @@ def test_lrs_split_between_steps_stop_a_lazy_rules_step_and_say_why():
 
 def test_a_bad_value_in_the_second_group_names_the_group_and_is_a_plain_value_error():
     model = _model()
-    with pytest.raises(ValueError, match=r"parameter group 1: momentum must be in \[0, 1\), got 1.5") as e:
+    with pytest.raises(ValueError, match=r"parameter group 1: momentum must be a number in \[0, 1\), got 1.5") as e:
         SASG(_two_groups(model, momentum=1.5), **KW)
     assert type(e.value) is ValueError
     with pytest.raises(ValueError) as e:

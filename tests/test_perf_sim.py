@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sasg import Simulator
-from sasg.sim import memory
+from sasg.sim import allocator
 from sasg.sim.gradients import LoopGradients, VmapGradients
 
 from conftest import small_config
@@ -63,10 +63,10 @@ def test_stale_gradients_for_all_or_some_workers_match_a_plain_recomputation(syn
 
 
 def test_retain_freed_memory_can_be_switched_off(monkeypatch):
-    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setenv("SASG_RETAIN_FREED_MEMORY", "0")
-    assert memory.retain_freed_memory() is False
-    assert memory._applied is None  # not applied, and a later call may still apply it
+    assert allocator.retain_freed_memory() is False
+    assert allocator._applied is None  # not applied, and a later call may still apply it
 
 
 @pytest.mark.parametrize("model", ["fc", "logreg", "lenet5"])

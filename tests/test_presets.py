@@ -137,7 +137,7 @@ def test_presets_and_lists_from_python_are_applied_or_refused():
     assert (cfg.model, cfg.lr, cfg.threshold_scale, cfg.epochs, cfg.preset) == ("resnet18", 0.1, 1.0, 1, "paper-cifar10")
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         RunConfig.from_preset("nope")
-    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+    with pytest.raises(ValueError, match="preset must be one of paper-mnist, .*, got 'nope'; e.g. --preset paper-mnist"):
         RunConfig(preset="nope").validate()
     # A comma-separated string and a single decay epoch, as a user types them.
     cfg = RunConfig(algorithms="SGD, sasg", lr_decay_epochs=20).validate()

@@ -79,7 +79,7 @@ def test_a_killed_run_resumes_only_with_its_own_setting(tmp_path, capsys, one_th
     (["--checkpoint-every", "10"], "--checkpoint-every needs --checkpoint-dir"),
     (["--checkpoint-dir", "{tmp}/nothing", "--resume"], "no checkpoint found in"),
     (["--checkpoint-dir", "{tmp}/file"], "is a file, not a folder"),
-    (["--checkpoint-dir", "{tmp}/ck", "--checkpoint-every", "-1"], "--checkpoint-every must be an integer in"),
+    (["--checkpoint-dir", "{tmp}/ck", "--checkpoint-every", "-1"], "--checkpoint-every must be an integer from 0 to 100000000, got -1; e.g. --checkpoint-every 500"),
 ])
 def test_bad_checkpoint_flags_stop_before_anything_runs(tmp_path, capsys, extra, message):
     (tmp_path / "file").write_text("")

@@ -15,8 +15,9 @@ import time
 import pytest
 
 from sasg.config import ConfigError
-from sasg.report import rundir, runlock
-from sasg.report.rundir import check_destination, default_run_dir, staged_run_dir
+from sasg.lifecycle import destination, lock, rundir, signals
+from sasg.lifecycle.destination import check_destination, default_run_dir
+from sasg.lifecycle.rundir import staged_run_dir
 
 
 def test_a_folder_filled_meanwhile_is_kept_and_the_run_lands_beside_it(tmp_path):
@@ -94,10 +95,10 @@ def sigterm_exits(monkeypatch):
     """exit_on_sigterm() in this process, undone afterwards; yields the exceptions Python dropped."""
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
-    monkeypatch.setattr(rundir, "_stop_code", None)
+    monkeypatch.setattr(signals, "_stop_code", None)
     names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     before = {n: signal.getsignal(getattr(signal, n)) for n in names}
-    rundir.exit_on_sigterm()
+    signals.exit_on_sigterm()
     try:
         yield dropped
     finally:
@@ -175,7 +176,7 @@ def test_sighup_removes_the_staging_folder_of_a_compare(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_an_ignored_sighup_stays_ignored(monkeypatch):
     # Under nohup SIGHUP is ignored on purpose: the run must go on when the terminal closes.
-    from sasg.report.rundir import exit_on_sigterm
+    from sasg.lifecycle.signals import exit_on_sigterm
 
     before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
     try:
@@ -205,7 +206,7 @@ def _fake_stage(parent, name, pid=None, host=None, started=None):
     (stage / "metrics.csv").write_text("1,2\n")
     if pid is not None:
         owner = {"pid": pid, "host": host or socket.gethostname(), "started": started or time.time() - 60}
-        (stage / rundir.OWNER_FILE).write_text(json.dumps(owner))
+        (stage / lock.OWNER_FILE).write_text(json.dumps(owner))
     return stage
 
 
@@ -238,7 +239,7 @@ def test_a_stale_staging_folder_is_reported_and_removed_only_with_overwrite(tmp_
     assert len(err) == 1 and err[0].startswith("sasg: note: removed 1 staging folder") and "dead0001" in err[0], err
     assert not dead.exists() and all(p.is_dir() and (p / "metrics.csv").is_file() for p in kept)
     assert (out / "summary.json").read_text() == '{"new": 1}'
-    assert not (out / rundir.OWNER_FILE).exists()  # the owner file does not reach the run folder
+    assert not (out / lock.OWNER_FILE).exists()  # the owner file does not reach the run folder
     assert _hidden(tmp_path) == sorted(p.name for p in kept)  # no lock file, no staging of its own
 
 
@@ -331,10 +332,10 @@ def test_the_lock_is_released_on_every_exit(tmp_path, failure):
     out = tmp_path / "run"
     with pytest.raises(type(failure)):
         with staged_run_dir(out) as stage:
-            assert (tmp_path / ".run.lock").exists() and rundir.lock_path(out).name == ".run.lock"
+            assert (tmp_path / ".run.lock").exists() and lock.lock_path(out).name == ".run.lock"
             (stage / "half.csv").write_text("1,2")
             raise failure
-    assert list(tmp_path.iterdir()) == [] and runlock._held == {}
+    assert list(tmp_path.iterdir()) == [] and lock._held == {}
     # Another process can take it at once.
     code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.unlink(sys.argv[1])")
@@ -348,12 +349,12 @@ def test_a_refused_destination_releases_the_lock(tmp_path):
     with pytest.raises(ConfigError, match="not a run folder"):
         with staged_run_dir(out, overwrite=True):
             pass
-    assert _hidden(tmp_path) == [] and runlock._held == {}
+    assert _hidden(tmp_path) == [] and lock._held == {}
 
 
 def _earlier_run(out):
     out.mkdir()
-    rundir.mark_run_folder(out)  # what every run folder holds since sasg marks them
+    destination.mark_run_folder(out)  # what every run folder holds since sasg marks them
     (out / "summary.json").write_text('{"earlier": 1}')
     (out / "metrics.csv").write_text("a,b\n")
 

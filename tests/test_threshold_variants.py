@@ -199,7 +199,7 @@ def test_resolved_config_records_them(capsys, command):
 @pytest.mark.parametrize("flags,says", [
     (["--window-sum", "D+1"], "argument --window-sum: 'D+1' is neither D-1 nor D"),
     (["--window-sum", "sasg=2"], "argument --window-sum: '2' is neither D-1 nor D"),
-    (["--threshold-lr-lag", "one"], "argument --threshold-lr-lag: 'one' is not a number"),
+    (["--threshold-lr-lag", "one"], "argument --threshold-lr-lag: must be a number, got 'one'"),
     (["--threshold-lr-lag", "-1"], "threshold lr lag must be a finite number of epochs >= 0, got -1.0; e.g. --threshold-lr-lag 1"),
     (["--threshold-lr-lag", "nan"], "threshold lr lag must be a finite number of epochs >= 0, got nan"),
     (["--threshold-lr-lag", "inf"], "threshold lr lag must be a finite number of epochs >= 0, got inf"),
@@ -311,9 +311,9 @@ def test_optimizer_defaults_are_bit_identical_and_window_sum_d():
 
 
 @pytest.mark.parametrize("kw,says", [
-    (dict(threshold_lr_lag=-1), "threshold_lr_lag is a number of optimizer steps"),
-    (dict(threshold_lr_lag=1.5), "threshold_lr_lag is a number of optimizer steps"),
-    (dict(threshold_lr_lag=True), "threshold_lr_lag is a number of optimizer steps"),
+    (dict(threshold_lr_lag=-1), r"threshold_lr_lag must be an integer number of optimizer steps from 0 to 100000000, got -1; e\.g\. threshold_lr_lag=len\(loader\)"),
+    (dict(threshold_lr_lag=1.5), "threshold_lr_lag must be an integer number of optimizer steps from 0 to 100000000, got 1.5"),
+    (dict(threshold_lr_lag=True), "threshold_lr_lag must be an integer number of optimizer steps from 0 to 100000000, got True"),
     (dict(window_sum="D+1"), "window sum must be 'D-1' or 'D'"),
 ])
 def test_optimizer_refuses_bad_values(kw, says):

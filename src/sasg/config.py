@@ -7,15 +7,13 @@ window D = 10, threshold scale c = 2, 20 epochs, evaluation every 10 iterations.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 
 from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
 from .core.natural import NATURAL, PAPER_CODEC, natural_codec, resolve_codec
-
-
-# Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
-MAX_SEED = 2**32 - 1
+# MAX_SEED (seeds as numpy takes them) lives in sasg.validation; sasg.config.MAX_SEED stays.
+from .validation import MAX_SEED, choice, fail, integer, number, optional, seed  # noqa: F401
 
 # Upper bounds of the numeric settings, checked by RunConfig.validate() before anything runs. Each
 # lies far above any real experiment (the paper: M = 10 workers, batches of 10..128, lr <= 0.1,
@@ -149,10 +147,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         from .core.spec import check_codec
-        from .data import AUGMENTATIONS, DATASETS, PARTITIONS
-        from .models import MODELS
-
-        from .presets import PRESETS
+        from .data import DATASETS
 
         names = self.algorithms.split(",") if isinstance(self.algorithms, str) else self.algorithms
         algos = tuple(a.strip().lower() for a in names if a.strip())
@@ -182,60 +177,17 @@ class RunConfig:
                           if k in knobs})
         decay = self.lr_decay_epochs
         decay = (decay,) if isinstance(decay, (int, float)) and not isinstance(decay, bool) else decay
-        if not all(_finite(e) for e in decay):
-            raise ConfigError(f"lr decay epochs must be numbers, got {self.lr_decay_epochs!r}; e.g. --lr-decay-epochs 20,30")
-        self.lr_decay_epochs = tuple(float(e) for e in decay)
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
-        _int_at_least("workers", self.workers, 1, "--workers")
-        _at_most("workers", self.workers, MAX_WORKERS, "--workers 10")
-        _int_at_least("batch size", self.batch_size, 1, "--batch-size")
-        _at_most("batch size", self.batch_size, MAX_BATCH_SIZE, "--batch-size 10")
-        _int_at_least("eval interval", self.eval_every, 1, "--eval-every")
-        _at_most("eval interval", self.eval_every, MAX_EVAL_EVERY, "--eval-every 10")
-        _int_at_least("seed", self.seed, 0, "--seed")
-        if self.seed > MAX_SEED:
-            raise ConfigError(f"seed must be at most {MAX_SEED} (2**32 - 1), got {self.seed}; e.g. --seed 1")
-        if not _finite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}; e.g. --lr 0.05")
-        _at_most("lr", self.lr, MAX_LR, "--lr 0.05", why="a larger step overflows float32")
-        if not _finite(self.epochs) or self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}; e.g. --epochs 20")
-        # Every epoch is at least one round, so this holds whatever the data set.
-        _at_most("epochs", self.epochs, MAX_ROUNDS, "--epochs 20", why="a run is at most 1e8 rounds")
-        if self.target_acc is not None and (not _finite(self.target_acc) or not 0 <= self.target_acc <= 100):
-            raise ConfigError(f"target accuracy is in percent, 0..100; got {self.target_acc}")
-        if self.backend not in ("auto", "vmap", "loop"):
-            raise ConfigError(f"unknown backend {self.backend!r}; choose from auto, vmap, loop")
-        if self.partition not in PARTITIONS:
-            raise ConfigError(f"unknown partition {self.partition!r}; choose from {', '.join(PARTITIONS)}")
-        if not _finite(self.beta) or self.beta <= 0:
-            raise ConfigError(f"Dirichlet beta must be > 0, got {self.beta}; e.g. --beta 0.5")
-        _at_most("Dirichlet beta", self.beta, MAX_BETA, "--beta 0.5")
-        _int_at_least("shards per worker", self.shards_per_worker, 1, "--shards-per-worker")
-        _at_most("shards per worker", self.shards_per_worker, MAX_SHARDS_PER_WORKER, "--shards-per-worker 2")
-        for e in self.lr_decay_epochs:
-            if not _finite(e) or e <= 0:
-                raise ConfigError(f"lr decay epochs must be > 0, got {e}; e.g. --lr-decay-epochs 20")
-            _at_most("lr decay epochs", e, MAX_ROUNDS, "--lr-decay-epochs 20", why="a run is at most 1e8 rounds")
+        if isinstance(decay, (str, bytes)) or not hasattr(decay, "__iter__"):
+            fail("lr decay epochs", "a number or a list of numbers", decay, "e.g. --lr-decay-epochs 20,30",
+                 error=ConfigError)
+        self.lr_decay_epochs = tuple(float(_decay_epoch(e)) for e in decay)
         if len(set(self.lr_decay_epochs)) != len(self.lr_decay_epochs):
             raise ConfigError(
                 f"lr decay epochs list an epoch twice ({self.lr_decay_epochs}); list each once, e.g. --lr-decay-epochs 20,30"
             )
-        if not _finite(self.lr_decay_factor) or not 0 < self.lr_decay_factor <= 1:
-            raise ConfigError(f"lr decay factor must be in (0, 1], got {self.lr_decay_factor}; e.g. --lr-decay-factor 0.1")
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"unknown augmentation {self.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
-        if self.target_metric not in ("top1", "top5"):
-            raise ConfigError(f"unknown target metric {self.target_metric!r}; choose from top1, top5")
-        if self.iterations is not None:
-            _int_at_least("iterations", self.iterations, 1, "--iterations")
-            _at_most("iterations", self.iterations, MAX_ROUNDS, "--iterations 1000")
-        else:
+        for name, check in _field_checks():
+            setattr(self, name, check(getattr(self, name)))
+        if self.iterations is None:
             self._check_rounds()
         if DATASETS[self.dataset].needs_files and not self.data_dir:
             raise ConfigError(
@@ -330,25 +282,43 @@ def _check_per_algorithm(per: dict) -> dict:
     return out
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+# The settings RunConfig.validate() checks one by one: (field, its check), in the order they are
+# checked. Each check takes the field's value and returns it normalized (a choice lower-cased) or
+# raises ConfigError naming the setting, the bad value and a fix.
+def _field_checks() -> tuple[tuple[str, object], ...]:
+    from .data import AUGMENTATIONS, DATASETS, PARTITIONS
+    from .models import MODELS
+    from .presets import PRESETS
+
+    def check(kind, name: str, fix: str, **bounds):
+        return partial(kind, name=name, fix=fix, error=ConfigError, **bounds)
+
+    rounds = "a run is at most 1e8 rounds"
+    return (
+        ("preset", partial(optional, check(choice, "preset", "e.g. --preset paper-mnist", choices=PRESETS))),
+        ("dataset", check(choice, "dataset", "e.g. --dataset mnist5k", choices=DATASETS)),
+        ("model", check(choice, "model", "e.g. --model fc", choices=sorted(MODELS))),
+        ("workers", check(integer, "workers", "e.g. --workers 10", ge=1, limit=MAX_WORKERS)),
+        ("batch_size", check(integer, "batch size", "e.g. --batch-size 10", ge=1, limit=MAX_BATCH_SIZE)),
+        ("eval_every", check(integer, "eval interval", "e.g. --eval-every 10", ge=1, limit=MAX_EVAL_EVERY)),
+        ("seed", partial(seed, fix="e.g. --seed 1", error=ConfigError)),
+        ("lr", check(number, "lr", "e.g. --lr 0.05", gt=0, limit=MAX_LR, why="a larger step overflows float32")),
+        # Every epoch is at least one round, so the limit holds whatever the data set.
+        ("epochs", check(number, "epochs", "e.g. --epochs 20", gt=0, limit=MAX_ROUNDS, why=rounds)),
+        ("target_acc", partial(optional, check(number, "target accuracy", "a percentage, e.g. --target-acc 90",
+                                               ge=0, le=100))),
+        ("backend", check(choice, "backend", "e.g. --backend auto", choices=("auto", "vmap", "loop"))),
+        ("partition", check(choice, "partition", "e.g. --partition iid", choices=PARTITIONS)),
+        ("beta", check(number, "Dirichlet beta", "e.g. --beta 0.5", gt=0, limit=MAX_BETA)),
+        ("shards_per_worker", check(integer, "shards per worker", "e.g. --shards-per-worker 2", ge=1,
+                                    limit=MAX_SHARDS_PER_WORKER)),
+        ("lr_decay_factor", check(number, "lr decay factor", "e.g. --lr-decay-factor 0.1", gt=0, le=1)),
+        ("augment", check(choice, "augment", "e.g. --augment none", choices=AUGMENTATIONS)),
+        ("target_metric", check(choice, "target metric", "e.g. --target-metric top1", choices=("top1", "top5"))),
+        ("iterations", partial(optional, check(integer, "iterations", "e.g. --iterations 1000", ge=1,
+                                               limit=MAX_ROUNDS))),
+    )
 
 
-def _int_at_least(what: str, value, low: int, flag: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, got {value!r}; e.g. {flag} {max(low, 1)}")
-    if value < low:
-        raise ConfigError(f"{what} must be >= {low}, got {value}; e.g. {flag} {max(low, 1)}")
-
-
-def _at_most(what: str, value, high, example: str, why: str = "") -> None:
-    """``value`` (already checked to be a finite number) is at most ``high``; else one line naming
-    the setting, the bound, why (when given) and an example fix."""
-    if value > high:
-        reason = f" ({why})" if why else ""
-        raise ConfigError(f"{what} must be at most {_fmt(high)}{reason}, got {_fmt(value)}; e.g. {example}")
-
-
-def _fmt(x) -> str:
-    """An int as written (100000), a float short (1e+300, 0.5)."""
-    return str(x) if isinstance(x, int) else f"{x:g}"
+_decay_epoch = partial(number, name="lr decay epochs", gt=0, limit=MAX_ROUNDS, why="a run is at most 1e8 rounds",
+                       fix="e.g. --lr-decay-epochs 20", error=ConfigError)

@@ -99,9 +99,9 @@ def _closing(watchers):
 
 def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Checkpoints | None, watchers=(),
              label: str = "") -> RunResult:
-    from .distributed.checkpoint import (CheckpointWriteError, check_same_setting, checkpoint_path, newest_intact,
-                                         read_state, remove_checkpoint, result_path, save_checkpoint,
-                                         saved_iterations, write_atomically)
+    from .lifecycle.checkpoint import (CheckpointWriteError, check_same_setting, checkpoint_path, newest_intact,
+                                       read_state, remove_checkpoint, result_path, save_checkpoint,
+                                       saved_iterations, write_atomically)
 
     ck = checkpoints
     setting = cfg.to_dict()
@@ -139,7 +139,7 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
             raise  # a setting or the disk: the whole command stops with its one line
         # A SIGTERM that came during the round (its exit may surface as whatever torch made of it,
         # e.g. an internal assert): the stop it is, not this algorithm's failure.
-        from .report.rundir import stop_if_signalled
+        from .lifecycle.signals import stop_if_signalled
 
         stop_if_signalled()
         # Something inside this algorithm broke (e.g. a member refusing non-finite values after a
@@ -158,7 +158,7 @@ def _run_one(cfg: RunConfig, name: str, data: DataSplit, tick, checkpoints: Chec
 
 def _none_readable(folder: Path, seed: int, name: str) -> ConfigError:
     """``--resume`` found checkpoints of this run, and none of them loads."""
-    from .distributed.checkpoint import checkpoint_path, saved_iterations
+    from .lifecycle.checkpoint import checkpoint_path, saved_iterations
 
     files = ", ".join(checkpoint_path(folder, seed, name, it).name for it in saved_iterations(folder, seed, name))
     return ConfigError(
@@ -184,7 +184,7 @@ def _note_long_windows(config: RunConfig, rounds: int) -> None:
 
 def has_checkpoints(folder: Path, seeds: list[int], algorithms) -> bool:
     """Anything for ``--resume`` to continue from: a finished or an interrupted run."""
-    from .distributed.checkpoint import result_path, saved_iterations
+    from .lifecycle.checkpoint import result_path, saved_iterations
 
     return any(result_path(folder, s, a).exists() or saved_iterations(folder, s, a) for s in seeds for a in algorithms)
 

@@ -29,13 +29,9 @@ MAX_THREADS = 1024
 def parse_threads(text, source: str) -> int:
     """A thread count from ``source`` (a flag or an environment variable), or a ``ValueError``
     naming the source and the fix."""
-    try:
-        n = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"{source} must be a whole number of threads, got {text!r}; e.g. {source}=1") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"{source} must be in 1..{MAX_THREADS}, got {n}; e.g. {source}=1")
-    return n
+    from .validation import parse_integer
+
+    return parse_integer(str(text).strip(), source, ge=1, le=MAX_THREADS, fix=f"e.g. {source}=1")
 
 
 def choose_threads(flag: int | None = None, environ=None) -> tuple[int, str]:

@@ -103,9 +103,9 @@ def resolved(config: RunConfig, seeds: list[int]) -> dict:
 
 def check_seeds(seeds) -> None:
     """``--seeds``: each once, each a valid seed."""
-    from ..config import MAX_SEED
+    from ..validation import seed
 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, seeds))}); list each once")
-    if any(not 0 <= s <= MAX_SEED for s in seeds):
-        raise ConfigError(f"seeds must be in 0..{MAX_SEED}; e.g. --seeds 1,19,31,42,80")
+    for s in seeds:
+        seed(s, "every seed in --seeds", fix="e.g. --seeds 1,19,31,42,80", error=ConfigError)

@@ -41,82 +41,32 @@ SHUTDOWN_GRACE_S = 5
 LAUNCHER_ONLY = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
-        return v
-
-    parse.__name__ = "int"
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_nonneg_int = _int_at_least(0)
-
 # A collective may wait at most a day for a peer: longer is no timeout at all (a hung peer would
 # hold every rank for days), and torch turns the seconds into a timedelta, which ``inf`` or 1e300
 # overflow (OverflowError in every worker).
 MAX_TIMEOUT_S = 86400.0
 
 
-def _at_most(parse, high: int, example: str, why: str):
-    """``parse``, then refuse a value above ``high`` (one line: bound, reason, example)."""
+def _flag_type(parse: str, **bounds):
+    """An argparse type from :mod:`sasg.validation` (``parse``: "integer" or "number")."""
+    from .. import validation
 
-    def bounded(text: str) -> int:
-        v = parse(text)
-        if v > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high} ({why}), got {v}; e.g. {example}")
-        return v
-
-    bounded.__name__ = "int"
-    return bounded
+    return validation.argument(getattr(validation, f"parse_{parse}"), **bounds)
 
 
+_nonneg_int = _flag_type("integer", ge=0)
 # A checkpoint interval past the longest run (config.MAX_ROUNDS) would never write one.
-_checkpoint_interval = _at_most(_nonneg_int, MAX_ROUNDS, "--checkpoint-every 1000", "a run is at most 1e8 rounds")
+_checkpoint_interval = _flag_type("integer", ge=0, limit=MAX_ROUNDS, why="a run is at most 1e8 rounds",
+                                  fix="e.g. --checkpoint-every 1000")
 # Processes: the run's workers (config.MAX_WORKERS bounds --nproc-per-node x --nnodes too).
-_processes = _at_most(_positive_int, MAX_WORKERS, "--nproc-per-node 4", "the most workers a run may have")
-_nodes = _at_most(_positive_int, MAX_WORKERS, "--nnodes 2", "the most workers a run may have")
-
-
-def _port(text: str) -> int:
-    v = _positive_int(text)
-    if v > 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port, 1..65535, got {v}")
-    return v
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    if not v <= MAX_TIMEOUT_S:  # inf and nan too
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number of seconds, at most {MAX_TIMEOUT_S:g} (one day), got {text}; e.g. --timeout 120"
-        )
-    return v
-
-
-def _heartbeat_seconds(text: str) -> float:
-    """``--heartbeat-timeout``: 0 (off) or a finite number of seconds up to a day."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= v <= MAX_TIMEOUT_S:  # negative, inf and nan too
-        raise argparse.ArgumentTypeError(
-            f"must be 0 (off) or a finite number of seconds, at most {MAX_TIMEOUT_S:g} (one day), got {text}; "
-            "e.g. --heartbeat-timeout 60"
-        )
-    return v
+_processes = _flag_type("integer", ge=1, limit=MAX_WORKERS, why="the most workers a run may have",
+                        fix="e.g. --nproc-per-node 4")
+_nodes = _flag_type("integer", ge=1, limit=MAX_WORKERS, why="the most workers a run may have", fix="e.g. --nnodes 2")
+_port = _flag_type("integer", ge=1, le=65535, fix="a TCP port, e.g. --master-port 29500")
+_seconds = _flag_type("number", gt=0, limit=MAX_TIMEOUT_S, unit="seconds", why="one day", fix="e.g. --timeout 120")
+# --heartbeat-timeout: 0 (off) or a finite number of seconds up to a day.
+_heartbeat_seconds = _flag_type("number", ge=0, le=MAX_TIMEOUT_S, unit="seconds",
+                                fix="0 (off) or e.g. --heartbeat-timeout 60")
 
 
 def add_worker_flags(p: argparse.ArgumentParser) -> None:
@@ -227,7 +177,7 @@ def check_backend(backend: str, device: str, local_processes: int) -> None:
 def check_run_folder(out: Path, overwrite: bool) -> None:
     """What the finished run needs: ``check_destination``, and a parent folder the run folder
     can be staged in (found out here, not after training; what this creates is removed)."""
-    from ..report import check_destination
+    from ..lifecycle.destination import check_destination
 
     out = Path(out)
     check_destination(out, overwrite)
@@ -266,7 +216,7 @@ def check_checkpoint_dir(args: argparse.Namespace, tidy: bool = True) -> None:
 
 def default_out(command: str = "launch") -> Path:
     """``runs/<command>-<time>``, as ``sasg run`` and ``sasg compare`` name theirs."""
-    from ..report.rundir import default_run_dir
+    from ..lifecycle.destination import default_run_dir
 
     return default_run_dir(command)
 
@@ -402,13 +352,13 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
     check_backend(args.dist_backend, config.device, args.nproc_per_node)
     out = args.out or default_out()
     if args.node_rank == 0:
-        from ..report.rundir import check_separate_folders
+        from ..lifecycle.destination import check_separate_folders
 
         check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
         check_run_folder(out, args.overwrite)
     check_checkpoint_dir(args)
     if args.resume:
-        from ..distributed.checkpoint import check_resumable
+        from ..lifecycle.checkpoint import check_resumable
 
         first = args.node_rank * args.nproc_per_node
         check_resumable(args.checkpoint_dir, seeds[0], range(first, first + args.nproc_per_node))

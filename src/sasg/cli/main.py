@@ -38,16 +38,10 @@ class CommandParser(OneLineParser):
 
 
 def _number(kind):
-    name = "an integer" if kind is int else "a number"
+    """An argparse type: the text as an ``int`` or a ``float`` (ranges: RunConfig.validate)."""
+    from ..validation import argument, parse_integer, parse_number
 
-    def parse(text: str):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
-
-    parse.__name__ = kind.__name__
-    return parse
+    return argument(parse_integer if kind is int else parse_number)
 
 
 def _items(text: str, example: str) -> list[str]:
@@ -313,12 +307,13 @@ def add_checkpoint_flags(p) -> None:
 
 def check_checkpoints(args, config, seeds) -> "Checkpoints | None":
     """The checkpoint flags of run/compare, checked before anything runs."""
+    from ..config import MAX_ROUNDS
     from ..experiment import Checkpoints, has_checkpoints
+    from ..validation import integer
     from .launch import check_checkpoint_dir
 
-    every = args.checkpoint_every
-    if isinstance(every, bool) or not 0 <= every <= 10**8:
-        raise ConfigError(f"--checkpoint-every must be an integer in 0..100000000, got {every}; e.g. --checkpoint-every 500")
+    every = integer(args.checkpoint_every, "--checkpoint-every", ge=0, le=MAX_ROUNDS,
+                    fix="e.g. --checkpoint-every 500", error=ConfigError)
     if args.checkpoint_dir is None:
         if every or args.resume:
             flag = "--resume" if args.resume else "--checkpoint-every"
@@ -338,13 +333,11 @@ LOG_EVERY_S = 60.0  # progress lines in a batch log: often enough to see a run m
 
 def make_watchers(args) -> list:
     """Progress lines (only where stderr is no terminal: there the bar shows) and TensorBoard."""
-    import math
-
     from ..report.live import ProgressLines, TensorBoardLog
+    from ..validation import number
 
     every = LOG_EVERY_S if getattr(args, "log_every", None) is None else args.log_every
-    if not (math.isfinite(every) and 0 <= every <= 86400):
-        raise ConfigError(f"--log-every must be a number of seconds in 0..86400, got {every}; e.g. --log-every 60")
+    number(every, "--log-every", ge=0, le=86400, unit="seconds", fix="e.g. --log-every 60", error=ConfigError)
     watchers = []
     if every and not args.quiet and not sys.stderr.isatty():
         watchers.append(ProgressLines(every))
@@ -431,8 +424,10 @@ def execute(args: argparse.Namespace) -> int:
     from ..plugins import load_plugins
 
     from ..experiment import check_fits, load_data, partition_report, run_seeds
+    from ..lifecycle.destination import check_destination, check_separate_folders, default_run_dir
+    from ..lifecycle.rundir import staged_run_dir
+    from ..lifecycle.signals import StopCheck
     from ..report import write_run_folder
-    from ..report.rundir import StopCheck, check_destination, check_separate_folders, default_run_dir, staged_run_dir
 
     from ..threads import use_threads
 
@@ -497,14 +492,14 @@ def main(argv: list[str] | None = None) -> int:
             from .launch import launch_main
 
             return launch_main(args, sys.argv[1:] if argv is None else list(argv))
-        from ..report.rundir import exit_on_sigterm
+        from ..lifecycle.signals import exit_on_sigterm
 
         # A scheduler's kill cleans up like Ctrl-C: no half-written folder left. (Not for launch:
         # torchrun's agent in this process handles SIGTERM for its workers itself.)
         exit_on_sigterm()
         from ..sim import retain_freed_memory
 
-        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.memory)
+        retain_freed_memory()  # process-wide, so the command line opts in (see sasg.sim.allocator)
         return execute(args)
     except ConfigError as e:
         print(f"sasg: error: {e}", file=sys.stderr)
@@ -514,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sasg: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        from ..distributed.checkpoint import CheckpointWriteError  # torch: imported only when needed
+        from ..lifecycle.checkpoint import CheckpointWriteError  # torch: imported only when needed
 
         if not isinstance(e, CheckpointWriteError):
             raise

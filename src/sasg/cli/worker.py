@@ -25,9 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from ..distributed.checkpoint import CheckpointWriteError, check_same_setting, load_resume_state, save_checkpoint
 from ..distributed.transport import PeerFailure
 from ..engine import TransportCounters
+from ..lifecycle.checkpoint import CheckpointWriteError, check_same_setting, load_resume_state, save_checkpoint
 from .launch import (LAUNCHER_PID_ENV, add_worker_flags, check_backend, check_checkpoint_dir,
                      check_checkpoint_flags, check_run_folder, default_out, hide_workers_flag)
 
@@ -115,7 +115,7 @@ def local_problem(args, out: Path, rank: int) -> ConfigError | None:
     checkpoint folder (on every node; created, never removed, as ranks probe it at once)."""
     try:
         if rank == 0:
-            from ..report.rundir import check_separate_folders
+            from ..lifecycle.destination import check_separate_folders
 
             check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
             check_run_folder(out, args.overwrite)
@@ -150,7 +150,8 @@ def train(args) -> int:
     from ..distributed.runner import DistributedRun
     from ..distributed.transport import init_process_group_from_env
     from ..experiment import check_fits, load_data
-    from ..report import staged_run_dir, write_run_folder
+    from ..lifecycle.rundir import staged_run_dir
+    from ..report import write_run_folder
     from .config_args import check_seeds, config_from_args, resolved
     from .main import announce, make_watchers
 

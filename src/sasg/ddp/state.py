@@ -63,17 +63,15 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import zlib
 from collections.abc import Mapping
-from numbers import Integral
 from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import MAX_SEED
+from .. import validation
 from ..core.capabilities import provided
 from ..core.spec import check_codec
 from ..core.state import at_least, check_like, equal_to, part_name
@@ -100,17 +98,15 @@ def _lr_reader(lr) -> Callable[[], float] | None:
         return lambda: lr.param_groups[0]["lr"]
     if callable(lr):
         return lr
-    _check_lr(lr)
-    value = float(lr)
+    value = _lr_value(lr)
     return lambda: value
 
 
-def _check_lr(lr) -> float:
+def _lr_value(lr) -> float:
+    """The optimizer's learning rate (a one-element tensor read out) as a checked float."""
     if isinstance(lr, Tensor) and lr.numel() == 1:
         lr = lr.item()
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < math.inf):
-        raise ValueError(f"lr must be a finite number >= 0 (the optimizer's learning rate), got {lr!r}")
-    return float(lr)
+    return validation.lr(lr, fix="pass the optimizer's learning rate, e.g. lr=0.05 or lr=optimizer")
 
 
 class HookState:
@@ -158,15 +154,11 @@ class HookState:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
                              f"{type(optimizer).__name__}")
-        for name, flag in (("momentum_correction", momentum_correction), ("freeze_variance", freeze_variance)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if isinstance(start_iter, bool) or not isinstance(start_iter, Integral) or start_iter < 0:
-            raise ValueError(
-                f"start_iter must be an integer >= 0 (rounds of plain all-reduce first), got {start_iter!r}"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        validation.flag(momentum_correction, "momentum_correction")
+        validation.flag(freeze_variance, "freeze_variance")
+        start_iter = validation.integer(start_iter, "start_iter", ge=0,
+                                        fix="start_iter is the rounds of plain all-reduce first, e.g. start_iter=0")
+        seed = validation.seed(seed)
         named = model.named_parameters() if isinstance(model, nn.Module) else model
         self._module = module if module is not None else (model if isinstance(model, nn.Module) else None)
         self._shadow: nn.Module | None = None  # wk2: the module at this rank's anchor (second_gradient)
@@ -188,9 +180,8 @@ class HookState:
         if optimizer is not None and freeze_variance and is_adam(optimizer):
             self.variance = FrozenVariance(optimizer, self.index, lambda: self._compressed_round,
                                            self.spec.settings.warmup, self._kept_fractions())
-        if step_metric not in STEP_METRICS:
-            raise ValueError(f"step_metric must be one of {', '.join(STEP_METRICS)} (how a lazy rule measures the "
-                             f"parameters' steps), got {step_metric!r}")
+        step_metric = validation.choice(step_metric, "step_metric", STEP_METRICS,
+                                        fix="how a lazy rule measures the parameters' steps, e.g. step_metric='auto'")
         # The real steps measured in the units of what the rule compares (module docstring): Adam's
         # metric under Adam; (1 - momentum) where momentum SGD's velocity steps meet a rule that
         # compares gradients (no DGC correction, or wk2, whose fresh and stale velocities differ by
@@ -338,7 +329,7 @@ class HookState:
             self._theta_round = engine.iteration
         threshold_lr = None
         if self.algorithm.lazy:
-            threshold_lr = _check_lr(self._lr())  # thr_k = sum of real squared steps / (c M eta)
+            threshold_lr = _lr_value(self._lr())  # thr_k = sum of real squared steps / (c M eta)
         compressed = engine.iteration >= self.algorithm.warmup
         averaged = 0  # bytes a rank sent averaging Adam's second moment this round
         if self.variance is not None:  # Adam: the local second moment, averaged now and then

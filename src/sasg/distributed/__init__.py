@@ -4,8 +4,10 @@
   uneven splits (skippers send no payload; relayed across nodes), with byte counters: the transport the round engine
   (:class:`sasg.engine.RoundEngine`) runs over on a rank, holding its own worker and a replica
   of the server;
-- :class:`DistributedRun` — the simulator's setting run by one rank;
-- :func:`~sasg.distributed.checkpoint.save_checkpoint` and friends — per-rank checkpoints.
+- :class:`DistributedRun` — the simulator's setting run by one rank.
+
+A rank's checkpoints are written and read by :mod:`sasg.lifecycle.checkpoint` (which ``sasg run``
+and ``sasg compare`` use too).
 
 The command line on top of this library lives in :mod:`sasg.cli`: ``sasg launch``
 (:mod:`sasg.cli.launch`) starts ``python -m sasg.cli.worker`` (:mod:`sasg.cli.worker`, the torchrun

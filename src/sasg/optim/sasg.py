@@ -27,26 +27,20 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from numbers import Integral
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from ..config import MAX_ROUNDS, MAX_SEED
+from .. import validation
+from ..config import MAX_ROUNDS
 from ..core.layout import Layout
 from ..core.momentum import compressed_entries, factor_mask_
 from ..core.natural import resolve_codec
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
 from ..core.state import check_like, part_name
 from ..engine import InProcessTransport, RoundEngine
-
-
-def _check_lr(lr) -> float:
-    """A finite lr >= 0 (a scheduler may take it down to 0), as a float."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < float("inf")):
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    return float(lr)
 
 
 # ----- parameter groups -------------------------------------------------------------------------------
@@ -97,24 +91,29 @@ def _bad_value(key: str, message: str) -> ValueError:
     return error
 
 
+# A group's values and their checks (sasg.validation): each returns the value or raises ValueError.
+_UPDATE_CHECKS = (
+    ("lr", validation.lr),
+    ("momentum", partial(validation.number, ge=0, lt=1, fix="e.g. momentum=0.9")),
+    ("dampening", partial(validation.number, ge=0, le=1, fix="e.g. dampening=0")),
+    ("weight_decay", partial(validation.number, ge=0, fix="e.g. weight_decay=1e-4")),
+    ("nesterov", validation.flag),
+    ("decoupled_weight_decay", validation.flag),
+)
+
+
 def _check_update(group: Mapping) -> tuple[float, float, float, float, bool, bool]:
     """``(lr, momentum, dampening, weight_decay, nesterov, decoupled_weight_decay)`` of a group,
     checked (a scheduler or the user may have changed them since the last step)."""
-    try:
-        lr = _check_lr(group["lr"])
-    except ValueError as e:
-        raise _bad_value("lr", str(e)) from None
-    momentum, dampening, weight_decay = group["momentum"], group["dampening"], group["weight_decay"]
-    for key, v, ok, span in (("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
-                             ("dampening", dampening, lambda v: 0 <= v <= 1, "in [0, 1]"),
-                             ("weight_decay", weight_decay, lambda v: 0 <= v < float("inf"), "a finite number >= 0")):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-            raise _bad_value(key, f"{key} must be {span}, got {v!r}")
+    checked = {}
+    for key, check in _UPDATE_CHECKS:
+        try:
+            checked[key] = check(group[key], key)
+        except ValueError as e:
+            raise _bad_value(key, str(e)) from None
+    lr, momentum, dampening, weight_decay, nesterov, decoupled = (
+        checked[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "decoupled_weight_decay"))
     momentum, dampening, weight_decay = float(momentum), float(dampening), float(weight_decay)
-    nesterov, decoupled = group["nesterov"], group["decoupled_weight_decay"]
-    for key, v in (("nesterov", nesterov), ("decoupled_weight_decay", decoupled)):
-        if not isinstance(v, bool):
-            raise _bad_value(key, f"{key} must be True or False, got {v!r}")
     if nesterov and (momentum == 0 or dampening != 0):
         raise _bad_value(
             "nesterov",
@@ -366,18 +365,11 @@ class SASG(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "decoupled_weight_decay": decoupled_weight_decay}
         _check_update(defaults)
-        if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
-        lag = threshold_lr_lag
-        if isinstance(lag, bool) or not isinstance(lag, Integral) or not 0 <= lag <= MAX_ROUNDS:
-            raise ValueError(
-                f"threshold_lr_lag is a number of optimizer steps, an integer from 0 to {MAX_ROUNDS}, got {lag!r}; "
-                "e.g. threshold_lr_lag=len(loader) for one epoch"
-            )
-        self._lag = int(lag)
+        validation.seed(seed)
+        self._lag = validation.integer(threshold_lr_lag, "threshold_lr_lag", ge=0, le=MAX_ROUNDS, unit="optimizer steps",
+                                       fix="e.g. threshold_lr_lag=len(loader) for one epoch")
         self._lrs: deque = deque()  # (step, lr) where the lr changed, back to step k - lag
-        if not isinstance(broadcast_initial, bool):
-            raise ValueError(f"broadcast_initial must be True or False, got {broadcast_initial!r}")
+        validation.flag(broadcast_initial, "broadcast_initial")
         if restore_buffers is not None:
             restore_buffers = list(restore_buffers)
             bad = next((b for b in restore_buffers if not isinstance(b, Tensor)), None)
@@ -417,8 +409,7 @@ class SASG(torch.optim.Optimizer):
         self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum,
                                                                      tensor_policy=tensor_policy, warmup=warmup,
                                                                      aggregate=aggregate))
-        if not isinstance(momentum_correction, bool):
-            raise ValueError(f"momentum_correction must be True or False, got {momentum_correction!r}")
+        validation.flag(momentum_correction, "momentum_correction")
         if momentum_correction and any(g["nesterov"] or g["dampening"] or g["decoupled_weight_decay"]
                                        for g in self.param_groups):
             raise ValueError("momentum_correction works with plain heavy-ball momentum and coupled weight decay: "

@@ -1,4 +1,5 @@
-"""Run folder, summary, metrics, plots and the Markdown report."""
+"""What a run folder holds: summary, metrics, plots and the Markdown report (the folder itself,
+staged and locked, is :mod:`sasg.lifecycle.rundir`'s)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 from .markdown import render_report
 from .metrics import write_ledger, write_metrics
 from .plots import plot_curves
-from .rundir import check_destination, staged_run_dir
 from .summary import build_summary, json_ready
 from .table import ratio_lines, text_table
 
@@ -45,10 +45,8 @@ def strict_json(value) -> str:
 
 __all__ = [
     "build_summary",
-    "check_destination",
     "ratio_lines",
     "render_report",
-    "staged_run_dir",
     "strict_json",
     "text_table",
     "write_run_folder",

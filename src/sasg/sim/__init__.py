@@ -2,7 +2,7 @@
 
 from .evaluate import evaluate
 from .gradients import LoopGradients, VmapGradients, make_gradients
-from .memory import retain_freed_memory
+from .allocator import retain_freed_memory
 from .simulator import RunResult, Simulator
 
 __all__ = ["LoopGradients", "RunResult", "Simulator", "VmapGradients", "evaluate", "make_gradients",

@@ -2,13 +2,11 @@
 
 Everything is written into a hidden staging folder beside the target; only when the run has
 finished is it renamed into place. On any error (or Ctrl-C, SIGTERM from a scheduler or SIGHUP
-from a closed terminal, see :func:`exit_on_sigterm`) the staging folder is removed, so neither a
-partial run folder nor a clobbered earlier one is ever left behind.
+from a closed terminal, see :mod:`sasg.lifecycle.signals`) the staging folder is removed, so
+neither a partial run folder nor a clobbered earlier one is ever left behind.
 
-``--overwrite`` replaces only an earlier *run folder*, never an arbitrary folder: a typo such as
-``--out src --overwrite`` must not delete source code, nor someone's folder that merely holds a
-file called ``summary.json``. A run folder is one sasg marked when it made it (see
-:func:`is_run_folder`).
+``--overwrite`` replaces only an earlier *run folder*, never an arbitrary folder (what counts as
+one, and which destinations are refused before a run starts: :mod:`sasg.lifecycle.destination`).
 
 Two runs with the same ``--out`` at once: a lock file beside the target (``.<name>.lock``, held
 with ``flock`` from the start of staging until the folder is in place) makes the second one stop
@@ -21,11 +19,9 @@ the next run for the same target, and removed with ``--overwrite``; nothing else
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -33,126 +29,14 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..safe_files import is_regular_file, open_regular, os_reason, read_small, write_new
-from .runlock import (OWNER_FILE, RunLock, busy_message, busy_owner, holds, lock_path, process_alive, read_owner,
-                      write_owner)
+from ..safe_files import is_regular_file, os_reason
+from .destination import (RUN_FOLDER_MARK, check_destination, check_folder, is_run_folder, mark_run_folder,
+                          named_by_default)
+from .lock import OWNER_FILE, RunLock, busy_message, busy_owner, lock_path, process_alive, read_owner, write_owner
+from .signals import signals_held, stop_if_signalled, stop_requested
 
-RUN_FOLDER_MARK = "summary.json"  # every run folder has one
-# Written into every run folder as it is made; --overwrite replaces only a folder holding it (a
-# regular file, not a symlink, with exactly this text), or an older run folder told apart safely.
-RUN_MARKER = ".sasg-run"
-RUN_MARKER_TEXT = b"sasg run folder: --overwrite may replace this folder\n"
-# What a run folder made before the marker existed holds, and nothing else (see _older_run_folder).
-_RUN_FILES = re.compile(r"(config|summary|distributed)\.json|(metrics|rounds)\.csv|report\.md|[a-z0-9_]+\.png")
 _STAGE_KINDS = ("partial", "old")  # .<name>.partial-XXXXXXXX: the new run; .old-: the one it replaces
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-_default_names: set[str] = set()  # targets named by default_run_dir: on a clash the run goes beside
-
-
-def default_run_dir(command: str, root: Path = Path("runs")) -> Path:
-    """``runs/<command>-<time>``; ``-2``, ``-3``, ... when that name is taken (two runs started
-    in the same second; a run still staging it counts as taking it)."""
-    base = root / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out, n = base, 1
-    while out.exists() or holds(out) or busy_owner(out) is not None:
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    _default_names.add(os.path.abspath(out))
-    return out
-
-
-def check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse, before anything runs, a destination the finished run could not take, or one that
-    another run is writing right now."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
-    if os.path.abspath(out) not in _default_names:  # a default name moves aside instead
-        owner = busy_owner(out)
-        if owner is not None:
-            raise ConfigError(busy_message(out, owner))
-    _check_folder(out, overwrite)
-
-
-def check_separate_folders(out: Path, **others) -> None:
-    """Refuse, in one line, an output folder (``checkpoint_dir=``, ``tensorboard=``: the flag's
-    name, dashed) that is the run folder or lies inside it: the finished run folder could not be
-    moved into place (it would silently land in ``out-2``), and ``--overwrite`` would delete it."""
-    target = Path(out).resolve()
-    for name, folder in others.items():
-        if folder is None:
-            continue
-        where = Path(folder).resolve()
-        if where == target or target in where.parents:
-            flag = "--" + name.replace("_", "-")
-            how = "is" if where == target else "lies inside"
-            raise ConfigError(
-                f"{flag} {folder} {how} the run folder --out {out}; give them separate folders, "
-                f"e.g. {flag} {Path(out).parent / (Path(out).name + '-' + name.split('_')[0])}"
-            )
-
-
-def _check_folder(out: Path, overwrite: bool) -> None:
-    """``check_destination`` less the lock."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
-    if not out.is_dir():
-        return
-    # The finished folder replaces the target by a rename, which the current folder and a mount
-    # point cannot undergo (EBUSY): found out only after training, so refuse them now.
-    here = Path.cwd().resolve()
-    target = out.resolve()
-    if target == here or target in here.parents:
-        raise ConfigError(f"--out {out} is (or holds) the current folder; choose a folder inside it, e.g. --out run1")
-    if os.path.ismount(target):
-        raise ConfigError(f"--out {out} is a mount point; choose a folder inside it, e.g. --out {out / 'run1'}")
-    if any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"--out {out} already holds files; choose another --out or pass --overwrite")
-        if not is_run_folder(out):
-            raise ConfigError(
-                f"--out {out} holds files but is not a run folder sasg made (no {RUN_MARKER} marker); "
-                "--overwrite replaces only run folders: choose another --out"
-            )
-
-
-def is_run_folder(folder: Path) -> bool:
-    """``folder`` is a run folder sasg made, which ``--overwrite`` may replace: it holds the marker
-    :data:`RUN_MARKER` (a regular file, not a symlink, holding :data:`RUN_MARKER_TEXT`), or it is
-    a run folder made before the marker existed (:func:`_older_run_folder`)."""
-    folder = Path(folder)
-    if read_small(folder / RUN_MARKER, limit=len(RUN_MARKER_TEXT) + 1) == RUN_MARKER_TEXT:
-        return True
-    return _older_run_folder(folder)
-
-
-def _older_run_folder(folder: Path) -> bool:
-    """A run folder written before the marker existed, told apart without trusting a name: its
-    ``summary.json`` is a regular file holding sasg's summary (``sasg_version``, ``records``), and
-    every entry is a regular file of a name sasg writes there. One file more (a thesis, a
-    symlink, a sub-folder) and it is not taken for one."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return False
-    names = {e.name for e in entries}
-    if RUN_FOLDER_MARK not in names or "config.json" not in names:
-        return False
-    for e in entries:
-        if not _RUN_FILES.fullmatch(e.name) or not e.is_file(follow_symlinks=False):
-            return False
-    try:
-        with open_regular(folder / RUN_FOLDER_MARK, follow=False) as f:
-            summary = json.loads(f.read(64 << 20).decode())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(summary, dict) and "sasg_version" in summary and isinstance(summary.get("records"), list)
-
-
-def mark_run_folder(folder: Path) -> None:
-    """Write the marker that makes ``folder`` a run folder (into a new folder of this run)."""
-    write_new(Path(folder) / RUN_MARKER, RUN_MARKER_TEXT)
 
 
 class staged_run_dir:
@@ -164,7 +48,7 @@ class staged_run_dir:
     While staged, the target's lock is held. If another run holds it, ``if_busy="refuse"`` (for a
     run about to train) raises ``ConfigError`` naming that run; ``"beside"`` (for a run whose
     results are already in hand) writes to the first free ``out-2``, ... instead, as does a name
-    from :func:`default_run_dir`."""
+    from :func:`~sasg.lifecycle.destination.default_run_dir`."""
 
     def __init__(self, out: Path, overwrite: bool = False, if_busy: str = "refuse"):
         if if_busy not in ("refuse", "beside"):
@@ -180,7 +64,7 @@ class staged_run_dir:
 
     def __enter__(self) -> Path:
         out = self.out
-        beside = self.if_busy == "beside" or os.path.abspath(out) in _default_names
+        beside = self.if_busy == "beside" or named_by_default(out)
         if not beside:
             check_destination(out, self.overwrite)  # before anything is created
         started = time.time()
@@ -202,7 +86,7 @@ class staged_run_dir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None and _stop_code is not None:  # a signal's exit that was dropped on the way
+            if exc_type is None and stop_requested():  # a signal's exit that was dropped on the way
                 self._clean_up()
                 stop_if_signalled()
             if exc_type is not None:
@@ -212,7 +96,7 @@ class staged_run_dir:
                 return
             stage = self.stage
             try:
-                with _signals_held():
+                with signals_held():
                     self.path = self._move_into_place(self.stage)
                     self.stage = None
             except BaseException as e:
@@ -248,7 +132,7 @@ class staged_run_dir:
             if isinstance(lock, RunLock):
                 try:
                     if candidate == out:
-                        _check_folder(out, self.overwrite)
+                        check_folder(out, self.overwrite)
                     elif _has_files(candidate):  # out-2 of an earlier run: never replaced
                         raise ConfigError(f"{candidate} is taken")
                 except ConfigError:
@@ -380,49 +264,6 @@ def stale_stages(out: Path, before: float | None = None) -> list[Path]:
     return found
 
 
-def exit_on_sigterm() -> None:
-    """Turn SIGTERM (a scheduler's kill, torchrun stopping its workers) and SIGHUP (the terminal
-    closed, an ssh session dropped) into ``SystemExit``, so that a staging folder is cleaned up as
-    on Ctrl-C instead of being left behind. The exit code is 128 + the signal's number, as a shell
-    reports a process killed by it. A SIGHUP already ignored (``nohup``) stays ignored."""
-
-    def handler(signum, frame):
-        global _stop_code
-        _stop_code = 128 + signum
-        raise SystemExit(_stop_code)
-
-    signal.signal(signal.SIGTERM, handler)
-    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
-        signal.signal(hangup, handler)
-
-
-_stop_code: int | None = None  # 128 + the signal's number, once exit_on_sigterm's handler ran
-
-
-def stop_if_signalled() -> None:
-    """Raise the ``SystemExit`` of a SIGTERM or SIGHUP that came earlier again.
-
-    Python runs a signal's handler wherever the main thread is, and an exception raised inside a
-    finalizer (a ``__del__``, a weakref callback during garbage collection) is printed as
-    "Exception ignored" and dropped: a signal landing there would be lost and the run would go on
-    to its end. Called after every round (:class:`StopCheck`) and before a staged folder is moved
-    into place, it makes such a signal stop the run within a round."""
-    if _stop_code is not None:
-        raise SystemExit(_stop_code)
-
-
-class StopCheck:
-    """A watcher (see :mod:`sasg.report.live`) that calls :func:`stop_if_signalled` after every
-    round of a run."""
-
-    def __call__(self, sim, label: str) -> None:
-        stop_if_signalled()
-
-    def close(self) -> None:
-        pass
-
-
 # -- helpers ------------------------------------------------------------------------------------
 
 
@@ -459,22 +300,6 @@ def _has_files(folder: Path) -> bool:
         return False
     except OSError:
         return True
-
-
-class _signals_held:
-    """Hold back SIGTERM, SIGHUP and SIGINT over a few renames that must happen together; a
-    signal that came meanwhile is acted on right after."""
-
-    def __enter__(self):
-        self._sigs = {getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, n)}
-        self._old = None
-        if hasattr(signal, "pthread_sigmask"):
-            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, self._sigs)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 
 def _umask() -> int:

@@ -1,10 +1,13 @@
-"""Per-rank checkpoints of a distributed run, and picking the point to resume from.
+"""Checkpoints of a run, and picking the point to resume from.
 
-Each rank writes its own file ``seed<S>-rank<R>-iter<K>.pt`` (its worker state — error memory,
-anchor, staleness — the server replica with every worker's last message and the trigger window,
-theta, its sampler streams, the ledger and, on rank 0, the evaluation history), atomically
-(temporary file, fsync, rename: a crash leaves the old file or the new one, never half of one),
-every ``--checkpoint-every`` rounds, and keeps the last two. The temporary file has an
+``sasg run`` and ``sasg compare`` keep one file per algorithm, ``seed<S>-<algorithm>-iter<K>.pt``
+(and ``seed<S>-<algorithm>-done.pt``, the finished run's result, which a resumed compare skips).
+In a distributed run each rank writes its own file ``seed<S>-rank<R>-iter<K>.pt`` (its worker
+state — error memory, anchor, staleness — the server replica with every worker's last message and
+the trigger window, theta, its sampler streams, the ledger and, on rank 0, the evaluation
+history). Either is written atomically (temporary file, fsync, rename: a crash leaves the old
+file or the new one, never half of one), every ``--checkpoint-every`` rounds, and the last two
+are kept. The temporary file has an
 unpredictable name and is created with ``O_EXCL | O_NOFOLLOW`` (:mod:`sasg.safe_files`), so a
 symlink planted in the folder can never make a checkpoint write land elsewhere; an algorithm's
 name is encoded (:func:`~sasg.safe_files.file_tag`) so no name can leave the folder. Any failure

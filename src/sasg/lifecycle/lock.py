@@ -4,7 +4,7 @@
 into place, so a second run on the same ``--out`` is refused instead of the two replacing each
 other's results. The kernel drops an ``flock`` when its process ends, so a held lock is always a
 live run. A staging folder holds ``.sasg-owner`` (pid, host, start time): one whose process is
-gone was left by a killed run (see :func:`sasg.report.rundir.stale_stages`).
+gone was left by a killed run (see :func:`sasg.lifecycle.rundir.stale_stages`).
 """
 
 from __future__ import annotations

@@ -61,10 +61,8 @@ bound forces an upload), which is what the simulator computes.
 
 from __future__ import annotations
 
-import copy
 import json
 import zlib
-from collections.abc import Mapping
 from typing import Callable, Iterable
 
 import torch
@@ -74,13 +72,14 @@ from torch import Tensor, nn
 from .. import validation
 from ..core.capabilities import provided
 from ..core.spec import check_codec
-from ..core.state import at_least, check_like, equal_to, part_name
 from ..engine import RoundEngine
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
 from .buckets import ParameterIndex, bucket_nbytes
+from .hook_checkpoint import HookCheckpoint
 from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
 from .rules import hook_algorithm
+from .second_gradient import SecondGradient
 from .transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
@@ -109,7 +108,7 @@ def _lr_value(lr) -> float:
     return validation.lr(lr, fix="pass the optimizer's learning rate, e.g. lr=0.05 or lr=optimizer")
 
 
-class HookState:
+class HookState(SecondGradient, HookCheckpoint):
     """One rank's state of the sasg communication hook (:func:`sasg.ddp.register` makes it).
 
     ``model``: the module DDP wraps (or its ``(name, parameter)`` pairs). The algorithm is
@@ -373,184 +372,3 @@ class HookState:
         if self.engine.num_workers > 1:
             dist.all_reduce(t, group=self.group)
             t.div_(self.engine.num_workers)
-
-    # ----- wk2: the second gradient ------------------------------------------------------------------
-    def second_gradient(self, loss_fn: Callable[[nn.Module], Tensor]) -> bool:
-        """Give a rule that needs it (``wk2``: ``sasg``, ``lasg``) this rank's gradient at its
-        anchor on the step's minibatch; call it every step, before ``loss.backward()``.
-
-        ``loss_fn(module)`` must return the loss the step is about to backpropagate, computed with
-        the module it is given (e.g. ``lambda m: F.cross_entropy(m(x), y)``; under gradient
-        accumulation, the loss of the whole step). Where the rule will check this rank in the coming
-        round, it is run on a shadow copy of the module holding the anchor (made at the first call:
-        one more copy of the parameters; the module's buffers are copied in every time), and the
-        gradient is kept for the round. Elsewhere (warm-up, a forced upload, a rule that needs no
-        second gradient, plain all-reduce rounds) nothing is computed. Returns whether it ran.
-
-        The loss is computed as the function says: random layers (dropout) draw from the global
-        generator, so the shadow's draws differ from the step's own, as two forward passes do."""
-        if not self.algorithm.needs_stale_grads:
-            return False
-        engine = self.start().engine
-        self._asked = True
-        if not self._checks_me():
-            return False
-        if self._module is None:
-            raise RuntimeError("second_gradient needs the module: build the HookState from it (or pass module=)")
-        if self._shadow is None:
-            self._shadow = copy.deepcopy(self._module)
-            self._shadow.requires_grad_(False)
-            for p in self._shadow.parameters():
-                p.grad = None
-            self._shadow_params = dict(self._shadow.named_parameters())
-            missing = [n for n in self.index.names if n not in self._shadow_params]
-            if missing:
-                raise RuntimeError(f"second_gradient: the module has no parameter {missing[0]!r} of the hook state")
-            self._stale = torch.zeros(self.index.numel, device=self.index.device, dtype=torch.float32)
-        anchor = engine.workers.buffer("anchor")[0]
-        with torch.no_grad():
-            for name, seg in zip(self.index.names, self.index.layout.segments):
-                p = self._shadow_params[name]
-                p.copy_(anchor[seg.offset:seg.end].view(p.shape))
-            for (_, mine), (_, live) in zip(self._shadow.named_buffers(), self._module.named_buffers()):
-                mine.copy_(live)
-        trained = [self._shadow_params[n] for n in self.index.names]
-        for p in trained:
-            p.requires_grad_(True)
-        try:
-            with torch.enable_grad():
-                loss = loss_fn(self._shadow)
-                if not isinstance(loss, Tensor) or loss.numel() != 1:
-                    raise ValueError(f"second_gradient: loss_fn must return the step's loss (one number), got "
-                                     f"{type(loss).__name__ if not isinstance(loss, Tensor) else tuple(loss.shape)}")
-                if not loss.requires_grad:
-                    raise ValueError("second_gradient: the loss does not depend on the module's parameters: compute "
-                                     "it with the module loss_fn is given, outside torch.no_grad()")
-                grads = torch.autograd.grad(loss, trained, allow_unused=True)
-        finally:
-            for p in trained:
-                p.requires_grad_(False)
-        for g, seg in zip(grads, self.index.layout.segments):
-            if g is None:  # not used by this loss: DDP would hand the hook zeros for it too
-                self._stale[seg.offset:seg.end].zero_()
-            else:
-                self._stale[seg.offset:seg.end].copy_(g.reshape(-1))
-        self._stale_round = self.rounds
-        return True
-
-    def _checks_me(self) -> bool:
-        """Will the coming round's rule check this rank (so that it needs the second gradient)?"""
-        engine, alg = self.engine, self.algorithm
-        if self.rounds < self.start_iter or engine.iteration < alg.warmup:
-            return False  # a plain all-reduce round, or a dense warm-up round: no rule runs
-        checked = provided(alg.trigger, "checked_rows")
-        if checked is None:
-            return True  # a rule that does not say: always have it ready
-        return bool(checked(engine.iteration - alg.warmup, engine.workers.staleness)[0])
-
-    def _second_gradient_of_round(self, rows):
-        """The engine's ``stale_grads``: what :meth:`second_gradient` computed for this round."""
-        if self._stale is None or self._stale_round != self.rounds:
-            raise RuntimeError(
-                f"the rule {self.spec.trigger!r} compares the fresh gradient with this rank's gradient at its last "
-                "upload point on the same minibatch, which a hook cannot compute: call "
-                "state.second_gradient(lambda m: <the step's loss computed with m>) before loss.backward() in "
-                "every step (see sasg.ddp.HookState.second_gradient)"
-            )
-        stale = self._stale
-        if self.momentum is not None:  # the rule then compares velocities (sasg.ddp.optimizers)
-            stale = self.momentum.stale_velocity(self._grads, stale, self._theta,
-                                                 self.engine.workers.buffer("anchor")[0])
-        return stale.view(1, -1)
-
-    # ----- checkpoints -------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """This rank's state: plain tensors, ints, strings and lists (``torch.load(...,
-        weights_only=True)`` reads it back). Save one per rank, beside the model and the optimizer."""
-        engine = self.start().engine
-        return {
-            "algorithm": self.algorithm.name,
-            "codec": self.codec,
-            "settings": self._settings(),
-            "parameters": self.index.describe(),
-            "rounds": self.rounds,
-            "bits_by_rank": list(self.transport.bits_by_rank),
-            "engine": engine.state_dict(),
-            "optimizer_link": self._link_state(),
-        }
-
-    def _link_state(self) -> dict:
-        """What the hook keeps beside the user's optimizer (DGC's velocity, Adam's frozen moment)."""
-        out: dict = {}
-        if self.momentum is not None:
-            out["velocity"] = self.momentum.velocity.clone()
-        if self.variance is not None:
-            out.update(self.variance.state_dict())
-        out["compressed_round"] = self._compressed_round
-        if self.algorithm.lazy:  # theta^k: the first round after a resume measures the real step from it
-            out["theta"] = self._theta.clone()
-            out["theta_round"] = self._theta_round
-        return out
-
-    def check_state_dict(self, state, where: str = "") -> None:
-        """One ``ValueError`` naming the first part of ``state`` that does not fit this hook (other
-        algorithm, codec, settings, model, number of ranks, or another rank's state). Changes nothing."""
-        engine = self.start().engine
-        check_like(state, {
-            "algorithm": self.algorithm.name,
-            "codec": self.codec,
-            "settings": self._check_settings,
-            "parameters": equal_to(self.index.describe(), " (saved for another model?)"),
-            "rounds": at_least(0),
-            "bits_by_rank": [at_least(0)] * engine.num_workers,
-            "engine": engine.check_state_dict,
-            "optimizer_link": self._check_link,
-        }, where)
-        if state["rounds"] < state["engine"]["server"]["iteration"]:
-            raise ValueError(
-                f"state part {part_name(where, 'rounds')!r} is {state['rounds']}, fewer than the engine's rounds"
-            )
-
-    def _check_link(self, saved, where: str) -> None:
-        mine = self._link_state()
-        # A state saved before the hook measured real steps has no theta: the first round then
-        # keeps the engine's own step in the window.
-        optional = {"theta", "theta_round"}
-        if not isinstance(saved, Mapping) or not set(mine) - optional <= set(saved) <= set(mine):
-            raise ValueError(f"state part {where!r} was saved with another optimizer link ({', '.join(sorted(mine))} "
-                             "expected): register the hook with the same optimizer and settings")
-        velocity = saved.get("velocity")
-        if velocity is not None and (not isinstance(velocity, Tensor) or velocity.shape != mine["velocity"].shape):
-            raise ValueError(f"state part {part_name(where, 'velocity')!r} does not fit this model")
-        theta = saved.get("theta")
-        if theta is not None and (not isinstance(theta, Tensor) or theta.shape != mine["theta"].shape):
-            raise ValueError(f"state part {part_name(where, 'theta')!r} does not fit this model")
-        if "theta" in saved and not isinstance(saved.get("theta_round"), int):
-            raise ValueError(f"state part {part_name(where, 'theta_round')!r} must be an integer")
-
-    def _check_settings(self, saved, where: str) -> None:
-        mine = self._settings()
-        if not isinstance(saved, Mapping) or set(saved) != set(mine):
-            raise ValueError(f"state part {where!r} is not this hook's settings ({', '.join(mine)})")
-        differ = [f"{k} {saved[k]!r} (saved) vs {mine[k]!r}" for k in mine if saved[k] != mine[k]]
-        if differ:
-            raise ValueError(f"the hook state was saved with other settings: {', '.join(differ)}")
-
-    def load_state_dict(self, state: dict) -> None:
-        """All or nothing: :meth:`check_state_dict` first, then every part."""
-        self.check_state_dict(state)
-        self.engine.load_state_dict(state["engine"])
-        link = state["optimizer_link"]
-        if self.momentum is not None:
-            self.momentum.velocity.copy_(link["velocity"])
-        if self.variance is not None:
-            self.variance.load_state_dict(link)
-        self._compressed_round = bool(link["compressed_round"])
-        if "theta" in link:
-            self._theta.copy_(link["theta"])
-            self._theta_round = int(link["theta_round"])
-        else:
-            self._theta_round = -1
-        self.rounds = int(state["rounds"])
-        self.transport.bits_by_rank = [int(b) for b in state["bits_by_rank"]]
-        self._pending = []

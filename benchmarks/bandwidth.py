@@ -67,7 +67,7 @@ def worker(method: str, warmup: int, iterations: int, result: str) -> None:
     import torch.distributed as dist
 
     from sasg.data import load_dataset
-    from sasg.distributed.transport import init_process_group_from_env
+    from sasg.distributed.torch_transport import init_process_group_from_env
 
     transport = init_process_group_from_env("gloo", timeout_s=600)
     rank, M = transport.rank, transport.world_size

@@ -45,7 +45,7 @@ import time
 import torch
 
 from sasg.core import Layout, TopK
-from sasg.core.topk import _mask_of_magnitudes, _mask_to_indices
+from sasg.core.selection import _mask_of_magnitudes, _mask_to_indices
 
 
 def resnet18_cifar_shapes(num_classes: int = 10) -> list[tuple[str, tuple[int, ...]]]:

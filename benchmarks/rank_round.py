@@ -76,7 +76,7 @@ def _ring_transport():
     """``TorchTransport`` with the flag exchange as it was: one ``all_gather`` (the baseline)."""
     import torch.distributed as dist
 
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     class RingFlags(TorchTransport):
         def _gather(self, what: str, value: int, dtype: torch.dtype) -> list[int]:
@@ -104,7 +104,7 @@ def join(rank: int, world: int, port: int) -> None:
 def _build(name: str, config, algo: str, data):
     """One copy of the run for the candidate ``name``."""
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     run = DistributedRun(config, algo, data, _ring_transport() if name == "all_gather" else TorchTransport(nodes=None))
     if name == "separate":

@@ -43,7 +43,7 @@ def _compute(rank: int, port: int, args: dict, out_path: str) -> None:
     from sasg import RunConfig
     from sasg.data import load_dataset
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     join(rank, 1, port)
     try:

@@ -140,7 +140,7 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     from sasg.engine import RoundEngine
     from sasg.engine.round import Round
     from sasg.core.payloads import transmit
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     named, model = _params(layout_name, seed)
     index = ParameterIndex(named)

@@ -198,7 +198,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(1)
     from sasg.data import load_dataset
-    from sasg.distributed.transport import init_process_group_from_env
+    from sasg.distributed.torch_transport import init_process_group_from_env
     from sasg.sim.evaluate import evaluate
 
     started = time.perf_counter()

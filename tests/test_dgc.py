@@ -252,7 +252,7 @@ RUNS = (("always+dgc", "paper32"), ("wk2+dgc", "rice+int8"))
 
 def _dgc_rank(rank, world, folder, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     for algo, codec in RUNS:
         run = DistributedRun(small_config(workers=world, codec=codec), algo, synth(), TorchTransport())

@@ -121,7 +121,7 @@ def test_replica_payload_bytes():
 
 def _run_all(rank, world, folder, algos, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     data = synth()
     for algo in algos:
@@ -174,7 +174,7 @@ def test_runner_follows_the_simulator_for_all_four_algorithms(tmp_path, one_thre
 
 def _stop_and_resume(rank, world, folder, algo, stop, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     data = synth()
     cfg = small_config(workers=world)
@@ -211,7 +211,7 @@ def test_stopped_and_resumed_run_gives_the_same_parameters(tmp_path, one_thread)
 
 def _run_codec(rank, world, folder, algos, rounds, codec):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     data = synth()
     for algo in algos:
@@ -263,7 +263,7 @@ class _Truncating:
 def _damaged(rank, world, folder):
     from sasg.core.codecs import CodecError
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     run = DistributedRun(small_config(workers=world, codec="rice+fp32"), "sparse", synth(), TorchTransport())
     run.algorithm.codec = _Truncating(run.algorithm.codec, rank)

@@ -170,7 +170,7 @@ ALGOS = ("wk2+topk+ef21", "clag+topk")
 
 def _rank(rank, world, folder, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     for algo in ALGOS:
         run = DistributedRun(small_config(workers=world, **LAZY), algo, synth(), TorchTransport())

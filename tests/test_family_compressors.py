@@ -78,7 +78,7 @@ def test_randomk_positions_are_uniform(n, k):
 
 def _randomk_rank(rank, world, folder, algos, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     for algo in algos:
         run = DistributedRun(small_config(workers=world), algo, synth(), TorchTransport())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sasg.report.groups import composition, grid_lines
+from sasg.report.family_grid import composition, grid_lines
 
 
 def rec(name, bits, acc):

@@ -2,7 +2,7 @@
 first exchange labelled as the sizes or the flags it is."""
 
 from sasg.accounting import Ledger
-from sasg.ddp.ledger import HookLedger
+from sasg.ddp.hook_ledger import HookLedger
 
 
 def _ledger() -> Ledger:

@@ -182,7 +182,7 @@ DIST_ROUNDS = 24
 
 def _run_ranks(rank, world, folder, algos, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     for algo in algos:
         run = DistributedRun(small_config(workers=world, **LAZY), algo, synth(), TorchTransport())

@@ -12,7 +12,7 @@ import torch
 
 from sasg import Simulator
 from sasg.core import Layout, make_algorithm
-from sasg.core.state import WorkerState
+from sasg.core.round_state import WorkerState
 from sasg.core.triggers import WK1, WK1Plain
 from sasg.core.triggers.noise import NOISE_DECAY
 from sasg.core.triggers.ps import curvature_sq, fold_secants

@@ -9,7 +9,7 @@ import torch
 from sasg.core import Layout, WK2, make_algorithm
 from sasg.core.memories import NoMemory
 from sasg.core.payloads import DensePayload, SparsePayload
-from sasg.core.topk import _mask_of_magnitudes, _mask_to_indices
+from sasg.core.selection import _mask_of_magnitudes, _mask_to_indices
 from sasg.core.triggers.wk2 import squared_change
 from sasg.engine import InProcessTransport, RoundEngine
 

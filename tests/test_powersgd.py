@@ -173,7 +173,7 @@ def test_the_optimizer_takes_it():
 
 def _rank(rank, world, folder, algos, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     for algo in algos:
         run = DistributedRun(small_config(workers=world, window=2, threshold_scale=0.5), algo, synth(),

@@ -245,7 +245,7 @@ def test_elias_under_error_feedback_keeps_what_rounding_dropped():
 
 def _qsgd_rank(rank, world, folder, algos, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     for algo in algos:
         run = DistributedRun(small_config(workers=world, codec="elias"), algo, synth(), TorchTransport())

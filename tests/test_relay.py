@@ -39,7 +39,7 @@ def _exchange_cases(rank, world, folder):
     import torch.distributed as dist
 
     from sasg.distributed.relay import relay_exchange
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     t = TorchTransport(nodes=None)
     gen = torch.Generator().manual_seed(7)
@@ -98,7 +98,7 @@ def test_relay_crosses_each_node_boundary_once_per_message():
 
 def _run_relayed(rank, world, folder, algo, codec, rounds):
     from sasg.distributed.runner import DistributedRun
-    from sasg.distributed.transport import TorchTransport
+    from sasg.distributed.torch_transport import TorchTransport
 
     transport = TorchTransport(nodes=[0, 0, 1, 1])
     assert transport.topology is not None

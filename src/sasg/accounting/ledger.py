@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.state import at_least, check_like, counts
+from ..core.round_state import at_least, check_like, counts
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from ..distributed.transport import PeerFailure
+from ..distributed.torch_transport import PeerFailure
 from ..engine import TransportCounters
 from ..lifecycle.checkpoint import CheckpointWriteError, check_same_setting, load_resume_state, save_checkpoint
 from .launch import (LAUNCHER_PID_ENV, add_worker_flags, check_backend, check_checkpoint_dir,
@@ -148,7 +148,7 @@ def train(args) -> int:
     from ..accounting import flag_bytes, replica_payload_bytes
     from ..distributed.heartbeat import start_heartbeat
     from ..distributed.runner import DistributedRun
-    from ..distributed.transport import init_process_group_from_env
+    from ..distributed.torch_transport import init_process_group_from_env
     from ..experiment import check_fits, load_data
     from ..lifecycle.rundir import staged_run_dir
     from ..report import write_run_folder

@@ -13,8 +13,8 @@ from .layout import Layout, Segment
 from .payloads import DensePayload, Payload, SparsePayload
 from .registry import ALIASES, REGISTRIES, listing, register, register_alias
 from .spec import KNOBS, AlgorithmSettings, AlgorithmSpec, make_algorithm
-from .state import ServerState, WorkerState
-from .topk import topk_indices
+from .round_state import ServerState, WorkerState
+from .selection import topk_indices
 from .triggers import WK2, Always, Trigger, forced_uploads, lazy_threshold
 from .workspace import Workspace
 

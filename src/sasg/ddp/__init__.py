@@ -33,6 +33,6 @@ runner's exchange, with bits per rank), :mod:`.rules` (which algorithms run in a
 
 from .hook import comm_hook, register
 from .rules import hook_algorithm, hook_triggers
-from .state import HookState
+from .hook_state import HookState
 
 __all__ = ["HookState", "comm_hook", "hook_algorithm", "hook_triggers", "register"]

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from .rules import hook_algorithm
-from .state import DEFAULT_CODEC, HookState
+from .hook_state import DEFAULT_CODEC, HookState
 
 
 def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

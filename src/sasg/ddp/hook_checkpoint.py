@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from ..core.state import at_least, check_like, equal_to, part_name
+from ..core.round_state import at_least, check_like, equal_to, part_name
 
 
 class HookCheckpoint:

@@ -16,7 +16,7 @@ entry point) on every process. This package never imports :mod:`sasg.cli`.
 See ``docs/distributed.md``.
 """
 
-from .transport import PeerFailure, TorchTransport, init_process_group_from_env
+from .torch_transport import PeerFailure, TorchTransport, init_process_group_from_env
 
 
 def __getattr__(name):  # the runner pulls in the simulator: import it on first use

@@ -51,7 +51,7 @@ from ..core.algorithm import Algorithm
 from ..core.capabilities import provided
 from ..core.compressors import Identity
 from ..core.layout import Layout
-from ..core.state import (ServerState, WorkerState, at_least, check_like, equal_to, generator_state,
+from ..core.round_state import (ServerState, WorkerState, at_least, check_like, equal_to, generator_state,
                           part_name)
 from ..core.workspace import Workspace
 from .contracts import FirstRoundCompressor, check_decision, check_sent

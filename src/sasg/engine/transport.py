@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core.payloads import Encoded, Payload
-from ..core.state import at_least, check_like
+from ..core.round_state import at_least, check_like
 
 
 @dataclass

@@ -1,6 +1,6 @@
-r"""Exact per-segment top-k of rows in one compiled call (the kernel behind :mod:`sasg.core.topk`).
+r"""Exact per-segment top-k of rows in one compiled call (the kernel behind :mod:`sasg.core.selection`).
 
-Contract: that of :mod:`sasg.core.topk`, for every segment ``[start_s, end_s)`` of every selected
+Contract: that of :mod:`sasg.core.selection`, for every segment ``[start_s, end_s)`` of every selected
 row: exactly ``k_s`` positions, those of the ``k_s`` largest ``|x|``; ties to the **lower index**;
 positions **ascending**; NaN larger than every number (all NaNs equal). The result is the same,
 bit for bit, as the torch path's (``SASG_KERNELS=0``); only the time differs.

@@ -7,8 +7,8 @@ from collections import deque
 from collections.abc import Mapping
 
 import torch
-from ..core.state import check_like, part_name
-from .groups import _ADAPTIVE, _REFUSED, UPDATE_DEFAULTS, _check_group_keys, _check_update
+from ..core.round_state import check_like, part_name
+from .param_groups import _ADAPTIVE, _REFUSED, UPDATE_DEFAULTS, _check_group_keys, _check_update
 
 
 class SASGCheckpoint:

@@ -39,7 +39,7 @@ from ..core.momentum import compressed_entries, factor_mask_
 from ..core.natural import resolve_codec
 from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
 from ..engine import InProcessTransport, RoundEngine
-from .groups import _bad_value, _check_group_keys, _check_update, _no_duplicates
+from .param_groups import _bad_value, _check_group_keys, _check_update, _no_duplicates
 from .optimizer_state import SASGCheckpoint
 from .rng import cuda_rng_device, rng_state, set_rng_state
 from .update import sasg_update
@@ -279,7 +279,7 @@ class SASG(SASGCheckpoint, torch.optim.Optimizer):
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
-                from ..distributed.transport import TorchTransport
+                from ..distributed.torch_transport import TorchTransport
 
                 # NCCL: messages go through this rank's own GPU (cuda:LOCAL_RANK), not the current one.
                 nccl_here = first.is_cuda and dist.get_backend(group) == "nccl"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .groups import grid_lines
+from .family_grid import grid_lines
 from .table import METRIC_NAMES, NO_SGD_NOTE, markdown_table, ratio_lines, table_notes
 
 

@@ -28,7 +28,7 @@ from ..core.algorithm import Algorithm
 from ..core.capabilities import provided
 from ..core.layout import Layout
 from ..core.spec import AlgorithmSpec
-from ..core.state import at_least, check_like, generator_state, list_of, optional
+from ..core.round_state import at_least, check_like, generator_state, list_of, optional
 from ..core.workspace import Workspace
 from ..data import make_augmentation, make_partition, worker_seed
 from ..data.dataset import ArrayDataset, DataSplit, to_device

@@ -10,7 +10,7 @@ For every segment s (one parameter tensor) of ``d_s`` entries, with ``topk``'s
    ``t_s`` is the ``r_s``-th largest ``|v_i|`` of the sample, ``r_s = max(1, round(h n_s))``.
    A tensor of at most ``n_s`` entries is its own sample (``t_s`` exact: ``topk``'s selection).
 2. **Select** ``{i : |v_i| >= t_s}`` (NaN counts as larger than every number, as in
-   :mod:`sasg.core.topk`). If more than ``k_s`` entries pass, keep the exact top ``k_s`` of them
+   :mod:`sasg.core.selection`). If more than ``k_s`` entries pass, keep the exact top ``k_s`` of them
    (ties to the lower index); since every entry left out is below ``t_s``, that is the exact top
    ``k_s`` of the whole tensor. If fewer pass, send fewer.
 
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..layout import Layout
 from ..payloads.varsparse import VarSparsePayload
-from ..topk import topk_rows
+from ..selection import topk_rows
 from .topk import kept_per_segment
 
 SAMPLE_FRACTION = 0.01  # DGC samples 0.1 % to 1 % of a tensor

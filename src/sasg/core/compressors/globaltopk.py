@@ -7,7 +7,7 @@ also selects across workers when aggregating, which the server here does not).
           \text{ over all } d \text{ entries, the rest } 0, \qquad k_s = \max(1, \lfloor h\,d_s \rfloor)
 
 so a message keeps as many entries as ``topk``'s, but a tensor with large entries may take more
-than its ``k_s`` and another none at all. Ties go to the lower index (:mod:`sasg.core.topk`), so
+than its ``k_s`` and another none at all. Ties go to the lower index (:mod:`sasg.core.selection`), so
 the message is a pure function of ``v``. Indices ascend over the whole row, hence within each
 tensor, tensors in layout order: the per-tensor counts ``c_s`` vary from message to message
 (``sum_s c_s = K`` always), and every codec takes them from the indices (``rice``/``auto`` write
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..layout import Layout
 from ..payloads.sparse import SparsePayload
-from ..topk import topk_rows
+from ..selection import topk_rows
 from ..workspace import Workspace
 from .topk import kept_per_segment
 

@@ -4,7 +4,7 @@ r"""``topk``: keep the largest magnitudes of every segment (the paper's per-laye
           \text{ of largest } |v_i| \text{, the rest } 0
 
 for every segment s (one parameter tensor) of ``d_s`` entries, density ``h``. Ties go to the lower
-index (:mod:`sasg.core.topk`); a message's indices ascend within each segment and segments follow
+index (:mod:`sasg.core.selection`); a message's indices ascend within each segment and segments follow
 the layout. The values are copies of ``v``'s, so error feedback may update ``v`` in place.
 
 Under a tensor policy (:mod:`sasg.core.tensor_policy`) the tensors it names are kept whole,
@@ -22,7 +22,7 @@ from ..layout import Layout
 from ..payloads.sparse import SparsePayload
 from ..tensor_policy import whole_segments
 from ...kernels import topk as topk_kernel
-from ..topk import topk_rows
+from ..selection import topk_rows
 from ..workspace import Workspace
 
 

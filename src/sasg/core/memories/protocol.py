@@ -13,7 +13,7 @@ order). ``grads`` holds all ``N`` workers' fresh gradients as per-segment column
 ``corrects``: what the compressor and a lossy codec drop is sent in later rounds (error feedback),
 so a lossy codec leaves the updates unbiased over time; without it such a run is biased.
 ``worker_buffers`` names the ``(N, d)`` buffers it keeps per worker (created zero by the
-:class:`~sasg.core.state.WorkerState`, saved in checkpoints). A fast path (updating its buffer
+:class:`~sasg.core.round_state.WorkerState`, saved in checkpoints). A fast path (updating its buffer
 where it lies) belongs in the member's ``upload``, never in the round engine.
 
 ``upload`` calls ``compressor.compress`` once per round, also with no rows (a compressor with an

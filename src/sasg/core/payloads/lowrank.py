@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..layout import Layout, Segment
 from ..spec import build_codec
-from .rows import all_rows, check_state
+from .helpers import all_rows, check_state
 
 
 @dataclass(frozen=True)

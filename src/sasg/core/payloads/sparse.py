@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .rows import all_rows, check_state
+from .helpers import all_rows, check_state
 
 
 @dataclass

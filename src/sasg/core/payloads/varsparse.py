@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..codecs.protocol import CodecError
-from .rows import all_rows, check_state
+from .helpers import all_rows, check_state
 
 
 def _nnz_reader(codec):

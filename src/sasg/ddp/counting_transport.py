@@ -14,7 +14,7 @@ counted once, as the ledger counts it; on the wire it goes to each of the ``M - 
 
 from __future__ import annotations
 
-from ..distributed.transport import TorchTransport
+from ..distributed.torch_transport import TorchTransport
 
 
 class CountingTransport(TorchTransport):

@@ -80,7 +80,7 @@ from .hook_checkpoint import HookCheckpoint
 from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
 from .rules import hook_algorithm
 from .second_gradient import SecondGradient
-from .transport import CountingTransport
+from .counting_transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
 DEFAULT_CODEC = "rice+fp32"
@@ -256,9 +256,9 @@ class HookState(SecondGradient, HookCheckpoint):
 
     @property
     def ledger(self):
-        """Per compressed round, uploads and bits, in a DDP job's terms (:mod:`sasg.ddp.ledger`:
+        """Per compressed round, uploads and bits, in a DDP job's terms (:mod:`sasg.ddp.hook_ledger`:
         ``totals()`` has no parameter-server downlink and labels the sizes or flags exchange)."""
-        from .ledger import HookLedger
+        from .hook_ledger import HookLedger
 
         engine = self.start().engine
         return HookLedger(engine.ledger, sizes=not engine.template.fixed_size(self.algorithm.codec))

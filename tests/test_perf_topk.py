@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sasg.core import Layout, TopK, topk_indices
-from sasg.core import topk as T
+from sasg.core import selection as T
 
 
 def reference(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import sasg.kernels
 from sasg.core import Layout, TopK
-from sasg.core import topk as T
+from sasg.core import selection as T
 from sasg.kernels import topk as K
 
 pytestmark = pytest.mark.skipif(not sasg.kernels.available(), reason="kernels switched off")

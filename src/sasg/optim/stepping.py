@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..core.momentum import factor_mask_
+from .param_groups import _trained
 from .rng import rng_state, set_rng_state
 from .update import sasg_update
 
@@ -174,4 +175,4 @@ class SASGStep:
             offset += p.numel()
 
     def _plist_of(self, group: int) -> list[Tensor]:
-        return [p for p in self.param_groups[group]["params"] if p.requires_grad and p.numel() > 0]
+        return [p for p in self.param_groups[group]["params"] if _trained(p)]

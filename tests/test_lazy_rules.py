@@ -37,12 +37,12 @@ def count_stale_calls(sim: Simulator) -> list[int]:
     calls: list[int] = []
     step = sim.engine.step
 
-    def counted(theta, grads, stale, lr):
+    def counted(theta, grads, stale, lr, *args):
         def wrapped(rows):
             calls.append(int(rows.numel()))
             return stale(rows)
 
-        return step(theta, grads, wrapped, lr)
+        return step(theta, grads, wrapped, lr, *args)
 
     sim.engine.step = counted
     return calls
@@ -97,7 +97,11 @@ def test_at_most_d_skips_when_nothing_changes(rule):
         raise AssertionError("the stale gradient was asked for")
 
     theta = torch.zeros(4)
-    pattern = [int(engine.step(theta, torch.zeros(2, 4), stale, 0.1)[0]) for _ in range(12)]
+    pattern = []
+    for _ in range(12):
+        result = engine.step(theta, torch.zeros(2, 4), stale, 0.1)
+        theta -= result.step
+        pattern.append(int(result.flags[0]))
     assert pattern == [1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]
 
 
@@ -107,10 +111,10 @@ def test_ps_secant_estimate_on_a_quadratic():
     layout = Layout([("w", (5,))])
     engine = RoundEngine(make_algorithm("ps-plain+identity", layout, window=2, c=1.0), InProcessTransport(1))
     theta = torch.arange(1.0, 6.0)
-    engine.step(theta, (a * theta).reshape(1, -1), None, 0.1)
+    theta -= engine.step(theta, (a * theta).reshape(1, -1), None, 0.1).step
     assert float(engine.workers.buffer("lipschitz")[0, 0]) == 0  # round 0: no earlier upload yet
     for _ in range(6):
-        engine.step(theta, (a * theta).reshape(1, -1), None, 0.1)
+        theta -= engine.step(theta, (a * theta).reshape(1, -1), None, 0.1).step
         assert float(engine.workers.buffer("lipschitz")[0, 0]) == pytest.approx(a, rel=1e-5)
     assert engine.workers.buffer("lipschitz").shape == (1, 1)  # one number per worker
 

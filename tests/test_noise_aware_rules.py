@@ -36,7 +36,9 @@ def noisy_quadratic(algo: str, rounds: int = 80, d: int = 200, sigma: float = 1.
     flags = []
     for _ in range(rounds):
         grads = (a * theta + 0.3).expand(M, d) + sigma * torch.randn(M, d, generator=gen)
-        flags.append(engine.step(theta, grads, None, LR).clone())
+        result = engine.step(theta, grads, None, LR)
+        theta -= result.step
+        flags.append(result.flags.clone())
     return engine, torch.stack(flags)
 
 
@@ -70,7 +72,7 @@ def test_noise_estimate_is_the_running_average_of_half_the_consecutive_change():
     theta = torch.zeros(3)
     expected = torch.zeros(2, dtype=torch.float64)
     for k, g in enumerate(grads):
-        engine.step(theta, g, None, 0.1)
+        theta -= engine.step(theta, g, None, 0.1).step
         if k >= 1:
             half = 0.5 * (g.double() - grads[k - 1].double()).square().sum(1)
             expected = half if k == 1 else NOISE_DECAY * expected + (1 - NOISE_DECAY) * half
@@ -131,7 +133,11 @@ def test_ps_estimate_on_a_noise_free_quadratic():
     layout = Layout([("w", (5,))])
     engine = RoundEngine(make_algorithm("ps+identity", layout, window=window, c=1e-9), InProcessTransport(1))
     theta = torch.arange(1.0, 6.0)
-    flags = [bool(engine.step(theta, (a * theta).reshape(1, -1), None, 0.001)[0]) for _ in range(window + 3 * (window + 1))]
+    flags = []
+    for _ in range(window + 3 * (window + 1)):
+        result = engine.step(theta, (a * theta).reshape(1, -1), None, 0.001)
+        theta -= result.step
+        flags.append(bool(result.flags[0]))
     assert flags[window:] == ([False] * window + [True]) * 3  # skips to the bound, then a forced upload
     assert float(curvature_sq(engine.workers.buffer("secant"))[0]) == pytest.approx(a * a, rel=0.03)
 

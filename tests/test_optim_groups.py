@@ -80,9 +80,12 @@ def _engine_reference(rounds, algo, update=None):
     for _ in range(rounds):
         start = theta.clone()
         g = grad_at(theta)
-        engine.step(theta, g.reshape(1, -1), lambda rows: grad_at(engine.workers.anchor[0]).reshape(1, -1), KW["lr"])
+        result = engine.step(theta, g.reshape(1, -1), lambda rows: grad_at(engine.workers.anchor[0]).reshape(1, -1),
+                             KW["lr"])
         if update is not None:
-            theta = update(start, engine._step.clone(), KW["lr"])
+            theta = update(start, result.step.clone(), KW["lr"])
+        else:
+            theta -= result.step
         trajectory.append(theta.clone())
     return trajectory, engine.ledger.uploads
 

@@ -107,7 +107,9 @@ def test_rounds_match_the_plain_formulation_bit_for_bit(name):
         # outputs, no flat copy), on alternate rounds, for the fresh and the stale ones.
         blocks = k % 2 == 1
         as_blocks = lambda t: tuple(c.clone() for c in layout.columns(t)) if blocks else t.clone()  # noqa: E731
-        flags = engine.step(theta_f, as_blocks(grads), lambda rows: as_blocks(stale[rows]), lr)
+        result = engine.step(theta_f, as_blocks(grads), lambda rows: as_blocks(stale[rows]), lr)
+        theta_f -= result.step
+        flags = result.flags
         upload, q, step = plain.round(theta_s, grads, stale, lr, forced)
         theta_s = theta_s - step
         assert torch.equal(flags, upload)

@@ -47,7 +47,7 @@ def test_one_round_is_the_papers_compress_aggregate_with_error_feedback():
     q0 = engine.server.buffers[WARM_START].clone()
     g = grads(M, 0)
     theta = torch.zeros(LAYOUT.numel)
-    engine.step(theta, g, None, lr)
+    theta -= engine.step(theta, g, None, lr).step
     v = g * (lr / M)  # ef: e = 0 before the first round
     step = torch.zeros(LAYOUT.numel)
     warm, q_off = [], 0

@@ -80,7 +80,7 @@ def test_the_ledger_counts_8_times_the_bytes_under_a_policy(codec):
     g = torch.Generator().manual_seed(2)
     for _ in range(4):
         grads = torch.randn(3, LAYOUT.numel, generator=g)
-        engine.step(theta, grads, None, 0.3)
+        theta -= engine.step(theta, grads, None, 0.3).step
         written = transmit(alg.compressor.compress(grads * 0.1), alg.codec).sizes
         assert engine.ledger.bits_up[-1] == 8 * sum(written) > 0
 
@@ -100,7 +100,7 @@ def test_warmup_rounds_are_dense_sgd_then_the_algorithm_starts_from_round_0():
     grads = [torch.randn(M, LAYOUT.numel, generator=torch.Generator().manual_seed(10 + k)) for k in range(W + D + 2)]
     ref = theta.clone()
     for k in range(W):
-        engine.step(theta, grads[k], None, lr)
+        theta -= engine.step(theta, grads[k], None, lr).step
         ref -= (grads[k] * (lr / M)).sum(0)  # everyone sends (lr / M) g, the server sums
         assert torch.equal(theta, ref)
     assert engine.ledger.uploads == [M] * W
@@ -111,8 +111,8 @@ def test_warmup_rounds_are_dense_sgd_then_the_algorithm_starts_from_round_0():
     fresh = RoundEngine(_alg("all", "paper32", algo="wk1+topk", window=D), InProcessTransport(M), seed=0)
     start = theta.clone()
     for k in range(W, W + D + 2):
-        engine.step(theta, grads[k], None, lr)
-        fresh.step(start, grads[k], None, lr)
+        theta -= engine.step(theta, grads[k], None, lr).step
+        start -= fresh.step(start, grads[k], None, lr).step
     assert engine.ledger.uploads[W : W + D] == [M] * D
     # the same messages; only the threshold's window still holds the dense rounds' steps
     assert engine.ledger.bits_up[W : W + D] == fresh.ledger.bits_up[:D]

@@ -38,7 +38,9 @@ def test_at_most_d_skips_in_a_row():
     pattern = []
     for _ in range(12):
         g = torch.zeros(1, 4)  # same gradient as at the anchor: never above the threshold
-        up = engine.step(theta, g, lambda rows: torch.zeros(len(rows), 4), 0.1)
+        result = engine.step(theta, g, lambda rows: torch.zeros(len(rows), 4), 0.1)
+        theta -= result.step
+        up = result.flags
         pattern.append(int(up[0]))
     # warm-up uploads at k = 0..D-1, then D skips, a forced upload, D skips, ...
     assert pattern == [1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]
@@ -55,11 +57,11 @@ def test_stale_gradient_only_requested_for_checked_workers():
 
     g = torch.ones(3, 2)
     theta = torch.zeros(2)
-    engine.step(theta, g, stale, 0.1)  # warm-up: nobody is checked
-    engine.step(theta, g, stale, 0.1)
+    theta -= engine.step(theta, g, stale, 0.1).step  # warm-up: nobody is checked
+    theta -= engine.step(theta, g, stale, 0.1).step
     assert asked == []
     engine.workers.staleness[:] = torch.tensor([1, 3, 1])  # worker 1 is past the bound: forced
-    engine.step(theta, g, stale, 0.1)
+    theta -= engine.step(theta, g, stale, 0.1).step
     assert asked == [[0, 2]]
 
 

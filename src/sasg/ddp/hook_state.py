@@ -71,10 +71,10 @@ from torch import Tensor, nn
 
 from .. import validation
 from ..core.capabilities import provided
-from ..core.spec import check_codec
 from ..engine import RoundEngine
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
+from ..runtime import build_algorithm, build_engine, engine_codec, process_transport
 from .buckets import ParameterIndex, bucket_nbytes
 from .hook_checkpoint import HookCheckpoint
 from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
@@ -149,7 +149,7 @@ class HookState(SecondGradient, HookCheckpoint):
     ):
         self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
                                    tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate)
-        self.codec = check_codec(codec)
+        self.codec = engine_codec(codec, self.spec.name)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
                              f"{type(optimizer).__name__}")
@@ -165,11 +165,36 @@ class HookState(SecondGradient, HookCheckpoint):
         self._stale_round = -1
         self._asked = False  # has the loop ever called second_gradient?
         self.index = ParameterIndex(named)
-        self.algorithm = self.spec.build(self.index.layout, self.codec)
+        self.algorithm = build_algorithm(self.spec, self.index.layout, self.codec)
         if lr is None and optimizer is not None:
             lr = optimizer
         self._lr = _lr_reader(lr)
-        # The user's optimizer, where the hook must work with it (see sasg.ddp.optimizers).
+        self._join_optimizer(optimizer, momentum_correction, freeze_variance, step_metric)
+        if self.algorithm.lazy and self._lr is None:
+            raise ValueError(
+                f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
+                "steps, so the hook needs the learning rate: pass lr= (a number, a function returning the "
+                "current lr, or the optimizer)"
+            )
+        # theta^k is copied out of the parameters each round only where someone reads it (a copy
+        # of the whole model: 15 ms a round for ResNet-18 on one core). The engine never changes
+        # it (the user's optimizer steps the parameters), so it is still theta^k when the next
+        # round measures the real step.
+        # `always` never looks at it; any other trigger (a plug-in too) may.
+        self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
+        self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
+        self.start_iter = int(start_iter)
+        self.seed = int(seed)
+        self.group = process_group
+        self.rounds = 0  # hook rounds so far, plain all-reduce ones (start_iter) included
+        self.engine: RoundEngine | None = None
+        self.transport: CountingTransport | None = None
+        self._pending: list[tuple[object, torch.futures.Future]] = []
+
+    def _join_optimizer(self, optimizer, momentum_correction: bool, freeze_variance: bool, step_metric: str) -> None:
+        """The user's optimizer, where the hook must work with it (:mod:`sasg.ddp.optimizers`): DGC's
+        momentum correction under momentum SGD, Adam's second moment frozen after the warm-up, and
+        the metric a lazy rule measures the parameters' real steps in."""
         self.optimizer = optimizer
         self._compressed_round = False  # did the latest round compress (past the warm-up)?
         self.momentum = self.variance = None
@@ -192,26 +217,6 @@ class HookState(SecondGradient, HookCheckpoint):
             elif is_momentum_sgd(optimizer) and (self.momentum is None or self.algorithm.needs_stale_grads):
                 self._metric_kind = "momentum"
         self._metric_groups = groups_of(optimizer, self.index.params) if self._metric_kind else None
-        if self.algorithm.lazy and self._lr is None:
-            raise ValueError(
-                f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
-                "steps, so the hook needs the learning rate: pass lr= (a number, a function returning the "
-                "current lr, or the optimizer)"
-            )
-        # theta^k is copied out of the parameters each round only where someone reads it (a copy
-        # of the whole model: 15 ms a round for ResNet-18 on one core). The engine leaves it as it
-        # is (apply=False: the optimizer steps the parameters), so it is still theta^k when the
-        # next round measures the real step.
-        # `always` never looks at it; any other trigger (a plug-in too) may.
-        self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
-        self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
-        self.start_iter = int(start_iter)
-        self.seed = int(seed)
-        self.group = process_group
-        self.rounds = 0  # hook rounds so far, plain all-reduce ones (start_iter) included
-        self.engine: RoundEngine | None = None
-        self.transport: CountingTransport | None = None
-        self._pending: list[tuple[object, torch.futures.Future]] = []
 
     # ----- setup -------------------------------------------------------------------------------------
     def start(self) -> "HookState":
@@ -219,13 +224,11 @@ class HookState(SecondGradient, HookCheckpoint):
         checks that all ranks registered the same algorithm, settings and parameter shapes)."""
         if self.engine is not None:
             return self
-        if not dist.is_available() or not dist.is_initialized():
+        transport = process_transport(self.index.params[0].device, self.group, CountingTransport)
+        if transport is None:
             raise RuntimeError(
                 "the sasg hook needs an initialised process group (torch.distributed.init_process_group)"
             )
-        first = self.index.params[0]
-        nccl_here = first.is_cuda and dist.get_backend(self.group) == "nccl"
-        transport = CountingTransport(group=self.group, device=first.device if nccl_here else None)
         fingerprint = zlib.crc32(json.dumps(self._identity(), sort_keys=True).encode()) & 0x7FFFFFFF
         seen = transport.all_gather_int(fingerprint)
         if len(set(seen)) != 1:
@@ -234,7 +237,7 @@ class HookState(SecondGradient, HookCheckpoint):
                 "settings, seed or the model's parameter shapes differ): every rank must make the same call"
             )
         d, device = self.index.numel, self.index.device
-        self.engine = RoundEngine(self.algorithm, transport, seed=self.seed, device=device, dtype=torch.float32)
+        self.engine = build_engine(self.algorithm, transport, seed=self.seed, device=device, dtype=torch.float32)
         self.transport = transport
         # fp32 whatever the gradients' dtype: the round's gradient, parameters and aggregate.
         self._grads = torch.zeros(d, device=device, dtype=torch.float32)
@@ -338,11 +341,12 @@ class HookState(SecondGradient, HookCheckpoint):
         grads = self._grads
         if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
             grads = self.momentum.accumulate(self._grads, self._theta)
-        flags = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
-                            threshold_lr=threshold_lr, apply=False)
+        result = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
+                             threshold_lr=threshold_lr)
+        flags = result.flags
         if averaged:  # every rank's, on the round's uplink line too
             engine.ledger.add_up(8 * averaged * engine.num_workers)
-        step = engine.last_step  # sum_m decoded(q_m): what the engine stepped by
+        step = result.step  # sum_m decoded(q_m): the round's aggregate, for the user's optimizer
         if self.momentum is not None:
             me = self.transport.rank
             self.momentum.mask(engine.server.last, me, compressed and bool(flags[me]))

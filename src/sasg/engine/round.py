@@ -8,9 +8,17 @@ the optimizer) and its copy of the server, a round is::
     trigger.uploaded(...); tau += 1; tau[rows] = 1
     flags, q_all, sizes = transport.exchange(upload, sent, ...)  # every sender's message, in order
     server.last[senders] = q_all                   # a skipper's last message stands ...
-    step   = sum_m server.last[m];  theta -= step  # ... or, aggregate="senders", only the round's
+    step   = sum_m server.last[m]                  # ... or, aggregate="senders", only the round's
                                                    # messages, scaled by M / |senders|
     ledger.record(...)                             # 8 x the bytes sent: here and nowhere else
+    return RoundResult(flags, step)                # the runner updates theta: theta -= step, or
+                                                   # its optimizer's update made from step
+
+The engine never changes theta: it reads theta^k (a lazy rule's drift, the anchors it keeps) and
+returns the round's aggregate; each runner applies its own update (the simulator and a rank
+``theta -= step``, :class:`sasg.optim.SASG` plain SGD, momentum or weight decay on it, the DDP
+hook hands it to DDP's buckets for the user's optimizer). A runner whose update moves theta by
+something other than ``step`` tells the lazy rules' window with :meth:`RoundEngine.record_step`.
 
 Members' capabilities, called where a member has them (never a switch on a member's type):
 
@@ -62,6 +70,17 @@ Blocks = Sequence[Tensor]
 DOWNLINK_BITS_PER_VALUE = 32  # the parameter-server convention's dense fp32 broadcast of theta
 MEMBER_STREAM = 2  # the per-worker generator stream of randomized members (see sasg.seeds)
 SENDERS = "senders"  # the server buffer of aggregate="senders": the latest round's number of senders
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round produced: ``flags`` (M,) bool, who sent; ``step`` (d,), the round's aggregate
+    :math:`s^k = \\sum_m q_m` (lr already inside, as the messages have it), by which the plain update
+    moves the parameters, :math:`\\theta^{k+1} = \\theta^k - s^k`. ``step`` is the engine's buffer:
+    read it (or copy it) before the next round, which overwrites it."""
+
+    flags: Tensor
+    step: Tensor
 
 
 @dataclass
@@ -162,18 +181,18 @@ class RoundEngine:
         return self.server.iteration
 
     def step(self, theta: Tensor, grads: Tensor | Blocks, stale_grads: Callable[[Tensor], Tensor | Blocks],
-             lr: float, threshold_lr: float | None = None, apply: bool = True) -> Tensor:
-        """One round. ``theta`` (d,) is updated in place (``apply=False``: left as it is, for a
-        runner that makes its own update from :attr:`last_step`); ``grads`` are the held workers' fresh
-        gradients (``(N, d)`` or per-segment blocks); ``stale_grads(rows)`` returns the gradients
-        at the anchors of those rows on their current minibatches (called only when the trigger
-        needs it). ``threshold_lr``: the lr a lazy rule's threshold divides by (default ``lr``;
-        a runner passes a lagged one for ``--threshold-lr-lag``). Returns the (M,) bool flags:
-        who sent."""
+             lr: float, threshold_lr: float | None = None) -> RoundResult:
+        """One round at the parameters ``theta`` (d,) = :math:`\\theta^k`, which it reads and never
+        changes; ``grads`` are the held workers' fresh gradients (``(N, d)`` or per-segment blocks);
+        ``stale_grads(rows)`` returns the gradients at the anchors of those rows on their current
+        minibatches (called only when the trigger needs it). ``threshold_lr``: the lr a lazy rule's
+        threshold divides by (default ``lr``; a runner passes a lagged one for
+        ``--threshold-lr-lag``). Returns the round's :class:`RoundResult`: who sent, and the
+        aggregate the runner makes its update from (plain SGD: ``theta -= result.step``)."""
         alg, M, layout = self.algorithm, self.num_workers, self.algorithm.layout
         cols = layout.as_columns(grads)
         if self.iteration < alg.warmup:
-            return self._dense_round(theta, cols, lr, apply)
+            return self._dense_round(cols, lr)
         rnd = Round(self.iteration - alg.warmup, lr, M, self.local_workers, layout, self.workers, self.server, cols,
                     lambda rows: layout.as_columns(stale_grads(rows)), self.workspace, theta,
                     threshold_lr=threshold_lr)
@@ -202,16 +221,14 @@ class RoundEngine:
         flags, payload, sizes = self.transport.exchange(upload, sent, template, alg.codec, alg.lazy)
         senders = flags.nonzero().squeeze(1).to(self._step.device)
         self._aggregate(senders, payload)
-        if apply:
-            theta.sub_(self._step)
         bits, flag_bits = 8 * sum(sizes), self.bits_flags_per_round
         if link is not None:
             compressor.received(senders, payload)
             bits, flag_bits = bits + link.bits, flag_bits + link.flag_bits
         self.ledger.record(int(flags.sum()), bits, self.bits_down_per_round, flag_bits)
-        return flags
+        return RoundResult(flags, self._step)
 
-    def _dense_round(self, theta: Tensor, cols, lr: float, apply: bool) -> Tensor:
+    def _dense_round(self, cols, lr: float) -> RoundResult:
         """A warm-up round (see the module docstring): everyone sends everything."""
         alg, M = self.algorithm, self.num_workers
         n = len(self.local_workers)
@@ -222,16 +239,14 @@ class RoundEngine:
         flags, payload, sizes = self.transport.exchange(upload, sent, self._dense_template, alg.codec, False)
         payload.sum(self._step)
         self._close_round()
-        if apply:
-            theta.sub_(self._step)
         flag_bits = self.transport.flag_bits_per_round(False, self._dense_template.fixed_size(alg.codec))
         self.ledger.record(int(flags.sum()), 8 * sum(sizes), self.bits_down_per_round, flag_bits)
-        return flags
+        return RoundResult(flags, self._step)
 
     @property
     def last_step(self) -> Tensor:
-        """``sum_m q_m`` of the latest round: what ``step`` subtracted from theta (read only; its
-        buffer is reused next round). The optimizer and the DDP hook build their updates on it."""
+        """The latest round's aggregate, ``sum_m q_m`` (its :attr:`RoundResult.step`; read only, the
+        buffer is reused next round)."""
         return self._step
 
     def _aggregate(self, senders: Tensor, payload) -> None:

@@ -4,6 +4,7 @@ parameters' de-duplication. The defaults give plain SASG, bit for bit."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 
 from torch import Tensor
@@ -107,3 +108,50 @@ def _no_duplicates(params) -> list:
                 )
             seen.add(id(t))
     return out
+
+
+def _buffers_to_restore(restore_buffers) -> list[Tensor]:
+    """``restore_buffers`` (e.g. ``model.buffers()``) as a list of tensors; ``None``: none."""
+    if restore_buffers is None:
+        return []
+    restore_buffers = list(restore_buffers)
+    bad = next((b for b in restore_buffers if not isinstance(b, Tensor)), None)
+    if bad is not None:
+        raise ValueError(f"restore_buffers must be tensors (e.g. model.buffers()), got {type(bad).__name__}")
+    return restore_buffers
+
+
+@dataclass
+class TrainedTensors:
+    """Which of the groups' tensors SASG trains and where each group's part of the flat vector lies.
+
+    Frozen tensors get no gradient and empty ones have nothing to send: they stay out of the
+    message layout (torch.optim skips them too), so they cost no bits and no top-k slots."""
+
+    given: list[Tensor]  # all groups' tensors in order, as torch.optim numbers them in state_dict()
+    params: list[Tensor]  # the trained ones (requires_grad, not empty), in that order
+    indices: list[int]  # their indices in ``given``: the keys of their entries in state_dict()["state"]
+    spans: list[tuple[int, int]]  # each group's [start, end) in the flat vector (its tensors lie together)
+
+    @classmethod
+    def of(cls, param_groups: list[dict]) -> "TrainedTensors":
+        """The groups' tensors, checked: some, all on one device with one floating dtype, some trained."""
+        given: list[Tensor] = [p for group in param_groups for p in group["params"]]
+        if not given:
+            raise ValueError("SASG got no parameters")
+        first = given[0]
+        if any(p.device != first.device or p.dtype != first.dtype for p in given):
+            raise ValueError("SASG needs all parameters on one device with one dtype")
+        if not first.is_floating_point():
+            raise ValueError(f"SASG needs floating-point parameters, got {first.dtype}")
+        indices = [i for i, p in enumerate(given) if _trained(p)]
+        if not indices:
+            raise ValueError("SASG got no trainable parameters (all have requires_grad=False or are empty)")
+        sizes = [sum(p.numel() for p in g["params"] if _trained(p)) for g in param_groups]
+        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        return cls(given, [given[i] for i in indices], indices,
+                   [(end - size, end) for size, end in zip(sizes, ends)])
+
+
+def _trained(p: Tensor) -> bool:
+    return p.requires_grad and p.numel() > 0

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -35,17 +35,17 @@ from torch import Tensor
 from .. import validation
 from ..config import MAX_ROUNDS
 from ..core.layout import Layout
-from ..core.momentum import compressed_entries, factor_mask_
-from ..core.natural import resolve_codec
-from ..core.spec import AlgorithmSettings, AlgorithmSpec, check_codec
-from ..engine import InProcessTransport, RoundEngine
-from .param_groups import _bad_value, _check_group_keys, _check_update, _no_duplicates
+from ..core.momentum import compressed_entries
+from ..core.spec import AlgorithmSettings, AlgorithmSpec
+from ..runtime import EngineViews, build_algorithm, build_engine, process_transport
+from .learning_rates import LearningRates
+from .param_groups import TrainedTensors, _buffers_to_restore, _check_group_keys, _check_update, _no_duplicates
 from .optimizer_state import SASGCheckpoint
-from .rng import cuda_rng_device, rng_state, set_rng_state
-from .update import sasg_update
+from .rng import cuda_rng_device
+from .stepping import SASGStep
 
 
-class SASG(SASGCheckpoint, torch.optim.Optimizer):
+class SASG(SASGCheckpoint, SASGStep, LearningRates, EngineViews, torch.optim.Optimizer):
     r"""SASG (or ``algorithm="sgd" | "sparse" | "lasg"``) as a ``torch.optim.Optimizer``.
 
     One step of worker :math:`m` of :math:`M` (one per process), with :math:`\eta` = ``lr``,
@@ -224,40 +224,17 @@ class SASG(SASGCheckpoint, torch.optim.Optimizer):
                                        fix="e.g. threshold_lr_lag=len(loader) for one epoch")
         self._lrs: deque = deque()  # (step, lr) where the lr changed, back to step k - lag
         validation.flag(broadcast_initial, "broadcast_initial")
-        if restore_buffers is not None:
-            restore_buffers = list(restore_buffers)
-            bad = next((b for b in restore_buffers if not isinstance(b, Tensor)), None)
-            if bad is not None:
-                raise ValueError(f"restore_buffers must be tensors (e.g. model.buffers()), got {type(bad).__name__}")
-        params = _no_duplicates(params)
-        super().__init__(params, {**defaults, "lr": float(lr)})
+        self._restore = _buffers_to_restore(restore_buffers)
+        super().__init__(_no_duplicates(params), {**defaults, "lr": float(lr)})
         self._group_updates()  # every group's own values, where it set any
-        # All groups' tensors in order, as torch.optim numbers them in state_dict().
-        given: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
-        if not given:
-            raise ValueError("SASG got no parameters")
-        first = given[0]
-        if any(p.device != first.device or p.dtype != first.dtype for p in given):
-            raise ValueError("SASG needs all parameters on one device with one dtype")
-        if not first.is_floating_point():
-            raise ValueError(f"SASG needs floating-point parameters, got {first.dtype}")
-        # Frozen tensors get no gradient and empty ones have nothing to send: they stay out of the
-        # message layout (torch.optim skips them too), so they cost no bits and no top-k slots.
-        plist = [p for p in given if p.requires_grad and p.numel() > 0]
-        if not plist:
-            raise ValueError("SASG got no trainable parameters (all have requires_grad=False or are empty)")
-        self._plist = plist
-        # Their indices over all groups: the keys of their entries in state_dict()["state"].
-        self._trained = [i for i, p in enumerate(given) if p.requires_grad and p.numel() > 0]
-        # Each group's part of the flat vector (its trained tensors lie together, in order).
-        sizes = [sum(p.numel() for p in g["params"] if p.requires_grad and p.numel() > 0) for g in self.param_groups]
-        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
-        self._spans = [(end - size, end) for size, end in zip(sizes, ends)]
+        trained = TrainedTensors.of(self.param_groups)
+        self._plist, self._trained, self._spans = trained.params, trained.indices, trained.spans
+        first = trained.params[0]
         # One flat momentum buffer b per group (None until its first step with momentum);
         # state[p]["momentum_buffer"] are views of it.
         self._buffers: list[Tensor | None] = [None] * len(self.param_groups)
         self._cuda_rng = cuda_rng_device(first.device)  # the generator dropout on these parameters uses
-        self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(plist))
+        self.layout = Layout((str(i), tuple(p.shape)) for i, p in enumerate(self._plist))
         # One validated spec (the CLI's): every algorithm checks all three knobs, also those it
         # ignores, so a typo fails the same way whichever algorithm it was written for.
         self.spec = AlgorithmSpec.parse(algorithm, AlgorithmSettings(density, window, c, window_sum,
@@ -269,36 +246,33 @@ class SASG(SASGCheckpoint, torch.optim.Optimizer):
             raise ValueError("momentum_correction works with plain heavy-ball momentum and coupled weight decay: "
                              "nesterov, dampening and decoupled_weight_decay must be off")
         # DGC's local velocity (gradient units), when momentum is corrected (see step)
-        self._velocity = torch.zeros(sum(p.numel() for p in plist), device=first.device, dtype=first.dtype) \
+        self._velocity = torch.zeros(self.layout.numel, device=first.device, dtype=first.dtype) \
             if momentum_correction else None
         self._compressed = compressed_entries(self.layout, self.spec.settings.tensor_policy, first.device) \
             if momentum_correction else None
-        self.algorithm = self.spec.build(self.layout, check_codec(resolve_codec(codec, self.spec.name)))
+        self.algorithm = build_algorithm(self.spec, self.layout, codec)
         self._one_lr([u[0] for u in self._group_updates()])
-        if transport is None:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                from ..distributed.torch_transport import TorchTransport
-
-                # NCCL: messages go through this rank's own GPU (cuda:LOCAL_RANK), not the current one.
-                nccl_here = first.is_cuda and dist.get_backend(group) == "nccl"
-                transport = TorchTransport(group=group, device=first.device if nccl_here else None)
-            else:
-                transport = InProcessTransport(1, device=first.device)
+        if transport is None:  # the default process group's, if one is initialised (else this process alone)
+            transport = process_transport(first.device, group)
         elif group is not None:
             raise ValueError("pass either transport or group, not both")
-        if len(transport.local_workers) != 1:
+        if transport is not None and len(transport.local_workers) != 1:
             raise ValueError("SASG runs one worker per process: its transport must hold exactly one worker")
-        self.transport = transport
-        self.engine = RoundEngine(self.algorithm, transport, seed=int(seed), device=first.device, dtype=first.dtype)
-        self._restore = list(restore_buffers) if restore_buffers is not None else []
-        if broadcast_initial and transport.world_size > 1:
-            with torch.no_grad():
-                for p in given:  # frozen ones too: every rank starts from the same model
-                    buf = p.detach().to(transport.device).contiguous()
-                    transport.broadcast_(buf, src=0)
-                    p.copy_(buf)
+        self.engine = build_engine(self.algorithm, transport, seed=seed, device=first.device, dtype=first.dtype)
+        self.transport = self.engine.transport
+        if broadcast_initial:
+            self._broadcast_initial(trained.given)
+
+    def _broadcast_initial(self, given: list[Tensor]) -> None:
+        """Copy rank 0's parameters to every rank (frozen ones too: every rank starts from the same
+        model), as DDP does at construction."""
+        if self.transport.world_size == 1:
+            return
+        with torch.no_grad():
+            for p in given:
+                buf = p.detach().to(self.transport.device).contiguous()
+                self.transport.broadcast_(buf, src=0)
+                p.copy_(buf)
 
     def add_param_group(self, param_group: dict) -> None:
         # torch.optim.Optimizer.__init__ adds the groups through here; afterwards the message
@@ -312,223 +286,7 @@ class SASG(SASGCheckpoint, torch.optim.Optimizer):
             _check_group_keys(param_group)
         super().add_param_group(param_group)
 
-    # ----- what the optimizer reports -------------------------------------------------------------
-    @property
-    def ledger(self):
-        """Per-step uploads and bits (uplink: 8 x the bytes sent; downlink: parameter-server
-        convention; flags): ``ledger.totals()``."""
-        return self.engine.ledger
-
+    # ----- what the optimizer reports (also ledger and iteration, sasg.runtime.EngineViews) -------
     @property
     def num_workers(self) -> int:
         return self.engine.num_workers
-
-    @property
-    def iteration(self) -> int:
-        return self.engine.iteration
-
-    # ----- flat views of the parameters -----------------------------------------------------------
-    def _flat_params(self) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self._plist])
-
-    def _flat_grads(self) -> Tensor:
-        return torch.cat([
-            (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self._plist
-        ])
-
-    def _write(self, flat: Tensor, grads: bool = False) -> None:
-        views = self.layout.views(flat)
-        for i, p in enumerate(self._plist):
-            if grads:
-                p.grad = views[str(i)].clone()
-            else:
-                p.copy_(views[str(i)])
-
-    def _evaluate(self, closure: Callable[[], Tensor]):
-        for p in self._plist:
-            p.grad = None
-        with torch.enable_grad():
-            return closure()
-
-    def _check_grads(self) -> None:
-        """Before anything is sent: the closure must have left gradients, and dense ones."""
-        grads = [p.grad for p in self._plist if p.grad is not None]
-        if not grads:
-            raise RuntimeError(
-                "SASG.step: the closure left no gradients; it must call loss.backward() itself "
-                "(step clears .grad before each evaluation, so a backward() done before step is lost)"
-            )
-        if any(g.is_sparse for g in grads):
-            raise RuntimeError(
-                "SASG does not support sparse gradients (e.g. nn.Embedding(sparse=True)); use dense ones"
-            )
-
-    # ----- the round ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None):  # type: ignore[override]
-        """One round: evaluate ``closure`` (forward + backward on this worker's minibatch), decide,
-        send or skip, aggregate, update the parameters. Returns the closure's loss."""
-        if closure is None:
-            raise RuntimeError(
-                "SASG.step needs a closure that recomputes the loss and calls backward() (like "
-                "torch.optim.LBFGS): the lazy rule re-evaluates it at the worker's last upload point"
-            )
-        cuda = self._cuda_rng
-        rng = rng_state(cuda)  # read only: the closure's own random draws (dropout) ...
-        updates = self._group_updates()  # a scheduler may have set lr (or momentum)
-        lr = self._one_lr([u[0] for u in updates])
-        loss = self._evaluate(closure)
-        self._check_grads()
-        theta = self._flat_params()
-        grad = self._flat_grads()
-        after = rng_state(cuda)
-        # Groups with their own lr (no lazy rule: _one_lr): the engine forms (lr/M)·g' with the
-        # largest lr, and g' is each group's gradient times its lr / that lr, so every message
-        # carries its own group's lr. grad itself stays the fresh gradient (left in .grad).
-        sent = grad if lr is not None else grad * self._lr_scale([u[0] for u in updates])
-        lr = lr if lr is not None else max(u[0] for u in updates)
-
-        def stale(anchor: Tensor) -> Tensor:
-            saved = [b.detach().clone() for b in self._restore]
-            self._write(anchor)
-            # ... are replayed at the anchor: same minibatch, same masks; afterwards the stream
-            # is where the fresh evaluation left it, as if no second evaluation had happened.
-            set_rng_state(rng, cuda)
-            try:
-                self._evaluate(closure)
-                return self._flat_grads()
-            finally:
-                self._write(theta)
-                for b, s in zip(self._restore, saved):
-                    b.copy_(s)
-                set_rng_state(after, cuda)
-
-        anchor = self.engine.workers.anchor
-        threshold_lr = self._threshold_lr(lr) if self._lag else None
-        if self._velocity is not None:
-            if sent is not grad:
-                raise ValueError("momentum_correction needs one lr for every parameter group (the velocity is "
-                                 "error-fed with it); give the groups the same lr")
-            self._corrected_step(theta, grad, stale, anchor, lr, updates, threshold_lr)
-            self._write(theta)
-            self._write(grad, grads=True)
-            return loss
-        # With momentum or weight decay this optimizer makes the update from theta^k on the engine's
-        # aggregated step, and a lazy rule's window gets the real ||theta^{k+1} - theta^k||^2; with
-        # neither, the engine's own theta^k - s^k stands (bit for bit) and is the real step.
-        start = theta.clone() if any(u[1] != 0 or u[3] != 0 for u in updates) else None
-        self.engine.step(theta, sent.reshape(1, -1), lambda rows: stale(anchor[0]).reshape(1, -1), lr, threshold_lr,
-                         apply=start is None)
-        if start is not None:
-            self._update(theta, updates)
-            if self.algorithm.lazy:
-                moved = theta.double() - start.double()
-                self.engine.record_step(float(torch.dot(moved, moved).item()))
-        self._write(theta)
-        self._write(grad, grads=True)
-        return loss
-
-    def _corrected_step(self, theta, grad, stale, anchor, lr, updates, threshold_lr) -> None:
-        r"""DGC's momentum correction (:mod:`sasg.core.momentum`): the velocity
-        :math:`u \leftarrow \mu u + g + \lambda\theta` is what the round error-feeds and compresses,
-        the engine's :math:`\theta - \sum_m q_m` is the whole update, and the velocity is cleared
-        where this worker's message sent a compressed tensor's entry. A lazy rule compares
-        velocities: the stale one is :math:`\mu u + g(\hat\theta) + \lambda\hat\theta` with the same
-        :math:`u`, so their difference is the gradients' plus the decay term's drift."""
-        u = self._velocity
-
-        def velocity(g: Tensor, at: Tensor) -> Tensor:  # g + lambda at + mu u, each group its own
-            for (a, b), update in zip(self._spans, updates):
-                g[a:b].add_(at[a:b], alpha=update[3]).add_(u[a:b], alpha=update[1])
-            return g
-
-        fresh = velocity(grad.clone(), theta)
-
-        def stale_velocity(rows):
-            return velocity(stale(anchor[0]), anchor[0]).reshape(1, -1)
-
-        flags = self.engine.step(theta, fresh.reshape(1, -1), stale_velocity, lr, threshold_lr)
-        u.copy_(fresh)
-        me = self.transport.local_workers[0]
-        if bool(flags[me]) and self.engine.iteration > self.spec.settings.warmup:
-            factor_mask_(u, self.engine.server.last, me, self._compressed)
-
-    def _threshold_lr(self, lr: float) -> float:
-        """The lr the lazy threshold divides by at this step k: ``lr`` itself, or (``threshold_lr_lag``
-        L > 0) the lr of step ``max(0, k - L)``, from the changes of the lr kept since then."""
-        if not self._lag:
-            return lr
-        k, lrs = self.engine.iteration, self._lrs
-        if not lrs or lrs[-1][1] != lr:
-            lrs.append((k, lr))
-        while len(lrs) > 1 and lrs[1][0] <= k - self._lag:
-            lrs.popleft()  # the lr of step k - L is the last change at or before it
-        return lrs[0][1]
-
-    def _group_updates(self) -> list[tuple]:
-        """:func:`_check_update` of every group; with several, an error names the group."""
-        if len(self.param_groups) == 1:
-            return [_check_update(self.param_groups[0])]
-        out = []
-        for i, group in enumerate(self.param_groups):
-            try:
-                out.append(_check_update(group))
-            except ValueError as e:
-                raise _bad_value(getattr(e, "key", ""), f"parameter group {i}: {e}") from None
-        return out
-
-    def _one_lr(self, lrs: list[float]) -> float | None:
-        """The lr of every group, or None where groups differ and the algorithm can take that.
-
-        A lazy rule cannot: its threshold Σ‖θ^{j+1} − θ^j‖² / (c·M·η) divides by one lr, and
-        groups with their own lrs have none (the step of each part moves with its own lr)."""
-        if all(lr == lrs[0] for lr in lrs):
-            return lrs[0]
-        if self.algorithm.lazy:
-            raise ValueError(
-                f"SASG's lazy rule ({self.spec.trigger}) divides its threshold by one lr "
-                f"(sum of |theta^(j+1) - theta^j|^2 / (c * M * lr)), but the parameter groups have lrs "
-                f"{', '.join(f'{lr:g}' for lr in lrs)}; give every group the same lr (per-group "
-                "weight_decay, momentum, dampening and nesterov work with any algorithm), or use a "
-                "trigger that reads no lr, e.g. algorithm='sparse' (always+topk) or 'sgd'"
-            )
-        return None
-
-    def _lr_scale(self, lrs: list[float]) -> Tensor:
-        """Per entry of the flat vector: its group's lr / the largest lr."""
-        top = max(lrs)
-        scale = torch.empty(self._spans[-1][1], device=self._plist[0].device, dtype=self._plist[0].dtype)
-        for (a, b), lr in zip(self._spans, lrs):
-            scale[a:b] = lr / top
-        return scale
-
-    def _update(self, theta: Tensor, updates: list[tuple]) -> None:
-        """theta^k -> theta^{k+1} in place by :func:`sasg_update` on the round's aggregated step,
-        each group's part with its own hyperparameters (one group: the whole vector at once)."""
-        step = self.engine.last_step
-        for g, ((a, b), update) in enumerate(zip(self._spans, updates)):
-            if a == b:
-                continue
-            lr, momentum, dampening, weight_decay, nesterov, decoupled = update
-            whole = len(self._spans) == 1
-            buf = sasg_update(theta if whole else theta[a:b], step if whole else step[a:b], self._buffers[g],
-                              lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                              nesterov=nesterov, decoupled_weight_decay=decoupled)
-            if buf is not None and buf is not self._buffers[g]:
-                self._set_momentum(g, buf)
-
-    def _set_momentum(self, group: int, flat: Tensor | None) -> None:
-        """Hold group ``group``'s flat momentum buffer and show it per parameter as
-        ``state[p]["momentum_buffer"]`` (views of it, as ``torch.optim.SGD`` keeps them); ``None``:
-        no buffer."""
-        self._buffers[group] = flat
-        offset = 0
-        for p in self._plist_of(group):
-            if flat is None:
-                self.state.pop(p, None)
-            else:
-                self.state[p]["momentum_buffer"] = flat[offset: offset + p.numel()].view_as(p)
-            offset += p.numel()
-
-    def _plist_of(self, group: int) -> list[Tensor]:
-        return [p for p in self.param_groups[group]["params"] if p.requires_grad and p.numel() > 0]

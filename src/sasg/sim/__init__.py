@@ -3,7 +3,8 @@
 from .evaluate import evaluate
 from .gradients import LoopGradients, VmapGradients, make_gradients
 from .allocator import retain_freed_memory
-from .simulator import RunResult, Simulator
+from .result import RunResult
+from .simulator import Simulator
 
 __all__ = ["LoopGradients", "RunResult", "Simulator", "VmapGradients", "evaluate", "make_gradients",
            "retain_freed_memory"]

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..accounting import Ledger
 from ..config import ConfigError, RunConfig
 from ..core.algorithm import Algorithm
 from ..core.capabilities import provided
@@ -33,64 +32,18 @@ from ..core.workspace import Workspace
 from ..data import make_augmentation, make_partition, worker_seed
 from ..data.dataset import ArrayDataset, DataSplit, to_device
 from ..data.sampler import WorkerSampler
-from ..engine import InProcessTransport, RoundEngine
 from ..models import build_model
+from ..runtime import EngineViews, build_algorithm, build_engine
 from ..schedule import lagged, step_decay
 from .evaluate import evaluate
 from .gradients import make_gradients
+from .result import RunResult
 
 
 TRAIN_EVAL_SAMPLES = 10_000
 
 
-@dataclass
-class RunResult:
-    """What one algorithm's run produced: eval history, per-round ledger and timings."""
-
-    algorithm: str
-    history: list[dict]
-    ledger: Ledger
-    train_seconds: float
-    eval_seconds: float
-    backend: str
-    num_parameters: int
-    theta: Tensor = field(repr=False)
-    codec: str = "paper32"  # what made its bits (for a dense algorithm: the value format alone)
-    biased: bool = False  # a lossy codec without a memory that sends the rounding error later
-    # Set when the run stopped on an error (e.g. a member refusing non-finite values): what went
-    # wrong, in one line. Its history and ledger stop at that round; `sasg compare` keeps the others.
-    failed: str | None = None
-
-    @property
-    def wall_seconds(self) -> float:
-        return self.train_seconds + self.eval_seconds
-
-    @property
-    def iters_per_second(self) -> float:
-        return self.ledger.iterations / self.train_seconds if self.train_seconds > 0 else float("inf")
-
-    def state_dict(self) -> dict:
-        """Everything the run folder needs (a finished run that ``sasg compare --resume`` keeps)."""
-        return {
-            "algorithm": self.algorithm, "history": [dict(p) for p in self.history],
-            "ledger": self.ledger.state_dict(), "train_seconds": self.train_seconds,
-            "eval_seconds": self.eval_seconds, "backend": self.backend, "num_parameters": self.num_parameters,
-            "theta": self.theta.clone(), "codec": self.codec, "biased": self.biased, "failed": self.failed,
-        }
-
-    @classmethod
-    def from_state(cls, state: dict) -> "RunResult":
-        ledger = Ledger()
-        ledger.load_state_dict(state["ledger"])
-        return cls(
-            algorithm=state["algorithm"], history=[dict(p) for p in state["history"]], ledger=ledger,
-            train_seconds=float(state["train_seconds"]), eval_seconds=float(state["eval_seconds"]),
-            backend=state["backend"], num_parameters=int(state["num_parameters"]), theta=state["theta"],
-            codec=state["codec"], biased=bool(state["biased"]), failed=state.get("failed"),
-        )
-
-
-class Simulator:
+class Simulator(EngineViews):
     """Run ``config.workers`` workers of ``algorithm`` on ``data``.
 
     ``algorithm``: a registered name — an alias (``sgd``, ``sparse``, ``lasg``, ``sasg``) or a
@@ -120,40 +73,29 @@ class Simulator:
                 f"Simulator needs the data set, a DataSplit such as sasg.load_dataset('mnist5k'), got "
                 f"{type(data).__name__}"
             )
-        spec = None
-        if not callable(algorithm):
-            try:  # the algorithm run here need not be one of config.algorithms: checked here too
-                spec = AlgorithmSpec.parse(algorithm, config.settings_for(algorithm))
-            except ConfigError:
-                raise
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        spec = None if callable(algorithm) else _spec_of(algorithm, config)
         device = torch.device(config.device)
         if data.train.x.device != device:  # e.g. load_dataset's CPU tensors for a CUDA run
             data = to_device(data, device)
         self.data = data
         self.device = device
         self.num_workers = M = config.workers
-        self.transport = InProcessTransport(M, device) if transport is None else transport
-        if self.transport.world_size != M:
+        if transport is not None and transport.world_size != M:
             raise ConfigError(
-                f"--workers {M} but {self.transport.world_size} processes; the number of workers is the "
+                f"--workers {M} but {transport.world_size} processes; the number of workers is the "
                 "number of processes"
             )
-        self.local_workers = list(self.transport.local_workers)
-        self._holds_all = len(self.local_workers) == M
-        self._local = torch.tensor(self.local_workers, dtype=torch.long, device=device)
         self.model = build_model(config.model, data.sample_shape, data.num_classes, config.seed).to(device)
         self.layout = Layout.from_module(self.model)
         self.theta = self.layout.flatten(dict(self.model.named_parameters())).detach().clone()
-        if callable(algorithm):
-            self.algorithm: Algorithm = algorithm(self.layout)
-            built = self.algorithm.layout.segments if isinstance(self.algorithm, Algorithm) else None
-            if built is None or list(built) != list(self.layout.segments):
-                raise ValueError("an algorithm factory must return an Algorithm built on the layout it is given")
-        else:
-            self.algorithm = spec.build(self.layout, config.codec_for(algorithm))
-        self.engine = RoundEngine(self.algorithm, self.transport, seed=config.seed, device=device)
+        self.algorithm: Algorithm = (_built_by(algorithm, self.layout) if spec is None
+                                     else build_algorithm(spec, self.layout, config.codec_for(algorithm)))
+        # Default: all M workers in this process; a rank's TorchTransport holds one.
+        self.engine = build_engine(self.algorithm, transport, workers=M, seed=config.seed, device=device)
+        self.transport = self.engine.transport
+        self.local_workers = list(self.transport.local_workers)
+        self._holds_all = len(self.local_workers) == M
+        self._local = torch.tensor(self.local_workers, dtype=torch.long, device=device)
         self.shards = make_partition(
             config.partition, data.train.y.cpu(), M, torch.Generator().manual_seed(config.seed),
             beta=config.beta, shards_per_worker=config.shards_per_worker, min_size=config.batch_size,
@@ -175,15 +117,7 @@ class Simulator:
         self._pair_gradients = (self._checked_rows is not None and len(self.local_workers) == 1
                                 and hasattr(self.gradients, "fresh_and_stale"))
         self.workspace = Workspace()  # the gathered anchors of the checked workers
-        # Train loss is measured on the whole training set up to TRAIN_EVAL_SAMPLES, else on a
-        # fixed evenly spaced subset of that size (a full pass over 50,000 CIFAR images at every
-        # evaluation would cost more than the training between evaluations).
-        n = len(data.train)
-        if n <= TRAIN_EVAL_SAMPLES:
-            self._train_eval = data.train
-        else:
-            pick = torch.linspace(0, n - 1, TRAIN_EVAL_SAMPLES).long().to(data.train.x.device)
-            self._train_eval = ArrayDataset(data.train.x[pick], data.train.y[pick], data.num_classes, data.name)
+        self._train_eval = _train_eval_set(data)
         self.lr_at: Callable[[int], float] = step_decay(
             config.lr, config.lr_decay_epochs, config.lr_decay_factor, self.sampler.rounds_per_epoch
         )
@@ -203,14 +137,6 @@ class Simulator:
     @property
     def server(self):
         return self.engine.server
-
-    @property
-    def ledger(self):
-        return self.engine.ledger
-
-    @property
-    def iteration(self) -> int:
-        return self.engine.iteration
 
     @property
     def total_iterations(self) -> int:
@@ -252,9 +178,11 @@ class Simulator:
             who = rows if ids is None else ids[rows]
             return self.gradients.blocks(anchors, x[rows], y[rows], workers=who, update_stats=False)
 
-        if self.threshold_lr_at is self.lr_at:  # no lag: the threshold takes the round's lr
-            return self.engine.step(self.theta, g, stale, self.lr_at(k))
-        return self.engine.step(self.theta, g, stale, self.lr_at(k), self.threshold_lr_at(k))
+        # No lag: the threshold takes the round's lr.
+        threshold_lr = None if self.threshold_lr_at is self.lr_at else self.threshold_lr_at(k)
+        result = self.engine.step(self.theta, g, stale, self.lr_at(k), threshold_lr)
+        self.theta.sub_(result.step)  # theta^{k+1} = theta^k - sum_m q_m
+        return result.flags
 
     def communication_point(self) -> dict:
         """Cumulative counts at the current iteration, the first columns of an eval point."""
@@ -390,6 +318,37 @@ class Simulator:
         self.history = [dict(p) for p in state["history"]]
         self.train_seconds = float(state["train_seconds"])
         self.eval_seconds = float(state["eval_seconds"])
+
+
+def _spec_of(algorithm: str, config: RunConfig) -> AlgorithmSpec:
+    """``algorithm`` parsed with the config's settings for it (:meth:`RunConfig.settings_for`): the
+    algorithm run here need not be one of ``config.algorithms``, so it is checked here too."""
+    try:
+        return AlgorithmSpec.parse(algorithm, config.settings_for(algorithm))
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _built_by(factory: Callable[[Layout], Algorithm], layout: Layout) -> Algorithm:
+    """The algorithm a hand-written factory builds on ``layout`` (docs/extending.md), checked."""
+    algorithm = factory(layout)
+    built = algorithm.layout.segments if isinstance(algorithm, Algorithm) else None
+    if built is None or list(built) != list(layout.segments):
+        raise ValueError("an algorithm factory must return an Algorithm built on the layout it is given")
+    return algorithm
+
+
+def _train_eval_set(data: DataSplit) -> ArrayDataset:
+    """Where train loss is measured: the whole training set up to TRAIN_EVAL_SAMPLES, else a fixed
+    evenly spaced subset of that size (a full pass over 50,000 CIFAR images at every evaluation
+    would cost more than the training between evaluations)."""
+    n = len(data.train)
+    if n <= TRAIN_EVAL_SAMPLES:
+        return data.train
+    pick = torch.linspace(0, n - 1, TRAIN_EVAL_SAMPLES).long().to(data.train.x.device)
+    return ArrayDataset(data.train.x[pick], data.train.y[pick], data.num_classes, data.name)
 
 
 def _history_point(saved, where: str) -> None:

@@ -243,7 +243,7 @@ def test_launch_nccl_needs_the_device_on_the_gpu(tmp_path, capsys, monkeypatch):
 
 def test_launch_one_gpu_per_process(monkeypatch):
     from sasg.config import ConfigError
-    from sasg.cli.launch import check_backend
+    from sasg.distributed.launcher import check_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -374,7 +374,7 @@ def test_worker_checks_before_training(tmp_path):
 
 def test_worker_ranks_agree_who_reports(tmp_path):
     from sasg.config import ConfigError
-    from sasg.cli.worker import PeerStopped, Reported, agree
+    from sasg.distributed.rank import PeerStopped, Reported, agree
 
     problem = ConfigError("cannot write the run folder x")
     agree(_FakeTransport(0, [0, 0]), None)

@@ -98,7 +98,7 @@ def test_leftovers_of_a_dead_run_are_removed_and_live_ones_kept():
 
 
 def test_node_0_keeps_the_store_until_every_agent_has_left_the_exit_barrier():
-    """sasg launch --nnodes > 1 (launch._store_outlives_exit_barrier, pytorch/pytorch#69520): the
+    """sasg launch --nnodes > 1 (launcher._store_outlives_exit_barrier, pytorch/pytorch#69520): the
     agent that hosts the store (node 0) leaves torchrun's exit barrier only after the others have."""
     import threading
     from types import SimpleNamespace
@@ -106,7 +106,7 @@ def test_node_0_keeps_the_store_until_every_agent_has_left_the_exit_barrier():
     from torch.distributed import HashStore
     from torch.distributed.elastic.agent.server.api import SimpleElasticAgent, WorkerState
 
-    from sasg.cli import launch as launch_module
+    from sasg.distributed import launcher as launch_module
 
     store, seen = HashStore(), {}
 

@@ -1,41 +1,28 @@
 """``sasg launch``: the same run as ``sasg run --workers N``, as N real processes under torchrun.
 
-The launcher validates the flags, the backend, the run and checkpoint folders and the data first
-(one-line errors, nothing started, nothing written), then
-starts ``python -m sasg.cli.worker <the same flags>`` through torchrun's own launcher
-(``torch.distributed.run``): ``--standalone`` on one node, static rendezvous
-(``--master-addr/--master-port/--node-rank``) across nodes. Rank 0 writes the run folder,
-atomically, once training has finished. When a worker dies, torchrun stops the others; the
-launcher reports it in one line and exits non-zero. When the launcher itself dies (even by
-``kill -9``), every worker gets SIGTERM from the kernel (Linux's parent-death signal) and stops.
+Here: the launcher's flags, and the checks of them (the flags, the backend, the run and
+checkpoint folders and the data: one-line errors, nothing started, nothing written). Then
+:mod:`sasg.distributed.launcher` starts ``python -m sasg.cli.worker <the same flags>`` on every
+process through torchrun; rank 0 writes the run folder, atomically, once training has finished
+(:mod:`sasg.distributed.rank`). When a worker dies, torchrun stops the others; the launcher reports
+it in one line and exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import re
 import sys
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ..config import MAX_ROUNDS, MAX_WORKERS, ConfigError
-from ..safe_files import os_reason
-from ..safe_files import probe_folder as _probe_folder
+from ..distributed.launcher import (LaunchFailed, check_backend, check_checkpoint_dir, check_run_folder, run_workers,
+                                    torchrun_args)
 from .config_args import check_seeds, config_from_args, resolved
 
 # The torchrun entry point the launcher starts on every process.
 WORKER_MODULE = "sasg.cli.worker"
-
-# Set for the workers to the pid of `sasg launch`, their parent (torchrun's agent runs in it), so
-# that a worker started after its launcher died notices and stops (see worker.die_with_parent).
-LAUNCHER_PID_ENV = "SASG_LAUNCHER_PID"
-
-# Seconds a worker gets between SIGTERM and SIGKILL when the run stops (a stopped or hung one
-# ignores SIGTERM).
-SHUTDOWN_GRACE_S = 5
 
 # Flags only the launcher reads (each takes one value); everything else goes to the workers.
 LAUNCHER_ONLY = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
@@ -147,73 +134,6 @@ def worker_argv(argv: list[str]) -> list[str]:
     return rest
 
 
-# ----- checks made before anything starts -------------------------------------------------------
-def resolve_backend(backend: str, device: str) -> str:
-    return ("nccl" if str(device).startswith("cuda") else "gloo") if backend == "auto" else backend
-
-
-def check_backend(backend: str, device: str, local_processes: int) -> None:
-    """NCCL needs CUDA, a PyTorch built with NCCL, a CUDA device and one GPU per process."""
-    import torch
-    import torch.distributed as dist
-
-    backend = resolve_backend(backend, device)
-    on_gpu = str(device).startswith("cuda")
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise ConfigError("--dist-backend nccl needs a CUDA GPU, and this machine has none; use --dist-backend gloo")
-        if not dist.is_nccl_available():
-            raise ConfigError("--dist-backend nccl: this PyTorch is built without NCCL; use --dist-backend gloo")
-        if not on_gpu:
-            raise ConfigError("--dist-backend nccl works on GPU tensors only; add --device cuda, or use --dist-backend gloo")
-    if on_gpu and torch.cuda.is_available() and local_processes > torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        raise ConfigError(
-            f"{local_processes} processes on this node but {n} CUDA device(s): one GPU per process; "
-            f"use --nproc-per-node {n} or fewer, or --device cpu"
-        )
-
-
-def check_run_folder(out: Path, overwrite: bool) -> None:
-    """What the finished run needs: ``check_destination``, and a parent folder the run folder
-    can be staged in (found out here, not after training; what this creates is removed)."""
-    from ..lifecycle.destination import check_destination
-
-    out = Path(out)
-    check_destination(out, overwrite)
-    try:
-        _probe_folder(out.parent.resolve())
-    except OSError as e:
-        raise ConfigError(f"cannot write the run folder {out}: {os_reason(e)}; choose another --out") from None
-
-
-def check_checkpoint_flags(args: argparse.Namespace, seeds: list[int]) -> None:
-    """The checkpoint flags on their own (no file system)."""
-    if args.checkpoint_every and args.checkpoint_dir is None:
-        raise ConfigError("--checkpoint-every needs --checkpoint-dir FOLDER")
-    if args.resume and args.checkpoint_dir is None:
-        raise ConfigError("--resume needs --checkpoint-dir FOLDER (where the checkpoints are)")
-    if args.checkpoint_dir is not None and len(seeds) > 1:
-        raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
-
-
-def check_checkpoint_dir(args: argparse.Namespace, tidy: bool = True) -> None:
-    """``--checkpoint-dir`` is a folder (or can be one) that checkpoints can be written to."""
-    folder = args.checkpoint_dir
-    if folder is None:
-        return
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--checkpoint-dir {folder} is a file, not a folder; choose another --checkpoint-dir")
-    if args.checkpoint_every:
-        try:
-            _probe_folder(folder.resolve(), tidy)
-        except OSError as e:
-            raise ConfigError(
-                f"cannot write checkpoints to {folder}: {os_reason(e)}; choose another --checkpoint-dir"
-            ) from None
-
-
 def default_out(command: str = "launch") -> Path:
     """``runs/<command>-<time>``, as ``sasg run`` and ``sasg compare`` name theirs."""
     from ..lifecycle.destination import default_run_dir
@@ -221,6 +141,7 @@ def default_out(command: str = "launch") -> Path:
     return default_run_dir(command)
 
 
+# ----- checks made before anything starts -------------------------------------------------------
 def _as_launch_advice(message: str, args: argparse.Namespace) -> str:
     """Data-size errors advise ``--workers``, which launch sets from the process count: name
     ``--nproc-per-node`` (per node) instead."""
@@ -243,87 +164,18 @@ def check_data(config, args: argparse.Namespace) -> None:
         raise ConfigError(_as_launch_advice(str(e), args)) from None
 
 
-def _failure_line(err) -> str:
-    parts = []
-    failures = getattr(err, "failures", {}) or {}
-    for rank in sorted(failures):
-        f = failures[rank]
-        how = f"signal {f.signal_name()}" if f.exitcode is not None and f.exitcode < 0 else f"exit code {f.exitcode}"
-        parts.append(f"rank {rank}: {how}")
-    detail = "; ".join(parts) if parts else str(err).strip().splitlines()[0]
-    return f"the distributed run failed ({detail}); see the workers' messages above; no run folder written"
+def check_checkpoint_flags(args: argparse.Namespace, seeds: list[int]) -> None:
+    """The checkpoint flags on their own (no file system)."""
+    if args.checkpoint_every and args.checkpoint_dir is None:
+        raise ConfigError("--checkpoint-every needs --checkpoint-dir FOLDER")
+    if args.resume and args.checkpoint_dir is None:
+        raise ConfigError("--resume needs --checkpoint-dir FOLDER (where the checkpoints are)")
+    if args.checkpoint_dir is not None and len(seeds) > 1:
+        raise ConfigError("checkpoints work with one seed; drop --seeds or --checkpoint-dir")
 
 
-def _quiet_torchrun_logs() -> None:
-    for name in ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-@contextmanager
-def _grace_before_sigkill(seconds: int):
-    """torchrun's ``--shutdown-timeout`` covers only a launcher stopped by a signal: when a worker
-    fails, torch 2.13 gives the others a fixed 30 s between SIGTERM and SIGKILL
-    (``PContext.close()`` called with its default; pytorch/pytorch#119856, PR #192815), so a hung
-    worker (SIGSTOP) would hold the launcher 30 s after a peer reported it. For this run only,
-    cap that grace at ``seconds``."""
-    from torch.distributed.elastic.multiprocessing.api import PContext
-
-    original = PContext.close
-
-    def close(self, death_sig=None, timeout: int = seconds):
-        return original(self, death_sig, min(timeout, seconds))
-
-    PContext.close = close
-    try:
-        yield
-    finally:
-        PContext.close = original
-
-
-# Seconds node 0's agent waits, after torchrun's exit barrier, for the other nodes' agents to leave it.
-EXIT_BARRIER_GRACE_S = 10.0
-_CHECKED_OUT_KEY = "sasg/launch/checked-out"
-
-
-@contextmanager
-def _store_outlives_exit_barrier(seconds: float = EXIT_BARRIER_GRACE_S):
-    """Multi-node: when its workers succeed, each node's agent waits in torchrun's exit barrier,
-    on the store that node 0's agent hosts. The last agent to arrive sets the barrier's key and
-    then waits on it; node 0 may see the key, return and close the store first, and that agent
-    then logs "Error waiting on exit barrier" with a traceback (and a C++ stack from the store)
-    although the run succeeded (pytorch/pytorch#69520; seen across two network namespaces). For
-    this run only: after the barrier every agent checks out, and node 0's waits until all have
-    (at most ``seconds``) before it leaves and takes the store with it."""
-    import time
-
-    from torch.distributed.elastic.agent.server.api import SimpleElasticAgent
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
-    original = SimpleElasticAgent._exit_barrier
-
-    def exit_barrier(self):
-        original(self)
-        group = self._worker_group
-        try:
-            left = self._store.add(_CHECKED_OUT_KEY, 1)
-            deadline = time.monotonic() + seconds
-            while group.group_rank == 0 and left < group.group_world_size and time.monotonic() < deadline:
-                time.sleep(0.02)
-                left = self._store.add(_CHECKED_OUT_KEY, 0)
-        except SignalException:
-            raise
-        except Exception:  # the store is gone: nobody is left to wait for
-            pass
-
-    SimpleElasticAgent._exit_barrier = exit_barrier
-    try:
-        yield
-    finally:
-        SimpleElasticAgent._exit_barrier = original
-
-
-def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
-    """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
+def check_processes(args: argparse.Namespace) -> int:
+    """The process flags agree with each other (and with --workers, if given): the world size."""
     world = args.nproc_per_node * args.nnodes
     if args.node_rank >= args.nnodes:
         raise ConfigError(f"--node-rank {args.node_rank} but --nnodes {args.nnodes}; node ranks are 0..{args.nnodes - 1}")
@@ -334,6 +186,28 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
             f"--workers {args.workers} but {world} processes (--nproc-per-node {args.nproc_per_node} x "
             f"--nnodes {args.nnodes}); drop --workers: one worker per process"
         )
+    return world
+
+
+def check_destinations(args: argparse.Namespace, out: Path, seeds: list[int]) -> None:
+    """Node 0's run folder, this node's checkpoint folder, and (``--resume``) this node's ranks'
+    checkpoints: found wrong here, before any worker starts."""
+    if args.node_rank == 0:
+        from ..lifecycle.destination import check_separate_folders
+
+        check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
+        check_run_folder(out, args.overwrite)
+    check_checkpoint_dir(args.checkpoint_dir, args.checkpoint_every)
+    if args.resume:
+        from ..lifecycle.checkpoint import check_resumable
+
+        first = args.node_rank * args.nproc_per_node
+        check_resumable(args.checkpoint_dir, seeds[0], range(first, first + args.nproc_per_node))
+
+
+def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """``sasg launch``: validate, then run the workers under torchrun. Returns the exit code."""
+    world = check_processes(args)
     if getattr(args, "seeds", None):
         check_seeds(args.seeds)
     args.workers = world
@@ -351,58 +225,15 @@ def launch_main(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     check_backend(args.dist_backend, config.device, args.nproc_per_node)
     out = args.out or default_out()
-    if args.node_rank == 0:
-        from ..lifecycle.destination import check_separate_folders
-
-        check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
-        check_run_folder(out, args.overwrite)
-    check_checkpoint_dir(args)
-    if args.resume:
-        from ..lifecycle.checkpoint import check_resumable
-
-        first = args.node_rank * args.nproc_per_node
-        check_resumable(args.checkpoint_dir, seeds[0], range(first, first + args.nproc_per_node))
+    check_destinations(args, out, seeds)
     check_data(config, args)
 
     forwarded = worker_argv(argv) + ["--out", str(out), "--workers", str(world)]
-    # Stop the other workers within 0.1 s of a failure; SIGKILL what ignores SIGTERM after 5 s.
-    targs = ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes), "--monitor-interval", "0.1",
-             "--shutdown-timeout", str(SHUTDOWN_GRACE_S)]
-    if args.nnodes == 1 and not args.master_addr:
-        targs += ["--standalone"]
-    else:
-        targs += ["--rdzv-backend", "static", "--master-addr", args.master_addr or "127.0.0.1",
-                  "--master-port", str(args.master_port), "--node-rank", str(args.node_rank)]
-    targs += ["-m", WORKER_MODULE, *forwarded]
-    # One intra-op thread per worker by default, as torchrun would choose: ranks share the cores,
-    # and it is also what makes a rank's gradients bit-identical to the simulator's (see
-    # docs/distributed.md). --threads, $SASG_THREADS or $OMP_NUM_THREADS override it (sasg.threads).
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    _quiet_torchrun_logs()
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    # The workers' parent: each asks for SIGTERM when it dies and checks it is still there (see
-    # worker.die_with_parent). Set for the run only, so it never reaches other processes.
-    before = os.environ.get(LAUNCHER_PID_ENV)
-    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    targs = torchrun_args(WORKER_MODULE, forwarded, args.nproc_per_node, args.nnodes, args.node_rank,
+                          args.master_addr, args.master_port)
     try:
-        with _grace_before_sigkill(SHUTDOWN_GRACE_S), \
-                (_store_outlives_exit_barrier() if args.nnodes > 1 else nullcontext()):
-            run(parse_args(targs))
-    except ChildFailedError as e:
-        print(f"sasg: error: {_failure_line(e)}", file=sys.stderr)
-        return 1
-    except SignalException as e:
-        sig = getattr(e, "sigval", None)
-        name = getattr(sig, "name", "a signal")
-        print(f"sasg: error: stopped by {name}; the workers were stopped; no run folder written", file=sys.stderr)
-        return 130 if name == "SIGINT" else 1
-    finally:
-        if before is None:
-            os.environ.pop(LAUNCHER_PID_ENV, None)
-        else:
-            os.environ[LAUNCHER_PID_ENV] = before
+        run_workers(targs, threads, args.nnodes)
+    except LaunchFailed as e:
+        print(f"sasg: error: {e}", file=sys.stderr)
+        return e.code
     return 0

@@ -8,132 +8,10 @@ from pathlib import Path
 
 from ..config import ConfigError, RunConfig
 from ..core import ALGORITHMS
-from .config_args import PerAlgorithm, check_seeds, config_from_args, resolved
+from .config_args import check_seeds, config_from_args, resolved
 from .launch import add_launch_subparser
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one line that names the problem and the fix, and flags are
-    never abbreviated (``--nproc`` must not silently become ``--nproc-per-node``, nor a prefix
-    slip through to the workers of ``sasg launch``)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-class CommandParser(OneLineParser):
-    """The parser of one sub-command (``sasg compare``, ...). It gets every token after the
-    command's name, so a token it does not recognize is an error no other parser could take:
-    reported here, naming this command and its help, rather than by the top-level parser."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-
-def _number(kind):
-    """An argparse type: the text as an ``int`` or a ``float`` (ranges: RunConfig.validate)."""
-    from ..validation import argument, parse_integer, parse_number
-
-    return argument(parse_integer if kind is int else parse_number)
-
-
-def _items(text: str, example: str) -> list[str]:
-    """The entries of a comma-separated list; an empty entry (``1,,2``, ``,``) is a typo."""
-    items = [t.strip() for t in text.split(",")]
-    if not all(items):
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry; give a comma-separated list such as {example}")
-    return items
-
-
-def _algo_list(text: str) -> tuple[str, ...]:
-    return tuple(a.lower() for a in _items(text, "sgd,sasg"))
-
-
-def _codec_arg(text: str):
-    """A codec name, or per-algorithm codecs ``sparse=rice+sign,sasg=rice+sign`` (a bare name among
-    them is the codec of the algorithms not named)."""
-    if "=" not in text:
-        return text.strip().lower()
-    out = PerAlgorithm()
-    for item in _items(text, "sparse=rice+sign,sasg=rice+sign"):
-        name, sep, value = (p.strip().lower() for p in item.partition("="))
-        key = name if sep else None
-        if (sep and not name) or not (value if sep else name):
-            raise argparse.ArgumentTypeError(f"{item!r}: write ALGO=CODEC, e.g. sasg=rice+sign")
-        if key in out:
-            raise argparse.ArgumentTypeError(f"{text!r} gives {'the shared codec' if key is None else key} twice")
-        out[key] = value if sep else name
-    return out
-
-
-def _tensor_policy(text: str) -> str:
-    from ..core.tensor_policy import check_tensor_policy
-
-    try:
-        return check_tensor_policy(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _knob(kind, example: str = "sasg=0.8,lasg=0.2"):
-    """A number, or per-algorithm values such as ``example`` (a bare number among them is the
-    value of the algorithms not named): ``--threshold-scale 1,sasg=0.8``."""
-    number = _number(kind) if kind in (int, float) else kind  # or a parser of its own (_window_sum)
-
-    def parse(text: str):
-        if "=" not in text:
-            return number(text)
-        out = PerAlgorithm()
-        for item in _items(text, example):
-            name, sep, value = (p.strip() for p in item.partition("="))
-            key = name.lower() if sep else None
-            if sep and not name:
-                raise argparse.ArgumentTypeError(
-                    f"{item!r} names no algorithm; write ALGO=VALUE, e.g. {example.split(',')[0]}")
-            if key in out:
-                raise argparse.ArgumentTypeError(f"{text!r} gives {'the shared value' if key is None else key} twice")
-            out[key] = number(value if sep else item)
-        return out
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _window_sum(text: str) -> str:
-    """``D-1`` or ``D`` (any case), normalized."""
-    from ..core.triggers.lazy import check_window_sum
-
-    try:
-        return check_window_sum(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither D-1 nor D") from None
-
-
-def _aggregate(text: str) -> str:
-    """``last`` or ``senders`` (any case), normalized."""
-    from ..core.aggregate import check_aggregate
-
-    try:
-        return check_aggregate(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither last nor senders") from None
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    parse = _number(float)
-    return tuple(parse(t) for t in _items(text, "20,30"))
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    parse = _number(int)
-    return tuple(parse(t) for t in _items(text, "1,19,31"))
+from .parsing import (CommandParser, OneLineParser, aggregate, algo_list, codec_arg, float_list, int_list, knob, numeric,
+                      tensor_policy, window_sum)
 
 
 # The argument groups of the training flags, in help order: (key, title, description). The key
@@ -165,38 +43,38 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g.add_argument("--data-dir", help="folder with the published data files (mnist, fashion-mnist, cifar10, cifar100)")
     g.add_argument("--download", action="store_true", default=None, help="fetch missing data files (needs internet), checksums verified")
     g.add_argument("--partition", choices=("iid", "dirichlet", "shards"), help="split over workers (iid)")
-    g.add_argument("--beta", type=_number(float), help=f"Dirichlet concentration for --partition dirichlet ({d.beta})")
-    g.add_argument("--shards-per-worker", type=_number(int), help=f"label shards per worker for --partition shards ({d.shards_per_worker})")
+    g.add_argument("--beta", type=numeric(float), help=f"Dirichlet concentration for --partition dirichlet ({d.beta})")
+    g.add_argument("--shards-per-worker", type=numeric(int), help=f"label shards per worker for --partition shards ({d.shards_per_worker})")
     g.add_argument("--augment", choices=("none", "crop-flip", "crop-flip-rotate"), help="batch augmentation (none)")
-    g.add_argument("--workers", type=_number(int), help=f"M, number of workers ({d.workers})")
-    g.add_argument("--batch-size", type=_number(int), help=f"minibatch per worker ({d.batch_size})")
+    g.add_argument("--workers", type=numeric(int), help=f"M, number of workers ({d.workers})")
+    g.add_argument("--batch-size", type=numeric(int), help=f"minibatch per worker ({d.batch_size})")
 
     g = groups["model"]
     g.add_argument("--model", help="fc (784-512-10, default), logreg, lenet5, resnet18, vgg16")
     g.add_argument("--backend", choices=("auto", "vmap", "loop"), help="gradient backend (auto)")
     g.add_argument("--device", help="auto (default: cuda when available, else cpu), cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=_number(int), metavar="N",
+    g.add_argument("--threads", type=numeric(int), metavar="N",
                    help="torch threads per process (default: $SASG_THREADS, else $OMP_NUM_THREADS, else 1: "
                         "faster than one per core for these small kernels, above all on a busy machine)")
 
     g = groups["optimization"]
     g.add_argument(
-        "--lr", type=_number(float),
+        "--lr", type=numeric(float),
         help=f"step size on the MEAN of the workers' gradients ({d.lr}; the paper's alpha = lr / M)",
     )
     g.add_argument(
-        "--lr-decay-epochs", type=_float_list,
+        "--lr-decay-epochs", type=float_list,
         help="comma-separated epochs at which the lr is multiplied by --lr-decay-factor, e.g. 20 or 20,30",
     )
-    g.add_argument("--lr-decay-factor", type=_number(float), help=f"step decay factor ({d.lr_decay_factor})")
+    g.add_argument("--lr-decay-factor", type=numeric(float), help=f"step decay factor ({d.lr_decay_factor})")
     g.add_argument(
-        "--epochs", type=_number(float),
+        "--epochs", type=numeric(float),
         help=f"length in epochs ({d.epochs:g}); an epoch is (training samples) // (M x batch) rounds",
     )
-    g.add_argument("--iterations", type=_number(int), help="run exactly this many iterations (overrides --epochs)")
+    g.add_argument("--iterations", type=numeric(int), help="run exactly this many iterations (overrides --epochs)")
     seeds = g.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=_number(int), help=f"seed for init, split, batches and augmentation ({d.seed})")
-    seeds.add_argument("--seeds", type=_int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
+    seeds.add_argument("--seed", type=numeric(int), help=f"seed for init, split, batches and augmentation ({d.seed})")
+    seeds.add_argument("--seeds", type=int_list, help="several seeds, e.g. 1,19,31,42,80: mean ± std table and shaded plots")
     g.add_argument("--preset", choices=tuple(PRESETS), help="the paper's experiments: every hyperparameter set at once")
 
     def per(example: str) -> str:  # the example is one the flag's own parser accepts (a test checks)
@@ -205,47 +83,47 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     examples = {"window": "sasg=5,lasg=20", "threshold_scale": "sasg=0.8,lasg=0.2", "window_sum": "sasg=D",
                 "threshold_lr_lag": "sasg=1,lasg=0.4", "aggregate": "sasg=senders", "density": "sasg=0.05,sparse=0.02", "warmup": "sasg=100,sparse=50"}
     g = groups["trigger"]
-    g.add_argument("--window", type=_knob(int, examples["window"]),
+    g.add_argument("--window", type=knob(int, examples["window"]),
                    help=f"D, trigger window and max skips in a row ({d.window}){per(examples['window'])}")
     g.add_argument(
-        "--threshold-scale", type=_knob(float, examples["threshold_scale"]),
+        "--threshold-scale", type=knob(float, examples["threshold_scale"]),
         help=f"c, trigger threshold scale ({d.threshold_scale:g}; larger c: lower threshold, more uploads)"
              f"{per(examples['threshold_scale'])}",
     )
     g.add_argument(
-        "--window-sum", type=_knob(_window_sum, examples["window_sum"]), metavar="{D-1,D}",
+        "--window-sum", type=knob(window_sum, examples["window_sum"]), metavar="{D-1,D}",
         help="how many recent server steps the lazy threshold sums: D-1 (default, the paper's formula) or D "
              f"(all D, a variant for matching the authors' code){per(examples['window_sum'])}",
     )
     g.add_argument(
-        "--threshold-lr-lag", type=_knob(float, examples["threshold_lr_lag"]), metavar="EPOCHS",
+        "--threshold-lr-lag", type=knob(float, examples["threshold_lr_lag"]), metavar="EPOCHS",
         help=f"the lazy threshold divides by the lr of EPOCHS epochs earlier ({d.threshold_lr_lag:g}: this "
              "round's lr; the authors' notebook lags 1, their distributed code 0.4); matters only with "
              f"--lr-decay-epochs{per(examples['threshold_lr_lag'])}",
     )
 
     g.add_argument(
-        "--aggregate", type=_knob(_aggregate, examples["aggregate"]), metavar="{last,senders}",
+        "--aggregate", type=knob(aggregate, examples["aggregate"]), metavar="{last,senders}",
         help=f"what the server steps by when lazy workers skip: last (default, the paper's: every worker's last "
              f"message stands) or senders (the round's messages only, scaled to all M workers)"
              f"{per(examples['aggregate'])}",
     )
 
     g = groups["compression"]
-    g.add_argument("--density", type=_knob(float, examples["density"]),
+    g.add_argument("--density", type=knob(float, examples["density"]),
                    help=f"h, fraction of every parameter tensor (weights and biases apart) kept by top-k "
                         f"({d.density}){per(examples['density'])}")
-    g.add_argument("--tensor-policy", type=_tensor_policy, metavar="POLICY",
+    g.add_argument("--tensor-policy", type=tensor_policy, metavar="POLICY",
                    help=f"tensors top-k sends whole ({d.tensor_policy}: compress every tensor, the paper's; auto: "
                         "1-D tensors and tensors of at most 256 entries; or vectors, small=N, e.g. vectors,small=1024)")
-    g.add_argument("--warmup", type=_knob(int, examples["warmup"]), metavar="ROUNDS",
+    g.add_argument("--warmup", type=knob(int, examples["warmup"]), metavar="ROUNDS",
                    help=f"dense rounds before the algorithm starts ({d.warmup}: none, the paper's)"
                         f"{per(examples['warmup'])}")
 
     g = groups["evaluation"]
-    g.add_argument("--eval-every", type=_number(int), help=f"evaluate every N iterations ({d.eval_every})")
+    g.add_argument("--eval-every", type=numeric(int), help=f"evaluate every N iterations ({d.eval_every})")
     g.add_argument(
-        "--target-acc", type=_number(float),
+        "--target-acc", type=numeric(float),
         help="target test accuracy in percent (default: SGD's final accuracy - 0.5; none when sgd is not run)",
     )
     g.add_argument("--target-metric", choices=("top1", "top5"), help="which accuracy the target is on (top1)")
@@ -255,14 +133,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     g.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    g.add_argument("--log-every", type=_number(float), metavar="SECONDS",
+    g.add_argument("--log-every", type=numeric(float), metavar="SECONDS",
                    help="when stderr is not a terminal (a batch log, nohup): a progress line every SECONDS "
                         "with iteration, uploads, bits and accuracy (60; 0: none)")
     g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
                    help="also log accuracy, loss, uploads and bits to TensorBoard in DIR "
                         "(needs the tensorboard package: pip install 'sasg[tensorboard]')")
     g = groups["compression"]
-    g.add_argument("--codec", type=_codec_arg, help=codec_help())
+    g.add_argument("--codec", type=codec_arg, help=codec_help())
     add_plugin_flag(p)
     return groups
 
@@ -298,7 +176,7 @@ def add_checkpoint_flags(p) -> None:
     g.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="save each run here (seed<S>-<algorithm>-iter<K>.pt, the last two kept, and "
                         "seed<S>-<algorithm>-done.pt when it finishes)")
-    g.add_argument("--checkpoint-every", type=_number(int), default=0,
+    g.add_argument("--checkpoint-every", type=numeric(int), default=0,
                    help="checkpoint every N iterations (0: only finished runs; needs --checkpoint-dir)")
     g.add_argument("--resume", action="store_true",
                    help="keep the finished runs in --checkpoint-dir and continue the interrupted one "
@@ -308,9 +186,9 @@ def add_checkpoint_flags(p) -> None:
 def check_checkpoints(args, config, seeds) -> "Checkpoints | None":
     """The checkpoint flags of run/compare, checked before anything runs."""
     from ..config import MAX_ROUNDS
-    from ..experiment import Checkpoints, has_checkpoints
+    from ..distributed.launcher import check_checkpoint_dir
+    from ..run_loop import Checkpoints, has_checkpoints
     from ..validation import integer
-    from .launch import check_checkpoint_dir
 
     every = integer(args.checkpoint_every, "--checkpoint-every", ge=0, le=MAX_ROUNDS,
                     fix="e.g. --checkpoint-every 500", error=ConfigError)
@@ -319,7 +197,7 @@ def check_checkpoints(args, config, seeds) -> "Checkpoints | None":
             flag = "--resume" if args.resume else "--checkpoint-every"
             raise ConfigError(f"{flag} needs --checkpoint-dir FOLDER (where the checkpoints are kept)")
         return None
-    check_checkpoint_dir(argparse.Namespace(checkpoint_dir=args.checkpoint_dir, checkpoint_every=1))
+    check_checkpoint_dir(args.checkpoint_dir, every=1)
     if args.resume and not has_checkpoints(args.checkpoint_dir, seeds, config.algorithms):
         raise ConfigError(
             f"no checkpoint found in {args.checkpoint_dir} for these runs; drop --resume to start afresh, "
@@ -378,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="run several algorithms on one setting",
         description="Run several algorithms on the same data and seed; write summary.json, metrics.csv, plots and report.md.",
     )
-    cmp_.add_argument("--algos", type=_algo_list, default=ALGORITHMS,
+    cmp_.add_argument("--algos", type=algo_list, default=ALGORITHMS,
                       help=f"comma-separated, each {ALGO_HELP} (default: sgd,sparse,lasg,sasg)")
     add_training_flags(cmp_)
     add_checkpoint_flags(cmp_)
@@ -421,14 +299,10 @@ def member_capabilities(kind: str, name: str) -> str:
 def execute(args: argparse.Namespace) -> int:
     import json
 
-    from ..plugins import load_plugins
-
-    from ..experiment import check_fits, load_data, partition_report, run_seeds
     from ..lifecycle.destination import check_destination, check_separate_folders, default_run_dir
-    from ..lifecycle.rundir import staged_run_dir
     from ..lifecycle.signals import StopCheck
-    from ..report import write_run_folder
-
+    from ..plugins import load_plugins
+    from ..run_command import run_to_folder
     from ..threads import use_threads
 
     plugins = load_plugins(args.plugin)
@@ -448,14 +322,9 @@ def execute(args: argparse.Namespace) -> int:
     checkpoints = check_checkpoints(args, config, seeds)
     # StopCheck: a SIGTERM whose exit Python dropped (see stop_if_signalled) still stops the run.
     watchers = [*make_watchers(args), StopCheck()]
-    data = load_data(config)
-    check_fits(config, data)
-    settings["partition_detail"] = partition_report(config, data)
-    folder = staged_run_dir(out, args.overwrite)
-    with folder as stage:
-        runs = run_seeds(config, seeds, data=data, progress=not args.quiet, checkpoints=checkpoints, watchers=watchers)
-        summary = write_run_folder(stage, runs, config, extra=settings)
-    announce(out, folder.path, summary, args.quiet)
+    written, summary = run_to_folder(config, seeds, out, args.overwrite, settings, progress=not args.quiet,
+                                     checkpoints=checkpoints, watchers=watchers)
+    announce(out, written, summary, args.quiet)
     failed = [r["algorithm"] for r in summary["records"] if r.get("failed")]
     if failed:  # the folder keeps them all, but a script must not take this run for a clean one
         print(f"sasg: error: {', '.join(failed)} failed (see the notes); the other results are in the run folder",

@@ -13,37 +13,28 @@ rank with one line on stderr and a non-zero exit code.
 Before training, the checks of ``sasg launch`` run here too (for runs started with torchrun
 directly): the backend, rank 0's run folder, every rank's checkpoint folder. A problem any rank
 finds stops every rank; the rank that found it reports it in one line.
+
+Here: the flags, those checks, and what the process says and its exit code; the rank's run
+itself (process group, the run loop, rank 0's run folder) is :mod:`sasg.distributed.rank`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
+from ..distributed.launcher import LAUNCHER_PID_ENV, check_backend, check_checkpoint_dir, check_run_folder
+from ..distributed.rank import PeerStopped, Reported
 from ..distributed.torch_transport import PeerFailure
-from ..engine import TransportCounters
-from ..lifecycle.checkpoint import CheckpointWriteError, check_same_setting, load_resume_state, save_checkpoint
-from .launch import (LAUNCHER_PID_ENV, add_worker_flags, check_backend, check_checkpoint_dir,
-                     check_checkpoint_flags, check_run_folder, default_out, hide_workers_flag)
-
-LOOPBACK_STATS = "/sys/class/net/lo/statistics/tx_bytes"
+from ..lifecycle.checkpoint import CheckpointWriteError
+from .launch import add_worker_flags, check_checkpoint_flags, default_out, hide_workers_flag
 
 
 class Stopped(BaseException):
     """A termination signal (torchrun stops every worker when one fails)."""
-
-
-class Reported(ConfigError):
-    """A problem this rank found before training; this rank is the one that reports it."""
-
-
-class PeerStopped(Exception):
-    """Another rank found a problem before training and reports it; this rank just stops."""
 
 
 _signalled: str | None = None  # the name of the termination signal that came, if one did
@@ -88,7 +79,8 @@ def die_with_parent() -> None:
 
 
 def build_parser():
-    from .main import ALGO_HELP, OneLineParser, add_training_flags
+    from .main import ALGO_HELP, add_training_flags
+    from .parsing import OneLineParser
 
     p = OneLineParser(prog="sasg-worker", description="One rank of a distributed sasg run (started by torchrun); "
                       "the number of workers is the number of processes.", allow_abbrev=False)
@@ -97,17 +89,6 @@ def build_parser():
     hide_workers_flag(p)
     add_worker_flags(p)
     return p
-
-
-def loopback_tx_bytes() -> int | None:
-    """Bytes sent on ``lo`` so far, when ``SASG_MEASURE_LOOPBACK=1`` (meaningful only inside a
-    private network namespace, where this run is all the traffic; see benchmarks/bandwidth.py)."""
-    if os.environ.get("SASG_MEASURE_LOOPBACK") != "1":
-        return None
-    try:
-        return int(Path(LOOPBACK_STATS).read_text())
-    except OSError:
-        return None
 
 
 def local_problem(args, out: Path, rank: int) -> ConfigError | None:
@@ -119,46 +100,22 @@ def local_problem(args, out: Path, rank: int) -> ConfigError | None:
 
             check_separate_folders(out, checkpoint_dir=args.checkpoint_dir, tensorboard=args.tensorboard)
             check_run_folder(out, args.overwrite)
-        check_checkpoint_dir(args, tidy=False)
+        check_checkpoint_dir(args.checkpoint_dir, args.checkpoint_every, tidy=False)
     except ConfigError as e:
         return e
     return None
 
 
-def agree(transport, problem: ConfigError | None) -> None:
-    """Stop every rank if any found a problem (a collective): the first such rank reports it."""
-    failed = transport.all_gather_int(0 if problem is None else 1)
-    if any(failed):
-        if problem is not None and transport.rank == failed.index(1):
-            raise Reported(str(problem))
-        raise PeerStopped()
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="it", dynamic_ncols=True, disable=None, leave=False)
-
-
 def train(args) -> int:
-    import torch.distributed as dist
-
-    from ..accounting import flag_bytes, replica_payload_bytes
-    from ..distributed.heartbeat import start_heartbeat
-    from ..distributed.runner import DistributedRun
-    from ..distributed.torch_transport import init_process_group_from_env
-    from ..experiment import check_fits, load_data
-    from ..lifecycle.rundir import staged_run_dir
-    from ..report import write_run_folder
+    """This rank's run (:class:`sasg.distributed.rank.Rank`) from the parsed flags; rank 0 prints
+    the table and where the run folder went."""
+    from ..distributed.rank import Rank
+    from ..plugins import load_plugins
+    from ..run_loop import Checkpoints
+    from ..sim import retain_freed_memory
+    from ..threads import use_threads
     from .config_args import check_seeds, config_from_args, resolved
     from .main import announce, make_watchers
-
-    from ..plugins import load_plugins
-    from ..sim import retain_freed_memory
-
-    from ..threads import use_threads
 
     retain_freed_memory()  # process-wide: the worker process is a command-line entry point
     threads = use_threads(getattr(args, "threads", None))  # also process-wide, for the same reason
@@ -176,7 +133,6 @@ def train(args) -> int:
     check_checkpoint_flags(args, seeds)
     check_backend(args.dist_backend, config.device, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
     out = args.out or default_out(args.command)  # used by rank 0 only
-    algo = config.algorithms[0]
     # Fail before training, not after it: rank 0's run folder, every rank's checkpoint folder.
     problem = local_problem(args, out, int(os.environ.get("RANK", "0")))
     watchers = []  # rank 0's progress lines and TensorBoard log (it alone evaluates)
@@ -185,96 +141,20 @@ def train(args) -> int:
             watchers = make_watchers(args)
         except ConfigError as e:
             problem = e
+    checkpoints = None if args.checkpoint_dir is None else Checkpoints(
+        Path(args.checkpoint_dir), args.checkpoint_every, args.resume)
 
-    transport = init_process_group_from_env(args.dist_backend, args.timeout, config.device)
-    rank = transport.rank
-    # A hung rank (alive, not answering) stops every rank in --heartbeat-timeout s, not --timeout.
-    heartbeat = start_heartbeat(args.heartbeat_timeout, rank, transport.world_size)
-    agree(transport, problem)
-    data = load_data(config)
-    check_fits(config, data)
-
-    runs, records = {}, []
-    for seed in seeds:
-        cfg = replace(config, seed=seed)
-        transport.counters = TransportCounters()  # bytes of this seed's run only
-        run = DistributedRun(cfg, algo, data, transport)
-        if args.resume:
-            _, state = load_resume_state(args.checkpoint_dir, seed, rank, transport)  # an error if none
-            check_same_setting(state["config"], cfg.to_dict())
-            run.load_state_dict(state["run"])
-
-        def checkpoint(r: DistributedRun, seed=seed, cfg=cfg) -> None:
-            k = r.iteration
-            if args.checkpoint_every and k % args.checkpoint_every == 0 and k < r.total_iterations:
-                save_checkpoint(args.checkpoint_dir, seed, rank, k, {"config": cfg.to_dict(), "run": r.state_dict()})
-            for w in watchers:
-                w(r, f"seed {seed} {algo}" if len(seeds) > 1 else algo)
-
-        bar = _progress(run.total_iterations - run.iteration, rank == 0 and not args.quiet)
-        transport.barrier()
-        lo_before = loopback_tx_bytes() if rank == 0 else None
-        try:
-            result = run.run(progress=bar.update if bar is not None else None, after_round=checkpoint)
-        finally:
-            if bar is not None:
-                bar.close()
-            for w in watchers:
-                w.close()
-        transport.barrier()
-        lo_after = loopback_tx_bytes() if rank == 0 else None
-        counters = run.transport_totals()
-        totals = result.ledger.totals()
-        runs[seed] = {algo: result}
-        records.append({
-            "seed": seed,
-            "algorithm": algo,
-            "iterations": totals["iterations"],
-            "uploads": totals["uploads"],
-            "bits_up": totals["bits_up"],
-            "bits_flags": totals["bits_flags"],
-            "bytes_counted": counters,
-            "bytes_predicted": {
-                "payload": replica_payload_bytes(totals["bits_up"], world),
-                "flags": flag_bytes(counters["flag_rounds"] // world, world, 1 if run.engine.template.fixed_size(run.algorithm.codec) else 4),
-            },
-            "loopback_tx_bytes": None if lo_before is None or lo_after is None else lo_after - lo_before,
-            "train_seconds": round(result.train_seconds, 3),
-            # Each rank's peak resident memory so far (VmHWM), in rank order: a rank holds its own
-            # worker and a server replica, so this should barely grow with the number of workers.
-            "peak_rss_bytes": transport.all_gather_int(_peak_rss_bytes()),
-        })
-
-    if rank == 0:
+    rank = Rank(config, seeds, checkpoints, watchers, quiet=args.quiet)
+    rank.start(args.dist_backend, args.timeout, args.heartbeat_timeout, problem)
+    runs = rank.train()
+    if rank.rank == 0:
         settings = {**resolved(config, seeds), **threads}
         if plugins:
             settings["plugins"] = plugins
-        from ..experiment import partition_report
-
-        settings["partition_detail"] = partition_report(config, data)
-        info = {
-            "world_size": world,
-            "backend": dist.get_backend(),
-            "device": str(transport.device),
-            "design": "server replica on every rank; uploaders send to the M-1 other ranks; flags by all_to_all",
-            "runs": records,
-        }
-        folder = staged_run_dir(out, args.overwrite, if_busy="beside")  # results in hand: never refused now
-        with folder as stage:
-            summary = write_run_folder(stage, runs, config, extra=settings)
-            (stage / "distributed.json").write_text(json.dumps(info, indent=2) + "\n")
-        announce(out, folder.path, summary, args.quiet)
-    transport.barrier()
-    if heartbeat is not None:
-        heartbeat.stop()  # marks this rank finished: ranks that leave later never report it
-    dist.destroy_process_group()
+        written, summary = rank.write_run_folder(runs, out, args.overwrite, settings)
+        announce(out, written, summary, args.quiet)
+    rank.finish()
     return 0
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def _hard_exit(code: int) -> None:

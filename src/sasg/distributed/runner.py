@@ -4,8 +4,9 @@
 :class:`~sasg.distributed.TorchTransport`: it holds only its own worker (rank ``m`` is worker
 ``m``: same model init, split, sampler stream, augmentation and member generators as simulated
 worker ``m``) plus a replica of the server, and runs the same round engine. It differs only in
-:meth:`evaluate` (rank 0 evaluates; the others keep the communication columns) and in
-:meth:`transport_totals`.
+:meth:`evaluate` (rank 0 evaluates; the others keep the communication columns) and in what it
+reports of the transport (:meth:`transport_totals`, :meth:`flag_entry_bytes`). The rank's loop
+over seeds, checkpoints and the run folder is :mod:`sasg.distributed.rank`.
 """
 
 from __future__ import annotations
@@ -39,3 +40,8 @@ class DistributedRun(Simulator):
         else:
             sums = [c[k] for k in keys]
         return dict(zip(keys, sums))
+
+    def flag_entry_bytes(self) -> int:
+        """Bytes of one worker's entry in a round's flag exchange: a flag (1) when every upload of
+        this codec has one size, else the upload's size (4)."""
+        return 1 if self.engine.template.fixed_size(self.algorithm.codec) else 4

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import CIFAR_LAYOUT, IDX_FILES
+from .published import CIFAR_LAYOUT, IDX_FILES
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:

@@ -25,10 +25,12 @@ The defaults are made for a practitioner's job (small and 1-D tensors whole, 5 d
 rounds, DGC's momentum correction with momentum SGD, a frozen second moment with Adam):
 :mod:`.optimizers` and docs/algorithms.md say why.
 
-Modules: :mod:`.hook` (the hook, :func:`register`), :mod:`.state` (one rank's state, checkpoints),
-:mod:`.optimizers` (the hook and the user's optimizer),
-:mod:`.buckets` (DDP's buckets <-> the model's flat vector), :mod:`.transport` (the distributed
-runner's exchange, with bits per rank), :mod:`.rules` (which algorithms run in a hook).
+Modules: :mod:`.hook` (the hook, :func:`register`), :mod:`.hook_state` (one rank's state),
+:mod:`.hook_checkpoint` (its checkpoints), :mod:`.hook_ledger` (what the ledger reports),
+:mod:`.second_gradient` (``wk2``'s extra pass), :mod:`.optimizers` (the hook and the user's
+optimizer), :mod:`.buckets` (DDP's buckets <-> the model's flat vector),
+:mod:`.counting_transport` (the distributed runner's exchange, with bits per rank),
+:mod:`.rules` (which algorithms run in a hook).
 """
 
 from .hook import comm_hook, register

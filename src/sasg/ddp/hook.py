@@ -88,16 +88,7 @@ def register(
     # The algorithm first: a bad name or knob is refused before the model is looked at.
     hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
                    tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate)
-    from torch.nn.parallel import DistributedDataParallel
-
-    if not isinstance(ddp_model, DistributedDataParallel):
-        raise TypeError(
-            "sasg.ddp.register needs a torch.nn.parallel.DistributedDataParallel model, "
-            f"got {type(ddp_model).__name__}; "
-            "wrap it first: model = DistributedDataParallel(model)"
-        )
-    ignored = set(getattr(ddp_model, "parameters_to_ignore", ()) or ())
-    named = [(n, p) for n, p in ddp_model.module.named_parameters() if n not in ignored]
+    named = _synced_parameters(ddp_model)
     group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
     state = HookState(named, algo, codec, density=density, window=window, threshold_scale=threshold_scale, lr=lr,
                       start_iter=start_iter, seed=seed, process_group=group, optimizer=optimizer,
@@ -107,3 +98,19 @@ def register(
     state.start()
     ddp_model.register_comm_hook(state, comm_hook)
     return state
+
+
+def _synced_parameters(ddp_model) -> list:
+    """The ``(name, parameter)`` pairs DDP synchronises (its ``parameters_to_ignore`` left out):
+    the hook's state follows exactly these. A model that is not DDP-wrapped is a TypeError saying
+    how to wrap it, since a plain module has no buckets to hook."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(ddp_model, DistributedDataParallel):
+        raise TypeError(
+            "sasg.ddp.register needs a torch.nn.parallel.DistributedDataParallel model, "
+            f"got {type(ddp_model).__name__}; "
+            "wrap it first: model = DistributedDataParallel(model)"
+        )
+    ignored = set(getattr(ddp_model, "parameters_to_ignore", ()) or ())
+    return [(n, p) for n, p in ddp_model.module.named_parameters() if n not in ignored]

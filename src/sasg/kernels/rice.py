@@ -222,6 +222,53 @@ def _header(data, a, size, tail, nnz, numels, bmax, W, tags_on, counts_row, b, t
     return OK
 
 
+@jit(inline="always")
+def _unary_ends(data, pu, pe, counts_row, tag, zeros):
+    """Where each code of the unary stream ``data[pu:pe]`` ends (its zero), into ``zeros``; False
+    unless the stream holds exactly one code (``1^q 0``) per rice-coded entry, ends in the byte of
+    its last code and is padded with ones."""
+    codes = 0
+    for s in range(tag.shape[0]):
+        codes += counts_row[s] if tag[s] == 1 else 0
+    if bit_positions(data, pu, pe, 255, codes, zeros) != codes:
+        return False
+    return ((zeros[codes - 1] + 1 if codes else 0) + 7) // 8 == pe - pu
+
+
+@jit(inline="always")
+def _idx32_section(data, p, W, c, lo, d_s, out, n, j):
+    """Read one tensor's ``c`` idx32 indices at ``data[p:]`` into ``out[n, j:]``; False unless
+    they ascend and lie in its range ``lo .. lo + d_s - 1``."""
+    prev = np.int64(-1)
+    for t in range(c):
+        x = read_int(data, p + t * W, W)
+        if x < lo or x >= lo + d_s or (t > 0 and x <= prev):
+            return False
+        out[n, j + t] = x
+        prev = x
+    return True
+
+
+@jit(inline="always")
+def _bitmap_section(data, region, d_s, c, lo, out, n, j):
+    """Read one tensor's bitmap (its ``d_s`` bits from stream bit ``region``) into ``out[n, j:]``;
+    False unless exactly ``c`` bits are set. Zero bytes are skipped whole (sparse bitmaps)."""
+    found = 0
+    pos = region
+    hi = region + d_s
+    while pos < hi:
+        if (pos & 7) == 0 and pos + 8 <= hi and data[pos >> 3] == 0:
+            pos += 8
+            continue
+        if bit_is_set(data, pos):
+            if found == c:
+                return False
+            out[n, j + found] = lo + pos - region
+            found += 1
+        pos += 1
+    return found == c
+
+
 @jit
 def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, tags_on, out):
     """The messages at ``starts`` (``sizes`` bytes, each ending in ``tail`` value bytes) ->
@@ -247,14 +294,7 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
         pu = pr + lens[2]
         pe = pu + lens[3]
         used[n] = pe - a
-        # The unary stream holds one code (1^q 0) per rice-coded entry, ends in the byte of its
-        # last code and is padded with ones.
-        codes = 0
-        for s in range(S):
-            codes += counts[n, s] if tag[s] == 1 else 0
-        if bit_positions(data, pu, pe, 255, codes, zeros) != codes:
-            return counts, used, BAD_SECTION
-        if ((zeros[codes - 1] + 1 if codes else 0) + 7) // 8 != lens[3]:
+        if not _unary_ends(data, pu, pe, counts[n], tag, zeros):
             return counts, used, BAD_SECTION
         code = 0
         end = np.int64(-1)  # where the previous code ended
@@ -267,33 +307,15 @@ def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, ta
             lo = offsets[s]
             d_s = numels[s]
             if tag[s] == 0:
-                prev = np.int64(-1)
-                for t in range(c):
-                    x = read_int(data, p0, W)
-                    p0 += W
-                    if x < lo or x >= lo + d_s or (t > 0 and x <= prev):
-                        return counts, used, BAD_SECTION
-                    out[n, j] = x
-                    prev = x
-                    j += 1
+                if not _idx32_section(data, p0, W, c, lo, d_s, out, n, j):
+                    return counts, used, BAD_SECTION
+                p0 += c * W
+                j += c
             elif tag[s] == 2:
-                found = 0
-                pos = region
-                hi = region + d_s
-                while pos < hi:
-                    if (pos & 7) == 0 and pos + 8 <= hi and data[pos >> 3] == 0:
-                        pos += 8
-                        continue
-                    if bit_is_set(data, pos):
-                        if found == c:
-                            return counts, used, BAD_SECTION
-                        out[n, j + found] = lo + pos - region
-                        found += 1
-                    pos += 1
-                if found != c:
+                if not _bitmap_section(data, region, d_s, c, lo, out, n, j):
                     return counts, used, BAD_SECTION
                 j += c
-                region = hi
+                region += d_s
             else:
                 bs = b[s]
                 mask = (np.int64(1) << bs) - 1

@@ -18,7 +18,7 @@ Header: ``(S + 1) W + S`` bytes (24 for the 4 tensors of an FC 784-512-10, 314 f
 ResNet-18). ``c(b + 1) + sum q`` bits per tensor plus the header and byte padding.
 
 Notation as in :mod:`sasg.core.codecs.index`. The sectioned message (:class:`_Sections`) and its
-two streams serve :mod:`.auto` too.
+two streams serve :mod:`.auto` too; the streams' arithmetic is in :mod:`.rice_streams`.
 """
 
 from __future__ import annotations
@@ -35,106 +35,93 @@ from ..bitstream import (
     exclusive_cumsum,
     from_bytes,
     on_kernels,
-    ones_then_zero,
     pack_bits,
-    pack_fields,
     set_bit_positions,
-    unpack_fields,
-    zero_positions,
 )
 from .common import IndexCode, _check_ascending, _check_room, _fail, _first, message_rows
+from .rice_streams import diff_less_one, group_bounds, rice_read, rice_streams, work_dtype
 
 
-def work_dtype(n_messages: int, d: int, nnz: int) -> torch.dtype:
-    """The integer type of per-entry arithmetic: int32 (twice as fast as int64, memory-bound)
-    wherever every index, gap, stream bit position and running sum of a batch fits in it."""
-    return torch.int32 if n_messages * (2 * d + 64 * nnz + 64) < 2**31 else torch.int64
+def _read_idx32(data, p0, p2, k0, off, nums, index_dtype, S, who) -> Tensor:
+    """The indices of the idx32 sections (``data[p0:p2]`` of each message; ``k0``: each entry's
+    tensor ``n S + s``), checked to lie inside their tensor and to ascend within it."""
+    raw = torch.cat([data[a:z] for a, z in zip(p0.tolist(), p2.tolist())])
+    idx0 = from_bytes(raw, index_dtype).long()
+    lo = off[k0]
+    same = torch.zeros_like(k0, dtype=torch.bool)
+    same[1:] = k0[1:] == k0[:-1]
+    bad = (idx0 < lo) | (idx0 >= lo + nums[k0]) | (same & (idx0 <= torch.roll(idx0, 1)))
+    j = _first(bad)
+    if j is not None:
+        _fail(who, int(k0[j]) // S, "has an idx32 index outside its tensor or not ascending")
+    return idx0
 
 
-def _diff(x: Tensor) -> Tensor:
-    """``x[j] - x[j - 1] - 1`` (``x[0] - 1`` first), in ``x``'s dtype."""
-    out = torch.empty_like(x)
-    if x.numel():
-        torch.sub(x[1:], x[:-1], out=out[1:])
-        out[0] = x[0]
-        out -= 1
-    return out
+def _read_bitmaps(data, p2, pr, B2b, c, tflat, off, nums, S, who) -> Tensor:
+    """The indices of the bitmap sections (``data[p2:pr]``, ``B2b`` bytes, of each message: the
+    ``d_s`` bits of every tag-2 tensor back to back), checked: no padding bit set, and as many set
+    bits per tensor as its count ``c``."""
+    N = tflat.numel() // S
+    keys = torch.arange(N * S, device=data.device)
+    raw = torch.cat([data[a:z] for a, z in zip(p2.tolist(), pr.tolist())])
+    pos = set_bit_positions(raw)
+    reg_len = nums * (tflat == 2)
+    reg_start = (torch.cumsum(reg_len.view(N, S), 1) - reg_len.view(N, S)).reshape(-1)
+    reg_start = reg_start + torch.repeat_interleave(8 * exclusive_cumsum(B2b), S)
+    rkey = keys[tflat == 2]
+    rs, rl = reg_start[rkey], reg_len[rkey]
+    reg = (torch.searchsorted(rs, pos, right=True) - 1).clamp(min=0)
+    loc = pos - rs[reg]
+    j = _first((loc < 0) | (loc >= rl[reg]))
+    if j is not None:
+        _fail(who, int(rkey[reg[j]]) // S, "has a padding bit set in its bitmap section")
+    found = torch.bincount(reg, minlength=rkey.numel())
+    j = _first(found != c[rkey])
+    if j is not None:
+        _fail(who, int(rkey[j]) // S,
+              f"has {int(found[j])} bits set in the bitmap of tensor {int(rkey[j]) % S}, "
+              f"its count says {int(c[rkey[j]])}")
+    return loc + off[rkey[reg]]
 
 
-def _group_bounds(sizes: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """For consecutive groups of ``sizes`` elements of ``x``: (cumsum of x in ``dtype``, int64 sum
-    of x before each group, int64 sum up to each group's end). A group's exclusive cumsum is
-    ``cumsum - x - before`` (``before`` repeated over the group)."""
-    c = torch.cumsum(x, 0, dtype=dtype)
-    end = torch.cumsum(sizes, 0)
-    begin = end - sizes
-    if c.numel() == 0:
-        zero = torch.zeros_like(sizes)
-        return c, zero, zero
-    before = torch.where(begin > 0, c[(begin - 1).clamp(min=0)].long(), 0)
-    after = torch.where(end > 0, c[(end - 1).clamp(min=0)].long(), 0)
-    return c, before, after
-
-
-def _rice_streams(q: Tensor, r: Tensor, w: Tensor, per_msg: Tensor, it: torch.dtype):
-    """The remainder and unary streams of every message (entries message after message,
-    ``per_msg`` of them each): (remainder bytes, their length per message, unary bytes, length per
-    message). Each message's streams start on a byte boundary."""
-    E = q.numel()
-    cw, before, after = _group_bounds(per_msg, w, it)
-    Rb = (after - before + 7) // 8
-    shift = (8 * exclusive_cumsum(Rb) - before).to(it)  # each message's stream starts on a byte
-    starts = cw - w + torch.repeat_interleave(shift, per_msg, output_size=E)
-    rem = pack_fields(r, w, starts, int(Rb.sum()))
-    q1 = q + 1
-    cl, before, after = _group_bounds(per_msg, q1, it)
-    U = (after - before + 7) // 8
-    shift = (8 * exclusive_cumsum(U) - before - 1).to(it)
-    ends = cl + torch.repeat_interleave(shift, per_msg, output_size=E)
-    un = ones_then_zero(ends, 8 * int(U.sum())).to(q.device)
-    return rem, Rb, un, U
-
-
-def _rice_read(data, rem_at, Rb, un_at, U, w, per_msg, who, it: torch.dtype):
-    """Read back what :func:`_rice_streams` wrote, from each message's remainder stream at byte
-    ``rem_at`` (``Rb`` bytes) and unary stream at ``un_at`` (``U`` bytes): (q, r) in ``it``."""
-    E = w.numel()
+def _read_rice_indices(data, pr, Rb, pu, U, b, c1, off, nums, it, d, S, who) -> Tensor:
+    """The indices of the Rice-coded tensors (``c1`` entries each, parameters ``b``) from each
+    message's remainders at ``pr`` (``Rb`` bytes) and unary stream at ``pu`` (``U`` bytes), in
+    ``it`` arithmetic; checked that no gap runs past its tensor. int64."""
+    N = c1.numel() // S
     dev = data.device
-    cw, before, after = _group_bounds(per_msg, w, it)
-    R = after - before
-    starts = cw - w + torch.repeat_interleave((8 * rem_at - before).to(it), per_msg, output_size=E)
-    r = unpack_fields(data, w, starts).to(it)
-    pad = 8 * Rb - R
-    has_pad = pad > 0
-    if bool(has_pad.any()):
-        last = data[(rem_at + Rb - 1)[has_pad]].long()
-        bad = torch.zeros_like(has_pad)
-        bad[has_pad] = (last & ((1 << pad[has_pad]) - 1)) != 0
-        i = _first(bad)
-        if i is not None:
-            _fail(who, i, "has a padding bit set after its Rice remainders")
-    # unary parts: q ones, then the zero that ends the code
-    ub = torch.cat([data[a : a + u] for a, u in zip(un_at.tolist(), U.tolist())])
-    z = zero_positions(ub).to(dev)
-    Uoff8 = 8 * exclusive_cumsum(U)
-    found = torch.diff(torch.searchsorted(z, torch.cat([Uoff8, 8 * U.sum().reshape(1)])))
-    i = _first(found != per_msg)
-    if i is not None:
-        _fail(who, i, f"has {int(found[i])} unary codes in its unary stream, its counts say {int(per_msg[i])}")
-    first = exclusive_cumsum(per_msg)
-    nonempty = per_msg > 0
-    used = torch.zeros_like(U)  # bits up to each message's last code
-    if E:
-        used[nonempty] = z[(first + per_msg - 1)[nonempty]] + 1 - Uoff8[nonempty]
-    i = _first(U != (used + 7) // 8)
-    if i is not None:
-        _fail(who, i, f"has a unary stream of {int(U[i])} bytes whose codes end in byte {int((used[i] + 7) // 8)}")
-    z = z.to(it)
-    q = _diff(z)
-    if E:
-        fn = first[nonempty]
-        q[fn] = (z[fn].long() - Uoff8[nonempty]).to(it)
-    return q, r
+    keys = torch.arange(N * S, device=dev)
+    per_msg = c1.view(N, S).sum(1)
+    E1 = int(per_msg.sum())
+    if not (E1 or int(U.sum()) or int(Rb.sum())):
+        return torch.zeros(0, dtype=torch.long, device=dev)
+    w = torch.repeat_interleave(b.reshape(-1).to(it), c1, output_size=E1)
+    q, r = rice_read(data, pr, Rb, pu, U, w, per_msg, who, it)
+    if not E1:
+        return torch.zeros(0, dtype=torch.long, device=dev)
+    bmx = int(b.max())
+    if (int(q.max()) << bmx) + (1 << bmx) > d:  # a gap may pass its tensor: check each
+        n1 = torch.repeat_interleave(nums, c1, output_size=E1)
+        j = _first(q > ((n1 - 1) >> w))
+        if j is not None:
+            k1 = torch.repeat_interleave(keys, c1, output_size=E1)
+            _fail(who, int(k1[j]) // S, "has a Rice gap past the end of its tensor")
+    # Now every gap < d. index = offset + sum of (gap + 1) over the tensor's entries so
+    # far, less one: a running sum of the batch's (gap + 1), less its value before the tensor.
+    g1 = (q << w) | r
+    g1 += 1
+    y, base, _ = group_bounds(c1, g1, it)
+    if it == torch.int32 and E1 > 1 and bool((y[1:] <= y[:-1]).any()):
+        # The sum wrapped: only corrupted gaps add up that far; redo it exactly (the
+        # range check below then names the message).
+        y, base, _ = group_bounds(c1, g1, torch.int64)
+    idx1 = y + torch.repeat_interleave((off - base - 1).to(y.dtype), c1, output_size=E1)
+    nz = c1 > 0
+    lastpos = (exclusive_cumsum(c1) + c1 - 1)[nz]
+    j = _first(idx1[lastpos].long() >= (off + nums)[nz])
+    if j is not None:
+        _fail(who, int(keys[nz][j]) // S, "has a Rice-coded index past the end of its tensor")
+    return idx1.long()
 
 
 class _Sections(IndexCode):
@@ -175,7 +162,7 @@ class _Sections(IndexCode):
         first = exclusive_cumsum(c)
         nonempty = c > 0
         # gaps: index - previous index - 1 inside a tensor; a tensor's first from its first entry
-        gap = _diff(flat.to(it))
+        gap = diff_less_one(flat.to(it))
         fpos = first[nonempty]
         gap[fpos] = (flat[fpos] - off[nonempty]).to(it)
         last_local = flat[(first + c - 1).clamp(min=0)] - off if flat.numel() else torch.zeros_like(c)
@@ -186,7 +173,7 @@ class _Sections(IndexCode):
         r = gap - (q << w)
         numels = tab["numels"].repeat(N)
         if self.TAGS:
-            _, before, after = _group_bounds(c, q, it)
+            _, before, after = group_bounds(c, q, it)
             tag = self.choose_tags(c * (8 * W), c * (b + 1) + after - before, numels)
         else:
             tag = torch.ones_like(c)
@@ -216,7 +203,7 @@ class _Sections(IndexCode):
                 sec2 = pack_bits(bits).to(dev).split(B2b.tolist())
             q, r, w = q[m1], r[m1], w[m1]
             per_msg = per_message(c * (tag == 1))
-        rem, Rb, un, U = _rice_streams(q, r, w, per_msg, it)
+        rem, Rb, un, U = rice_streams(q, r, w, per_msg, it)
         sec_r, sec_u = rem.split(Rb.tolist()), un.split(U.tolist())
         parts = [as_bytes(counts.to(t.index_dtype)), as_bytes(U.view(N, 1).to(t.index_dtype)),
                  b.view(N, S).to(torch.uint8)]
@@ -247,41 +234,16 @@ class _Sections(IndexCode):
         return self._decode_torch(data, starts, sizes, tail, nnz, who)
 
     def _decode_torch(self, data, starts, sizes, tail, nnz, who):
-        """The reference decoder (and the one that raises: see :mod:`sasg.kernels.rice`)."""
+        """The reference decoder (and the one that raises: see :mod:`sasg.kernels.rice`). Checks
+        come in the kernel's order: headers, lengths, idx32, bitmap, then the Rice sections."""
         t = self.tables
         tab = t.on(data.device)
-        S, W, N, d = t.S, t.W, len(sizes), t.d
+        S, W, N = t.S, t.W, len(sizes)
         dev = data.device
         H = self.header_bytes()
-        _check_room(who, sizes, H + tail)
-        hdr = message_rows(data, starts, sizes, 0, H).contiguous()
-        counts = from_bytes(hdr[:, : S * W], t.index_dtype).long()  # (N, S)
-        U = from_bytes(hdr[:, S * W : (S + 1) * W], t.index_dtype).long().reshape(N)
-        b = hdr[:, (S + 1) * W : (S + 1) * W + S].long()
-        tag = hdr[:, (S + 1) * W + S :].long() if self.TAGS else torch.ones_like(b)
-        numels = tab["numels"]
-
-        i = _first((tag > 2).any(1))
-        if i is not None:
-            _fail(who, i, f"has a tensor tag {int(tag[i].max())} (0 = idx32, 1 = rice, 2 = bitmap): corrupted header")
-        i = _first(((counts < 0) | (counts > numels)).any(1))
-        if i is not None:
-            _fail(who, i, f"has a per-tensor count outside 0..d_s (counts {counts[i].tolist()[:8]}): corrupted header")
-        total = counts.sum(1)
-        i = _first(total != nnz)
-        if i is not None:
-            _fail(who, i, f"has per-tensor counts summing to {int(total[i])}, expected {nnz}: corrupted header")
-        i = _first(((b > tab["bmax"]) | ((tag != 1) & (b != 0))).any(1))
-        if i is not None:
-            _fail(who, i, f"has a Rice parameter out of range ({b[i].tolist()[:8]}): corrupted header")
-        size_t = torch.tensor(list(sizes), dtype=torch.long, device=dev)
-        i = _first((U < 0) | (U > size_t))
-        if i is not None:
-            _fail(who, i, f"has an impossible unary stream length {int(U[i])}: corrupted header")
-
-        is0, is1, is2 = tag == 0, tag == 1, tag == 2
-        n0 = (counts * is0).sum(1)
-        B2b = ((numels * is2).sum(1) + 7) // 8
+        counts, U, b, tag = self._read_headers(data, starts, sizes, tail, nnz, who, tab)
+        n0 = (counts * (tag == 0)).sum(1)
+        B2b = ((tab["numels"] * (tag == 2)).sum(1) + 7) // 8
         Rb = ((counts * b).sum(1) + 7) // 8  # b is 0 outside rice tensors
         start_t = torch.tensor(list(starts), dtype=torch.long, device=dev)
         p0 = start_t + H
@@ -294,85 +256,55 @@ class _Sections(IndexCode):
         c = counts.reshape(-1)
         tflat = tag.reshape(-1)
         off = tab["offsets"].repeat(N)
-        nums = numels.repeat(N)
-        keys = torch.arange(N * S, device=dev)
-        all_rice = bool(is1.all())
-        if all_rice:
-            c1 = c
-        else:
+        nums = tab["numels"].repeat(N)
+        out = None
+        c1 = c * (tflat == 1)
+        if not bool((tag == 1).all()):
             out = torch.empty(N * nnz, dtype=torch.long, device=dev)
             tag_e = torch.repeat_interleave(tflat, c, output_size=N * nnz)
-            c1 = c * (tflat == 1)
             if int(n0.sum()):
-                m0 = tag_e == 0
-                k0 = torch.repeat_interleave(keys, c, output_size=N * nnz)[m0]
-                raw = torch.cat([data[a:z] for a, z in zip(p0.tolist(), p2.tolist())])
-                idx0 = from_bytes(raw, t.index_dtype).long()
-                lo = off[k0]
-                same = torch.zeros_like(k0, dtype=torch.bool)
-                same[1:] = k0[1:] == k0[:-1]
-                bad = (idx0 < lo) | (idx0 >= lo + nums[k0]) | (same & (idx0 <= torch.roll(idx0, 1)))
-                j = _first(bad)
-                if j is not None:
-                    _fail(who, int(k0[j]) // S, "has an idx32 index outside its tensor or not ascending")
-                out[m0] = idx0
+                k0 = torch.repeat_interleave(torch.arange(N * S, device=dev), c, output_size=N * nnz)[tag_e == 0]
+                out[tag_e == 0] = _read_idx32(data, p0, p2, k0, off, nums, t.index_dtype, S, who)
             if int(B2b.sum()):
-                raw = torch.cat([data[a:z] for a, z in zip(p2.tolist(), pr.tolist())])
-                pos = set_bit_positions(raw)
-                reg_len = nums * (tflat == 2)
-                reg_start = (torch.cumsum(reg_len.view(N, S), 1) - reg_len.view(N, S)).reshape(-1)
-                reg_start = reg_start + torch.repeat_interleave(8 * exclusive_cumsum(B2b), S)
-                rkey = keys[tflat == 2]
-                rs, rl = reg_start[rkey], reg_len[rkey]
-                reg = (torch.searchsorted(rs, pos, right=True) - 1).clamp(min=0)
-                loc = pos - rs[reg]
-                j = _first((loc < 0) | (loc >= rl[reg]))
-                if j is not None:
-                    _fail(who, int(rkey[reg[j]]) // S, "has a padding bit set in its bitmap section")
-                found = torch.bincount(reg, minlength=rkey.numel())
-                j = _first(found != c[rkey])
-                if j is not None:
-                    _fail(who, int(rkey[j]) // S,
-                          f"has {int(found[j])} bits set in the bitmap of tensor {int(rkey[j]) % S}, "
-                          f"its count says {int(c[rkey[j]])}")
-                out[tag_e == 2] = loc + off[rkey[reg]]
-
-        per_msg = c1.view(N, S).sum(1)
-        E1 = int(per_msg.sum())
-        idx1 = torch.zeros(0, dtype=torch.long, device=dev)
-        if E1 or int(U.sum()) or int(Rb.sum()):
-            it = work_dtype(N, d, nnz)
-            w = torch.repeat_interleave(b.reshape(-1).to(it), c1, output_size=E1)
-            q, r = _rice_read(data, pr, Rb, pu, U, w, per_msg, who, it)
-            if E1:
-                bmx = int(b.max())
-                if (int(q.max()) << bmx) + (1 << bmx) > d:  # a gap may pass its tensor: check each
-                    n1 = torch.repeat_interleave(nums, c1, output_size=E1)
-                    j = _first(q > ((n1 - 1) >> w))
-                    if j is not None:
-                        k1 = torch.repeat_interleave(keys, c1, output_size=E1)
-                        _fail(who, int(k1[j]) // S, "has a Rice gap past the end of its tensor")
-                # Now every gap < d. index = offset + sum of (gap + 1) over the tensor's entries so
-                # far, less one: a running sum of the batch's (gap + 1), less its value before the tensor.
-                g1 = (q << w) | r
-                g1 += 1
-                y, base, _ = _group_bounds(c1, g1, it)
-                if it == torch.int32 and E1 > 1 and bool((y[1:] <= y[:-1]).any()):
-                    # The sum wrapped: only corrupted gaps add up that far; redo it exactly (the
-                    # range check below then names the message).
-                    y, base, _ = _group_bounds(c1, g1, torch.int64)
-                idx1 = y + torch.repeat_interleave((off - base - 1).to(y.dtype), c1, output_size=E1)
-                nz = c1 > 0
-                lastpos = (exclusive_cumsum(c1) + c1 - 1)[nz]
-                j = _first(idx1[lastpos].long() >= (off + nums)[nz])
-                if j is not None:
-                    _fail(who, int(keys[nz][j]) // S, "has a Rice-coded index past the end of its tensor")
-                idx1 = idx1.long()
-        if all_rice:
+                out[tag_e == 2] = _read_bitmaps(data, p2, pr, B2b, c, tflat, off, nums, S, who)
+        idx1 = _read_rice_indices(data, pr, Rb, pu, U, b, c1, off, nums, work_dtype(N, t.d, nnz), t.d, S, who)
+        if out is None:
             out = idx1
         else:
             out[tag_e == 1] = idx1
         return out.view(N, nnz), counts, end - start_t
+
+    def _read_headers(self, data, starts, sizes, tail, nnz, who, tab):
+        """Every message's header, checked against the tables: (counts, unary length ``U``,
+        Rice parameters ``b``, tags), int64, ``(N, S)`` but ``U`` ``(N,)``."""
+        t = self.tables
+        S, W, N = t.S, t.W, len(sizes)
+        H = self.header_bytes()
+        _check_room(who, sizes, H + tail)
+        hdr = message_rows(data, starts, sizes, 0, H).contiguous()
+        counts = from_bytes(hdr[:, : S * W], t.index_dtype).long()  # (N, S)
+        U = from_bytes(hdr[:, S * W : (S + 1) * W], t.index_dtype).long().reshape(N)
+        b = hdr[:, (S + 1) * W : (S + 1) * W + S].long()
+        tag = hdr[:, (S + 1) * W + S :].long() if self.TAGS else torch.ones_like(b)
+
+        i = _first((tag > 2).any(1))
+        if i is not None:
+            _fail(who, i, f"has a tensor tag {int(tag[i].max())} (0 = idx32, 1 = rice, 2 = bitmap): corrupted header")
+        i = _first(((counts < 0) | (counts > tab["numels"])).any(1))
+        if i is not None:
+            _fail(who, i, f"has a per-tensor count outside 0..d_s (counts {counts[i].tolist()[:8]}): corrupted header")
+        total = counts.sum(1)
+        i = _first(total != nnz)
+        if i is not None:
+            _fail(who, i, f"has per-tensor counts summing to {int(total[i])}, expected {nnz}: corrupted header")
+        i = _first(((b > tab["bmax"]) | ((tag != 1) & (b != 0))).any(1))
+        if i is not None:
+            _fail(who, i, f"has a Rice parameter out of range ({b[i].tolist()[:8]}): corrupted header")
+        size_t = torch.tensor(list(sizes), dtype=torch.long, device=data.device)
+        i = _first((U < 0) | (U > size_t))
+        if i is not None:
+            _fail(who, i, f"has an impossible unary stream length {int(U[i])}: corrupted header")
+        return counts, U, b, tag
 
 
 class Rice(_Sections):

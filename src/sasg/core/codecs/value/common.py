@@ -3,10 +3,12 @@ each value belongs to, and the per-tensor reductions), and the checks that name 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ...layout import Layout
+from ..bitstream import as_numpy
 from ..bitstream import on_kernels as _cpu_kernels
 from ..protocol import CodecError
 
@@ -77,6 +79,30 @@ def on_kernels(t: Tensor, groups: Groups) -> bool:
     return groups.layout is None and _cpu_kernels(t)
 
 
+def kernel_encode(encode, v: Tensor, groups: Groups, nbytes: int, zeroed: bool) -> Tensor | None:
+    """The ``(N, nbytes)`` rows a :mod:`sasg.kernels.values` encoder writes for the float32
+    values ``v``, into a buffer allocated here (``zeroed`` where the kernel only sets bits); None
+    where the compiled path does not apply or the kernel refuses: the torch path then runs and
+    raises the error that names the problem."""
+    if not on_kernels(v, groups):
+        return None
+    rows = (np.zeros if zeroed else np.empty)((v.shape[0], nbytes), np.uint8)
+    if encode(as_numpy(v, np.float32), as_numpy(groups.counts(), np.int64), rows):
+        return None
+    return torch.from_numpy(rows)
+
+
+def kernel_decode(decode, rows: Tensor, groups: Groups, out_dtype) -> np.ndarray | None:
+    """The ``(N, n)`` array (``out_dtype``) a :mod:`sasg.kernels.values` decoder fills from the
+    message rows; None as in :func:`kernel_encode` (the torch path names what is wrong)."""
+    if not on_kernels(rows, groups):
+        return None
+    out = np.empty((rows.shape[0], groups.n), out_dtype)
+    if decode(as_numpy(rows, np.uint8), as_numpy(groups.counts(), np.int64), groups.n, out):
+        return None
+    return out
+
+
 def _sum_rows(blk: Tensor) -> Tensor:
     """Row sums as float64: torch's float32 (cascade) sum, redone in float64 where it overflowed."""
     tot = blk.sum(1)
@@ -106,7 +132,6 @@ class ValueFormat:
 
     def describe(self) -> dict:
         return {"value": self.name}
-
 
 
 def _check_scales(scales: Tensor, groups: Groups, who: str, what: str) -> None:

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from ....kernels import values as kernel
-from ..bitstream import as_bytes, as_numpy, from_bytes
+from ..bitstream import as_bytes, from_bytes
 from ..protocol import CodecError
-from .common import Groups, ValueFormat, _check_scales, _first_row, on_kernels
+from .common import Groups, ValueFormat, _check_scales, _first_row, kernel_decode, kernel_encode
 
 
 class Int8(ValueFormat):
@@ -29,10 +29,9 @@ class Int8(ValueFormat):
 
     def encode(self, values: Tensor, groups: Groups) -> Tensor:
         v = values.to(torch.float32)
-        if on_kernels(v, groups):
-            rows = np.empty((v.shape[0], self.nbytes(v.shape[1])), np.uint8)
-            if not kernel.int8_encode(as_numpy(v, np.float32), as_numpy(groups.counts(), np.int64), rows):
-                return torch.from_numpy(rows)
+        rows = kernel_encode(kernel.int8_encode, v, groups, self.nbytes(v.shape[1]), zeroed=False)
+        if rows is not None:
+            return rows
         scale = groups.amax(v.abs()) / 127
         # x/0 (a zero scale) and inf/inf, NaN/x (non-finite tensors) all write 0.
         q = torch.nan_to_num(v / groups.expand(scale), nan=0.0, posinf=0.0, neginf=0.0)
@@ -40,10 +39,9 @@ class Int8(ValueFormat):
         return torch.cat([as_bytes(scale), q.view(torch.uint8)], dim=1)
 
     def decode(self, rows: Tensor, groups: Groups, dtype: torch.dtype, who: str) -> Tensor:
-        if on_kernels(rows, groups):
-            out = np.empty((rows.shape[0], groups.n), np.float32)
-            if not kernel.int8_decode(as_numpy(rows, np.uint8), as_numpy(groups.counts(), np.int64), groups.n, out):
-                return torch.from_numpy(out).to(dtype)
+        out = kernel_decode(kernel.int8_decode, rows, groups, np.float32)
+        if out is not None:
+            return torch.from_numpy(out).to(dtype)
         S = self.S
         scale = from_bytes(rows[:, : 4 * S], torch.float32)
         q = rows[:, 4 * S :].contiguous().view(torch.int8)

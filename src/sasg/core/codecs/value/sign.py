@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from ....kernels import values as kernel
-from ..bitstream import as_bytes, as_numpy, from_bytes, pack_bits, unpack_bits
+from ..bitstream import as_bytes, from_bytes, pack_bits, unpack_bits
 from ..protocol import CodecError
-from .common import Groups, ValueFormat, _check_scales, _first_row, on_kernels
+from .common import Groups, ValueFormat, _check_scales, _first_row, kernel_decode, kernel_encode
 
 
 class Sign(ValueFormat):
@@ -29,19 +29,17 @@ class Sign(ValueFormat):
 
     def encode(self, values: Tensor, groups: Groups) -> Tensor:
         v = values.to(torch.float32)
-        if on_kernels(v, groups):
-            rows = np.zeros((v.shape[0], self.nbytes(v.shape[1])), np.uint8)
-            if not kernel.sign_encode(as_numpy(v, np.float32), as_numpy(groups.counts(), np.int64), rows):
-                return torch.from_numpy(rows)
+        rows = kernel_encode(kernel.sign_encode, v, groups, self.nbytes(v.shape[1]), zeroed=True)
+        if rows is not None:
+            return rows
         mag = groups.mean(v.abs())
         bits = pack_bits(v < 0).to(v.device)
         return torch.cat([as_bytes(mag), bits], dim=1)
 
     def decode(self, rows: Tensor, groups: Groups, dtype: torch.dtype, who: str) -> Tensor:
-        if on_kernels(rows, groups):
-            out = np.empty((rows.shape[0], groups.n), np.uint32)
-            if not kernel.sign_decode(as_numpy(rows, np.uint8), as_numpy(groups.counts(), np.int64), groups.n, out):
-                return torch.from_numpy(out.view(np.float32)).to(dtype)
+        out = kernel_decode(kernel.sign_decode, rows, groups, np.uint32)
+        if out is not None:
+            return torch.from_numpy(out.view(np.float32)).to(dtype)
         S, n = self.S, groups.n
         mag = from_bytes(rows[:, : 4 * S], torch.float32)
         packed = rows[:, 4 * S :]

@@ -34,20 +34,10 @@ ARGPARSE_CALLS = frozenset({
     "set_defaults",
 })
 
-# Offenders that other work on issue #26 is still shrinking (the runners and the CLI), as
-# "path" for a file and "path:Qualified.name" for a function, paths relative to src/sasg.
-# This set MUST BE EMPTY when issue #26 is done. It may only shrink: an entry that is no longer
-# over its limit fails the test too, so whoever fixes one also removes it here.
-PENDING: frozenset[str] = frozenset({
-    "cli/launch.py",
-    "cli/launch.py:launch_main",
-    "cli/main.py",
-    "cli/worker.py:train",
-    "ddp/hook_state.py:HookState.__init__",
-    "optim/sasg.py",
-    "optim/sasg.py:SASG.__init__",
-    "sim/simulator.py:Simulator.__init__",
-})
+# Offenders tolerated while a split is in progress, as "path" for a file and "path:Qualified.name"
+# for a function, paths relative to src/sasg. Empty since issue #26's consolidation; it may only
+# shrink: an entry that is no longer over its limit fails the test too.
+PENDING: frozenset[str] = frozenset()
 
 
 def _is_argparse_call(stmt: ast.stmt) -> bool:

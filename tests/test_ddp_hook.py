@@ -366,6 +366,17 @@ def test_a_rule_that_needs_a_second_gradient_says_how_to_give_it(ranks):
         register(_linear(), algo="always+topk")
 
 
+def test_register_checks_its_options_before_the_model():
+    # an unknown keyword names itself and the valid ones; a bad knob is refused with HookState's
+    # own defaults filled in; neither looks at the model (a plain module would be a TypeError)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) densty;.*density.*step_metric"):
+        register(_linear(), algo="always+topk", densty=0.1)
+    with pytest.raises(ValueError, match="density"):
+        register(_linear(), algo="always+topk", density=2.0)
+    with pytest.raises(TypeError, match="module"):
+        register(_linear(), module=_linear())  # register sets it from the DDP model
+
+
 def _linear():
     return torch.nn.Linear(3, 2, device="meta")  # shapes only: no draw from the global RNG
 

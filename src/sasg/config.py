@@ -63,6 +63,10 @@ def resolve_device(device) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# The algorithms' knobs default to AlgorithmSettings' values (written once, there).
+_KNOB = AlgorithmSettings()
+
+
 @dataclass
 class RunConfig:
     algorithms: tuple[str, ...] = ALGORITHMS
@@ -71,22 +75,22 @@ class RunConfig:
     workers: int = 10
     batch_size: int = 10
     lr: float = 0.05
-    density: float = 0.01
-    window: int = 10
-    threshold_scale: float = 2.0
+    density: float = _KNOB.density
+    window: int = _KNOB.window
+    threshold_scale: float = _KNOB.threshold_scale
     # Variants of the lazy threshold (the authors' code, to match published numbers): how many
     # recent server steps it sums ("D-1", or "D"), and by how many epochs its lr lags the schedule
     # (0: the round's own lr; matters only with --lr-decay-epochs).
-    window_sum: str = "D-1"
-    threshold_lr_lag: float = 0.0
+    window_sum: str = _KNOB.window_sum
+    threshold_lr_lag: float = _KNOB.threshold_lr_lag
     # For a practitioner's job (off by default: the paper's choices): which tensors top-k sends
     # whole (all: none; auto: 1-D and small ones; sasg.core.tensor_policy) and how many dense
     # rounds come first.
-    tensor_policy: str = "all"
-    warmup: int = 0
+    tensor_policy: str = _KNOB.tensor_policy
+    warmup: int = _KNOB.warmup
     # What the server steps by when lazy workers skip: "last" (every worker's last message, the
     # paper's) or "senders" (the round's messages scaled to M; sasg.core.aggregate).
-    aggregate: str = "last"
+    aggregate: str = _KNOB.aggregate
     epochs: float = 20
     eval_every: int = 10
     seed: int = 0

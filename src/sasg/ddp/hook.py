@@ -4,6 +4,8 @@ No ``from __future__ import annotations`` here: DDP checks the hook's annotation
 real ``dist.GradBucket`` and ``torch.futures.Future[torch.Tensor]`` types.
 """
 
+import inspect
+
 import torch
 import torch.distributed as dist
 
@@ -28,24 +30,12 @@ def register(
     algo: str = "always+topk",
     codec: str = DEFAULT_CODEC,
     *,
-    density: float = 0.01,
-    window: int = 10,
-    threshold_scale: float = 2.0,
-    lr=None,
-    start_iter: int = 0,
-    seed: int = 0,
     process_group=None,
-    optimizer=None,
-    tensor_policy: str | None = None,
-    warmup: int | None = None,
-    momentum_correction: bool = True,
-    freeze_variance: bool = True,
-    aggregate: str | None = None,
-    step_metric: str = "auto",
+    **options,
 ) -> HookState:
     """Install the sasg hook on a ``DistributedDataParallel`` model; returns its state.
 
-    Args:
+    Args (``options``: every keyword :class:`HookState` takes, passed on to it; listed here):
         ddp_model: the DDP-wrapped model (call on every rank, after ``init_process_group``).
         algo: ``TRIGGER+COMPRESSOR[+MEMORY]``: ``always`` (every round), the lazy rules ``wk1``,
             ``ps``, ``clag``, or ``wk2`` (``sasg``, ``lasg``), which also needs the loop to call
@@ -86,15 +76,10 @@ def register(
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.
     """
     # The algorithm first: a bad name or knob is refused before the model is looked at.
-    hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
-                   tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate)
+    _check_options(algo, options)
     named = _synced_parameters(ddp_model)
     group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
-    state = HookState(named, algo, codec, density=density, window=window, threshold_scale=threshold_scale, lr=lr,
-                      start_iter=start_iter, seed=seed, process_group=group, optimizer=optimizer,
-                      tensor_policy=tensor_policy, warmup=warmup, momentum_correction=momentum_correction,
-                      freeze_variance=freeze_variance, module=ddp_model.module, aggregate=aggregate,
-                      step_metric=step_metric)
+    state = HookState(named, algo, codec, process_group=group, module=ddp_model.module, **options)
     state.start()
     ddp_model.register_comm_hook(state, comm_hook)
     return state
@@ -114,3 +99,22 @@ def _synced_parameters(ddp_model) -> list:
         )
     ignored = set(getattr(ddp_model, "parameters_to_ignore", ()) or ())
     return [(n, p) for n, p in ddp_model.module.named_parameters() if n not in ignored]
+
+
+# Set by register itself, not by its caller's options.
+_REGISTER_SETS = ("model", "algo", "codec", "process_group", "module")
+
+
+def _check_options(algo: str, options: dict) -> None:
+    """What :func:`register` checks before it looks at the model: that ``options`` are keywords of
+    :class:`HookState` (a TypeError naming the unknown ones and the valid ones) and that the
+    algorithm and its knobs are valid (ValueError), with HookState's defaults."""
+    params = inspect.signature(HookState.__init__).parameters
+    valid = [k for k in params if k != "self" and k not in _REGISTER_SETS]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"sasg.ddp.register got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"it takes algo, codec, process_group and {', '.join(valid)}")
+    knob = {k: options.get(k, params[k].default)
+            for k in ("density", "window", "threshold_scale", "tensor_policy", "warmup", "aggregate")}
+    hook_algorithm(algo, **knob)

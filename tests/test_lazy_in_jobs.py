@@ -28,6 +28,7 @@ from test_distributed import spawn, synth
 
 WORLD = 2
 STEPS = 8
+COAST_STEPS = 14
 
 
 # ----- the "senders" aggregate ----------------------------------------------------------------------
@@ -166,6 +167,24 @@ def _hook_job(rank, world, folder):
             thetas.append(_flat(model))
             metrics.append(_adam_metric(opt, model) if name == "adamw" else None)
         out[name] = {"thetas": thetas, "sqs": sqs, "metrics": metrics}
+    # Rounds nobody sends in: a short window and a high threshold (small c) make both ranks skip.
+    for name in ("coast-momentum", "coast-adamw", "repeat-sgd"):
+        model = _model()
+        ddp = DistributedDataParallel(model)
+        opt = (torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9) if name == "coast-momentum"
+               else torch.optim.AdamW(ddp.parameters(), lr=0.01) if name == "coast-adamw"
+               else torch.optim.SGD(ddp.parameters(), lr=0.1))
+        state = sasg.ddp.register(ddp, "wk1+topk", codec="paper32", density=0.3, optimizer=opt, warmup=0,
+                                  window=2, threshold_scale=1e-4)
+        grads, uploads = [], []
+        for step in range(COAST_STEPS):
+            x, y = _batch(step, rank)
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+            uploads.append(int(state.engine.ledger.uploads[-1]))
+            opt.step()
+        out[name] = {"grads": grads, "uploads": uploads}
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -196,6 +215,24 @@ def test_the_hook_threshold_sums_the_parameters_real_steps(hook_ranks, name):
     auto, euclid = hook_ranks[0]["adamw"], hook_ranks[0]["adamw-euclidean"]
     diff = auto["thetas"][1].double() - auto["thetas"][0].double()
     assert auto["sqs"][0] != pytest.approx(float(diff @ diff), rel=1e-2)
+
+
+@pytest.mark.parametrize("name", ["coast-momentum", "coast-adamw", "repeat-sgd"])
+def test_a_round_nobody_sends_in_lets_a_stateful_optimizer_coast(hook_ranks, name):
+    """Momentum SGD and AdamW get a zero gradient in a round no rank sent in (they coast on their
+    own state); plain SGD gets the latest senders' aggregate again (the engine's "senders" repeat)."""
+    for out in hook_ranks:
+        got = out[name]
+        empty = [k for k, n in enumerate(got["uploads"]) if n == 0]
+        assert empty and len(empty) < len(got["uploads"]), got["uploads"]  # the case happened, not always
+        for k, g in enumerate(got["grads"]):
+            if k in empty and name.startswith("coast"):
+                assert not g.any(), (name, k)
+            elif k in empty:  # the same aggregate as the latest round anyone sent in
+                before = max(j for j in range(k) if j not in empty)
+                assert torch.equal(g, got["grads"][before]), (name, k)
+            else:
+                assert g.any(), (name, k)
 
 
 def test_the_optimizer_threshold_sums_its_real_steps_with_momentum():

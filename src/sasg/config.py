@@ -13,7 +13,7 @@ from functools import partial
 from .core import ALGORITHMS, KNOBS, AlgorithmSettings, AlgorithmSpec
 from .core.natural import NATURAL, PAPER_CODEC, natural_codec, resolve_codec
 # MAX_SEED (seeds as numpy takes them) lives in sasg.validation; sasg.config.MAX_SEED stays.
-from .validation import MAX_SEED, choice, fail, integer, number, optional, seed  # noqa: F401
+from .validation import MAX_ROUNDS, MAX_SEED, ConfigError, choice, fail, integer, number, optional, seed  # noqa: F401
 
 # Upper bounds of the numeric settings, checked by RunConfig.validate() before anything runs. Each
 # lies far above any real experiment (the paper: M = 10 workers, batches of 10..128, lr <= 0.1,
@@ -21,10 +21,6 @@ from .validation import MAX_SEED, choice, fail, integer, number, optional, seed 
 # in one line instead of overflowing to NaN/inf, or exhausting memory, hours into a run.
 # lr: real ones are <= ~1; above 1e4 a single step lr * gradient heads for float32's 3.4e38.
 MAX_LR = 1e4
-# Rounds of one run (iterations, or epochs x rounds per epoch): 1e8 is ~1000 x the paper's longest
-# run (ResNet-18, 200 epochs x 390 rounds), over a day even at 1 ms a round, and rounds.csv keeps a
-# row per round. Also bounds --lr-decay-epochs and (in sasg launch) --checkpoint-every.
-MAX_ROUNDS = 10**8
 # Workers: each simulated worker holds model-sized state (error memory, last gradient); 1e5 is
 # 1e4 x the paper's M = 10 and already beyond any machine's memory for a real model.
 MAX_WORKERS = 100_000
@@ -45,10 +41,6 @@ def _probe_layout():
     from .core import Layout
 
     return Layout([("weight", (4, 4)), ("bias", (4,))])
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message says which one and how to fix it."""
 
 
 def resolve_device(device) -> str:

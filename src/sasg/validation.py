@@ -21,6 +21,15 @@ from typing import Callable, Iterable, NoReturn
 
 # Seeds as numpy takes them; every worker's generator seed derived from one stays in range.
 MAX_SEED = 2**32 - 1
+# Rounds of one run (iterations, or epochs x rounds per epoch): 1e8 is ~1000 x the paper's longest
+# run (ResNet-18, 200 epochs x 390 rounds), over a day even at 1 ms a round, and rounds.csv keeps a
+# row per round. Also bounds --lr-decay-epochs, the optimizer's threshold_lr_lag and (in sasg
+# launch) --checkpoint-every.
+MAX_ROUNDS = 10**8
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message says which one and how to fix it (``sasg.config.ConfigError``)."""
 
 
 def message(name: str | None, what: str, value, fix: str | None = None, *, got: str | None = None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..validation import ConfigError
 from ..core.payloads import Payload
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .. import validation
-from ..config import MAX_ROUNDS
+from ..validation import MAX_ROUNDS
 from ..core.layout import Layout
 from ..core.momentum import compressed_entries
 from ..core.spec import AlgorithmSettings, AlgorithmSpec

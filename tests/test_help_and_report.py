@@ -102,6 +102,12 @@ def test_threads_come_from_the_flag_then_sasg_threads_then_omp_then_one():
     assert choose_threads(None, {"SASG_THREADS": "2", "OMP_NUM_THREADS": "4"}) == (2, "SASG_THREADS")
     assert choose_threads(None, {"OMP_NUM_THREADS": "4"}) == (4, "OMP_NUM_THREADS")
     assert choose_threads(None, {}) == (1, "default (one per process)")
+    # a launched rank inherits its launcher's count and says where the launcher got it ...
+    inherited = {"OMP_NUM_THREADS": "1", "SASG_THREADS_FROM": "1:default (one per process)"}
+    assert choose_threads(None, inherited) == (1, "default (one per process)")
+    # ... unless OMP_NUM_THREADS was changed since, or SASG_THREADS or the flag decide
+    assert choose_threads(None, {**inherited, "OMP_NUM_THREADS": "2"}) == (2, "OMP_NUM_THREADS")
+    assert choose_threads(None, {**inherited, "SASG_THREADS": "1"}) == (1, "SASG_THREADS")
 
 
 @pytest.mark.parametrize("flag,env,match", [

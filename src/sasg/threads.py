@@ -22,6 +22,10 @@ from __future__ import annotations
 import os
 
 ENV = "SASG_THREADS"
+# Exported beside OMP_NUM_THREADS for processes started from here (``sasg launch``'s ranks, under
+# torchrun): "N:SOURCE", where the parent's count came from. A rank whose OMP_NUM_THREADS is still
+# N reports that source, not OMP_NUM_THREADS, which it got from its parent, not from the user.
+INHERITED = "SASG_THREADS_FROM"
 # One process never profits from more threads than a large machine has cores; a bound catches typos.
 MAX_THREADS = 1024
 
@@ -42,18 +46,23 @@ def choose_threads(flag: int | None = None, environ=None) -> tuple[int, str]:
         return parse_threads(flag, "--threads"), "--threads"
     for name in (ENV, "OMP_NUM_THREADS"):
         if env.get(name, "").strip():
-            return parse_threads(env[name], name), name
+            n = parse_threads(env[name], name)
+            count, _, source = env.get(INHERITED, "").partition(":")
+            if name == "OMP_NUM_THREADS" and source and count == str(n):
+                return n, source
+            return n, name
     return 1, "default (one per process)"
 
 
 def use_threads(flag: int | None = None) -> dict:
     """Set torch's intra-op threads for this process as :func:`choose_threads` says, and export
     the count as ``OMP_NUM_THREADS`` so processes started from here (``sasg launch``'s workers)
-    inherit it. Returns ``{"threads": n, "threads_from": source}`` for the run's config."""
+    inherit it, and its source as ``SASG_THREADS_FROM`` so they report it. Returns ``{"threads": n, "threads_from": source}`` for the run's config."""
     import torch
 
     n, source = choose_threads(flag)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ[INHERITED] = f"{n}:{source}"
     return {"threads": n, "threads_from": source}

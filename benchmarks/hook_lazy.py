@@ -8,9 +8,11 @@ against ``always+topk``, with momentum SGD and AdamW.
 Every run is ``examples/ddp_hook.py`` itself under ``torchrun`` (2 ranks, gloo, one thread per
 rank): FC 784-512-10 on the embedded MNIST-5k, batch 32 per rank, the hook at its defaults
 (``sasg.ddp.register(model, algo=..., optimizer=opt)``: for a lazy rule the round steps by the
-senders' messages, the threshold sums the real steps, in Adam's metric under AdamW), codec
+senders' messages, with the ranks taking turns so that no round is empty, or under AdamW coasting
+through an empty round; the threshold sums the real steps, in Adam's metric under AdamW), codec
 ``rice+sign``. Optimizers: ``momentum`` (SGD, momentum 0.9, lr 0.02: plain DDP's best of a sweep,
-see ``benchmarks/ddp_accuracy.py``) and ``adamw`` (lr 1e-3, PyTorch's other defaults).
+see ``benchmarks/ddp_accuracy.py``) and ``adamw`` (lr 1e-3, PyTorch's other defaults); ``sgd``
+(plain, lr 0.05, the example's default) on request.
 
 For each optimizer, each rule and seed: final test accuracy, and the fraction of uploads skipped,
 ``1 - uploads / (rounds x ranks)`` over the whole run (the dense warm-up and the rule's first D
@@ -38,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "ddp_hook.py"
-LR = {"momentum": 0.02, "adamw": 1e-3}
+LR = {"momentum": 0.02, "adamw": 1e-3, "sgd": 0.05}
 BASELINE = "always+topk"
 LINE = re.compile(r"test acc ([0-9.]+) %, uploads (\d+)/(\d+)")
 

@@ -47,8 +47,9 @@ def parse_args():
     p.add_argument("--window", type=int, default=10, help="lazy rules: window D (10)")
     p.add_argument("--threshold-scale", type=float, default=2.0,
                    help="lazy rules: c (2); a smaller c raises the threshold, so ranks skip more often")
-    p.add_argument("--aggregate", default=None, choices=("last", "senders"),
-                   help="lazy rules: what a round steps by where ranks skip (default senders; last: the paper's)")
+    p.add_argument("--aggregate", default=None, choices=("last", "senders", "rotating"),
+                   help="lazy rules: what a round steps by where ranks skip (default rotating: the senders, rank "
+                        "k mod M sending in round k; senders under AdamW; last: the paper's)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "momentum", "adamw"))
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=2)

@@ -126,12 +126,22 @@ def _follows_simulator(rank, cfg, data):
     runs = {algo: _hook_run(rank, cfg, data, algo) for algo in (ALGO, *LAZY, SECOND)}
     for algo in (ALGO, LAZY[0]):  # the hook's practical settings, which the simulator has too
         runs[f"{algo}|practical"] = _hook_run(rank, _practical(cfg), data, algo)
+    for algo in (LAZY[0], SECOND):  # ranks taking turns (the hook's default for lazy rules)
+        runs[f"{algo}|rotating"] = _hook_run(rank, _rotating(cfg), data, algo)
     return runs
 
 
 def _practical(cfg):
     """``cfg`` with whole 1-D tensors and 3 dense warm-up rounds (the hook's kind of defaults)."""
     return small_config(workers=cfg.workers, tensor_policy="vectors", warmup=3)
+
+
+def _rotating(cfg):
+    """``cfg`` with the round's senders scaled to M and worker k mod M uploading in round k."""
+    return small_config(workers=cfg.workers, aggregate="rotating")
+
+
+VARIANTS = {"practical": _practical, "rotating": _rotating}
 
 
 def _family(rank, world):
@@ -286,16 +296,19 @@ def ranks(tmp_path_factory):
 # ----- the tests --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algo", [ALGO, *LAZY, SECOND, f"{ALGO}|practical", f"{LAZY[0]}|practical"])
+@pytest.mark.parametrize("algo", [ALGO, *LAZY, SECOND, f"{ALGO}|practical", f"{LAZY[0]}|practical",
+                                  f"{LAZY[0]}|rotating", f"{SECOND}|rotating"])
 def test_hook_follows_the_simulator_with_topk_error_feedback_and_sgd(ranks, algo):
     key = algo
-    algo, _, practical = algo.partition("|")
+    algo, _, variant = algo.partition("|")
+    practical = variant == "practical"
     cfg, data = small_config(workers=WORLD), synth()
-    if practical:  # whole 1-D tensors and a dense warm-up: the same in both runners
-        cfg = _practical(cfg)
+    if variant:  # whole 1-D tensors and a dense warm-up, or ranks taking turns: the same in both runners
+        cfg = VARIANTS[variant](cfg)
     sim = Simulator(cfg, algo, data)
-    for _ in range(STEPS):
-        sim.step()
+    flags = [sim.step() for _ in range(STEPS)]
+    if variant == "rotating":  # worker k mod M sent in round k: no round without a sender
+        assert all(f[k % WORLD] for k, f in enumerate(flags))
     if practical:
         assert sim.ledger.bits_up[0] == 32 * WORLD * sim.algorithm.layout.numel  # a dense warm-up round
         assert sim.ledger.uploads[:cfg.warmup + cfg.window] == [WORLD] * (cfg.warmup + cfg.window)

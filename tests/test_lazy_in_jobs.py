@@ -5,7 +5,10 @@
 * The threshold sums the parameters' real steps: in the DDP hook (momentum, AdamW in Adam's
   metric or Euclidean) and in ``sasg.optim.SASG`` with momentum; with the defaults it is the
   engine's own step, as before.
-* The hook's defaults: "senders" for lazy rules whose server keeps messages, "last" otherwise.
+* ``aggregate="rotating"``: "senders", and worker k mod M uploads in round k, so no round is
+  empty; resumes exactly; refused for rules that cannot take turns.
+* The hook's defaults: "rotating" for lazy rules whose server keeps messages ("senders" under
+  Adam/AdamW, which coasts through an empty round), "last" otherwise.
 """
 
 from __future__ import annotations
@@ -88,9 +91,48 @@ def test_senders_resumes_exactly_after_a_round_nobody_sent_in():
     assert torch.equal(second.theta, whole.theta)
 
 
+def test_rotating_has_a_sender_every_round_and_is_senders_otherwise():
+    """Worker k mod M uploads in round k (past the window's warm-up every worker sends anyway);
+    the others follow the rule; the step is the senders' mean scaled to M, as under "senders"."""
+    cfg = small_config(aggregate="rotating", threshold_scale=0.5)
+    sim = Simulator(cfg, "wk1+topk", synth())
+    M, partial = cfg.workers, 0
+    for k in range(20):
+        before = sim.theta.clone()
+        flags = sim.step()
+        n = int(flags.sum())
+        assert flags[k % M], (k, flags)
+        last = sim.server.last.to_dense()
+        torch.testing.assert_close(sim.engine.last_step, last.sum(0) * (M / n), rtol=1e-6, atol=1e-7)
+        assert torch.equal(sim.theta, before - sim.engine.last_step)
+        partial += n < M
+    assert partial > 0, "the others still skip"
+    # under "senders" the same rule had rounds nobody sent in (test_senders_steps_by_...)
+    assert 0 in _run(small_config(aggregate="senders", threshold_scale=0.5), "wk1+topk", 20).ledger.uploads
+
+
+@pytest.mark.parametrize("algo", ["wk1+topk", "ps+topk", "sasg", "wk1-plain+topk"])
+def test_rotating_resumes_exactly(algo):
+    cfg = small_config(aggregate="rotating", threshold_scale=0.5)
+    whole = _run(cfg, algo, 16)
+    first = _run(cfg, algo, 7)
+    second = Simulator(cfg, algo, synth())
+    second.load_state_dict(first.state_dict())
+    for _ in range(9):
+        second.step()
+    assert torch.equal(second.theta, whole.theta)
+    assert second.ledger.uploads == whole.ledger.uploads
+
+
+def test_rotating_needs_a_rule_that_takes_turns():
+    with pytest.raises(ConfigError, match="ef21.*use aggregate 'last'"):
+        small_config(algorithms=("clag+topk",), aggregate="rotating")
+    assert small_config(algorithms=("sparse",), aggregate="rotating").aggregate == "rotating"  # never skips anyway
+
+
 def test_aggregate_is_checked_and_named_in_errors():
     assert check_aggregate(" Senders ") == "senders"
-    with pytest.raises(ValueError, match="aggregate must be 'last'.*or 'senders'"):
+    with pytest.raises(ValueError, match="aggregate must be 'last'.*or 'senders'.*or 'rotating'"):
         check_aggregate("mean")
     with pytest.raises(ConfigError, match="aggregate must be .*e.g. --aggregate senders"):
         small_config(aggregate="mean")
@@ -114,9 +156,11 @@ def test_the_cli_takes_aggregate_shared_and_per_algorithm():
         p.parse_args(["--aggregate", "mean"])
 
 
-def test_the_hook_defaults_to_senders_for_lazy_rules_that_keep_messages():
-    assert hook_algorithm("wk1+topk").settings.aggregate == "senders"
-    assert hook_algorithm("sasg").settings.aggregate == "senders"
+def test_the_hook_defaults_to_rotating_for_lazy_rules_that_keep_messages():
+    assert hook_algorithm("wk1+topk").settings.aggregate == "rotating"
+    assert hook_algorithm("sasg").settings.aggregate == "rotating"
+    assert hook_algorithm("ps+topk").settings.aggregate == "rotating"
+    assert hook_algorithm("wk1+topk", adam=True).settings.aggregate == "senders"  # Adam coasts instead
     assert hook_algorithm("always+topk").settings.aggregate == "last"
     assert hook_algorithm("clag+topk").settings.aggregate == "last"  # ef21's server keeps estimates
     assert hook_algorithm("wk1+topk", aggregate="last").settings.aggregate == "last"
@@ -168,23 +212,28 @@ def _hook_job(rank, world, folder):
             metrics.append(_adam_metric(opt, model) if name == "adamw" else None)
         out[name] = {"thetas": thetas, "sqs": sqs, "metrics": metrics}
     # Rounds nobody sends in: a short window and a high threshold (small c) make both ranks skip.
-    for name in ("repeat-momentum", "coast-adamw", "repeat-sgd"):
+    # (aggregate "senders": the hook's default under AdamW; given for SGD, whose default takes turns.)
+    for name in ("repeat-momentum", "coast-adamw", "repeat-sgd", "rotating-momentum"):
         model = _model()
         ddp = DistributedDataParallel(model)
-        opt = (torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9) if name == "repeat-momentum"
+        opt = (torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9) if name.endswith("momentum")
                else torch.optim.AdamW(ddp.parameters(), lr=0.01) if name == "coast-adamw"
                else torch.optim.SGD(ddp.parameters(), lr=0.1))
+        extra = {"aggregate": "senders"} if name.startswith("repeat") else {}
         state = sasg.ddp.register(ddp, "wk1+topk", codec="paper32", density=0.3, optimizer=opt, warmup=0,
-                                  window=2, threshold_scale=1e-4)
-        grads, uploads = [], []
+                                  window=2, threshold_scale=1e-4, **extra)
+        grads, uploads, sent = [], [], []
         for step in range(COAST_STEPS):
             x, y = _batch(step, rank)
             opt.zero_grad()
+            before = state.bits_by_rank[rank] if state.engine is not None else 0
             F.cross_entropy(ddp(x), y).backward()
             grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
             uploads.append(int(state.engine.ledger.uploads[-1]))
+            sent.append(state.bits_by_rank[rank] > before)
             opt.step()
-        out[name] = {"grads": grads, "uploads": uploads}
+        out[name] = {"grads": grads, "uploads": uploads, "sent": sent,
+                     "aggregate": state.spec.settings.aggregate}
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -234,6 +283,19 @@ def test_a_round_nobody_sends_in_lets_adam_coast(hook_ranks, name):
                 assert torch.equal(g, got["grads"][before]), (name, k)
             else:
                 assert g.any(), (name, k)
+
+
+def test_by_default_the_hook_ranks_take_turns_under_momentum_sgd(hook_ranks):
+    """The hook's default for a lazy rule under momentum SGD: rank k mod M sends in round k, so no
+    round is empty (the same rule and threshold as "repeat-momentum", which has empty rounds), and
+    the other rank still skips."""
+    for rank, out in enumerate(hook_ranks):
+        got = out["rotating-momentum"]
+        assert got["aggregate"] == "rotating" and out["coast-adamw"]["aggregate"] == "senders"
+        assert all(n > 0 for n in got["uploads"]), got["uploads"]
+        assert all(sent for k, sent in enumerate(got["sent"]) if k % WORLD == rank)
+        assert not all(got["sent"]), "the rank skips out of its turn"
+        assert 0 in out["repeat-momentum"]["uploads"]
 
 
 def test_the_optimizer_threshold_sums_its_real_steps_with_momentum():

@@ -81,7 +81,8 @@ class RunConfig:
     tensor_policy: str = _KNOB.tensor_policy
     warmup: int = _KNOB.warmup
     # What the server steps by when lazy workers skip: "last" (every worker's last message, the
-    # paper's) or "senders" (the round's messages scaled to M; sasg.core.aggregate).
+    # paper's), "senders" (the round's messages scaled to M) or "rotating" (senders, and worker
+    # k mod M uploads in round k: no empty round); sasg.core.aggregate.
     aggregate: str = _KNOB.aggregate
     epochs: float = 20
     eval_every: int = 10

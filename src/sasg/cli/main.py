@@ -103,9 +103,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> dict[str, argparse._Argume
     )
 
     g.add_argument(
-        "--aggregate", type=knob(aggregate, examples["aggregate"]), metavar="{last,senders}",
+        "--aggregate", type=knob(aggregate, examples["aggregate"]), metavar="{last,senders,rotating}",
         help=f"what the server steps by when lazy workers skip: last (default, the paper's: every worker's last "
-             f"message stands) or senders (the round's messages only, scaled to all M workers)"
+             f"message stands), senders (the round's messages only, scaled to all M workers) or rotating (senders, "
+             f"and worker k mod M uploads in round k, so that no round is empty)"
              f"{per(examples['aggregate'])}",
     )
 

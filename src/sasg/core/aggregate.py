@@ -1,4 +1,5 @@
-r"""What the server steps by when some workers skip: ``aggregate`` ``"last"`` or ``"senders"``.
+r"""What the server steps by when some workers skip: ``aggregate`` ``"last"``, ``"senders"`` or
+``"rotating"``.
 
 ``last`` (the default; LAG, LASG and SASG): every worker's last message stands until it sends a
 new one,
@@ -36,22 +37,42 @@ joins its error memory, its slot is empty and unscaled) lost 11.7 points against
 and 2.2 for ``senders``; predicting with its last message and correcting the error memory by it
 lost 11.0.
 
-With a rule that never skips (``always``) both are the same round, bit for bit. ``senders``
-needs a server that keeps messages (a memory whose server keeps state of its own, ``ef21``,
-cannot drop a worker's slot).
+``rotating`` (the DDP hook's default for lazy rules, but under Adam/AdamW): ``senders``, and no
+round is empty. In round k worker :math:`k \bmod M` uploads whatever its rule says (a forced
+upload, as in warm-up: :func:`sasg.core.triggers.lazy.designated`), so every round steps by at
+least one fresh message. Every worker knows k and its own id, so the turn costs no communication,
+and it is one upload in M (with M = 2 a rank may skip at most half its rounds). Why: with
+momentum SGD the empty rounds were what ``senders`` lost to. Two ranks' lazy decisions come
+together (a third of the rounds had no sender, against a fifth for a control skipping at random
+at the same rate), and each repeat feeds the same step into the velocity again. Measured in the
+hook (``benchmarks/hook_lazy.py``, ``wk1+topk``, FC 784-512-10, 2 ranks, 2 epochs; points
+against ``always+topk``, docs/ddp-hook.md): momentum SGD ``senders`` -0.53 on seeds 0-2 and -3.32
+on seeds 3-7, ``rotating`` -0.17 and -0.90 (a small CNN: -3.55 and -0.45; four ranks: -2.90 and
+-1.13); plain SGD over the eight seeds -0.91 and -0.19, at 54 % and 31 % skipped. Under Adam/AdamW
+the hook keeps ``senders`` and lets the optimizer coast through an empty round (a zero gradient,
+:mod:`sasg.ddp.hook_state`): that measured as close to ``always+topk`` with twice the skips.
+
+With a rule that never skips (``always``) the three are the same round, bit for bit. ``senders``
+and ``rotating`` need a server that keeps messages (a memory whose server keeps state of its own,
+``ef21``, cannot drop a worker's slot); ``rotating`` needs a rule that takes turns (the lazy rules
+with a window D: ``wk2``, ``wk1``, ``ps`` and their plain variants).
 """
 
 from __future__ import annotations
 
-AGGREGATES = ("last", "senders")
+AGGREGATES = ("last", "senders", "rotating")
+ROTATING = "rotating"
+# The aggregates that step by the round's senders only, scaled to M workers.
+SCALED = ("senders", ROTATING)
 
 
 def check_aggregate(aggregate) -> str:
-    """``"last"`` or ``"senders"`` (case and spaces ignored), normalized."""
+    """``"last"``, ``"senders"`` or ``"rotating"`` (case and spaces ignored), normalized."""
     key = str(aggregate).strip().lower() if isinstance(aggregate, str) else None
     if key not in AGGREGATES:
         raise ValueError(
             f"aggregate must be 'last' (a skipper's last message stands, the paper's) or 'senders' (the mean of "
-            f"the round's messages, scaled to M workers), got {aggregate!r}"
+            f"the round's messages, scaled to M workers) or 'rotating' (senders, with worker k mod M uploading "
+            f"in round k), got {aggregate!r}"
         )
     return key

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .aggregate import ROTATING, SCALED
 from .capabilities import flag as member_flag, provided
 from .codecs.protocol import Codec
 from .compressors.protocol import Compressor
@@ -45,7 +46,8 @@ class Algorithm:
     # through the same memory and codec (:class:`sasg.engine.RoundEngine`); 0: none, the paper's.
     warmup: int = 0
     # What the server steps by when workers skip: every worker's last message ("last", the
-    # paper's) or the round's messages scaled to M ("senders"); see sasg.core.aggregate.
+    # paper's) or the round's messages scaled to M ("senders"; "rotating": and worker k mod M
+    # uploads in round k); see sasg.core.aggregate.
     aggregate: str = "last"
     # Each member's optional flags as its registration declares them ({"trigger": {...}, ...};
     # sasg.core.capabilities), filled by AlgorithmSpec.build; None (an algorithm composed by
@@ -53,10 +55,17 @@ class Algorithm:
     capabilities: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if self.aggregate == "senders" and provided(self.memory, "server_store") is not None:
+        if self.aggregate in SCALED and provided(self.memory, "server_store") is not None:
             raise ValueError(
-                f"{self.name}: aggregate 'senders' empties a skipper's slot on the server, but the memory "
+                f"{self.name}: aggregate {self.aggregate!r} empties a skipper's slot on the server, but the memory "
                 f"{self.memory.name!r} keeps a running state there instead of messages; use aggregate 'last'"
+            )
+        if (self.aggregate == ROTATING and getattr(self.trigger, "lazy", False)
+                and not getattr(self.trigger, "rotates", False)):
+            raise ValueError(
+                f"{self.name}: aggregate 'rotating' has worker k mod M upload in round k, but the rule "
+                f"{self.trigger.name!r} does not take turns; use aggregate 'senders', or a rule with a window D "
+                "(wk2, wk1, ps)"
             )
         # A member that works only with certain others says so (clag needs the ef21 estimate):
         # its check_algorithm(algorithm) raises a ValueError that names the fix (sasg.core.capabilities).

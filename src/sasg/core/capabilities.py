@@ -88,7 +88,7 @@ class ChecksRows(Protocol):
     """A rule that needs second gradients and says before the round which rows it will check
     (``wk2``), so that a one-worker runner computes the fresh and the stale gradient in one pass."""
 
-    def checked_rows(self, iteration: int, staleness):
+    def checked_rows(self, iteration: int, staleness, worker_ids, num_workers):
         ...
 
 

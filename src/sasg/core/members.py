@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .aggregate import ROTATING
 from .codecs import Paper32
 from .codecs.composite import register_parts
 from .codecs.implied import ImpliedIndices
@@ -27,25 +28,25 @@ register("trigger", "always", "every worker uploads every round", lambda layout,
          capabilities={"lazy": False, "needs_stale_grads": False})
 register("trigger", "wk2", "LASG-WK2 lazy rule: upload when the gradient changed since the last upload "
          "(second gradient at the anchor; --window D, --threshold-scale c)",
-         lambda layout, s: WK2(s.window, s.threshold_scale, s.window_sum),
+         lambda layout, s: WK2(s.window, s.threshold_scale, s.window_sum, s.aggregate == ROTATING),
          capabilities=_WK2)
 register("trigger", "wk1", "LASG-WK1 lazy rule: upload when the fresh gradient moved away from the last uploaded "
          "one by more than the minibatch noise, ||g - g_last||^2 - 2 s^2 > thr, s^2 a running estimate (no second "
          "gradient; --window D, --threshold-scale c)",
-         lambda layout, s: WK1(s.window, s.threshold_scale, s.window_sum),
+         lambda layout, s: WK1(s.window, s.threshold_scale, s.window_sum, s.aggregate == ROTATING),
          capabilities=_NO_SECOND_GRADIENT)
 register("trigger", "ps", "LASG-PS lazy rule: upload when L_m^2 x the parameter drift since the last upload is "
          "large, L_m^2 a noise-aware least-squares slope of the gradient change on the drift (no second "
          "gradient; --window D, --threshold-scale c)",
-         lambda layout, s: PS(s.window, s.threshold_scale, s.window_sum),
+         lambda layout, s: PS(s.window, s.threshold_scale, s.window_sum, s.aggregate == ROTATING),
          capabilities=_NO_SECOND_GRADIENT)
 register("trigger", "wk1-plain", "wk1 without the noise allowance, ||g - g_last||^2 > thr (the earlier wk1; its two "
          "minibatches' noise keeps it uploading once the steps are small)",
-         lambda layout, s: WK1Plain(s.window, s.threshold_scale, s.window_sum),
+         lambda layout, s: WK1Plain(s.window, s.threshold_scale, s.window_sum, s.aggregate == ROTATING),
          capabilities=_NO_SECOND_GRADIENT)
 register("trigger", "ps-plain", "ps with L_m the running maximum of the noisy secants (the earlier ps; the noise "
          "inflates L_m and keeps it uploading)",
-         lambda layout, s: PSPlain(s.window, s.threshold_scale, s.window_sum),
+         lambda layout, s: PSPlain(s.window, s.threshold_scale, s.window_sum, s.aggregate == ROTATING),
          capabilities=_NO_SECOND_GRADIENT)
 register("compressor", "identity", "send the dense vector as it is", lambda layout, s: Identity(layout),
          capabilities={"default_memory": "none", "honours_tensor_policy": True})

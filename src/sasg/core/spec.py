@@ -44,7 +44,8 @@ class AlgorithmSettings:
     :mod:`sasg.core.tensor_policy`) and ``warmup`` (the first rounds are dense: every worker sends
     its whole gradient, :class:`sasg.engine.RoundEngine`). ``aggregate``: what the server steps
     by when workers skip (``"last"``: every worker's last message, the paper's; ``"senders"``: the
-    round's messages scaled to M workers; :mod:`sasg.core.aggregate`)."""
+    round's messages scaled to M workers; ``"rotating"``: the same, worker k mod M uploading in
+    round k; :mod:`sasg.core.aggregate`)."""
 
     density: float = 0.01
     window: int = 10

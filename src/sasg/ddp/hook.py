@@ -64,9 +64,11 @@ def register(
             the algorithm starts as from round 0 (default 5, where the memory is ``ef`` or
             ``none``; 0 is the paper's setting).
         momentum_correction, freeze_variance: switch the optimizer-specific handling off.
-        aggregate: what a round steps by where ranks skip (lazy rules): ``"senders"`` (default for a
-            lazy rule: the round's messages, scaled to all ranks) or ``"last"`` (the paper's: every
-            rank's last message stands; ``sasg.core.aggregate`` measures both).
+        aggregate: what a round steps by where ranks skip (lazy rules): ``"rotating"`` (default for
+            a lazy rule: the round's messages, scaled to all ranks, with rank k mod M sending in
+            round k so that no round is empty), ``"senders"`` (the same without the turns; the
+            default under Adam/AdamW, which coasts through a round nobody sent in) or ``"last"``
+            (the paper's: every rank's last message stands; ``sasg.core.aggregate`` measures them).
         step_metric: how a lazy rule measures the parameters' real steps: ``"auto"`` (in the units
             of what the rule compares: Adam's metric under Adam/AdamW, ``1 - momentum`` where
             momentum SGD meets a rule that compares gradients; ``sasg.ddp.HookState``) or

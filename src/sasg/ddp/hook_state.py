@@ -47,15 +47,17 @@ and ends 1 point above ``always+topk``. ``wk1`` and ``ps`` under DGC compare vel
 the plain step. ``step_metric="euclidean"`` keeps the plain :math:`\|\theta^{j+1}-\theta^j\|^2`
 everywhere.
 
-Where a rank skips, a lazy rule's round steps by the round's messages scaled to M ranks
-(``aggregate="senders"``, the hook's default for lazy rules) rather than by every rank's last
-message (``"last"``, the paper's): :mod:`sasg.core.aggregate` says why. A round in which no rank
-sends holds no new gradient: under Adam/AdamW the hook then hands the optimizer a zero gradient,
-so it coasts on its moments, instead of the engine's repeat of the latest senders' aggregate
-(kept for SGD and momentum SGD: with plain SGD a zero would lose the round; under DGC the repeat
-is the velocity's step again, within a factor mu of coasting). Measured with a scratch version
-(``benchmarks/hook_lazy.py``, ``wk1+topk``, 2 ranks, 2 epochs, seeds 0-7): AdamW 2.1 points below
-``always+topk`` with the repeat, 0.4 coasting; momentum SGD 2.3 either way.
+Where a rank skips, a lazy rule's round steps by the round's messages scaled to M ranks rather
+than by every rank's last message (``"last"``, the paper's): :mod:`sasg.core.aggregate` says why.
+By default (``aggregate="rotating"``) rank k mod M also sends in round k whatever its rule says,
+so no round goes without a fresh gradient: with momentum SGD the empty rounds were what the lazy
+rules lost to (each repeated the latest senders' aggregate into the velocity). Under Adam/AdamW
+the default is ``"senders"`` (no turns): a round in which no rank sends holds no new gradient,
+and the hook hands the optimizer a zero gradient there, so it coasts on its moments instead of
+taking the latest senders' aggregate again (which fed the same gradient into both moments twice).
+Coasting kept AdamW as close to ``always+topk`` as the turns did, with twice the skips. With
+``aggregate="senders"`` under SGD or momentum SGD an empty round repeats the aggregate (with
+plain SGD a zero would lose the round). Measured: :mod:`sasg.core.aggregate`, docs/ddp-hook.md.
 
 SASG's rule ``wk2`` compares the fresh gradient with :math:`\nabla\ell(\hat\theta_m;\xi_m^k)`, the
 gradient at the rank's anchor (its parameters at its last upload) on the *same* minibatch. The
@@ -153,12 +155,13 @@ class HookState(SecondGradient, HookCheckpoint):
         aggregate: str | None = None,
         step_metric: str = "auto",
     ):
-        self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
-                                   tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate)
-        self.codec = engine_codec(codec, self.spec.name)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
                              f"{type(optimizer).__name__}")
+        self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
+                                   tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate,
+                                   adam=optimizer is not None and is_adam(optimizer))
+        self.codec = engine_codec(codec, self.spec.name)
         validation.flag(momentum_correction, "momentum_correction")
         validation.flag(freeze_variance, "freeze_variance")
         start_iter = validation.integer(start_iter, "start_iter", ge=0,
@@ -363,8 +366,9 @@ class HookState(SecondGradient, HookCheckpoint):
         if self._coasts and not bool(flags.any()):
             # Nobody sent: the round holds no new gradient, and Adam coasts on its moments given a
             # zero one; the engine's repeat of the latest senders' aggregate would feed the same
-            # gradient into both moments twice. (Momentum SGD keeps the repeat: under DGC it is the
-            # velocity's step again, within a factor mu of coasting, and measured no worse.)
+            # gradient into both moments twice. (SGD and momentum SGD take turns by default, so
+            # no round is empty; under "senders" they keep the repeat: with plain SGD a zero would
+            # lose the round, under DGC the repeat is the velocity's step again.)
             step = self._grads.zero_()
         index.scatter(step, buckets)
         self._compressed_round = compressed

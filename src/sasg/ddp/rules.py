@@ -44,17 +44,23 @@ DEFAULT_TENSOR_POLICY = "auto"
 DEFAULT_WARMUP = 5
 # ... and, for a lazy rule, the round's messages scaled to M where a rank skips: repeating a
 # skipper's last top-k message every skipped round cost 3-15 points with momentum SGD and AdamW
-# (sasg.core.aggregate, benchmarks/hook_lazy.py); where the members allow it, else "last".
-DEFAULT_LAZY_AGGREGATE = "senders"
+# (sasg.core.aggregate, benchmarks/hook_lazy.py); where the members allow it, else "last". With
+# ranks taking turns so that no round is empty ("rotating"), where the rule can; under Adam/AdamW
+# without (the hook lets Adam coast through an empty round instead, which skips twice as often
+# for the same accuracy).
+DEFAULT_LAZY_AGGREGATE = "rotating"
+ADAM_LAZY_AGGREGATE = "senders"
 
 
 def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int | None = None,
-                   aggregate: str | None = None, **settings) -> AlgorithmSpec:
+                   aggregate: str | None = None, adam: bool = False, **settings) -> AlgorithmSpec:
     """``algo`` parsed with its knobs (``density``, ``window``, ``threshold_scale``,
     ``tensor_policy``, ``warmup``, ``aggregate``): the spec, or a ``ValueError`` saying what is
     wrong. ``tensor_policy``/``warmup``/``aggregate`` left ``None`` take the hook's defaults where
     the members allow them and are off otherwise (``randomk`` sends no tensor whole; ``ef21``'s
-    server state leaves no room for dense rounds nor for dropping a skipper's slot)."""
+    server state leaves no room for dense rounds nor for dropping a skipper's slot; a plug-in rule
+    that cannot take turns gets ``"senders"``). ``adam``: the job's optimizer is Adam/AdamW (a lazy
+    rule's default aggregate is then ``"senders"``)."""
     spec = AlgorithmSpec.parse(algo, AlgorithmSettings(**settings))
     spec.build(_PROBE)  # members that refuse each other (clag without ef21) say so now
     # The defaults follow what the members declare where they register (sasg.core.capabilities).
@@ -67,6 +73,21 @@ def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int |
     if aggregate is None:
         lazy = capability(REGISTRIES["trigger"].get(spec.trigger), "lazy")
         keeps_messages = not capability(REGISTRIES["memory"].get(memory), "server_store")
-        aggregate = DEFAULT_LAZY_AGGREGATE if lazy and keeps_messages else "last"
+        aggregate = "last"
+        if lazy and keeps_messages:
+            aggregate = ADAM_LAZY_AGGREGATE if adam else DEFAULT_LAZY_AGGREGATE
+            if aggregate == DEFAULT_LAZY_AGGREGATE and not _takes_turns(spec, settings, tensor_policy, warmup):
+                aggregate = ADAM_LAZY_AGGREGATE
     return AlgorithmSpec.parse(algo, AlgorithmSettings(**settings, tensor_policy=tensor_policy, warmup=warmup,
                                                        aggregate=aggregate))
+
+
+def _takes_turns(spec: AlgorithmSpec, settings: dict, tensor_policy: str, warmup: int) -> bool:
+    """Does the rule of ``spec`` take turns under aggregate ``"rotating"`` (a plug-in may not)?"""
+    rotating = AlgorithmSpec.parse(spec.name, AlgorithmSettings(**settings, tensor_policy=tensor_policy,
+                                                                warmup=warmup, aggregate=DEFAULT_LAZY_AGGREGATE))
+    try:
+        rotating.build(_PROBE)
+    except ValueError:
+        return False
+    return True

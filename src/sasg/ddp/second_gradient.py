@@ -91,7 +91,8 @@ class SecondGradient:
         checked = provided(alg.trigger, "checked_rows")
         if checked is None:
             return True  # a rule that does not say: always have it ready
-        return bool(checked(engine.iteration - alg.warmup, engine.workers.staleness)[0])
+        return bool(checked(engine.iteration - alg.warmup, engine.workers.staleness, engine.local_workers,
+                            engine.num_workers)[0])
 
     def _second_gradient_of_round(self, rows):
         """The engine's ``stale_grads``: what :meth:`second_gradient` computed for this round."""

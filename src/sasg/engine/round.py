@@ -8,7 +8,7 @@ the optimizer) and its copy of the server, a round is::
     trigger.uploaded(...); tau += 1; tau[rows] = 1
     flags, q_all, sizes = transport.exchange(upload, sent, ...)  # every sender's message, in order
     server.last[senders] = q_all                   # a skipper's last message stands ...
-    step   = sum_m server.last[m]                  # ... or, aggregate="senders", only the round's
+    step   = sum_m server.last[m]                  # ... or, aggregate="senders"/"rotating", the round's
                                                    # messages, scaled by M / |senders|
     ledger.record(...)                             # 8 x the bytes sent: here and nowhere else
     return RoundResult(flags, step)                # the runner updates theta: theta -= step, or
@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from ..accounting import Ledger
+from ..core.aggregate import SCALED
 from ..core.algorithm import Algorithm
 from ..core.capabilities import provided
 from ..core.compressors import Identity
@@ -154,7 +155,7 @@ class RoundEngine:
             step_sq=torch.zeros(algorithm.trigger.history, dtype=torch.float64),
             buffers=own(seed, device=device, dtype=dtype) if own is not None else {},
         )
-        if algorithm.aggregate == "senders":  # how many sent in the latest round anyone sent in
+        if algorithm.aggregate in SCALED:  # how many sent in the latest round anyone sent in
             self.server.buffers[SENDERS] = torch.zeros(1, dtype=torch.int64)
         self._receive = provided(algorithm.memory, "receive")
         self.generators = [
@@ -254,7 +255,7 @@ class RoundEngine:
         squared norm for the trigger's history."""
         server, step = self.server, self._step
         n, M = senders.numel(), self.num_workers
-        if self.algorithm.aggregate == "senders":
+        if self.algorithm.aggregate in SCALED:
             # The round's messages only (sasg.core.aggregate): the skippers' slots are emptied. A
             # round nobody sends in changes nothing on the server and repeats the latest senders'
             # mean (a round with no step at all would be a round of training lost).
@@ -273,7 +274,7 @@ class RoundEngine:
             else:
                 server.last.assign(senders, payload)
         server.last.sum(step)
-        if self.algorithm.aggregate == "senders" and 0 < n < M:
+        if self.algorithm.aggregate in SCALED and 0 < n < M:
             step.mul_(M / n)  # the mean of the senders' messages, for M workers
         self._close_round()
 

@@ -175,8 +175,9 @@ class SASG(SASGCheckpoint, SASGStep, LearningRates, EngineViews, torch.optim.Opt
             in ``torch.optim.SGD``; True: the parameters shrink by ``1 - lr * weight_decay``
             outside momentum (SGDW / AdamW style).
         aggregate: what the round steps by when workers skip: ``"last"`` (default, the paper's:
-            every worker's last message) or ``"senders"`` (the round's messages scaled to all M
-            workers; :mod:`sasg.core.aggregate`).
+            every worker's last message), ``"senders"`` (the round's messages scaled to all M
+            workers) or ``"rotating"`` (``"senders"``, with worker k mod M uploading in round k so
+            that no round is empty; :mod:`sasg.core.aggregate`).
 
     Example (under ``torchrun``; in one process it is the single worker M = 1)::
 

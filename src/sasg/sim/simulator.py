@@ -160,7 +160,8 @@ class Simulator(EngineViews):
         # outputs are never copied into a flat buffer. Nothing keeps them past this round.
         anchor = self.workers.anchor
         early = None  # the stale gradients, when computed with the fresh ones
-        if self._pair_gradients and bool(self._checked_rows(k, self.workers.staleness).all()):
+        if self._pair_gradients and bool(self._checked_rows(k, self.workers.staleness, self.local_workers,
+                                                           self.num_workers).all()):
             # One worker held (a rank) whose rule will compare against the anchor this round:
             # both gradients in one pass (VmapGradients.fresh_and_stale says what that buys).
             g, early = self.gradients.fresh_and_stale(self.theta, anchor, x, y)

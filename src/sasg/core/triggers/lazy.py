@@ -71,11 +71,21 @@ def lazy_threshold(recent_step_sq: Tensor, c: float, num_workers: int, lr: float
     return total / (c * num_workers * lr)
 
 
-def forced_uploads(iteration: int, staleness: Tensor, window: int) -> Tensor:
-    """Workers that upload without looking at gradients: warm-up or staleness bound reached."""
+def forced_uploads(iteration: int, staleness: Tensor, window: int, turn: Tensor | None = None) -> Tensor:
+    """Workers that upload without looking at gradients: warm-up or staleness bound reached, or
+    (``turn``, aggregate ``"rotating"``) the round's designated sender."""
     if iteration < window:
         return torch.ones_like(staleness, dtype=torch.bool)
-    return staleness > window
+    forced = staleness > window
+    return forced if turn is None else forced | turn
+
+
+def designated(iteration: int, worker_ids: Sequence[int], num_workers: int, device=None) -> Tensor:
+    """``(N,)`` bool: which of the rows ``worker_ids`` (global ids of M workers) must upload in
+    round ``iteration`` under aggregate ``"rotating"``: worker ``iteration mod M``. Every worker
+    knows both numbers, so no round is empty and the turn costs no communication."""
+    turn = iteration % num_workers
+    return torch.tensor([m == turn for m in worker_ids], dtype=torch.bool, device=device)
 
 
 def set_anchor(workers, rows: Sequence[int], theta: Tensor) -> None:
@@ -94,11 +104,30 @@ class LazyRule:
 
     lazy = True
 
-    def __init__(self, window: int, c: float, window_sum: str = "D-1"):
+    def __init__(self, window: int, c: float, window_sum: str = "D-1", rotates: bool = False):
         self.window = check_window(window)
         self.c = check_threshold_scale(c)
         self.window_sum = check_window_sum(window_sum)
         self.history = self.window + WINDOW_SUMS[self.window_sum]
+        self.rotates = bool(rotates)  # aggregate "rotating": worker k mod M uploads in round k
+
+    def forced(self, iteration: int, staleness: Tensor, worker_ids: Sequence[int] | None,
+               num_workers: int | None) -> Tensor:
+        """The rows that upload this round whatever the rule's measure says (:func:`forced_uploads`;
+        the designated sender too where the rule takes turns: ``worker_ids`` and ``num_workers``
+        are then needed)."""
+        turn = None
+        if self.rotates:
+            if worker_ids is None or num_workers is None:
+                raise TypeError(f"{self.name} takes turns (aggregate 'rotating'): pass the rows' worker ids and M")
+            turn = designated(iteration, worker_ids, num_workers, staleness.device)
+        return forced_uploads(iteration, staleness, self.window, turn)
+
+    def forced_in(self, rnd) -> Tensor:
+        """:meth:`forced` for the round ``rnd`` (its worker ids are read only where the rule takes turns)."""
+        if not self.rotates:
+            return forced_uploads(rnd.iteration, rnd.workers.staleness, self.window)
+        return self.forced(rnd.iteration, rnd.workers.staleness, rnd.worker_ids, rnd.num_workers)
 
     def threshold(self, rnd) -> float:
         """thr_k of round ``rnd``: the server's recent squared steps over ``c M eta``, with eta the
@@ -106,4 +135,7 @@ class LazyRule:
         return lazy_threshold(rnd.server.step_sq, self.c, rnd.num_workers, rnd.threshold_lr)
 
     def describe(self) -> dict:
-        return {"trigger": self.name, "window": self.window, "threshold_scale": self.c, "window_sum": self.window_sum}
+        out = {"trigger": self.name, "window": self.window, "threshold_scale": self.c, "window_sum": self.window_sum}
+        if self.rotates:
+            out["rotates"] = True
+        return out

@@ -25,9 +25,10 @@ lists them; ``sasg list --verbose`` shows each trigger's), so that they are know
 * ``window``: it uses the window ``D`` (uploads every round for the first ``D``); ``default_memory``:
   the memory its compositions get when none is written (``clag``: ``ef21``); ``check_algorithm``:
   a method that refuses the members it cannot work with;
-* ``checked_rows(iteration, staleness)`` (for rules that need stale gradients): the
-  ``(N,)`` bool mask of the rows ``decide`` will ask ``rnd.stale_grads`` for this round, known
-  before the round. A runner holding one worker then computes the fresh and the stale gradient in
+* ``checked_rows(iteration, staleness, worker_ids, num_workers)`` (for rules that need stale
+  gradients): the ``(N,)`` bool mask of the rows ``decide`` will ask ``rnd.stale_grads`` for this
+  round, known before the round (the rows' global ids and M: a rule that takes turns, aggregate
+  ``"rotating"``, forces the designated row). A runner holding one worker then computes the fresh and the stale gradient in
   one pass (``wk2``).
 
 Staleness :math:`\tau_m` (rounds since worker m's last upload, 1 right after one) is kept by the

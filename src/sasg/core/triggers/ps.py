@@ -10,7 +10,8 @@ statement of the rule in any source at hand).
 
 At round k, worker m uploads if any of
 
-* ``k < D`` (warm-up) or ``tau_m > D`` (at most D skips in a row): :func:`.lazy.forced_uploads`;
+* ``k < D`` (warm-up) or ``tau_m > D`` (at most D skips in a row), or its turn under aggregate
+  ``"rotating"``: :func:`.lazy.forced_uploads`;
 * :math:`L_m^2\,\|\theta^k - \hat\theta_m\|^2 > thr_k`, with :math:`\hat\theta_m` the anchor (the
   parameters at m's last upload), :math:`L_m` an estimate of the smoothness constant of m's loss,
   and the threshold of ``wk2``/``wk1``:
@@ -93,7 +94,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .lazy import LazyRule, forced_uploads, set_anchor
+from .lazy import LazyRule, set_anchor
 from .noise import NOISE_BUFFERS, NOISE_DECAY, noise_allowance, track_noise
 from .rows import distance_to_rows, store_rows
 
@@ -117,7 +118,7 @@ class PSPlain(LazyRule):
     worker_buffers = ("anchor", "last_grad", ("lipschitz", 1))
 
     def decide(self, rnd) -> Tensor:
-        upload = forced_uploads(rnd.iteration, rnd.workers.staleness, self.window)
+        upload = self.forced_in(rnd)
         if rnd.iteration == 0:  # round 0: everyone uploads; nothing to compare with yet
             store_rows(rnd.workers.buffer("last_grad"), rnd.grads, upload.nonzero().squeeze(1))
             return upload
@@ -154,7 +155,7 @@ class PS(LazyRule):
     worker_buffers = ("anchor", "last_grad", *NOISE_BUFFERS, ("secant", 2))
 
     def decide(self, rnd) -> Tensor:
-        upload = forced_uploads(rnd.iteration, rnd.workers.staleness, self.window)
+        upload = self.forced_in(rnd)
         work = rnd.workspace.buffer("ps-difference", (rnd.layout.numel,), rnd.theta)
         last = rnd.workers.buffer("last_grad")
         if rnd.iteration == 0:  # round 0: everyone uploads; nothing to compare with yet

@@ -9,7 +9,8 @@ of WK1 in any source at hand (only its abstract), so we derive the allowance and
 
 At round k, worker m uploads if any of
 
-* ``k < D`` (warm-up) or ``tau_m > D`` (at most D skips in a row): :func:`.lazy.forced_uploads`;
+* ``k < D`` (warm-up) or ``tau_m > D`` (at most D skips in a row), or its turn under aggregate
+  ``"rotating"``: :func:`.lazy.forced_uploads`;
 * ``wk1``: :math:`\|g_m^k - \hat g_m\|^2 - 2\hat s_m^2 > thr_k`, ``wk1-plain``:
   :math:`\|g_m^k - \hat g_m\|^2 > thr_k`, with :math:`g_m^k = \nabla\ell(\theta^k;\xi_m^k)` the
   fresh stochastic gradient, :math:`\hat g_m = \nabla\ell(\hat\theta_m;\hat\xi_m)` the stochastic
@@ -54,7 +55,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from .lazy import LazyRule, forced_uploads
+from .lazy import LazyRule
 from .noise import NOISE_BUFFERS, noise_allowance, track_noise
 from .rows import distance_to_rows, store_rows
 
@@ -67,7 +68,7 @@ class WK1Plain(LazyRule):
     worker_buffers = ("last_grad",)
 
     def decide(self, rnd) -> Tensor:
-        upload = forced_uploads(rnd.iteration, rnd.workers.staleness, self.window)
+        upload = self.forced_in(rnd)
         last = rnd.workers.buffer("last_grad")
         check = (~upload).nonzero().squeeze(1)
         work = rnd.workspace.buffer("wk1-difference", (rnd.layout.numel,), rnd.grads[0])

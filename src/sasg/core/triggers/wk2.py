@@ -4,6 +4,7 @@ At round k, worker m uploads if any of
 
 * ``k < D``  (warm-up: the window of parameter steps is not full yet),
 * ``tau_m > D``  (bounded staleness: at most D skips in a row),
+* ``k mod M = m`` under aggregate ``"rotating"`` (its turn: :func:`.lazy.designated`),
 * :math:`\|g - \nabla\ell(\hat\theta_m;\xi_m^k)\|^2 > thr_k` where the stale gradient is taken
   at the worker's anchor :math:`\hat\theta_m` (its parameters at its last upload) on the **same**
   minibatch and
@@ -24,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .lazy import LazyRule, forced_uploads, set_anchor
+from .lazy import LazyRule, set_anchor
 
 
 def squared_change(grads: Sequence[Tensor], rows: Tensor, stale: Sequence[Tensor], work: Tensor) -> Tensor:
@@ -53,12 +54,14 @@ class WK2(LazyRule):
     needs_stale_grads = True  # the gradient at the anchor on the same minibatch
     worker_buffers = ("anchor",)
 
-    def checked_rows(self, iteration: int, staleness: Tensor) -> Tensor:
-        """The rows whose stale gradient :meth:`decide` asks for: all but the forced uploads."""
-        return ~forced_uploads(iteration, staleness, self.window)
+    def checked_rows(self, iteration: int, staleness: Tensor, worker_ids: Sequence[int] | None = None,
+                     num_workers: int | None = None) -> Tensor:
+        """The rows whose stale gradient :meth:`decide` asks for: all but the forced uploads (the
+        rows' global ``worker_ids`` and ``num_workers`` M are needed where the rule takes turns)."""
+        return ~self.forced(iteration, staleness, worker_ids, num_workers)
 
     def decide(self, rnd) -> Tensor:
-        check_mask = self.checked_rows(rnd.iteration, rnd.workers.staleness)
+        check_mask = ~self.forced_in(rnd)  # checked_rows, for this round
         upload = ~check_mask
         check = check_mask.nonzero().squeeze(1)
         if check.numel():

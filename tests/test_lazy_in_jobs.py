@@ -213,6 +213,7 @@ def _hook_job(rank, world, folder):
         out[name] = {"thetas": thetas, "sqs": sqs, "metrics": metrics}
     # Rounds nobody sends in: a short window and a high threshold (small c) make both ranks skip.
     # (aggregate "senders": the hook's default under AdamW; given for SGD, whose default takes turns.)
+    saved = None
     for name in ("repeat-momentum", "coast-adamw", "repeat-sgd", "rotating-momentum"):
         model = _model()
         ddp = DistributedDataParallel(model)
@@ -234,6 +235,17 @@ def _hook_job(rank, world, folder):
             opt.step()
         out[name] = {"grads": grads, "uploads": uploads, "sent": sent,
                      "aggregate": state.spec.settings.aggregate}
+        saved = state.state_dict() if name == "repeat-momentum" else saved
+    # A state saved under "senders" (an earlier default) loads only into a hook registered so.
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fresh = sasg.ddp.register(DistributedDataParallel(model), "wk1+topk", codec="paper32", density=0.3,
+                              optimizer=opt, warmup=0, window=2, threshold_scale=1e-4)
+    try:
+        fresh.load_state_dict(saved)
+        out["resume_error"] = None
+    except ValueError as e:
+        out["resume_error"] = str(e)
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -296,6 +308,8 @@ def test_by_default_the_hook_ranks_take_turns_under_momentum_sgd(hook_ranks):
         assert all(sent for k, sent in enumerate(got["sent"]) if k % WORLD == rank)
         assert not all(got["sent"]), "the rank skips out of its turn"
         assert 0 in out["repeat-momentum"]["uploads"]
+        assert "saved with other settings: aggregate 'senders' (saved) vs 'rotating'" in out["resume_error"]
+        assert "register the hook as it was saved (aggregate='senders')" in out["resume_error"]
 
 
 def test_the_optimizer_threshold_sums_its_real_steps_with_momentum():

@@ -81,7 +81,9 @@ class HookCheckpoint:
             raise ValueError(f"state part {where!r} is not this hook's settings ({', '.join(mine)})")
         differ = [f"{k} {saved[k]!r} (saved) vs {mine[k]!r}" for k in mine if saved[k] != mine[k]]
         if differ:
-            raise ValueError(f"the hook state was saved with other settings: {', '.join(differ)}")
+            names = ", ".join(f"{k}={saved[k]!r}" for k in mine if saved[k] != mine[k])
+            raise ValueError(f"the hook state was saved with other settings: {', '.join(differ)}; register the "
+                             f"hook as it was saved ({names})")
 
     def load_state_dict(self, state: dict) -> None:
         """All or nothing: :meth:`check_state_dict` first, then every part."""

@@ -26,6 +26,7 @@ from . import jit, on_warm
 from .rice import CHOOSE, OK, plan_row, stream_words, write_row
 from .rice_read import decode_row
 from .values import sign_decode_row, sign_encode_row
+from .words import copy
 
 FP32 = 1
 SIGN = 2
@@ -71,7 +72,7 @@ def encode_messages(idx, v, vb, tables, W, tags_on, kind, dec):
     for n in range(N):
         q = write_row(out, p, idx[n], n, offsets, numels, W, tags_on, full, counts, b, tag, lens, rw, uw)
         if kind == FP32:
-            out[q : q + V] = vb[n]
+            copy(out[q : q + V], vb[n])
         else:
             for s in range(S):
                 at[s + 1] = at[s] + full[n, s]
@@ -117,7 +118,7 @@ def decode_messages(data, sizes, tables, W, tags_on, kind, vals, vbits, out):
             return BAD
         part = data[a + used : a + sizes[n]]
         if kind == FP32:
-            vals[n] = part
+            copy(vals[n], part)
         else:
             for s in range(S):
                 at[s + 1] = at[s] + (numels[s] if skip[s] else counts[s])

@@ -19,7 +19,7 @@ import numpy as np
 from . import jit, on_warm
 from .bits import any_bit_set, bit_is_set, read_int
 from .rice import BAD_HEADER, BAD_SECTION, CHOOSE, OK, TRUNCATED, WARM_TABLES, _section_lengths, sections_encode
-from .words import leading_zeros, load_words, u8, window
+from .words import load_words, load_words_lsb, trailing_zeros, u8, window
 
 
 @jit(inline="always")
@@ -87,20 +87,19 @@ def _bitmap_section(data, region, d_s, c, lo, out):
 
 @jit(inline="always")
 def _code_ends(uw, ubits, codes, zeros):
-    """Where each code of the unary stream (its words ``uw``, ``ubits`` bits) ends (its zero bit),
-    into ``zeros`` (room for ``codes + 64``), a word at a time (the zeros of a word are the ones
-    of its complement, found by ``ctlz``); False unless the stream holds exactly ``codes`` codes,
-    ends in the byte of its last one and is padded with ones."""
+    """Where each code of the unary stream ends (its zero bit), into ``zeros`` (room for
+    ``codes + 64``); ``uw``: the stream's ``ubits`` bits as words, least significant bit first
+    (:func:`.words.load_words_lsb`), so that a word's zeros come out in order by ``cttz`` of its
+    complement, each cleared by ``x & (x - 1)`` (one cycle a code). False unless the stream holds
+    exactly ``codes`` codes, ends in the byte of its last one and is padded with ones."""
     c = 0
-    top = u8(0x8000000000000000)
     for k in range((ubits + u8(63)) >> u8(6)):
         x = ~uw[k]  # (the words past the stream read as ones: no zero there)
         base = u8(64) * k
         while x:
-            p = u8(leading_zeros(x))
-            zeros[c] = base + p
+            zeros[c] = base + u8(trailing_zeros(x))
             c += 1
-            x ^= top >> p
+            x &= x - u8(1)
         if c > codes:
             return False
     if c != codes:
@@ -113,24 +112,21 @@ def _rice_section(rw, rpos, zeros, end, bs, d_s, lo, out):
     """Decode one tensor's ``len(out)`` entries: remainders from bit ``rpos`` of the remainder
     words, quotients from where the codes end (``zeros``; the previous code ended at ``end``).
     Each entry's remainder lies at a known bit (``rpos + t bs``) and its quotient is a
-    difference of two code ends: no chain of dependent reads from one entry to the next.
-    False when a gap passes the tensor."""
+    difference of two code ends, and the checks are folded into one test after the loop: no
+    chain of dependent reads and no branch from one entry to the next. False when a gap passes
+    the tensor (the local index only grows, so its last value tells)."""
     ubs = u8(bs)
     qmax = u8((d_s - 1) >> bs)  # a larger quotient puts the gap past the tensor
     loc = np.int64(0)  # entries so far plus their gaps: the next local index
+    bad = u8(0)
     for t in range(out.shape[0]):
-        r = u8(0)
-        if bs > 0:
-            r = window(rw, rpos + u8(t) * ubs) >> (u8(64) - ubs)
+        r = (window(rw, rpos + u8(t) * ubs) >> u8(1)) >> (u8(63) - ubs)  # (bs = 0: r = 0)
         q = zeros[t] - end - u8(1)
         end = zeros[t]
-        if q > qmax:
-            return False
+        bad |= u8(q > qmax)
         loc += np.int64((q << ubs) + r) + 1
-        if loc > d_s:
-            return False
         out[t] = lo + loc - 1
-    return True
+    return bad == 0 and loc <= d_s
 
 
 @jit(inline="always")
@@ -157,7 +153,7 @@ def decode_row(data, a, size, tail, nnz, offsets, numels, bmax, W, tags_on, skip
     pu = pr + lens[2]
     pe = pu + lens[3]
     load_words(data, pr, pu, 0, rw)
-    load_words(data, pu, pe, 0xFF, uw)
+    load_words_lsb(data, pu, pe, uw)
     codes = 0
     for s in range(S):
         codes += counts_row[s] if tag[s] == 1 else 0
@@ -175,8 +171,9 @@ def decode_row(data, a, size, tail, nnz, offsets, numels, bmax, W, tags_on, skip
         if skip[s]:  # a tensor sent whole: nothing written, all of its indices in the row
             if c != 0:
                 return BAD_SECTION, 0
+            whole = out[j : j + d_s]
             for t in range(d_s):
-                out[j + t] = lo + t
+                whole[t] = lo + t
             j += d_s
             continue
         if tag[s] == 0:

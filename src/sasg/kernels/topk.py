@@ -110,7 +110,8 @@ class SegmentPlan:
         if len(lengths) and int(self.starts.min()) < 0:
             raise ValueError("segments start at column 0 or later")
         self._scratch: dict = {}
-        self._all_rows = np.arange(0, dtype=np.int64)
+        self._starts_key = None  # (rows as a tuple, n, row stride) of the last call ...
+        self._starts = np.zeros(0, np.int64)  # ... and where those rows start in the flat storage
 
     def scratch(self, key_dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate positions (uint64, ``longest``), their keys (``longest``) and room to select
@@ -122,19 +123,27 @@ class SegmentPlan:
                                               np.empty(2 * n, _NUMPY[key_dtype]))
         return got
 
-    def rows(self, rows, n: int) -> np.ndarray:
-        """``rows`` (None: all ``n``; a sequence, array or tensor) as int64, checked: the kernel
-        reads memory unchecked."""
+    def row_starts(self, rows, n: int, stride: int) -> np.ndarray:
+        """Where the rows ``rows`` (None: all ``n``; a sequence, array or tensor) start in the flat
+        storage of rows ``stride`` apart, int64, checked: the kernel reads memory unchecked.
+        The answer for the last plain sequence (or None) is kept: a hook asks for the same rows
+        every round, and the conversion and check cost more than a small top-k's selection."""
+        key = None
+        if rows is None or isinstance(rows, (list, tuple)):
+            key = (None if rows is None else tuple(rows), n, stride)
+            if key == self._starts_key:
+                return self._starts
         if rows is None:
-            if len(self._all_rows) != n:
-                self._all_rows = np.arange(n, dtype=np.int64)
-            return self._all_rows
-        if isinstance(rows, Tensor):
+            out = np.arange(n, dtype=np.int64)
+        elif isinstance(rows, Tensor):
             out = rows.detach().cpu().reshape(-1).to(torch.long).numpy()
         else:
             out = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.int64).reshape(-1)
         if len(out) and (int(out.min()) < 0 or int(out.max()) >= n):
             raise IndexError(f"row index out of range for {n} rows")
+        out = out * stride
+        if key is not None:
+            self._starts_key, self._starts = key, out
         return out
 
 
@@ -150,20 +159,20 @@ def select(x: Tensor, rows, plan: SegmentPlan) -> tuple[Tensor, Tensor]:
     key_dtype, mask, nan_key = _KEYS[x.dtype]
     if x.shape[1] < plan.width:  # (the kernel reads memory unchecked)
         raise ValueError(f"rows of {x.shape[1]} entries, but the segments reach column {plan.width}")
-    rows = plan.rows(rows, x.shape[0])
-    if len(rows) == 0 or plan.nnz == 0:  # (torch's strides: numpy's for an empty array are 0)
-        return torch.empty(len(rows), plan.nnz, dtype=torch.long), torch.empty(len(rows), plan.nnz, dtype=x.dtype)
+    starts = plan.row_starts(rows, x.shape[0], x.stride(0))
+    if len(starts) == 0 or plan.nnz == 0:  # (torch's strides: numpy's for an empty array are 0)
+        return torch.empty(len(starts), plan.nnz, dtype=torch.long), torch.empty(len(starts), plan.nnz, dtype=x.dtype)
     # numpy arrays made here and handed to torch: a few microseconds less than torch.empty
     # and .numpy(), which counts on a short row.
-    indices = np.empty((len(rows), plan.nnz), dtype=np.int64)
-    values = np.empty((len(rows), plan.nnz), dtype=_NUMPY[x.dtype])
+    indices = np.empty((len(starts), plan.nnz), dtype=np.int64)
+    values = np.empty((len(starts), plan.nnz), dtype=_NUMPY[x.dtype])
     if x.is_contiguous():
         flat = x.detach().numpy().view(_NUMPY[key_dtype]).reshape(-1)
     else:  # a column slice: one flat view of the rows' storage (row r at r * stride(0))
         span = (x.shape[0] - 1) * x.stride(0) + x.shape[1]
         flat = torch.as_strided(x.detach(), (span,), (1,)).view(key_dtype).numpy()
     cand, keys, work = plan.scratch(key_dtype)
-    _select_rows(flat, rows * x.stride(0), plan.starts, plan.ends, plan.ks, plan.sizes, plan.ranks,
+    _select_rows(flat, starts, plan.starts, plan.ends, plan.ks, plan.sizes, plan.ranks,
                  mask, nan_key, indices, values.view(_NUMPY[key_dtype]), cand, keys, work)
     return torch.from_numpy(indices), torch.from_numpy(values)
 

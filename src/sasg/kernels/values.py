@@ -76,9 +76,12 @@ def sign_encode_row(v, at, out, mag):
             tot += abs(np.float64(v[t]))
         c = at[s + 1] - at[s]
         mag[s] = np.float32(tot / c) if c > 0 else np.float32(0.0)
-    out[: 4 * S] = mag.view(np.uint8)
+    mb = mag.view(np.uint8)
+    for t in range(4 * S):
+        out[t] = mb[t]
+    bits = out[4 * S :]  # (indexed from 0: no negative-index fix-up)
     for t in range(v.shape[0]):  # branch-free: a sign is a coin flip to a branch predictor
-        out[4 * S + (t >> 3)] |= np.uint8(np.int64(v[t] < 0) << (7 - (t & 7)))
+        bits[t >> 3] |= np.uint8(np.int64(v[t] < 0) << (7 - (t & 7)))
 
 
 @ieee
@@ -99,14 +102,16 @@ def sign_decode_row(row, at, out, scratch):
     ``scratch``: ``S`` float32."""
     S, n, V = scratch.shape[0], out.shape[0], row.shape[0]
     mag, mb = scratch.view(np.uint32), scratch.view(np.uint8)
-    mb[:] = row[: 4 * S]
+    for t in range(4 * S):
+        mb[t] = row[t]
     if n % 8 and (row[V - 1] & ((1 << (8 - n % 8)) - 1)) != 0:
         return BAD_VALUE
+    bits = row[4 * S :]
     for s in range(S):
         if not _check_scale(mag[s], at[s + 1] - at[s]):
             return BAD_VALUE
         for t in range(at[s], at[s + 1]):
-            neg = (row[4 * S + (t >> 3)] >> (7 - (t & 7))) & 1
+            neg = (bits[t >> 3] >> (7 - (t & 7))) & 1
             out[t] = mag[s] ^ _SIGN if neg else mag[s]
     return OK
 

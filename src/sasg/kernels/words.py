@@ -19,9 +19,9 @@ import numpy as np
 from . import jit
 
 try:
-    from numba.cpython.unsafe.numbers import leading_zeros  # LLVM's ctlz (64 for 0)
+    from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz
 except ImportError:  # pragma: no cover - no numba: the kernels are off (see sasg.kernels)
-    leading_zeros = None
+    trailing_zeros = None
 
 u8 = np.uint64
 ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -50,8 +50,18 @@ def finish(words, i, w, f, pad):
 @jit(inline="always")
 def store_bytes(words, nbytes, out, p):
     """The stream's first ``nbytes`` bytes into ``out[p:]``."""
+    dst = out[p : p + nbytes]  # (indices from 0: numba adds no negative-index fix-up, see copy)
     for t in range(nbytes):
-        out[p + t] = np.uint8((words[t >> 3] >> u8(56 - 8 * (t & 7))) & u8(0xFF))
+        dst[t] = np.uint8((words[t >> 3] >> u8(56 - 8 * (t & 7))) & u8(0xFF))
+
+
+@jit(inline="always")
+def copy(dst, src):
+    """``dst[:] = src`` for 1-D arrays of one length. A loop over two slices indexed from 0: numba's
+    slice assignment guards against overlap with a temporary copy, and an index like ``p + t``
+    gets a negative-index fix-up on every access; either costs 10-40x on an 18 kB value part."""
+    for t in range(src.shape[0]):
+        dst[t] = src[t]
 
 
 @jit(inline="always")
@@ -59,19 +69,43 @@ def load_words(data, lo, hi, pad, words):
     """``data[lo:hi]`` as big-endian words into ``words`` (room for ``(hi - lo) // 8 + 2``): every
     byte past ``hi`` reads as ``pad`` (``0`` or ``0xFF``), so that a reader may look 64 bits past
     any position inside the stream. Nothing past ``hi`` is read."""
-    nb = hi - lo
+    src = data[lo:hi]
+    nb = src.shape[0]
     full = nb // 8
     for k in range(full):
         x = u8(0)
         for t in range(8):
-            x = (x << u8(8)) | u8(data[lo + 8 * k + t])
+            x = (x << u8(8)) | u8(src[8 * k + t])
         words[k] = x
     x = u8(0)
     for t in range(8):
-        byte = u8(data[lo + 8 * full + t]) if 8 * full + t < nb else u8(pad)
+        byte = u8(src[8 * full + t]) if 8 * full + t < nb else u8(pad)
         x = (x << u8(8)) | byte
     words[full] = x
     words[full + 1] = ONES if pad else u8(0)
+
+
+def _reversed_bytes() -> np.ndarray:
+    """For every byte value: its bits in the opposite order."""
+    return np.array([int(f"{v:08b}"[::-1], 2) for v in range(256)], np.uint8)
+
+
+_REVERSED = _reversed_bytes()
+
+
+@jit(inline="always")
+def load_words_lsb(data, lo, hi, words):
+    """``data[lo:hi]`` as words whose bit ``j % 64`` (least significant first) is stream bit ``j``
+    (room for ``(hi - lo) // 8 + 2`` words; bytes past ``hi`` read as ones): a stream's bits in
+    order by ``cttz``, one cycle apart (:func:`.rice_read._code_ends`)."""
+    src = data[lo:hi]
+    nb = src.shape[0]
+    for k in range(nb // 8 + 2):
+        x = u8(0)
+        for t in range(8):
+            byte = u8(_REVERSED[src[8 * k + t]]) if 8 * k + t < nb else u8(0xFF)
+            x |= byte << u8(8 * t)
+        words[k] = x
 
 
 @jit(inline="always")
@@ -82,4 +116,4 @@ def window(words, pos):
     return (words[k] << s) | ((words[k + u8(1)] >> u8(1)) >> (u8(63) - s))
 
 
-__all__ = ["finish", "leading_zeros", "load_words", "put_bits", "store_bytes", "window"]
+__all__ = ["copy", "finish", "load_words", "load_words_lsb", "trailing_zeros", "put_bits", "store_bytes", "window"]

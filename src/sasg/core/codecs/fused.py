@@ -51,12 +51,12 @@ class FusedMessages:
     def encode(self, indices: Tensor, values: Tensor) -> tuple[Tensor, list[int], Tensor] | None:
         """(the messages' bytes, their sizes, the values every receiver decodes), or None where
         the codec's own path must run."""
-        if not (kernels.available() and indices.device.type == "cpu" and values.device.type == "cpu"
-                and indices.dtype == torch.long and values.dtype == torch.float32 and indices.dim() == 2
-                and indices.shape == values.shape and indices.shape[0] > 0
-                and indices.is_contiguous() and values.is_contiguous()):
+        # (The cheapest spellings of these checks: on FC they are a tenth of the call.)
+        if not (indices.dtype is torch.long and values.dtype is torch.float32 and indices.is_cpu and values.is_cpu
+                and indices.dim() == 2 and indices.shape == values.shape and indices.shape[0] > 0
+                and indices.is_contiguous() and values.is_contiguous() and kernels.available()):
             return None
-        v = values.detach().numpy()
+        v = (values.detach() if values.requires_grad else values).numpy()
         dec = np.empty(v.shape, np.float32) if self.kind == kernel.SIGN else v
         data, sizes, err = kernel.encode_messages(indices.numpy(), v, v.view(np.uint8), self.tables, self.W,
                                                   self.tags_on, self.kind, dec.view(np.uint32))
@@ -68,9 +68,9 @@ class FusedMessages:
     def decode(self, data: Tensor, sizes, nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
         """``(N, nnz)`` indices and values of the messages, or None where the codec's own path
         must run (it also raises every error)."""
-        if not (kernels.available() and isinstance(data, Tensor) and data.device.type == "cpu"
-                and data.dtype == torch.uint8 and data.dim() == 1 and dtype == torch.float32 and len(sizes) > 0
-                and nnz >= 0):
+        if not (dtype is torch.float32 and isinstance(data, Tensor) and data.dtype is torch.uint8 and data.is_cpu
+                and data.dim() == 1 and data.is_contiguous() and len(sizes) > 0 and nnz >= 0
+                and kernels.available()):
             return None
         sizes = np.asarray(sizes, dtype=np.int64)
         N = len(sizes)

@@ -113,8 +113,7 @@ class SegmentPlan:
         self._scratch: dict = {}
         self._starts_key = None  # (rows as a tuple, n, row stride) of the last call ...
         self._starts = np.zeros(0, np.int64)  # ... and where those rows start in the flat storage
-        self._flat_key = None  # (data_ptr, shape, strides, dtype) of the last rows read ...
-        self._flat = np.zeros(0, np.int32)  # ... and their storage as keys
+        self._flat_key, self._flat = None, None  # (data_ptr, shape, strides, dtype) of the last rows, their keys
 
     def scratch(self, key_dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate positions (uint64, ``longest``), their keys (``longest``) and room to select
@@ -336,9 +335,8 @@ def _kth_largest(a, n, k, work):
 
 @jit
 def _block_threshold(seg, k, mask, nan_key, keys, work):
-    """The ``k``-th largest of the largest keys of ``seg``'s blocks of :data:`_BLOCK` entries
-    (``k`` <= the number of blocks). On FC's 5,120-entry layer (k = 51) this and the collect after
-    it cost about 2 us, where the segment's own k-th largest took 9 (a quickselect over all of it)."""
+    """The ``k``-th largest of the largest keys of ``seg``'s blocks of :data:`_BLOCK` entries (``k``
+    at most the number of blocks). FC's 5,120-entry layer (k = 51): 9 -> 4.6 us a selection."""
     blocks = u8(seg.shape[0]) // u8(_BLOCK)
     for b in range(blocks):
         blk = seg[b * _BLOCK : b * _BLOCK + _BLOCK]

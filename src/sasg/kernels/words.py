@@ -4,8 +4,8 @@ The streams are :mod:`sasg.core.codecs.bitstream`'s (big-endian within a byte, f
 significant bit first). Read as big-endian 64-bit words, stream bit ``j`` is bit ``63 - j % 64``
 of word ``j // 64``: a writer appends a field with one shift and one OR into the current word,
 and a reader takes the next 64 bits at any position with two shifts, where a byte at a time
-costs a loop (and a mispredicted exit) per field. What that buys: the Rice coder's streams
-(:mod:`.rice`) at 1-2 ns an entry instead of 4-5.
+costs a loop (and a mispredicted exit) per field. What that buys: a rice message of FC
+784-512-10 (4,071 entries) encoded in 10 us instead of 22 (:mod:`.rice`, :mod:`.rice_read`).
 
 Writer state: ``(i, w, f)``: ``words[:i]`` are done, ``w`` is the current word with its ``f``
 (1..64) low bits still free. Every shift amount stays in 0..63 (a shift by 64 is undefined in

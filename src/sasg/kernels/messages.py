@@ -41,6 +41,18 @@ def value_bytes(kind, K, S):
     return 4 * K if kind == FP32 else 4 * S + (K + 7) // 8
 
 
+@jit(inline="always")
+def _sign_values(v, at, mag, dec):
+    """What every receiver decodes from a message :func:`.values.sign_encode_row` wrote (its
+    magnitudes' bits ``mag``): ``+-m_s``, the sign bit of ``v < 0`` flipped in as the decoder flips
+    it in. From the values, not the bytes: one vector pass, where reading the bits back cost 3 us."""
+    for s in range(mag.shape[0]):
+        vs = v[at[s] : at[s + 1]]
+        out = dec[at[s] : at[s + 1]]
+        for t in range(vs.shape[0]):
+            out[t] = mag[s] ^ (np.uint32(vs[t] < 0) << np.uint32(31))
+
+
 @ieee
 def encode_messages(idx, v, vb, tables, W, tags_on, kind, dec):
     """``(N, K)`` ascending indices and float32 values ``v`` (``vb``: their bytes, ``(N, 4 K)``)
@@ -77,7 +89,7 @@ def encode_messages(idx, v, vb, tables, W, tags_on, kind, dec):
             for s in range(S):
                 at[s + 1] = at[s] + full[n, s]
             sign_encode_row(v[n], at, out[q : q + V], mag)
-            sign_decode_row(out[q : q + V], at, dec[n], mag)  # what every receiver decodes
+            _sign_values(v[n], at, mag.view(np.uint32), dec[n])
         p = q + V
     return out, sizes, OK
 

@@ -56,12 +56,6 @@ def set_bit(out, pos):
 
 
 @jit(inline="always")
-def clear_bit(out, pos):
-    """Clear bit ``pos`` of the big-endian stream ``out``."""
-    out[pos >> 3] &= np.uint8(~(128 >> (pos & 7)) & 0xFF)
-
-
-@jit(inline="always")
 def bit_is_set(data, pos):
     return (data[pos >> 3] >> (7 - (pos & 7))) & 1
 
@@ -120,4 +114,4 @@ def bit_positions(data, lo, hi, flip, limit, out):
     return cnt
 
 
-__all__ = ["any_bit_set", "bit_is_set", "bit_positions", "bit_length", "clear_bit", "read_int", "set_bit", "write_int"]
+__all__ = ["any_bit_set", "bit_is_set", "bit_positions", "bit_length", "read_int", "set_bit", "write_int"]

@@ -1,4 +1,4 @@
-r"""Compiled encode and decode of the sectioned index codes ``rice`` and ``auto``.
+r"""Compiled encode of the sectioned index codes ``rice`` and ``auto`` (decode: :mod:`.rice_read`).
 
 The bytes are :mod:`sasg.core.codecs.index.rice`'s and :mod:`~sasg.core.codecs.index.auto`'s
 (that module's vectorized torch code is the reference): per message a header (``S`` counts
@@ -11,7 +11,11 @@ What it buys (FC 784-512-10, one message of 4,071 entries, median ms on 2 loaded
 torch -> kernel; the torch time is nearly all the fixed cost of some 150 small ops): ``rice``
 encode 0.64-1.9 -> 0.026-0.049, decode 1.0-1.3 -> 0.023-0.040; ``auto`` encode 0.8-1.6 ->
 0.04, decode 1.7 -> 0.023-0.035. Ten messages a batch: rice decode 10.0 -> 0.27, encode 2.9 ->
-0.27.
+0.27. Then (issue #24) the streams are written a 64-bit word at a time (:mod:`.words`) and the
+loops over entries index slices from 0 (numba adds a negative-index fix-up to ``row[t]`` for a
+``t`` it cannot prove non-negative, which also kept the checks from vectorizing): the rice
+encode of that message 0.022 -> 0.010 ms on a quiet core. :func:`plan_row` and
+:func:`write_row` also serve whole batches in :mod:`.messages`.
 
 Errors: a kernel stops at the first thing that is wrong and returns a nonzero code. Encode
 rejects only what the reference rejects (indices not ascending or outside ``0..d-1``); decode
@@ -31,7 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit, on_warm
-from .bits import any_bit_set, bit_is_set, bit_length, bit_positions, clear_bit, read_int, set_bit, write_int
+from .bits import bit_length, set_bit, write_int
+from .words import ONES, finish, put_bits, store_bytes, u8
 
 OK = 0
 BAD_INDICES = 1  # encode: not ascending or outside 0..d-1
@@ -63,60 +68,151 @@ def _section_lengths(counts, b, tag, numels, W, lens):
     lens[2] = (rbits + 7) // 8
 
 
-@jit
-def _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, lens):
-    """Pass 1 and 2 of the encoder: check the rows, count each tensor's entries, choose ``b_s``
-    (``floor(log2(mean gap))`` capped by ``bmax``) and the tag (``forced[n, s]`` when ``forced``
-    has rows: tests reach every section that way), and the section lengths
-    ``lens[n] = (n0 W, bitmap bytes, remainder bytes, unary bytes)``. False on bad indices."""
-    N, K = idx.shape
+@jit(inline="always")
+def plan_row(row, n, offsets, numels, bmax, W, tags_on, forced, skip, full, counts, b, tag, lens):
+    """Plan message ``n`` (its ascending indices ``row``): each tensor's entries in the row
+    (``full[n, s]``) and written (``counts[n, s]``: none of a tensor ``skip[s]`` names, whose
+    indices are implied), its ``b_s`` (``floor(log2(mean gap))`` capped by ``bmax``) and tag
+    (``forced[n, s]`` when ``forced`` has rows: tests reach every section that way), and the
+    section lengths ``lens[n] = (n0 W, bitmap bytes, remainder bytes, unary bytes)``. False on
+    bad indices (not ascending, outside ``0..d-1``) or a skipped tensor not held whole.
+
+    The checks are one pass without an early exit and the tensors' bounds binary searches, so
+    that the loops over entries vectorize (the ascending check and every tensor's sum of
+    quotients)."""
+    K = row.shape[0]
     S = offsets.shape[0]
-    for n in range(N):
-        prev = np.int64(-1)
-        s = 0
-        for j in range(K):
-            x = idx[n, j]
-            if x <= prev or x >= d:
+    if K:
+        unordered = 0
+        for t in range(1, K):
+            unordered += row[t] <= row[t - 1]
+        if unordered or row[0] < 0 or row[K - 1] >= offsets[S - 1] + numels[S - 1]:
+            return False
+    ubits = np.int64(0)
+    first = 0
+    for s in range(S):
+        lo = offsets[s]
+        end = first + np.searchsorted(row[first:], lo + numels[s])
+        c = end - first
+        full[n, s] = c
+        if skip[s]:
+            if c != numels[s]:
                 return False
-            while x >= offsets[s] + numels[s]:
-                s += 1
-            counts[n, s] += 1
-            prev = x
-        j = 0
-        ubits = np.int64(0)
-        for s in range(S):
-            c = counts[n, s]
-            bs = np.int64(0)
-            sumq = np.int64(0)
-            if c > 0:
-                sum_gap = idx[n, j + c - 1] - offsets[s] + 1 - c
-                bs = max(bit_length(sum_gap // c) - 1, 0)
-                bs = min(bs, bmax[s])
-                prev = offsets[s] - 1
-                for t in range(j, j + c):
-                    sumq += (idx[n, t] - prev - 1) >> bs
-                    prev = idx[n, t]
-            tg = 1
-            if tags_on:  # the cheapest code, the first of idx32, rice, bitmap on ties
-                best = c * 8 * W
-                tg = 0
-                if c * (bs + 1) + sumq < best:
-                    best = c * (bs + 1) + sumq
-                    tg = 1
-                if numels[s] < best:
-                    tg = 2
-                if forced.shape[0]:
-                    tg = forced[n, s]
-                if tg != 1:
-                    bs = 0
-            b[n, s] = bs
-            tag[n, s] = tg
-            if tg == 1:
-                ubits += sumq + c
-            j += c
-        _section_lengths(counts[n], b[n], tag[n], numels, W, lens[n])
-        lens[n, 3] = (ubits + 7) // 8
+            c = 0
+        bs = np.int64(0)
+        sumq = np.int64(0)
+        if c > 0:
+            sum_gap = row[end - 1] - lo + 1 - c
+            bs = min(max(bit_length(sum_gap // c) - 1, 0), bmax[s])
+            seg = row[first:end]  # (a slice from 0: no negative-index fix-up, so the loop vectorizes)
+            sumq = (seg[0] - lo) >> bs
+            for t in range(1, c):
+                sumq += (seg[t] - seg[t - 1] - 1) >> bs
+        tg = 1
+        if tags_on:  # the cheapest code, the first of idx32, rice, bitmap on ties
+            best = c * 8 * W
+            tg = 0
+            if c * (bs + 1) + sumq < best:
+                best = c * (bs + 1) + sumq
+                tg = 1
+            if numels[s] < best:
+                tg = 2
+            if forced.shape[0]:
+                tg = forced[n, s]
+            if tg != 1:
+                bs = 0
+        counts[n, s] = c
+        b[n, s] = bs
+        tag[n, s] = tg
+        if tg == 1:
+            ubits += sumq + c
+        first = end
+    _section_lengths(counts[n], b[n], tag[n], numels, W, lens[n])
+    lens[n, 3] = (ubits + 7) // 8
     return True
+
+
+@jit(inline="always")
+def _remainders(row, first, c, lo, bs, rw, ri, rcur, rf):
+    """Append the ``bs``-bit remainders of one tensor's ``c`` gaps (entries ``row[first:]``) to
+    the remainder stream (writer state ``ri, rcur, rf``, see :mod:`.words`)."""
+    seg = row[first : first + c]
+    prev = lo - 1
+    ubs = u8(bs)
+    for t in range(c):
+        g = u8(seg[t] - prev - 1)
+        prev = seg[t]
+        ri, rcur, rf = put_bits(rw, ri, rcur, rf, g & ((u8(1) << ubs) - u8(1)), ubs)
+    return ri, rcur, rf
+
+
+@jit(inline="always")
+def _unary_zeros(row, first, c, lo, bs, uw, z, k, cur):
+    """Write one tensor's unary codes (``1^q 0`` per gap) into ``uw`` (filled with ones): clear
+    each code's zero bit, at stream bit ``z`` on; ``cur`` is word ``k`` as far as it is written.
+    One register per word, not a read-modify-write per code: consecutive codes share a word."""
+    seg = row[first : first + c]
+    prev = lo - 1
+    ubs = u8(bs)
+    for t in range(c):
+        z += u8(seg[t] - prev - 1) >> ubs
+        prev = seg[t]
+        if (z >> u8(6)) != k:
+            uw[k] = cur
+            k = z >> u8(6)
+            cur = ONES
+        cur &= ~(u8(0x8000000000000000) >> (z & u8(63)))
+        z += u8(1)
+    return z, k, cur
+
+
+@jit(inline="always")
+def write_row(out, p, row, n, offsets, numels, W, tags_on, full, counts, b, tag, lens, rw, uw):
+    """Write message ``n`` (planned by :func:`plan_row`) at ``out[p:]`` (zeroed); its end."""
+    S = offsets.shape[0]
+    H = (S + 1) * W + S * (2 if tags_on else 1)
+    for s in range(S):
+        write_int(out, p + s * W, counts[n, s], W)
+        out[p + (S + 1) * W + s] = b[n, s]
+        if tags_on:
+            out[p + (S + 1) * W + S + s] = tag[n, s]
+    write_int(out, p + S * W, lens[n, 3], W)
+    p0 = p + H  # idx32 section, then bitmap, remainders, unary
+    region = 8 * (p0 + lens[n, 0])
+    pr = p0 + lens[n, 0] + lens[n, 1]
+    pu = pr + lens[n, 2]
+    ri, rcur, rf = u8(0), u8(0), u8(64)
+    uw[: lens[n, 3] // 8 + 1] = ONES
+    z, k, cur = u8(0), u8(0), ONES
+    j = 0
+    for s in range(S):
+        c = counts[n, s]  # (0 for a skipped tensor: its full[n, s] entries are passed over)
+        tg = tag[n, s]
+        if tg == 0:
+            for t in range(j, j + c):
+                write_int(out, p0, row[t], W)
+                p0 += W
+        elif tg == 2:
+            for t in range(j, j + c):
+                set_bit(out, region + row[t] - offsets[s])
+            region += numels[s]
+        elif c > 0:
+            if b[n, s] > 0:
+                ri, rcur, rf = _remainders(row, j, c, offsets[s], b[n, s], rw, ri, rcur, rf)
+            z, k, cur = _unary_zeros(row, j, c, offsets[s], b[n, s], uw, z, k, cur)
+        j += full[n, s]
+    finish(rw, ri, rcur, rf, u8(0))
+    uw[k] = cur
+    store_bytes(rw, lens[n, 2], out, pr)
+    store_bytes(uw, lens[n, 3], out, pu)
+    return pu + lens[n, 3]
+
+
+@jit(inline="always")
+def stream_words(lens):
+    """Room for the largest message's remainder and unary streams, as words."""
+    rw = np.empty(max(lens[:, 2].max(), lens[:, 3].max()) // 8 + 2, np.uint64)
+    return rw, np.empty_like(rw)
 
 
 @jit
@@ -131,231 +227,31 @@ def sections_encode(idx, offsets, numels, bmax, d, W, tags_on, forced):
     tag = np.zeros((N, S), np.int64)
     lens = np.zeros((N, 4), np.int64)
     sizes = np.zeros(N, np.int64)
-    if not _plan(idx, offsets, numels, bmax, d, W, tags_on, forced, counts, b, tag, lens):
-        return np.zeros(0, np.uint8), sizes, counts, BAD_INDICES
+    full = np.zeros((N, S), np.int64)
+    skip = np.zeros(S, np.bool_)
+    for n in range(N):
+        if not plan_row(idx[n], n, offsets, numels, bmax, W, tags_on, forced, skip, full, counts, b, tag, lens):
+            return np.zeros(0, np.uint8), sizes, counts, BAD_INDICES
     total = 0
     for n in range(N):
         sizes[n] = H + lens[n, 0] + lens[n, 1] + lens[n, 2] + lens[n, 3]
         total += sizes[n]
     out = np.zeros(total, np.uint8)
+    rw, uw = stream_words(lens)
     p = 0
     for n in range(N):
-        for s in range(S):
-            write_int(out, p + s * W, counts[n, s], W)
-            out[p + (S + 1) * W + s] = b[n, s]
-            if tags_on:
-                out[p + (S + 1) * W + S + s] = tag[n, s]
-        write_int(out, p + S * W, lens[n, 3], W)
-        p0 = p + H  # idx32 section, then bitmap, remainders, unary
-        p2 = p0 + lens[n, 0]
-        pr = p2 + lens[n, 1]
-        pu = pr + lens[n, 2]
-        end = pu + lens[n, 3]
-        out[pu:end] = 0xFF
-        acc = np.int64(0)  # remainder bits not yet written (nacc < 8 of them)
-        nacc = 0
-        ubit = 8 * pu
-        region = 8 * p2
-        j = 0
-        for s in range(S):
-            c = counts[n, s]
-            tg = tag[n, s]
-            if tg == 0:
-                for t in range(j, j + c):
-                    write_int(out, p0, idx[n, t], W)
-                    p0 += W
-            elif tg == 2:
-                for t in range(j, j + c):
-                    set_bit(out, region + idx[n, t] - offsets[s])
-                region += numels[s]
-            else:
-                bs = b[n, s]
-                prev = offsets[s] - 1
-                for t in range(j, j + c):
-                    g = idx[n, t] - prev - 1
-                    prev = idx[n, t]
-                    q = g >> bs
-                    if bs > 0:
-                        acc = (acc << bs) | (g - (q << bs))
-                        nacc += bs
-                        while nacc >= 8:
-                            nacc -= 8
-                            out[pr] = (acc >> nacc) & 0xFF
-                            pr += 1
-                        acc &= (np.int64(1) << nacc) - 1
-                    ubit += q
-                    clear_bit(out, ubit)
-                    ubit += 1
-            j += c
-        if nacc > 0:
-            out[pr] = (acc << (8 - nacc)) & 0xFF
-        p = end
+        p = write_row(out, p, idx[n], n, offsets, numels, W, tags_on, full, counts, b, tag, lens, rw, uw)
     return out, sizes, counts, OK
-
-
-@jit
-def _header(data, a, size, tail, nnz, numels, bmax, W, tags_on, counts_row, b, tag, lens):
-    """Read and check one message's header (at ``data[a:]``, ``size`` bytes); fill its counts,
-    parameters, tags and section lengths as in :func:`_plan`. An error code."""
-    S = numels.shape[0]
-    H = (S + 1) * W + S * (2 if tags_on else 1)
-    if size < H + tail:
-        return TRUNCATED
-    total = np.int64(0)
-    for s in range(S):
-        c = read_int(data, a + s * W, W)
-        bs = np.int64(data[a + (S + 1) * W + s])
-        tg = np.int64(data[a + (S + 1) * W + S + s]) if tags_on else np.int64(1)
-        if c < 0 or c > numels[s] or tg > 2 or bs > bmax[s] or (tg != 1 and bs != 0):
-            return BAD_HEADER
-        counts_row[s] = c
-        b[s] = bs
-        tag[s] = tg
-        total += c
-    U = read_int(data, a + S * W, W)
-    if total != nnz or U < 0 or U > size:
-        return BAD_HEADER
-    _section_lengths(counts_row, b, tag, numels, W, lens)
-    lens[3] = U
-    if H + lens[0] + lens[1] + lens[2] + U + tail > size:
-        return TRUNCATED
-    return OK
-
-
-@jit(inline="always")
-def _unary_ends(data, pu, pe, counts_row, tag, zeros):
-    """Where each code of the unary stream ``data[pu:pe]`` ends (its zero), into ``zeros``; False
-    unless the stream holds exactly one code (``1^q 0``) per rice-coded entry, ends in the byte of
-    its last code and is padded with ones."""
-    codes = 0
-    for s in range(tag.shape[0]):
-        codes += counts_row[s] if tag[s] == 1 else 0
-    if bit_positions(data, pu, pe, 255, codes, zeros) != codes:
-        return False
-    return ((zeros[codes - 1] + 1 if codes else 0) + 7) // 8 == pe - pu
-
-
-@jit(inline="always")
-def _idx32_section(data, p, W, c, lo, d_s, out, n, j):
-    """Read one tensor's ``c`` idx32 indices at ``data[p:]`` into ``out[n, j:]``; False unless
-    they ascend and lie in its range ``lo .. lo + d_s - 1``."""
-    prev = np.int64(-1)
-    for t in range(c):
-        x = read_int(data, p + t * W, W)
-        if x < lo or x >= lo + d_s or (t > 0 and x <= prev):
-            return False
-        out[n, j + t] = x
-        prev = x
-    return True
-
-
-@jit(inline="always")
-def _bitmap_section(data, region, d_s, c, lo, out, n, j):
-    """Read one tensor's bitmap (its ``d_s`` bits from stream bit ``region``) into ``out[n, j:]``;
-    False unless exactly ``c`` bits are set. Zero bytes are skipped whole (sparse bitmaps)."""
-    found = 0
-    pos = region
-    hi = region + d_s
-    while pos < hi:
-        if (pos & 7) == 0 and pos + 8 <= hi and data[pos >> 3] == 0:
-            pos += 8
-            continue
-        if bit_is_set(data, pos):
-            if found == c:
-                return False
-            out[n, j + found] = lo + pos - region
-            found += 1
-        pos += 1
-    return found == c
-
-
-@jit
-def sections_decode(data, starts, sizes, tail, nnz, offsets, numels, bmax, W, tags_on, out):
-    """The messages at ``starts`` (``sizes`` bytes, each ending in ``tail`` value bytes) ->
-    indices into ``out`` ``(N, nnz)``; returns (``(N, S)`` counts, index bytes used per message,
-    error code)."""
-    N = starts.shape[0]
-    S = offsets.shape[0]
-    H = (S + 1) * W + S * (2 if tags_on else 1)
-    counts = np.zeros((N, S), np.int64)
-    used = np.zeros(N, np.int64)
-    b = np.zeros(S, np.int64)
-    tag = np.zeros(S, np.int64)
-    lens = np.zeros(4, np.int64)
-    zeros = np.empty(nnz + 8, np.int64)  # where each unary code ends, from the stream's first bit
-    for n in range(N):
-        a = starts[n]
-        err = _header(data, a, sizes[n], tail, nnz, numels, bmax, W, tags_on, counts[n], b, tag, lens)
-        if err != OK:
-            return counts, used, err
-        p0 = a + H
-        p2 = p0 + lens[0]
-        pr = p2 + lens[1]
-        pu = pr + lens[2]
-        pe = pu + lens[3]
-        used[n] = pe - a
-        if not _unary_ends(data, pu, pe, counts[n], tag, zeros):
-            return counts, used, BAD_SECTION
-        code = 0
-        end = np.int64(-1)  # where the previous code ended
-        racc = np.int64(0)  # remainder bits read but not yet used (rn < 8 of them between entries)
-        rn = 0
-        region = 8 * p2
-        j = 0
-        for s in range(S):
-            c = counts[n, s]
-            lo = offsets[s]
-            d_s = numels[s]
-            if tag[s] == 0:
-                if not _idx32_section(data, p0, W, c, lo, d_s, out, n, j):
-                    return counts, used, BAD_SECTION
-                p0 += c * W
-                j += c
-            elif tag[s] == 2:
-                if not _bitmap_section(data, region, d_s, c, lo, out, n, j):
-                    return counts, used, BAD_SECTION
-                j += c
-                region += d_s
-            else:
-                bs = b[s]
-                mask = (np.int64(1) << bs) - 1
-                qmax = (d_s - 1) >> bs  # a larger quotient puts the gap past the tensor
-                loc = np.int64(0)  # entries so far plus their gaps: the next local index
-                for t in range(c):
-                    r = np.int64(0)
-                    if bs > 0:
-                        while rn < bs:
-                            racc = (racc << 8) | np.int64(data[pr])
-                            pr += 1
-                            rn += 8
-                        rn -= bs
-                        r = (racc >> rn) & mask
-                        racc &= (np.int64(1) << rn) - 1
-                    q = zeros[code] - end - 1
-                    end = zeros[code]
-                    code += 1
-                    if q > qmax:
-                        return counts, used, BAD_SECTION
-                    loc += (q << bs) + r + 1
-                    if loc > d_s:
-                        return counts, used, BAD_SECTION
-                    out[n, j] = lo + loc - 1
-                    j += 1
-        if racc != 0 or any_bit_set(data, region, 8 * (p2 + lens[1])):
-            return counts, used, BAD_SECTION
-    return counts, used, OK
 
 
 @on_warm
 def _warm() -> None:
-    offsets = np.array([0, 6], np.int64)
-    numels = np.array([6, 10], np.int64)
-    bmax = np.array([2, 3], np.int64)
     idx = np.array([[1, 4, 7, 15]], np.int64)
     for tags_on in (0, 1):
-        data, sizes, _, _ = sections_encode(idx, offsets, numels, bmax, 16, 4, tags_on, CHOOSE)
-        sections_decode(data, np.zeros(1, np.int64), sizes, 0, 4, offsets, numels, bmax, 4, tags_on,
-                        np.empty((1, 4), np.int64))
+        sections_encode(idx, *WARM_TABLES, 16, 4, tags_on, CHOOSE)
 
 
-__all__ = ["CHOOSE", "sections_decode", "sections_encode"]
+# A small layout for the warm-up calls (here and in :mod:`.rice_read`): offsets, numels, bmax.
+WARM_TABLES = (np.array([0, 6], np.int64), np.array([6, 10], np.int64), np.array([2, 3], np.int64))
+
+__all__ = ["CHOOSE", "plan_row", "sections_encode", "stream_words", "write_row"]

@@ -65,24 +65,79 @@ def _groups(counts, n):
     return at, scale, True
 
 
+@jit(inline="always")
+def sign_encode_row(v, at, out, mag):
+    """One message: its values ``v``, tensor ``s`` at ``v[at[s]:at[s + 1]]``, into ``out``
+    (``4 S + ceil(n / 8)`` bytes); ``mag``: ``S`` float32 of scratch.
+
+    Each sign byte is made in a register, eight compares, and stored once (an OR into the byte
+    in memory per value waited on the previous store, ~5 cycles a value); slices indexed from 0
+    spare numba's negative-index fix-up."""
+    S = mag.shape[0]
+    for s in range(S):
+        vs = v[at[s] : at[s + 1]]
+        tot = 0.0
+        for t in range(vs.shape[0]):  # (in order, in float64: the reference's sum)
+            tot += abs(np.float64(vs[t]))
+        c = at[s + 1] - at[s]
+        mag[s] = np.float32(tot / c) if c > 0 else np.float32(0.0)
+    mb = mag.view(np.uint8)
+    for t in range(4 * S):
+        out[t] = mb[t]
+    bits = out[4 * S :]
+    n = v.shape[0]
+    for i in range(n // 8):
+        group = v[8 * i : 8 * i + 8]
+        byte = 0
+        for j in range(8):
+            byte |= np.int64(group[j] < 0) << (7 - j)
+        bits[i] = np.uint8(byte)
+    if n % 8:
+        byte = 0
+        for t in range(n - n % 8, n):
+            byte |= np.int64(v[t] < 0) << (7 - (t & 7))
+        bits[n // 8] = np.uint8(byte)
+
+
 @ieee
 def sign_encode(v, counts, out):
     """``(N, n)`` float32 values -> ``out``, zeroed ``(N, 4 S + ceil(n / 8))`` bytes; an error code."""
-    (N, n), S = v.shape, counts.shape[1]
-    at, mag, ok = _groups(counts, n)
-    mb = mag.view(np.uint8)
+    at, mag, ok = _groups(counts, v.shape[1])
     if not ok:
         return BAD_SHAPE
-    for r in range(N):
-        for s in range(S):
-            tot = 0.0
-            for t in range(at[r, s], at[r, s + 1]):
-                tot += abs(np.float64(v[r, t]))
-            c = counts[r, s]
-            mag[s] = np.float32(tot / c) if c > 0 else np.float32(0.0)
-        out[r, : 4 * S] = mb
-        for t in range(n):  # branch-free: a sign is a coin flip to a branch predictor
-            out[r, 4 * S + (t >> 3)] |= np.uint8(np.int64(v[r, t] < 0) << (7 - (t & 7)))
+    for r in range(v.shape[0]):
+        sign_encode_row(v[r], at[r], out[r], mag)
+    return OK
+
+
+@jit(inline="always")
+def sign_decode_row(row, at, out, scratch):
+    """One message's ``4 S + ceil(n / 8)`` bytes ``row`` (tensor ``s``: values
+    ``at[s]:at[s + 1]``) -> ``out``, ``n`` float32 bits (as uint32); an error code.
+    ``scratch``: ``S`` float32."""
+    S, n, V = scratch.shape[0], out.shape[0], row.shape[0]
+    mag, mb = scratch.view(np.uint32), scratch.view(np.uint8)
+    for t in range(4 * S):
+        mb[t] = row[t]
+    if n % 8 and (row[V - 1] & ((1 << (8 - n % 8)) - 1)) != 0:
+        return BAD_VALUE
+    for s in range(S):
+        if not _check_scale(mag[s], at[s + 1] - at[s]):
+            return BAD_VALUE
+    # Two vector passes, no branch (a sign is a coin flip to predict): every value's sign bit, a
+    # byte of bits at a time; then each tensor's magnitude flipped in (2.6 -> 0.5 us on FC).
+    bits = row[4 * S :]
+    for i in range(n // 8):
+        group = out[8 * i : 8 * i + 8]
+        byte = np.uint32(bits[i])
+        for j in range(8):
+            group[j] = ((byte >> np.uint32(7 - j)) & np.uint32(1)) << np.uint32(31)
+    for t in range(n - n % 8, n):
+        out[t] = ((np.uint32(bits[t >> 3]) >> np.uint32(7 - (t & 7))) & np.uint32(1)) << np.uint32(31)
+    for s in range(S):
+        vals = out[at[s] : at[s + 1]]
+        for t in range(vals.shape[0]):
+            vals[t] ^= mag[s]
     return OK
 
 
@@ -91,19 +146,12 @@ def sign_decode(rows, counts, n, out):
     """``(N, 4 S + ceil(n / 8))`` bytes -> ``out``: ``(N, n)`` float32 bits (as uint32); an error code."""
     (N, V), S = rows.shape, counts.shape[1]
     at, scratch, ok = _groups(counts, n)
-    mag, mb = scratch.view(np.uint32), scratch.view(np.uint8)
     if not ok or V != 4 * S + (n + 7) // 8:
         return BAD_SHAPE
     for r in range(N):
-        mb[:] = rows[r, : 4 * S]
-        if n % 8 and (rows[r, V - 1] & ((1 << (8 - n % 8)) - 1)) != 0:
-            return BAD_VALUE
-        for s in range(S):
-            if not _check_scale(mag[s], counts[r, s]):
-                return BAD_VALUE
-            for t in range(at[r, s], at[r, s + 1]):
-                neg = (rows[r, 4 * S + (t >> 3)] >> (7 - (t & 7))) & 1
-                out[r, t] = mag[s] ^ _SIGN if neg else mag[s]
+        err = sign_decode_row(rows[r], at[r], out[r], scratch)
+        if err != OK:
+            return err
     return OK
 
 
@@ -167,4 +215,4 @@ def _warm() -> None:
     int8_decode(rows, counts, 3, np.empty((1, 3), np.float32))
 
 
-__all__ = ["int8_decode", "int8_encode", "sign_decode", "sign_encode"]
+__all__ = ["int8_decode", "int8_encode", "sign_decode", "sign_decode_row", "sign_encode", "sign_encode_row"]

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..layout import Layout
+from .fused import FusedMessages
 from .implied import ImpliedIndices
 from .index import INDEX_CODES, IndexCode
 from .protocol import CodecError, check_messages
@@ -63,12 +64,16 @@ class SparseCodec:
         self.dense_fixed_size = bool(self.value.fixed_size)
         # Tensors a tensor policy sends whole: their indices are implied, not written.
         self.implied = ImpliedIndices.for_settings(layout, settings)
+        self._fused = FusedMessages.for_codec(self)  # one compiled call a batch, where the parts allow
 
     def __repr__(self) -> str:
         return f"SparseCodec({self.name!r}, {self.layout!r})"
 
     # ------------------------------------------------------------------ sparse
     def encode_sparse(self, indices: Tensor, values: Tensor) -> tuple[Tensor, list[int]]:
+        fast = self._fused.encode(indices, values) if self._fused is not None else None
+        if fast is not None:
+            return fast[0], fast[1]
         data, sizes, _, _ = self._encode_sparse(indices, values)
         return data, sizes
 
@@ -78,6 +83,9 @@ class SparseCodec:
         error feedback must subtract). Every index code is lossless, so the sender decodes only
         the value part it has just written, with the receivers' own decoder: the same numbers bit
         for bit, without the index decode (for ``rice``, most of a decode's time)."""
+        fast = self._fused.encode(indices, values) if self._fused is not None and dtype == torch.float32 else None
+        if fast is not None:
+            return fast
         data, sizes, val, groups = self._encode_sparse(indices, values)
         if not sizes:
             return data, sizes, torch.zeros(values.shape, dtype=dtype, device=values.device)
@@ -120,6 +128,9 @@ class SparseCodec:
         return torch.cat(pieces), sizes, val, groups
 
     def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        fast = self._fused.decode(data, sizes, int(nnz), dtype) if self._fused is not None else None
+        if fast is not None:
+            return fast
         sizes = self._check_batch(data, sizes)
         nnz = int(nnz)
         if nnz < 0:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ....kernels import rice as kernel
+from ....kernels import rice_read as read_kernel
 from ..bitstream import (
     as_bytes,
     as_numpy,
@@ -226,7 +227,7 @@ class _Sections(IndexCode):
             t = self.tables
             offsets, numels, bmax = t.arrays()
             indices = np.empty((len(sizes), nnz), np.int64)  # allocated here, not in the kernel: see its module
-            counts, used, err = kernel.sections_decode(
+            counts, used, err = read_kernel.sections_decode(
                 as_numpy(data, np.uint8), np.asarray(starts, np.int64), np.asarray(sizes, np.int64), int(tail),
                 int(nnz), offsets, numels, bmax, t.W, int(self.TAGS), indices)
             if not err:  # else the reference names what is wrong

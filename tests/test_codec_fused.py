@@ -1,0 +1,121 @@
+"""The paths issue #24 added to cut a hook round's fixed costs give what the paths before them gave.
+
+* A ``rice``/``auto`` + ``fp32``/``sign`` codec's whole-message kernel
+  (:mod:`sasg.core.codecs.fused`) against the same codec's own compiled path (the index code,
+  the implied indices and the value format called one by one, as before): same bytes, sizes,
+  decoded indices and values bit for bit, same errors on malformed input.
+* The top-k kernel's block-maxima threshold for an unsampled segment against the torch
+  reference (``tests/test_topk_kernel.py`` covers the rest of that kernel).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sasg.kernels
+from sasg.core import Layout
+from sasg.core import selection as T
+from sasg.core.codecs.composite import make_codec
+from sasg.core.spec import AlgorithmSettings
+from sasg.kernels import topk as K
+from test_codec_kernels import outcome, same
+from test_codecs import random_message
+from test_topk_kernel import KINDS, reference, rows_of
+
+pytestmark = pytest.mark.skipif(not sasg.kernels.available(), reason="kernels switched off")
+
+LAYOUT = Layout([("w", (30, 20)), ("b", (30,)), ("v", (7, 30)), ("c", (7,))])
+NAMES = ["rice+fp32", "rice+sign", "auto+fp32", "auto+sign"]
+
+
+def unfused(codec, fn):
+    """``fn()`` with the codec's whole-message kernel set aside (its parts' kernels still on)."""
+    saved = codec._fused
+    codec._fused = None
+    try:
+        return outcome(fn)
+    finally:
+        codec._fused = saved
+
+
+def check(codec, idx, vals):
+    """Encode, encode-with-decoded-values and decode agree with and without the fused path."""
+    assert codec._fused is not None
+    for fn in (lambda: codec.encode_sparse(idx, vals), lambda: codec.encode_sparse_sent(idx, vals, torch.float32)):
+        fast, ref = outcome(fn), unfused(codec, fn)
+        assert fast[0] == ref[0] and same(fast[1], ref[1]), (fast, ref)
+    kind, enc = outcome(lambda: codec.encode_sparse(idx, vals))
+    if kind != "ok":
+        return
+    data, sizes = enc
+    if idx.numel():  # (the fused path itself ran: a batch of messages, none empty)
+        assert codec._fused.encode(idx, vals) is not None
+        assert codec._fused.decode(data, sizes, idx.shape[1], torch.float32) is not None
+
+    def dec():
+        return codec.decode_sparse(data, sizes, idx.shape[1], torch.float32)
+
+    fast, ref = outcome(dec), unfused(codec, dec)
+    assert fast[0] == ref[0] == "ok" and same(fast[1], ref[1]), (fast, ref)
+    assert torch.equal(fast[1][0], idx)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_messages_equal_the_codec_parts(name):
+    codec = make_codec(name, LAYOUT)
+    for j, k in enumerate((1, 2, 17, 120, 400, LAYOUT.numel - 1, LAYOUT.numel)):
+        for n in (1, 3):
+            idx, vals = random_message(LAYOUT, n, k, seed=7 * j + n, nonfinite=(j % 2 == 1))
+            check(codec, idx, vals)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_messages_with_whole_tensors_implied(name):
+    codec = make_codec(name, LAYOUT, AlgorithmSettings(density=0.05, tensor_policy="vectors").validate())
+    assert codec.implied is not None
+    whole = torch.cat([torch.arange(600, 630), torch.arange(840, 847)])
+    matrix = torch.cat([torch.arange(0, 600), torch.arange(630, 840)])
+    for k, seed in ((0, 1), (1, 2), (40, 3), (810, 4)):
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.stack([torch.sort(torch.cat([matrix[torch.randperm(810, generator=g)[:k]], whole])).values
+                           for _ in range(3)])
+        check(codec, idx, random_message(LAYOUT, 3, idx.shape[1], seed)[1])
+    # a message without every entry of the whole tensors: the codec's own ValueError
+    bad = torch.arange(10).unsqueeze(0)
+    fn = lambda: codec.encode_sparse(bad, torch.ones(1, 10))  # noqa: E731
+    assert outcome(fn)[0] == unfused(codec, fn)[0] == "ValueError"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_decode_turns_away_what_the_codec_turns_away(name):
+    """Every single-byte corruption and truncation of a two-message batch: the same outcome."""
+    codec = make_codec(name, LAYOUT, AlgorithmSettings(density=0.05, tensor_policy="vectors").validate())
+    whole = torch.cat([torch.arange(600, 630), torch.arange(840, 847)])
+    g = torch.Generator().manual_seed(11)
+    idx = torch.stack([torch.sort(torch.cat([torch.randperm(600, generator=g)[:25], whole])).values for _ in range(2)])
+    data, sizes = codec.encode_sparse(idx, random_message(LAYOUT, 2, idx.shape[1], 5)[1])
+    cases = []
+    for p in range(0, data.numel(), 3):
+        for flip in (1, 0x80, 0xFF):
+            bad = data.clone()
+            bad[p] ^= flip
+            cases.append((bad, sizes))
+    cases += [(data[:-1], [sizes[0], sizes[1] - 1]), (data, [sizes[0] - 1, sizes[1] + 1]), (data, sizes[:1])]
+    for bad, sz in cases:
+        fn = lambda: codec.decode_sparse(bad, sz, idx.shape[1], torch.float32)  # noqa: E731
+        fast, ref = outcome(fn), unfused(codec, fn)
+        assert fast[0] == ref[0] and same(fast[1], ref[1]), (fast, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_block_threshold_of_unsampled_segments(kind, dtype):
+    """Segments too short for a sample but at least 64 k long take the blocks' maxima threshold."""
+    gen = torch.Generator().manual_seed(3)
+    for n, k in ((5_120, 51), (5_000, 50), (640, 10), (64 * 7 + 5, 7)):
+        assert K.sample_plan(n, k) is None and n >= K._BLOCK * k
+        x = rows_of(kind, 3, n, gen, dtype)
+        idx, val = T.topk_rows(x, k)
+        assert torch.equal(idx, reference(x, k)), (kind, n, k)
+        assert same(val, torch.gather(x, 1, idx))

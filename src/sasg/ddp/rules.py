@@ -49,7 +49,6 @@ DEFAULT_WARMUP = 5
 # without (the hook lets Adam coast through an empty round instead, which skips twice as often
 # for the same accuracy).
 DEFAULT_LAZY_AGGREGATE = "rotating"
-ADAM_LAZY_AGGREGATE = "senders"
 
 
 def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int | None = None,
@@ -74,10 +73,9 @@ def hook_algorithm(algo: str, *, tensor_policy: str | None = None, warmup: int |
         lazy = capability(REGISTRIES["trigger"].get(spec.trigger), "lazy")
         keeps_messages = not capability(REGISTRIES["memory"].get(memory), "server_store")
         aggregate = "last"
-        if lazy and keeps_messages:
-            aggregate = ADAM_LAZY_AGGREGATE if adam else DEFAULT_LAZY_AGGREGATE
-            if aggregate == DEFAULT_LAZY_AGGREGATE and not _takes_turns(spec, settings, tensor_policy, warmup):
-                aggregate = ADAM_LAZY_AGGREGATE
+        if lazy and keeps_messages:  # no turns under Adam, nor for a plug-in rule that cannot take them
+            turns = not adam and _takes_turns(spec, settings, tensor_policy, warmup)
+            aggregate = DEFAULT_LAZY_AGGREGATE if turns else "senders"
     return AlgorithmSpec.parse(algo, AlgorithmSettings(**settings, tensor_policy=tensor_policy, warmup=warmup,
                                                        aggregate=aggregate))
 

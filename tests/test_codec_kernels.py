@@ -336,3 +336,24 @@ def test_implied_indices_split_and_merge_match_the_reference(data):
         assert same(imp.merge(kept.to(torch.int32)), reference(lambda: imp.merge(kept.to(torch.int32))))
     else:
         assert got == want
+
+
+# ---------------------------------------------------------------------------- dense messages
+@pytest.mark.parametrize("value", VALUE)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_dense_messages_decode_alike_on_both_paths(value, layout):
+    """A dense message (the warm-up rounds', a dense compressor's) decodes on the compiled path
+    too: the same values bit for bit, and the same errors for every one-byte change and cut."""
+    lay = LAYOUTS[layout]
+    codec = make_codec(f"rice+{value}", lay)
+    g = torch.Generator().manual_seed(11)
+    vals = torch.randn(3, lay.numel, generator=g)
+    vals[1, :: max(1, lay.numel // 4)] = float("inf")  # non-finite magnitudes decode too
+    vals[2, 0] = -0.0
+    data, sizes = reference(lambda: codec.encode_dense(vals))
+    both(lambda: codec.decode_dense(data, sizes, torch.float32))
+    for at in range(0, data.numel(), max(1, data.numel() // 40)):
+        bad = data.clone()
+        bad[at] ^= 0xA5
+        both(lambda: codec.decode_dense(bad, sizes, torch.float32))
+    both(lambda: codec.decode_dense(data[:-1], [sizes[0], sizes[1], sizes[2] - 1], torch.float32))

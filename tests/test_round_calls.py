@@ -3,7 +3,9 @@
 Every collective is a round trip at least; on a real link each costs a latency however few bytes
 it carries. The contract: a round makes its payload's call, plus at most one call of its own (the
 flags of a lazy rule, or the sizes of messages whose size varies), and none where every rank
-knows the sizes in advance (a fixed-size codec with a rule that always sends).
+knows the sizes in advance: a fixed-size codec with a rule that always sends, or (fixed slots,
+:mod:`sasg.distributed.slots`) a varying-size codec with a rule that always sends, from the
+second round of a kind of message on (the first exchanges sizes to learn the slot).
 
 Two real gloo ranks train through the hook; the torch.distributed functions the transport calls
 are wrapped in counters (they still run: a spy, not a mock), and the calls of the rounds after
@@ -20,13 +22,14 @@ import torch.nn.functional as F
 
 from test_distributed import spawn
 
-# (algo, codec, extra calls per round on top of the payload's)
+# (algo, codec, extra calls per round on top of the payload's, warm-up rounds)
 CASES = [
-    ("always+topk", "paper32", 0),  # fixed sizes, everyone sends: nothing to tell
-    ("always+topk", "rice+fp32", 1),  # the hook's default: sizes vary, one size exchange
-    ("always+topk", "rice+sign", 1),
-    ("wk1+topk", "paper32", 1),  # a lazy rule: one flag byte per rank
-    ("wk1+topk", "rice+sign", 1),  # ... which the size exchange carries (0 = skip)
+    ("always+topk", "paper32", 0, 0),  # fixed sizes, everyone sends: nothing to tell
+    ("always+topk", "rice+fp32", 0, 0),  # the hook's default: sizes vary, in slots known in advance
+    ("always+topk", "rice+sign", 0, 0),
+    ("always+topk", "rice+sign", 0, 2),  # dense rounds first: a second kind of message, a second slot
+    ("wk1+topk", "paper32", 1, 0),  # a lazy rule: one flag byte per rank
+    ("wk1+topk", "rice+sign", 1, 0),  # ... which the size exchange carries (0 = skip)
 ]
 STEPS = 6
 COLLECTIVES = ("all_to_all_single", "all_reduce", "all_gather", "all_gather_into_tensor", "broadcast",
@@ -54,12 +57,12 @@ def _rank(rank: int, world: int, out: str) -> None:
     result = {}
     try:
         gen = torch.Generator().manual_seed(rank)
-        for algo, codec, _ in CASES:
+        for algo, codec, _, warmup in CASES:
             torch.manual_seed(0)
             model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
                                                                 torch.nn.Linear(16, 4)))
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
-            state = sasg.ddp.register(model, algo, codec, density=0.1, lr=opt, warmup=0)
+            state = sasg.ddp.register(model, algo, codec, density=0.1, lr=opt, warmup=warmup)
             per_round = []
             for _ in range(STEPS):
                 before = sum(calls.values())
@@ -69,8 +72,9 @@ def _rank(rank: int, world: int, out: str) -> None:
                 opt.step()
                 per_round.append(sum(calls.values()) - before)
             payload_rounds = state.transport.counters.payload_rounds
-            result[f"{algo} {codec}"] = {"per_round": per_round, "payload_rounds": payload_rounds,
-                                         "uploads": state.ledger.totals()["uploads"]}
+            result[f"{algo} {codec} {warmup}"] = {"per_round": per_round, "payload_rounds": payload_rounds,
+                                                  "uploads": state.ledger.totals()["uploads"],
+                                                  "counters": state.transport.counters.to_dict()}
     finally:
         for name, fn in originals.items():
             setattr(dist, name, fn)
@@ -83,12 +87,22 @@ def test_a_round_makes_its_payload_call_and_at_most_one_more(tmp_path):
     out = tmp_path / "calls.json"
     spawn(_rank, 2, str(out))
     got = json.loads(out.read_text())
-    for algo, codec, extra in CASES:
-        r = got[f"{algo} {codec}"]
+    for algo, codec, extra, warmup in CASES:
+        r = got[f"{algo} {codec} {warmup}"]
         rounds = r["per_round"][1:]  # the first round also builds the engine (set-up calls)
+        assert r["payload_rounds"] == len(r["per_round"]) or algo.startswith("wk1"), (algo, codec, r)
         assert r["payload_rounds"] >= 1, (algo, codec, r)
+        slotted = algo.startswith("always") and codec.startswith("rice")
         for n in rounds:
-            # the payload's own call when someone sent (a lazy round where nobody sends has none)
-            assert n in (extra, extra + 1), (algo, codec, r)
-        if not algo.startswith("wk1"):
+            # the payload's own call when someone sent (a lazy round where nobody sends has none),
+            # and in slots the sizes' call in the first round of a kind
+            assert n in (extra, extra + 1) or (slotted and n == 2), (algo, codec, r)
+        if slotted:
+            # The first compressed round exchanges sizes; after it, one call a round. (The dense
+            # warm-up rounds' messages have a fixed size: one call each.)
+            assert r["per_round"] == [1] * warmup + [2] + [1] * (STEPS - warmup - 1), r
+            # every compressed round's sizes travelled, in their own call or in the slots
+            assert r["counters"]["flag_rounds"] == STEPS - warmup, r
+            assert r["counters"]["padding_bytes_sent"] > 0, r
+        elif not algo.startswith("wk1"):
             assert rounds == [extra + 1] * len(rounds), (algo, codec, r)

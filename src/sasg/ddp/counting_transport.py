@@ -1,11 +1,12 @@
 """The hook's transport: :class:`sasg.distributed.TorchTransport`, plus each rank's bits.
 
-The exchange itself is the distributed runner's, unchanged: flags or sizes first (one byte or
-one int32 from every rank to every rank in one ``all_to_all_single``; nothing when everyone
-always sends fixed-size messages), then one ``all_to_all_single`` with the senders' byte counts
-as splits (on several nodes relayed point to point instead, :mod:`sasg.distributed.relay`),
-so a skipping rank sends no payload at all and varying-size messages (Golomb-Rice) travel
-without padding. Every rank ends up with every sender's bytes and decodes them itself.
+The exchange itself is the distributed runner's, unchanged: flags or sizes first where ranks may
+skip (one byte or one int32 from every rank to every rank in one ``all_to_all_single``), then one
+``all_to_all_single`` with the senders' byte counts as splits (on several nodes relayed point to
+point instead, :mod:`sasg.distributed.relay`), so a skipping rank sends no payload at all. Where
+every rank sends (``always``) and sizes vary (Golomb-Rice), the sizes ride at the head of fixed
+slots in the payload's one call instead (:mod:`sasg.distributed.slots`). Every rank ends up with
+every sender's bytes and decodes them itself.
 
 What this subclass adds: every rank learns every sender's message size in that exchange, so it
 keeps ``bits_by_rank[m]`` = 8 x the bytes of all messages rank ``m`` has sent (each message

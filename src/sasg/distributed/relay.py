@@ -70,6 +70,38 @@ def node_of_ranks(all_gather_int: Callable[[int], list[int]]) -> list[int]:
     return all_gather_int(zlib.crc32(key.encode()))
 
 
+Step = tuple[list[tuple[int, list[int]]], list[tuple[int, list[int]]]]
+
+
+def relay_plan(topology: Topology, me: int, senders: Sequence[int]) -> list[Step]:
+    """The relay's two steps seen from ``me``, for the ranks in ``senders`` (ascending): per step,
+    the ``(peer, [senders whose messages go in this piece])`` it sends and receives. Every rank
+    computes the same plan from the same senders, so each receive meets its send."""
+    nodes, mine = topology.nodes, topology.nodes[me]
+    # 1. across nodes: each sender to its delegate on every other node
+    sends = [(topology.delegate(me, n), [me]) for n in topology.members if n != mine] if me in senders else []
+    recvs = [(s, [s]) for s in senders if nodes[s] != mine and topology.delegate(s, mine) == me]
+    # 2. within a node: what each rank holds, to each of its node-mates
+    held = topology.held_by(me, senders)
+    mates = [t for t in topology.members[mine] if t != me]
+    sends2 = [(t, held) for t in mates] if held else []
+    recvs2 = [(t, theirs) for t in mates if (theirs := topology.held_by(t, senders))]
+    return [(sends, recvs), (sends2, recvs2)]
+
+
+def relay_copies(topology: Topology, me: int, senders: Sequence[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """How many copies of each sender's message ``me`` sends and receives in the relay (what its
+    byte counts are made of, whatever the messages' sizes)."""
+    out: dict[int, int] = {}
+    into: dict[int, int] = {}
+    for sends, recvs in relay_plan(topology, me, senders):
+        for counts, pieces in ((out, sends), (into, recvs)):
+            for _, those in pieces:
+                for s in those:
+                    counts[s] = counts.get(s, 0) + 1
+    return out, into
+
+
 def relay_exchange(topology: Topology, me: int, own: Tensor, sizes: Sequence[int],
                    p2p: Callable[[list[tuple[int, Tensor]], list[tuple[int, Tensor]]], None]
                    ) -> tuple[Tensor, int, int]:
@@ -79,40 +111,26 @@ def relay_exchange(topology: Topology, me: int, own: Tensor, sizes: Sequence[int
     recvs)`` posts the ``(peer, tensor)`` sends and receives of one step together and waits for
     them (point to point, so a pair with nothing to exchange exchanges nothing, not even a
     header). Returns the messages and the bytes this rank sent to and received from others."""
-    M, nodes = len(sizes), topology.nodes
-    senders = [s for s in range(M) if sizes[s] > 0]
-    mine = nodes[me]
+    senders = [s for s in range(len(sizes)) if sizes[s] > 0]
     pieces: dict[int, Tensor] = {me: own} if sizes[me] > 0 else {}
     sent = recv = 0
-
-    # 1. across nodes: each sender to its delegate on every other node
-    sends = [(topology.delegate(me, n), own) for n in topology.members if n != mine] if sizes[me] else []
-    recvs = [(s, own.new_empty(sizes[s])) for s in senders if nodes[s] != mine and topology.delegate(s, mine) == me]
-    p2p(sends, recvs)
-    pieces.update(recvs)
-    sent += sum(t.numel() for _, t in sends)
-    recv += sum(t.numel() for _, t in recvs)
-
-    # 2. within a node: what each rank holds, to each of its node-mates
-    held = topology.held_by(me, senders)
-    mates = [t for t in topology.members[mine] if t != me]
-    block = torch.cat([pieces[s] for s in held]) if len(held) > 1 else (pieces[held[0]] if held else None)
-    sends = [(t, block) for t in mates] if block is not None else []
-    recvs = []
-    for t in mates:
-        theirs = topology.held_by(t, senders)
-        if theirs:
-            recvs.append((t, own.new_empty(sum(sizes[s] for s in theirs))))
-    p2p(sends, recvs)
-    sent += sum(t.numel() for _, t in sends)
-    recv += sum(t.numel() for _, t in recvs)
-    for t, buf in recvs:
-        theirs = topology.held_by(t, senders)
-        for s, part in zip(theirs, buf.split([sizes[s] for s in theirs])):
-            pieces[s] = part
+    for sends, recvs in relay_plan(topology, me, senders):
+        # what this rank holds for each piece it sends (its own message, or all it holds: one
+        # block, made once for all its node-mates)
+        blocks: dict[tuple[int, ...], Tensor] = {}
+        for _, those in sends:
+            if tuple(those) not in blocks:
+                blocks[tuple(those)] = torch.cat([pieces[s] for s in those]) if len(those) > 1 else pieces[those[0]]
+        out = [(peer, blocks[tuple(those)]) for peer, those in sends]
+        into = [(peer, own.new_empty(sum(sizes[s] for s in those))) for peer, those in recvs]
+        p2p(out, into)
+        sent += sum(t.numel() for _, t in out)
+        recv += sum(t.numel() for _, t in into)
+        for (_, those), (_, buf) in zip(recvs, into):
+            pieces.update(zip(those, buf.split([sizes[s] for s in those])))
     if not senders:
         return own.new_empty(0), sent, recv
     return torch.cat([pieces[s] for s in senders]), sent, recv
 
 
-__all__ = ["Topology", "node_of_ranks", "relay_exchange"]
+__all__ = ["Topology", "node_of_ranks", "relay_copies", "relay_exchange", "relay_plan"]

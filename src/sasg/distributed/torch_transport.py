@@ -1,7 +1,8 @@
 """What crosses between ranks each round, on ``torch.distributed`` — and a byte count of it.
 
-Two exchanges per round, both symmetric (every rank makes the same calls in the same order, decided
-only from data every rank already holds, so no rank ever waits on a send that will not happen):
+Two exchanges per round at most, both symmetric (every rank makes the same calls in the same
+order, decided only from data every rank already holds, so no rank ever waits on a send that will
+not happen):
 
 1. **flags** — one byte from every rank to every rank, "I upload this round", in one
    ``all_to_all_single`` (lazy triggers only; with an always-upload trigger every rank knows the
@@ -14,9 +15,14 @@ only from data every rank already holds, so no rank ever waits on a send that wi
    each, the messages are relayed instead (:mod:`.relay`: point-to-point sends planned from the
    same sizes; each message crosses the link to another node once and the same bytes arrive).
 
+Messages of varying size that every rank sends (an always-upload trigger) skip the first
+exchange after their first round: each size travels at the head of a fixed slot in the payload's
+call (:mod:`.slots`).
+
 :class:`TransportCounters` counts the bytes this rank hands to the collectives for other ranks,
-by line (flags, payload). It implements :class:`sasg.engine.Transport` with one worker per rank
-(``local_workers == [rank]``); the one-process case is :class:`sasg.engine.InProcessTransport`.
+by line (flags, payload, and the slots' padding). It implements :class:`sasg.engine.Transport`
+with one worker per rank (``local_workers == [rank]``); the one-process case is
+:class:`sasg.engine.InProcessTransport`.
 """
 
 from __future__ import annotations
@@ -33,12 +39,18 @@ from ..accounting import FLAG_BITS_PER_WORKER, SIZE_BITS_PER_WORKER
 from ..core.codecs import CodecError
 from ..core.payloads import Encoded, Payload
 from ..engine.transport import TransportCounters
-from .relay import Topology, node_of_ranks, relay_exchange
+from .relay import Topology, node_of_ranks, relay_copies, relay_exchange
+from .slots import PREFIX, SlotBook, pack, padding_of, read_sizes, tails_of, unpack
 
 
 # gloo matches point-to-point messages by (peer, tag): the relay's own tag keeps its messages apart
 # from any sends of the training script on the same group (the DDP hook shares the user's group).
 RELAY_TAG = 0x5A56
+
+
+def _env_on(name: str) -> bool:
+    """A switch in the environment: on unless set to 0, off, false or no."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 class PeerFailure(RuntimeError):
@@ -71,9 +83,13 @@ class TorchTransport:
             device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
         self.device = torch.device(device)
         self.counters = TransportCounters()
+        # Varying-size messages everyone sends: their slot, per kind (SASG_SLOTS=0: sizes first,
+        # every round, and no padding on the wire).
+        self._slots = SlotBook() if _env_on("SASG_SLOTS") else None
+        self._fixed_sizes: dict = {}  # the size of a fixed-size kind of message
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         if isinstance(nodes, str) and nodes == "auto":
-            relay = os.environ.get("SASG_RELAY", "1").strip() not in ("0", "off", "false", "no")
+            relay = _env_on("SASG_RELAY")
             nodes = node_of_ranks(self.all_gather_int) if relay and self.world_size > 1 else None
         elif nodes is not None and len(nodes) != self.world_size:
             raise ValueError(f"nodes: one node per rank ({self.world_size}), got {len(nodes)}")
@@ -126,12 +142,51 @@ class TorchTransport:
         ``upload`` is this rank's (1,) answer and ``sent`` its encoded message (one, or none when
         it skips). Fixed-size messages: a lazy trigger's flags travel as one byte per rank, and
         every rank knows a message's size. Varying sizes: each rank's size travels instead (an
-        int32; 0 = skip). Then one ``all_to_all_single`` with the senders' sizes as splits."""
+        int32; 0 = skip). Then one ``all_to_all_single`` with the senders' sizes as splits.
+        Varying sizes where everyone sends (``always``): after the first round of a kind, the
+        size rides at the head of a slot every rank knows the size of, in one call
+        (:mod:`.slots`)."""
         M, me = self.world_size, self.rank
         self.counters.rounds += 1
         mine = bool(upload.reshape(-1)[0]) if upload.numel() else False
+        home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
+        # A kind of message, named alike on every rank (which of them know a slot must agree).
+        key = (type(template).__name__, tuple(template.values.shape[1:]), getattr(codec, "name", str(codec)))
+        slotted = M > 1 and not lazy and not template.fixed_size(codec)
+        slotted = slotted and self._slots is not None
+        slot = self._slots.get(key) if slotted else None
+        if slot is not None:
+            if not mine:
+                raise ValueError(f"rank {me}: a rule that always sends skipped a round")
+            data, sizes = self._slot_exchange(sent, slot)
+            flags = [True] * M
+        else:
+            flags, sizes, data = self._sized_exchange(mine, sent, template, codec, lazy, key)
+        if slotted:
+            self._slots.learn(key, sizes)
+        data = data.to(home)
+        senders = [s for s in range(M) if flags[s]]
+        sender_sizes = [sizes[s] for s in senders]
+        try:
+            payload = template.decode(codec, data, sender_sizes)
+        except CodecError as e:
+            raise CodecError(
+                f"rank {me}, round {self.counters.rounds}: the messages of rank(s) {senders} do not decode "
+                f"({e}); the link or a peer corrupted them"
+            ) from None
+        return torch.tensor(flags), payload, sender_sizes
+
+    def _sized_exchange(self, mine: bool, sent: Encoded, template: Payload, codec, lazy: bool, key
+                        ) -> tuple[list[bool], list[int], Tensor]:
+        """Flags or sizes first (where not every rank knows them), then the senders' messages:
+        ``(flags, sizes, the messages back to back)``."""
+        M, me = self.world_size, self.rank
         if template.fixed_size(codec):
-            size = template.encode(codec)[1][0]
+            size = self._fixed_sizes.get(key)
+            if size is None:
+                # Once per kind: encoding the template is a whole message's work (a dense sign
+                # message of 11.6M values: 60 ms), for a size that never changes.
+                size = self._fixed_sizes[key] = template.encode(codec)[1][0]
             if lazy and M > 1:
                 flags = [bool(f) for f in self._gather("the flag exchange", int(mine), torch.uint8)]
             else:
@@ -143,34 +198,58 @@ class TorchTransport:
             flags = [n > 0 for n in sizes]
         if mine and sizes[me] != sent.sizes[0]:
             raise ValueError(f"rank {me}: message of {sent.sizes[0]} bytes, expected {sizes[me]}")
-        home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
         if M > 1 and any(flags):  # the flags are the same on every rank: all call, or none
             # Every sender's message to every rank, itself included: the receive buffer is then all
             # the messages in rank order, decoded where it lies (no concatenated copy). The copy a
             # rank sends itself never leaves the process and is not counted.
             own_bytes = sent.data.to(self.device) if mine else torch.empty(0, dtype=torch.uint8, device=self.device)
-            if self.topology is not None:
-                recv, nsent, nrecv = relay_exchange(self.topology, me, own_bytes, sizes, self._p2p)
-            else:
-                recv = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
-                self._all_to_all(recv, own_bytes.repeat(M), list(sizes), [sizes[me]] * M)
-                nsent, nrecv = sizes[me] * (M - 1), sum(sizes) - sizes[me]
+            recv, nsent, nrecv = self._spread(own_bytes, sizes)
             self.counters.payload_rounds += 1
             self.counters.payload_bytes_sent += nsent
             self.counters.payload_bytes_recv += nrecv
-            data = recv.to(home)
-        else:
-            data = sent.data.to(home) if mine else torch.empty(0, dtype=torch.uint8, device=home)
-        senders = [s for s in range(M) if flags[s]]
-        sender_sizes = [sizes[s] for s in senders]
+            return flags, sizes, recv
+        return flags, sizes, sent.data if mine else torch.empty(0, dtype=torch.uint8)
+
+    def _spread(self, own: Tensor, sizes: list[int]) -> tuple[Tensor, int, int]:
+        """Every rank's ``own`` (``sizes[r]`` bytes; 0: none) on every rank, back to back in rank
+        order (relayed on several nodes); and the bytes this rank sent and received."""
+        M, me = self.world_size, self.rank
+        if self.topology is not None:
+            return relay_exchange(self.topology, me, own, sizes, self._p2p)
+        recv = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
+        self._all_to_all(recv, own.repeat(M), list(sizes), [sizes[me]] * M)
+        return recv, sizes[me] * (M - 1), sum(sizes) - sizes[me]
+
+    def _slot_exchange(self, sent: Encoded, slot: int) -> tuple[Tensor, list[int]]:
+        """Every rank's message through fixed slots (:mod:`.slots`): one call, and one more for
+        the tails of messages that outgrew theirs. Returns the messages back to back and their
+        sizes, as the size exchange would."""
+        M, me = self.world_size, self.rank
+        own = sent.data.to(self.device)
+        head, tail = pack(own, slot)
+        heads = self._spread(head, [slot] * M)[0]
         try:
-            payload = template.decode(codec, data, sender_sizes)
+            sizes = read_sizes(heads, M, slot, range(M))
         except CodecError as e:
-            raise CodecError(
-                f"rank {me}, round {self.counters.rounds}: the messages of rank(s) {senders} do not decode "
-                f"({e}); the link or a peer corrupted them"
-            ) from None
-        return torch.tensor(flags), payload, sender_sizes
+            raise CodecError(f"rank {me}, round {self.counters.rounds}: {e}; the link or a peer corrupted it") from None
+        if sizes[me] != sent.sizes[0]:
+            raise ValueError(f"rank {me}: message of {sent.sizes[0]} bytes, expected {sizes[me]}")
+        tails = tails_of(sizes, slot)
+        rest = self._spread(tail, tails)[0] if any(tails) else heads.new_empty(0)
+        # The ledger's lines, as the size exchange would count them, and the slots' padding apart.
+        if self.topology is not None:
+            out, into = relay_copies(self.topology, me, range(M))
+        else:
+            out, into = {me: M - 1}, {s: 1 for s in range(M) if s != me}
+        c = self.counters
+        c.flag_rounds += 1
+        c.payload_rounds += 1
+        for copies, flag, payload, padding in ((out, "flag_bytes_sent", "payload_bytes_sent", "padding_bytes_sent"),
+                                               (into, "flag_bytes_recv", "payload_bytes_recv", "padding_bytes_recv")):
+            setattr(c, flag, getattr(c, flag) + PREFIX * sum(copies.values()))
+            setattr(c, payload, getattr(c, payload) + sum(n * sizes[s] for s, n in copies.items()))
+            setattr(c, padding, getattr(c, padding) + sum(n * padding_of(sizes[s], slot) for s, n in copies.items()))
+        return unpack(heads, sizes, slot, rest), sizes
 
     def _all_to_all(self, recv: Tensor, send: Tensor, out_splits: list[int], in_splits: list[int]) -> None:
         self._call("the payload exchange", dist.all_to_all_single, recv, send,

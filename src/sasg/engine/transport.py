@@ -22,6 +22,7 @@ optimizer outside ``torchrun``): nothing crosses anything. The ``torch.distribut
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -43,12 +44,18 @@ class TransportCounters:
     flag_rounds: int = 0
     payload_rounds: int = 0  # rounds in which the payload collective ran (someone uploaded)
     rounds: int = 0
+    # What fixed slots added to the messages and sizes (sasg.distributed.slots): the padding.
+    padding_bytes_sent: int = 0
+    padding_bytes_recv: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def load(self, state: dict, where: str = "transport") -> None:
-        """Take saved counters: all of them, or (anything missing or not a count) none."""
+        """Take saved counters: all of them, or (anything missing or not a count) none. The
+        padding counters came later: a state saved without them had none."""
+        if isinstance(state, Mapping):
+            state = {"padding_bytes_sent": 0, "padding_bytes_recv": 0, **state}
         check_like(state, {k: at_least(0) for k in self.to_dict()}, where)
         for k, v in state.items():
             setattr(self, k, int(v))

@@ -26,6 +26,11 @@ on the mean of the 4 gradients, seed 0):
   sasg-runner       sasg's runner (sasg.distributed.DistributedRun, what every `sasg launch`
                     worker runs): SASG, h = 1 %, D = 10, c = 2, paper32 codec
   sasg-runner-rice  the same with the rice+sign codec
+  floor-local       not a method: a hook that hands every rank its own gradient back, 100
+                    iterations: what the ranks' forward, backward and step cost on this machine
+  floor-one-call    the same plus one empty all_to_all a round: the least any method that talks
+                    every round pays (``bound_speedup_vs_ddp_<rate>`` in the JSON: DDP's seconds
+                    over this floor's seconds per iteration times DDP's iterations)
 
 ``--setting comm-heavy``: a model where the link, not the CPU, sets DDP's pace. The same data,
 batch, lr and rows, but the model is an MLP 784-4096-2048-10 with ReLU, 11,626,506 parameters:
@@ -85,8 +90,16 @@ ROWS = {
     "sasg-hook": ("hook", "always+topk", "rice+sign", "sasg hook always+topk, rice+sign"),
     "sasg-runner": ("runner", "sasg", "paper32", "sasg runner SASG, paper32"),
     "sasg-runner-rice": ("runner", "sasg", "rice+sign", "sasg runner SASG, rice+sign"),
+    # Floors, not methods: a hook that hands each rank its own gradient back (no averaging, so no
+    # accuracy to speak of), with no collective call or one empty one a round. They run
+    # FLOOR_ITERATIONS iterations for their seconds per iteration: what this machine's ranks cost
+    # before any bytes move, and what one latency-bound call a round adds.
+    "floor-local": ("floor", 0, None, "floor: no exchange"),
+    "floor-one-call": ("floor", 1, None, "floor: one empty all_to_all a round"),
 }
 SASG_ROWS = ("sasg-hook", "sasg-runner", "sasg-runner-rice")
+FLOOR_ROWS = ("floor-local", "floor-one-call")
+FLOOR_ITERATIONS = 100
 POWERSGD_ROWS = ("powersgd-r2", "powersgd-r4")
 QUICK_ROWS = ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook", "sasg-runner")
 NODES, PER_NODE = 2, 2  # PER_NODE: the default of --per-node
@@ -170,6 +183,8 @@ def build_row(row: str, setting: dict, max_iterations: int, seed: int, transport
         from powersgd_rows import register_powersgd  # PyTorch's hook, a gloo group per bucket
 
         register_powersgd(model, rank=algo, seed=seed)
+    elif kind == "floor":
+        model.register_comm_hook(None, floor_hook(algo))
     elif kind == "hook":
         import sasg.ddp
 
@@ -192,6 +207,24 @@ def build_row(row: str, setting: dict, max_iterations: int, seed: int, transport
     return step, flat, model.module, sim.layout, extra
 
 
+def floor_hook(calls: int):
+    """A DDP communication hook that returns the bucket as it is (each rank's own gradient); with
+    ``calls`` = 1 it first makes one all_to_all of an int32 per rank, once a round (at the last
+    bucket): the least any method that talks every round pays."""
+    import torch
+    import torch.distributed as dist
+
+    def hook(state, bucket):
+        if calls and bucket.is_last():
+            world = dist.get_world_size()
+            dist.all_to_all_single(torch.empty(world, dtype=torch.int32), torch.zeros(world, dtype=torch.int32))
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    return hook
+
+
 def worker(args) -> None:
     import torch
     import torch.distributed as dist
@@ -210,6 +243,8 @@ def worker(args) -> None:
     data = load_dataset(setting["dataset"])
     step, flat, model, layout, extra = build_row(args.worker, setting, args.max_iterations, args.seed, transport, data)
 
+    floor = ROWS[args.worker][0] == "floor"  # no target: a fixed number of iterations
+    limit = min(args.max_iterations, FLOOR_ITERATIONS) if floor else args.max_iterations
     history, train_s, eval_s, link, it = [], 0.0, 0.0, 0, 0
     reached = None  # (iteration, seconds, link bytes) at the first evaluation >= target
     stop = torch.zeros(1, dtype=torch.int32)
@@ -217,7 +252,7 @@ def worker(args) -> None:
         dist.barrier()
         tx0 = _tx_bytes() if counts_link else 0
         t0 = time.perf_counter()
-        for _ in range(min(args.eval_every, args.max_iterations - it)):
+        for _ in range(min(args.eval_every, limit - it)):
             step()
             it += 1
         dist.barrier()
@@ -227,9 +262,9 @@ def worker(args) -> None:
         if rank == 0:
             acc = evaluate(model, layout, flat(), data.test)["acc"]
             history.append([it, round(acc, 2), round(train_s, 4)])
-            if reached is None and acc >= args.target:
+            if reached is None and acc >= args.target and not floor:
                 reached = it
-            stop[0] = int(reached is not None or it >= args.max_iterations)
+            stop[0] = int(reached is not None or it >= limit)
         dist.broadcast(stop, 0)
         eval_s += time.perf_counter() - t1
         if stop.item():
@@ -352,7 +387,13 @@ def speedups(summary: list[dict]) -> dict:
     for r in summary:
         r["speedup_vs_ddp"] = (round(ddp["seconds_to_target"] / r["seconds_to_target"], 2)
                                if ddp and ddp["seconds_to_target"] and r["seconds_to_target"] else None)
-    return {"best_sasg_row": best["row"] if best else None,
+    floors = {k: by[k]["seconds_per_iteration"] for k in FLOOR_ROWS if k in by}
+    # The most any method making one call a round could gain on DDP here, if it needed DDP's
+    # iterations: DDP's seconds over (the one-call floor's seconds per iteration x those iterations).
+    bound = (round(ddp["seconds_to_target"] / (floors["floor-one-call"] * ddp["iterations_to_target"]), 2)
+             if ddp and ddp["seconds_to_target"] and floors.get("floor-one-call") else None)
+    return {"floor_seconds_per_iteration": floors or None, "bound_vs_ddp": bound,
+            "best_sasg_row": best["row"] if best else None,
             "vs_ddp": round(ddp["seconds_to_target"] / best["seconds_to_target"], 2)
             if best and ddp and ddp["seconds_to_target"] else None,
             "best_powersgd_row": psgd["row"] if psgd else None,
@@ -424,6 +465,8 @@ def orchestrate(args) -> int:
         result["rates"][rate] = {"link": links[rate], **sp, "rows": summary}
         result[f"{prefix}speedup_vs_ddp_{rate}"] = sp["vs_ddp"]
         result[f"{prefix}speedup_vs_powersgd_{rate}"] = sp["vs_powersgd"]
+        if sp["bound_vs_ddp"] is not None:
+            result[f"{prefix}bound_speedup_vs_ddp_{rate}"] = sp["bound_vs_ddp"]
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     result["benchmark_seconds"] = round(time.monotonic() - started, 1)
     if args.out:

@@ -19,8 +19,9 @@ ef add      ``v = e + g / M`` in the error memory                       read 2, 
 top-k       exact per-tensor top-k of ``v``                             read 4d bytes
 encode      the codec's bytes of the message (and what it decodes to)   read K entries, write bytes
 ef update   ``e -= decoded(q)`` on the K sent entries                   K scattered writes
-exchange    the round's collectives: sizes (Rice: varying), payload     one empty collective + bytes
-                                                                        over the link
+exchange    the round's collective: every message in a slot with its    one empty collective + bytes
+            size (sasg.distributed.slots; the sizes' own call only in   over the link
+            a kind's first round), as TorchTransport makes it
 decode      every sender's bytes into messages                          read bytes, write K·M entries
 aggregate   store the messages, sum them into the step, its norm        write 4d, read 4d
 scatter     the step back into the buckets                              read + write 4d bytes
@@ -132,7 +133,6 @@ def _floors(reps: int, sync, world: int) -> dict:
 
 
 def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floors: dict) -> dict:
-    import torch.distributed as dist
     import torch.nn.functional as F
 
     from sasg.ddp.buckets import ParameterIndex
@@ -140,6 +140,7 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     from sasg.engine import RoundEngine
     from sasg.engine.round import Round
     from sasg.core.payloads import transmit
+    from sasg.distributed.slots import slot_for
     from sasg.distributed.torch_transport import TorchTransport
 
     named, model = _params(layout_name, seed)
@@ -203,18 +204,17 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     ms["ef update"] = _median_ms(lambda: sent.payload.subtract_from_(scratch, [0]), reps)
     floor["ef update"] = mem(8 * K)
 
-    # The exchange as TorchTransport makes it: every rank's size (Rice: sizes vary), then the payload.
-    sizes_out = torch.empty(M, dtype=torch.int32)
-    recv = torch.empty(nbytes * M, dtype=torch.uint8)
-    own = sent.data.repeat(M)
+    # The exchange as TorchTransport makes it from a kind's second round on (every rank sends, sizes
+    # vary): each message in a slot that also carries its size, one call (sasg.distributed.slots),
+    # the slot sized from this message as the latest round's largest.
+    slot = slot_for(nbytes)
 
     def exchange():
-        dist.all_to_all_single(sizes_out, torch.full((M,), nbytes, dtype=torch.int32))
         if M > 1:
-            dist.all_to_all_single(recv, own, [nbytes] * M, [nbytes] * M)
+            transport._slot_exchange(sent, slot)
 
     ms["exchange"] = _median_ms(exchange, reps, sync)
-    link_bytes = nbytes * (M - 1)  # what this rank sends (it receives as much)
+    link_bytes = slot * (M - 1)  # what this rank sends (it receives as much), padding included
     floor["exchange"] = floors["latency_ms"] + 1000 * link_bytes / (floors["loopback_gb_s"] * 1e9)
     data = sent.data.repeat(M)
     ms["decode"] = _median_ms(lambda: engine.template.decode(alg.codec, data, [nbytes] * M), reps)

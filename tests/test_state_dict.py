@@ -315,6 +315,14 @@ def test_ledger_and_counters_load_whole_or_not_at_all():
     with pytest.raises(ValueError, match="'transport.bogus' is not part"):
         counters.load({**saved, "rounds": 9, "bogus": 1})
     assert counters.to_dict() == saved
+    # a state saved before the slots' padding counters existed loads, with none; a bad one does not
+    older = without({**saved, "rounds": 9}, ("padding_bytes_sent",))
+    older = without(older, ("padding_bytes_recv",))
+    with pytest.raises(ValueError, match="padding_bytes_sent"):
+        counters.load({**saved, "rounds": 9, "padding_bytes_sent": -1})
+    assert counters.to_dict() == saved
+    counters.load(older)
+    assert counters.to_dict() == {**saved, "rounds": 9, "padding_bytes_sent": 0, "padding_bytes_recv": 0}
 
 
 # ----- the SASG optimizer ---------------------------------------------------------------------------

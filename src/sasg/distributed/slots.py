@@ -62,8 +62,8 @@ def pack(message: Tensor, slot: int) -> tuple[Tensor, Tensor]:
     """``message`` (uint8) as its slot (size, then as much as fits, zero padded) and its tail."""
     size = message.numel()
     fits = min(size, slot - PREFIX)
-    # On the CPU through numpy: a slot is a few kB, where each torch call's fixed cost (~5 µs)
-    # would be most of the work (a round's pack and read: 100 -> 10 µs).
+    # Through numpy: a slot is a few kB, where the fixed cost of each torch call would be most of
+    # the work (a message on a GPU makes the trip to host memory and back: a few kB, once a round).
     out = np.zeros(slot, np.uint8)
     out[:PREFIX] = np.array([size], dtype="<i4").view(np.uint8)
     out[PREFIX:PREFIX + fits] = message[:fits].cpu().numpy()

@@ -53,6 +53,12 @@ def _env_on(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
+def _slot_bytes(copies: dict[int, int], sizes: list[int], slot: int) -> tuple[int, int, int]:
+    """What ``copies`` (sender -> copies of its slot) carried: size bytes, message bytes, padding."""
+    return (PREFIX * sum(copies.values()), sum(n * sizes[s] for s, n in copies.items()),
+            sum(n * padding_of(sizes[s], slot) for s, n in copies.items()))
+
+
 class PeerFailure(RuntimeError):
     """A collective failed: another rank died, hung past the timeout, or the link broke."""
 
@@ -152,8 +158,7 @@ class TorchTransport:
         home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
         # A kind of message, named alike on every rank (which of them know a slot must agree).
         key = (type(template).__name__, tuple(template.values.shape[1:]), getattr(codec, "name", str(codec)))
-        slotted = M > 1 and not lazy and not template.fixed_size(codec)
-        slotted = slotted and self._slots is not None
+        slotted = self._slots is not None and M > 1 and not lazy and not template.fixed_size(codec)
         slot = self._slots.get(key) if slotted else None
         if slot is not None:
             if not mine:
@@ -244,11 +249,14 @@ class TorchTransport:
         c = self.counters
         c.flag_rounds += 1
         c.payload_rounds += 1
-        for copies, flag, payload, padding in ((out, "flag_bytes_sent", "payload_bytes_sent", "padding_bytes_sent"),
-                                               (into, "flag_bytes_recv", "payload_bytes_recv", "padding_bytes_recv")):
-            setattr(c, flag, getattr(c, flag) + PREFIX * sum(copies.values()))
-            setattr(c, payload, getattr(c, payload) + sum(n * sizes[s] for s, n in copies.items()))
-            setattr(c, padding, getattr(c, padding) + sum(n * padding_of(sizes[s], slot) for s, n in copies.items()))
+        flag, payload, padding = _slot_bytes(out, sizes, slot)
+        c.flag_bytes_sent += flag
+        c.payload_bytes_sent += payload
+        c.padding_bytes_sent += padding
+        flag, payload, padding = _slot_bytes(into, sizes, slot)
+        c.flag_bytes_recv += flag
+        c.payload_bytes_recv += payload
+        c.padding_bytes_recv += padding
         return unpack(heads, sizes, slot, rest), sizes
 
     def _all_to_all(self, recv: Tensor, send: Tensor, out_splits: list[int], in_splits: list[int]) -> None:

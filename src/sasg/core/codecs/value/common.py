@@ -98,7 +98,7 @@ def kernel_decode(decode, rows: Tensor, groups: Groups, out_dtype) -> np.ndarray
 
     Dense groups decode here too, unlike encoding: a decoded value depends only on the bytes, so
     the kernel gives the torch path's numbers whatever the groups, and a dense message is where the
-    torch path costs most (a dense ``sign`` message of 11.6M values: 150 ms to expand the
+    torch path costs most (a dense ``sign`` message of 11.6M values: 150–180 ms to expand the
     magnitudes and pick the signs, in every warm-up round, once per rank's message)."""
     if not _cpu_kernels(rows):
         return None

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/rank_round.py                            # flags: 4 ranks, sasg, 6 turns of 50 rounds
     .venv/bin/python benchmarks/rank_round.py --compare gradients --turns 10
     .venv/bin/python benchmarks/rank_round.py --world 4 --algo wk1+topk --codec rice+sign
+    .venv/bin/python benchmarks/rank_round.py --compare slots --world 4   # sparse, rice+sign: slots vs sizes first
 
 ``--world`` ranks (gloo on the CPU, one intra-op thread each) run two copies of the paper's MNIST
 setting (FC 784-512-10, batch 10 per worker, lr 0.05, density 1 %, D = 10, c = 2) with
@@ -16,6 +17,9 @@ change in the machine's load hits both. ``--compare`` picks the pair:
   ring: ``M - 1`` steps one after the other, each waiting for the next rank to be scheduled.
 * ``gradients``: a rank whose ``wk2`` rule will check it computes its fresh and stale gradients in
   one vmap call (``VmapGradients.fresh_and_stale``); the baseline makes two calls.
+* ``slots``: a rule that always sends with messages of varying size (default ``sparse``,
+  ``rice+sign``): each message and its size in a fixed slot, one call a round
+  (:mod:`sasg.distributed.slots`); the baseline exchanges the sizes first (``SASG_SLOTS=0``).
 
 Both candidates of a pair send the same bytes and give the same values. The table gives each
 candidate's median ms per round over the turns; the last line is JSON with ``ratio`` (the
@@ -38,7 +42,10 @@ from datetime import timedelta
 import torch
 
 # --compare -> (baseline, candidate)
-PAIRS = {"flags": ("all_gather", "all_to_all"), "gradients": ("separate", "paired")}
+PAIRS = {"flags": ("all_gather", "all_to_all"), "gradients": ("separate", "paired"),
+         "slots": ("sizes_first", "slots")}
+# --compare -> the (algorithm, codec) it runs when --algo / --codec are left out
+DEFAULT_RUN = {"flags": ("sasg", "paper32"), "gradients": ("sasg", "paper32"), "slots": ("sparse", "rice+sign")}
 SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05, "density": 0.01, "window": 10,
            "threshold_scale": 2.0}
 
@@ -106,7 +113,10 @@ def _build(name: str, config, algo: str, data):
     from sasg.distributed.runner import DistributedRun
     from sasg.distributed.torch_transport import TorchTransport
 
-    run = DistributedRun(config, algo, data, _ring_transport() if name == "all_gather" else TorchTransport(nodes=None))
+    transport = _ring_transport() if name == "all_gather" else TorchTransport(nodes=None)
+    if name == "sizes_first":
+        transport._slots = None  # what SASG_SLOTS=0 gives: the sizes' own call every round
+    run = DistributedRun(config, algo, data, transport)
     if name == "separate":
         run._pair_gradients = False  # the fresh and the stale gradient in two calls, as before
     return run
@@ -131,6 +141,14 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
                 with open(out_path, "w") as f:
                     json.dump({"error": f"--compare gradients needs a rule that checks workers against their "
                                         f"anchors (wk2: sasg, lasg, wk2+...); {args['algo']!r} never pairs"}, f)
+            return
+        if args["compare"] == "slots" and (runs["slots"].algorithm.lazy
+                                           or runs["slots"].engine.template.fixed_size(runs["slots"].algorithm.codec)):
+            if rank == 0:  # nothing to compare: the slots serve varying sizes that everyone sends
+                with open(out_path, "w") as f:
+                    json.dump({"error": f"--compare slots needs a rule that always sends and a codec whose "
+                                        f"sizes vary (e.g. --algo sparse --codec rice+sign); got "
+                                        f"{args['algo']!r} with {args['codec']!r}"}, f)
             return
         for run in runs.values():
             for _ in range(args["warmup"]):
@@ -157,14 +175,19 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compare", choices=sorted(PAIRS), default="flags",
-                   help="flags: all_to_all vs ring all_gather; gradients: one vmap call vs two (flags)")
+                   help="flags: all_to_all vs ring all_gather; gradients: one vmap call vs two; slots: one "
+                   "call a round vs sizes first (flags)")
     p.add_argument("--world", type=int, default=4, help="ranks (4)")
-    p.add_argument("--algo", default="sasg", help="a lazy algorithm (sasg)")
-    p.add_argument("--codec", default="paper32", help="paper32 (fixed sizes: flags) or e.g. rice+sign (sizes)")
+    p.add_argument("--algo", default=None, help="a lazy algorithm (sasg; --compare slots: sparse)")
+    p.add_argument("--codec", default=None, help="paper32 (fixed sizes: flags) or e.g. rice+sign (sizes; "
+                   "--compare slots: rice+sign)")
     p.add_argument("--turns", type=int, default=6, help="turns per candidate (6)")
     p.add_argument("--rounds", type=int, default=50, help="rounds per turn (50)")
     p.add_argument("--warmup", type=int, default=20, help="rounds before timing, per candidate (20)")
     args = p.parse_args(argv)
+    algo, codec = DEFAULT_RUN[args.compare]
+    args.algo = args.algo or algo
+    args.codec = args.codec or codec
     for name in ("world", "turns", "rounds"):
         if getattr(args, name) < (2 if name == "world" else 1):
             p.error(f"--{name} must be at least {2 if name == 'world' else 1}, got {getattr(args, name)}")

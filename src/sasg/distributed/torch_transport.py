@@ -93,6 +93,7 @@ class TorchTransport:
         # every round, and no padding on the wire).
         self._slots = SlotBook() if _env_on("SASG_SLOTS") else None
         self._fixed_sizes: dict = {}  # the size of a fixed-size kind of message
+        self._copies = None  # (sent, received) copies of each rank's slot a round: _slot_copies
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         if isinstance(nodes, str) and nodes == "auto":
             relay = _env_on("SASG_RELAY")
@@ -242,10 +243,7 @@ class TorchTransport:
         tails = tails_of(sizes, slot)
         rest = self._spread(tail, tails)[0] if any(tails) else heads.new_empty(0)
         # The ledger's lines, as the size exchange would count them, and the slots' padding apart.
-        if self.topology is not None:
-            out, into = relay_copies(self.topology, me, range(M))
-        else:
-            out, into = {me: M - 1}, {s: 1 for s in range(M) if s != me}
+        out, into = self._slot_copies()
         c = self.counters
         c.flag_rounds += 1
         c.payload_rounds += 1
@@ -258,6 +256,15 @@ class TorchTransport:
         c.payload_bytes_recv += payload
         c.padding_bytes_recv += padding
         return unpack(heads, sizes, slot, rest), sizes
+
+    def _slot_copies(self) -> tuple[dict[int, int], dict[int, int]]:
+        """How many copies of each rank's slot this rank sends and receives a round (every rank
+        sends one: a property of the topology, worked out once)."""
+        if self._copies is None:
+            M, me = self.world_size, self.rank
+            self._copies = (relay_copies(self.topology, me, range(M)) if self.topology is not None
+                            else ({me: M - 1}, {s: 1 for s in range(M) if s != me}))
+        return self._copies
 
     def _all_to_all(self, recv: Tensor, send: Tensor, out_splits: list[int], in_splits: list[int]) -> None:
         self._call("the payload exchange", dist.all_to_all_single, recv, send,

@@ -23,6 +23,9 @@ on the mean of the 4 gradients, seed 0):
                     the comm-heavy MLP's 3 buckets hung)
   sasg-hook         the same with sasg.ddp.register(algo="always+topk", codec="rice+sign"):
                     top-k 1 % per tensor + error feedback, Golomb-Rice gaps + sign bits
+  sasg-hook-whole   a control, run only when named: the same hook with overlap=False (the whole
+                    gradient first, then one exchange; sasg-hook makes its round part by part,
+                    each part's exchange during the backward pass: sasg.engine.parts)
   sasg-runner       sasg's runner (sasg.distributed.DistributedRun, what every `sasg launch`
                     worker runs): SASG, h = 1 %, D = 10, c = 2, paper32 codec
   sasg-runner-rice  the same with the rice+sign codec
@@ -88,6 +91,9 @@ ROWS = {
     "powersgd-r2": ("powersgd", 2, None, "PowerSGD hook, rank 2"),
     "powersgd-r4": ("powersgd", 4, None, "PowerSGD hook, rank 4"),
     "sasg-hook": ("hook", "always+topk", "rice+sign", "sasg hook always+topk, rice+sign"),
+    # A control, not in the default rows: the hook with overlap=False (the whole gradient first,
+    # then one exchange), against sasg-hook's round part by part during the backward pass.
+    "sasg-hook-whole": ("hook-whole", "always+topk", "rice+sign", "sasg hook, overlap off"),
     "sasg-runner": ("runner", "sasg", "paper32", "sasg runner SASG, paper32"),
     "sasg-runner-rice": ("runner", "sasg", "rice+sign", "sasg runner SASG, rice+sign"),
     # Floors, not methods: a hook that hands each rank its own gradient back (no averaging, so no
@@ -101,6 +107,7 @@ SASG_ROWS = ("sasg-hook", "sasg-runner", "sasg-runner-rice")
 FLOOR_ROWS = ("floor-local", "floor-one-call")
 FLOOR_ITERATIONS = 100
 POWERSGD_ROWS = ("powersgd-r2", "powersgd-r4")
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "sasg-hook-whole")
 QUICK_ROWS = ("ddp", "powersgd-r2", "powersgd-r4", "sasg-hook", "sasg-runner")
 NODES, PER_NODE = 2, 2  # PER_NODE: the default of --per-node
 # The workers are 2 x --per-node (the world size), not part of a setting.
@@ -185,11 +192,12 @@ def build_row(row: str, setting: dict, max_iterations: int, seed: int, transport
         register_powersgd(model, rank=algo, seed=seed)
     elif kind == "floor":
         model.register_comm_hook(None, floor_hook(algo))
-    elif kind == "hook":
+    elif kind in ("hook", "hook-whole"):
         import sasg.ddp
 
         hook = sasg.ddp.register(model, algo=algo, codec=codec, density=setting["density"],
-                                 window=setting["window"], threshold_scale=setting["threshold_scale"], seed=seed)
+                                 window=setting["window"], threshold_scale=setting["threshold_scale"], seed=seed,
+                                 overlap=None if kind == "hook" else False)
         extra["ledger"] = lambda: hook.ledger
     opt = torch.optim.SGD(model.parameters(), lr=setting["lr"])
     x_all, y_all = data.train.x, data.train.y
@@ -487,7 +495,7 @@ def main(argv=None) -> int:
     p.add_argument("--rates", type=lambda s: s.split(","), default=None,
                    help="100mbit,1gbit (comm-heavy: 1gbit,100mbit, with --quick 1gbit)")
     p.add_argument("--rows", type=lambda s: s.split(","), default=None,
-                   help=f"comma-separated, from {','.join(ROWS)} (default: all; --quick: {','.join(QUICK_ROWS)}; "
+                   help=f"comma-separated, from {','.join(ROWS)} (default: all but sasg-hook-whole; --quick: {','.join(QUICK_ROWS)}; "
                    f"comm-heavy --quick: {','.join(DEFAULTS['comm-heavy']['quick_rows'])})")
     p.add_argument("--target", type=float, default=None,
                    help="test accuracy in percent (90; --quick: 88; comm-heavy: 85)")
@@ -523,7 +531,7 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     if args.rows is None:
-        args.rows = list(d["quick_rows"] if args.quick else ROWS)
+        args.rows = list(d["quick_rows"] if args.quick else DEFAULT_ROWS)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")

@@ -34,6 +34,7 @@ class ParameterIndex:
         self.params = [p for _, p in kept]
         self.layout = Layout((n, tuple(p.shape)) for n, p in kept)
         self._segment = {id(p): seg for p, seg in zip(self.params, self.layout.segments)}
+        self._number = {seg.offset: i for i, seg in enumerate(self.layout.segments)}
         first = self.params[0]
         self.device = first.device
 
@@ -92,6 +93,46 @@ class ParameterIndex:
                 "parameters DDP ignores must be frozen (requires_grad=False) or left out of the hook state"
             )
         return out
+
+    def gather_bucket(self, bucket, out: Tensor, filled: set[int]) -> list[int]:
+        """One bucket's gradients into ``out`` (flat, layout order), adding their tensors' numbers
+        to ``filled`` (the round's so far: a tensor twice is an error). Returns those numbers."""
+        mine = []
+        for seg, g in self._pairs(bucket):
+            i = self._number[seg.offset]
+            if i in filled:
+                raise RuntimeError(f"parameter {seg.name!r} came twice in one round of DDP buckets")
+            filled.add(i)
+            mine.append(i)
+            out[seg.offset : seg.end].copy_(g.reshape(-1))
+        return mine
+
+    def parts(self, cap: int, first: int) -> list[tuple[int, int]]:
+        """The model cut into runs of tensors ``(first, stop)`` as DDP cuts its buckets once it has
+        seen the gradients arrive (last tensors first, for a model run front to back): from the last
+        tensor backwards a run closes once it holds ``first`` bytes (the first run) or ``cap``
+        bytes (the others). Runs are returned in that order. A run depends on the model alone, not
+        on DDP's buckets of the moment (the first iteration's, a restart's), so neither do the
+        messages a round made part by part sends."""
+        runs: list[tuple[int, int]] = []
+        stop, size, limit = len(self.params), 0, first
+        for i in reversed(range(len(self.params))):
+            size += self.params[i].numel() * self.params[i].element_size()
+            if size >= limit:
+                runs.append((i, stop))
+                stop, size, limit = i, 0, cap
+        if stop > 0:
+            runs.append((0, stop))
+        return runs
+
+    def check_complete(self, filled: set[int]) -> None:
+        """Every trained parameter came in the round's buckets (``filled``: their tensor numbers)."""
+        if len(filled) != len(self.layout.segments):
+            missing = [s.name for i, s in enumerate(self.layout.segments) if i not in filled]
+            raise RuntimeError(
+                f"{len(missing)} trained parameter(s) reached no DDP bucket this round (e.g. {missing[0]!r}): "
+                "parameters DDP ignores must be frozen (requires_grad=False) or left out of the hook state"
+            )
 
     def scatter(self, flat: Tensor, buckets: Sequence) -> None:
         """Write ``flat`` (layout order) into the buckets' buffers, each in its own dtype."""

@@ -25,8 +25,8 @@ class CountingTransport(TorchTransport):
         super().__init__(group=group, device=device, nodes=nodes)
         self.bits_by_rank = [0] * self.world_size
 
-    def exchange(self, upload, sent, template, codec, lazy):
-        flags, payload, sizes = super().exchange(upload, sent, template, codec, lazy)
+    def exchange(self, upload, sent, template, codec, lazy, **kwargs):
+        flags, payload, sizes = super().exchange(upload, sent, template, codec, lazy, **kwargs)
         senders = [m for m, f in enumerate(flags.tolist()) if f]
         for m, size in zip(senders, sizes):
             self.bits_by_rank[m] += 8 * int(size)

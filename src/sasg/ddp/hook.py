@@ -21,7 +21,10 @@ def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future
     DDP calls it once per gradient bucket, in bucket order. The buckets of one backward pass are
     one round: each bucket's future completes when the last bucket has arrived, the whole
     model's gradient has been compressed, exchanged and aggregated, and every bucket holds its
-    part of the aggregate (the mean of the decompressed messages)."""
+    part of the aggregate (the mean of the decompressed messages). Where the round splits along
+    tensors (``always+topk``, the default; ``HookState``'s ``overlap``), each part of the model is
+    compressed and its exchange started as soon as its buckets are in, while the backward pass
+    goes on."""
     return state.on_bucket(bucket)
 
 
@@ -69,6 +72,10 @@ def register(
             round k so that no round is empty), ``"senders"`` (the same without the turns; the
             default under Adam/AdamW, which coasts through a round nobody sent in) or ``"last"``
             (the paper's: every rank's last message stands; ``sasg.core.aggregate`` measures them).
+        overlap: each part of the model compressed and exchanged as soon as its gradients are in,
+            during the backward pass (default ``None``: wherever the algorithm allows, ``always``
+            with ``topk``, on CPU/gloo; ``True`` insists, ``False`` waits for the whole gradient;
+            the training is the same bit for bit; :class:`HookState` says more).
         step_metric: how a lazy rule measures the parameters' real steps: ``"auto"`` (in the units
             of what the rule compares: Adam's metric under Adam/AdamW, ``1 - momentum`` where
             momentum SGD meets a rule that compares gradients; ``sasg.ddp.HookState``) or
@@ -81,7 +88,8 @@ def register(
     _check_options(algo, options)
     named = _synced_parameters(ddp_model)
     group = process_group if process_group is not None else getattr(ddp_model, "process_group", None)
-    state = HookState(named, algo, codec, process_group=group, module=ddp_model.module, **options)
+    state = HookState(named, algo, codec, process_group=group, module=ddp_model.module,
+                      bucket_cap=getattr(ddp_model, "bucket_bytes_cap", None), **options)
     state.start()
     ddp_model.register_comm_hook(state, comm_hook)
     return state
@@ -104,7 +112,7 @@ def _synced_parameters(ddp_model) -> list:
 
 
 # Set by register itself, not by its caller's options.
-_REGISTER_SETS = ("model", "algo", "codec", "process_group", "module")
+_REGISTER_SETS = ("model", "algo", "codec", "process_group", "module", "bucket_cap")
 
 
 def _check_options(algo: str, options: dict) -> None:

@@ -6,7 +6,10 @@ recent squared steps), its member generators (seeded from ``(seed, rank)`` as in
 and the ledger. All of it is a :class:`sasg.engine.RoundEngine` over one flat
 :class:`~sasg.core.layout.Layout` of the model's trained parameters in ``model.parameters()``
 order: not per bucket, so DDP rebuilding its buckets after the first iteration changes nothing
-and top-k is per tensor exactly as in the simulator.
+and top-k is per tensor exactly as in the simulator. Where the round splits along tensors
+(``overlap``), it is made in parts of that layout (runs of tensors fixed by the model, not by
+DDP's buckets of the moment) whose exchanges run during the backward pass
+(:class:`sasg.engine.parts.PartedRound`); the engine's state and step are the same.
 
 Scale. The hook gets each rank's own gradient :math:`g_m` (DDP leaves the averaging to the hook)
 and hands back, on every rank,
@@ -78,23 +81,19 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import validation
-from ..core.capabilities import provided
 from ..engine import RoundEngine
-from ..core.momentum import compressed_entries
-from ..core.tensor_policy import whole_segments
 from ..runtime import build_algorithm, build_engine, engine_codec, process_transport
 from .buckets import ParameterIndex, bucket_nbytes
 from .hook_checkpoint import HookCheckpoint
-from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
+from .hook_optimizer import OptimizerLink
+from .hook_overlap import Overlap
+from .optimizers import is_adam
 from .rules import hook_algorithm
 from .second_gradient import SecondGradient
 from .counting_transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
 DEFAULT_CODEC = "rice+fp32"
-# How a lazy rule measures the parameters' real steps: "auto" (Adam's metric under Adam/AdamW,
-# else Euclidean) or "euclidean" (||theta^{j+1} - theta^j||^2 whatever the optimizer).
-STEP_METRICS = ("auto", "euclidean")
 
 
 def _lr_reader(lr) -> Callable[[], float] | None:
@@ -116,7 +115,7 @@ def _lr_value(lr) -> float:
     return validation.lr(lr, fix="pass the optimizer's learning rate, e.g. lr=0.05 or lr=optimizer")
 
 
-class HookState(SecondGradient, HookCheckpoint):
+class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     """One rank's state of the sasg communication hook (:func:`sasg.ddp.register` makes it).
 
     ``model``: the module DDP wraps (or its ``(name, parameter)`` pairs). The algorithm is
@@ -131,6 +130,8 @@ class HookState(SecondGradient, HookCheckpoint):
 
     ``module``: the module whose shadow copy :meth:`second_gradient` runs (``wk2`` only; default
     ``model`` when that is a module; :func:`~sasg.ddp.register` passes the DDP model's module).
+    ``overlap``, ``bucket_cap``: the round part by part during the backward pass
+    (:class:`~sasg.ddp.hook_overlap.Overlap` says how and when).
     """
 
     def __init__(
@@ -154,6 +155,8 @@ class HookState(SecondGradient, HookCheckpoint):
         module: nn.Module | None = None,
         aggregate: str | None = None,
         step_metric: str = "auto",
+        overlap: bool | None = None,
+        bucket_cap: int | None = None,
     ):
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
@@ -199,36 +202,7 @@ class HookState(SecondGradient, HookCheckpoint):
         self.engine: RoundEngine | None = None
         self.transport: CountingTransport | None = None
         self._pending: list[tuple[object, torch.futures.Future]] = []
-
-    def _join_optimizer(self, optimizer, momentum_correction: bool, freeze_variance: bool, step_metric: str) -> None:
-        """The user's optimizer, where the hook must work with it (:mod:`sasg.ddp.optimizers`): DGC's
-        momentum correction under momentum SGD, Adam's second moment frozen after the warm-up, and
-        the metric a lazy rule measures the parameters' real steps in."""
-        self.optimizer = optimizer
-        self._compressed_round = False  # did the latest round compress (past the warm-up)?
-        self.momentum = self.variance = None
-        # Rounds nobody sends in (a lazy rule, aggregate "senders") hand Adam a zero gradient.
-        self._coasts = (optimizer is not None and is_adam(optimizer) and self.algorithm.lazy
-                        and self.spec.settings.aggregate == "senders")
-        if optimizer is not None and momentum_correction and is_momentum_sgd(optimizer):
-            compressed = compressed_entries(self.index.layout, self.spec.settings.tensor_policy, self.index.device)
-            self.momentum = MomentumCorrection(optimizer, self.index, compressed)
-        if optimizer is not None and freeze_variance and is_adam(optimizer):
-            self.variance = FrozenVariance(optimizer, self.index, lambda: self._compressed_round,
-                                           self.spec.settings.warmup, self._kept_fractions())
-        step_metric = validation.choice(step_metric, "step_metric", STEP_METRICS,
-                                        fix="how a lazy rule measures the parameters' steps, e.g. step_metric='auto'")
-        # The real steps measured in the units of what the rule compares (module docstring): Adam's
-        # metric under Adam; (1 - momentum) where momentum SGD's velocity steps meet a rule that
-        # compares gradients (no DGC correction, or wk2, whose fresh and stale velocities differ by
-        # a gradient difference); else Euclidean.
-        self._metric_kind = None
-        if step_metric == "auto" and optimizer is not None and self.algorithm.lazy:
-            if is_adam(optimizer):
-                self._metric_kind = "adam"
-            elif is_momentum_sgd(optimizer) and (self.momentum is None or self.algorithm.needs_stale_grads):
-                self._metric_kind = "momentum"
-        self._metric_groups = groups_of(optimizer, self.index.params) if self._metric_kind else None
+        self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
     def start(self) -> "HookState":
@@ -241,7 +215,9 @@ class HookState(SecondGradient, HookCheckpoint):
             raise RuntimeError(
                 "the sasg hook needs an initialised process group (torch.distributed.init_process_group)"
             )
-        fingerprint = zlib.crc32(json.dumps(self._identity(), sort_keys=True).encode()) & 0x7FFFFFFF
+        overlaps = self._overlaps(transport)  # an overlap that cannot be is refused before the identity check
+        identity = dict(self._identity(), overlap=overlaps)
+        fingerprint = zlib.crc32(json.dumps(identity, sort_keys=True).encode()) & 0x7FFFFFFF
         seen = transport.all_gather_int(fingerprint)
         if len(set(seen)) != 1:
             raise ValueError(
@@ -251,6 +227,8 @@ class HookState(SecondGradient, HookCheckpoint):
         d, device = self.index.numel, self.index.device
         self.engine = build_engine(self.algorithm, transport, seed=self.seed, device=device, dtype=torch.float32)
         self.transport = transport
+        if overlaps:
+            self._start_overlap()
         # fp32 whatever the gradients' dtype: the round's gradient, parameters and aggregate.
         self._grads = torch.zeros(d, device=device, dtype=torch.float32)
         self._theta = torch.zeros(d, device=device, dtype=torch.float32)
@@ -298,20 +276,26 @@ class HookState(SecondGradient, HookCheckpoint):
             return self._allreduce(bucket)
         fut: torch.futures.Future = torch.futures.Future()
         self._pending.append((bucket, fut))
-        if not bucket.is_last():
-            # The round needs every bucket: this future completes when the last one arrives
-            # (DDP waits for all of them only after the backward pass).
-            return fut
-        pending, self._pending = self._pending, []
-        buckets = [b for b, _ in pending]
+        waiting = self._pending
         try:
-            self._round(buckets)
+            if self._parted is not None:
+                # This bucket's tensors compressed and on their way now, while the backward pass
+                # computes the buckets after it (module docstring of sasg.engine.parts).
+                self._send_bucket(bucket)
+            if not bucket.is_last():
+                # The round needs every bucket: this future completes when the last one arrives
+                # (DDP waits for all of them only after the backward pass).
+                return fut
+            self._pending = []
+            self._round([b for b, _ in waiting])
         except BaseException as e:
             # No bucket is left waiting; the error itself surfaces from loss.backward() on this rank.
-            for _, f in pending[:-1]:
+            self._pending = []
+            self._abandon_parts()
+            for _, f in waiting[:-1]:
                 f.set_exception(e)
             raise
-        for b, f in pending:
+        for b, f in waiting:
             f.set_result(b.buffer())
         return fut
 
@@ -330,17 +314,27 @@ class HookState(SecondGradient, HookCheckpoint):
         work = dist.all_reduce(buffer, group=self.group, async_op=True)
         return work.get_future().then(lambda f: f.value()[0])
 
-    def _round(self, buckets) -> None:
+    def _round_start(self) -> None:
+        """What a round reads before its gradients: theta^k where someone needs it."""
         engine, index = self.engine, self.index
-        if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
-            self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
-        index.gather(buckets, self._grads)
         if self._needs_theta:  # theta^k: lazy rules measure drift from their anchors, DGC's decay reads it
             if self.algorithm.lazy and self._theta_round == engine.iteration - 1 >= 0:
                 # The real step of the round before, whatever the optimizer made of it.
                 engine.record_step(index.step_sq_from(self._theta, self._step_metric()))
             index.flat_params(self._theta)
             self._theta_round = engine.iteration
+
+    def _round(self, buckets) -> None:
+        engine, index = self.engine, self.index
+        parted = self._parted
+        if parted is None:
+            if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
+                self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
+            index.gather(buckets, self._grads)
+            self._round_start()
+        else:
+            self.index.check_complete(self._filled)
+            self._filled = set()
         threshold_lr = None
         if self.algorithm.lazy:
             threshold_lr = _lr_value(self._lr())  # thr_k = sum of real squared steps / (c M eta)
@@ -350,11 +344,14 @@ class HookState(SecondGradient, HookCheckpoint):
             averaged = self.variance.observe(self._grads, self._average)
             if averaged:
                 self.transport.count_dense(averaged)
-        grads = self._grads
-        if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
-            grads = self.momentum.accumulate(self._grads, self._theta)
-        result = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
-                             threshold_lr=threshold_lr)
+        if parted is not None:
+            result = parted.finish(self._theta)
+        else:
+            grads = self._grads
+            if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
+                grads = self.momentum.accumulate(self._grads, self._theta)
+            result = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
+                                 threshold_lr=threshold_lr)
         flags = result.flags
         if averaged:  # every rank's, on the round's uplink line too
             engine.ledger.add_up(8 * averaged * engine.num_workers)
@@ -374,24 +371,3 @@ class HookState(SecondGradient, HookCheckpoint):
         self._compressed_round = compressed
         self.rounds += 1
 
-    def _step_metric(self):
-        """Per tensor, the weights the real step is measured with (None: plain Euclidean)."""
-        if self._metric_kind == "adam":
-            return adam_metric(self.optimizer, self.index.params, self._metric_groups)
-        if self._metric_kind == "momentum":
-            return [torch.tensor(1.0 - g["momentum"], dtype=torch.float64) for g in self._metric_groups]
-        return None
-
-    def _kept_fractions(self) -> list[float | None]:
-        """Per tensor, the fraction of its entries a message keeps (None: sent whole)."""
-        whole = whole_segments(self.index.layout, self.spec.settings.tensor_policy)
-        ks = provided(self.algorithm.compressor, "k_per_segment")
-        density = self.spec.settings.density
-        return [None if w else (k / seg.numel if ks is not None else density)
-                for seg, w, k in zip(self.index.layout.segments, whole, ks or [None] * len(whole))]
-
-    def _average(self, t: Tensor) -> None:
-        """``t`` <- the mean of every rank's ``t`` (one all-reduce on the hook's group)."""
-        if self.engine.num_workers > 1:
-            dist.all_reduce(t, group=self.group)
-            t.div_(self.engine.num_workers)

@@ -59,6 +59,8 @@ wakes up later) from dividing by ~0: measured, LeNet-5 under AdamW diverged with
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -123,10 +125,13 @@ class MomentumCorrection:
         self.velocity = torch.zeros(index.numel, device=index.device, dtype=torch.float32)
         self._compressed = compressed  # (d,) bool: the entries factor masking may clear
 
-    def accumulate(self, grads: Tensor, theta: Tensor) -> Tensor:
-        """``u <- mu u + g + lambda theta`` in place; returns ``u`` (what the round compresses)."""
+    def accumulate(self, grads: Tensor, theta: Tensor, tensors: Sequence[int] | None = None) -> Tensor:
+        """``u <- mu u + g + lambda theta`` in place, for every tensor or the numbered ``tensors``
+        (a round made bucket by bucket); returns ``u`` (what the round compresses)."""
         u = self.velocity
-        for seg, g in zip(self.index.layout.segments, self.groups):
+        segments, groups = self.index.layout.segments, self.groups
+        for i in (range(len(segments)) if tensors is None else tensors):
+            seg, g = segments[i], groups[i]
             s = slice(seg.offset, seg.end)
             u[s].mul_(g["momentum"]).add_(grads[s])
             if g["weight_decay"]:

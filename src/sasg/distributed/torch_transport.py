@@ -142,8 +142,8 @@ class TorchTransport:
         self.counters.flag_bytes_recv += (M - 1) * width
         return [int(v) for v in out.tolist()]
 
-    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool
-                 ) -> tuple[Tensor, Payload, list[int]]:
+    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool, *,
+                 part=None, opens_round: bool = True) -> tuple[Tensor, Payload, list[int]]:
         """Who sends, and every sender's message in rank order, identical on every rank.
 
         ``upload`` is this rank's (1,) answer and ``sent`` its encoded message (one, or none when
@@ -152,13 +152,17 @@ class TorchTransport:
         int32; 0 = skip). Then one ``all_to_all_single`` with the senders' sizes as splits.
         Varying sizes where everyone sends (``always``): after the first round of a kind, the
         size rides at the head of a slot every rank knows the size of, in one call
-        (:mod:`.slots`)."""
+        (:mod:`.slots`).
+
+        ``part``: which part of a round made part by part (:mod:`sasg.engine.parts`) the message
+        is, named alike on every rank: each part is a kind of message of its own (its own slot
+        and fixed size); ``opens_round``: whether this exchange is the round's first."""
         M, me = self.world_size, self.rank
-        self.counters.rounds += 1
+        self.counters.rounds += int(opens_round)
         mine = bool(upload.reshape(-1)[0]) if upload.numel() else False
         home = template.values.device  # where the server replica lives (may differ: gloo + CUDA)
         # A kind of message, named alike on every rank (which of them know a slot must agree).
-        key = (type(template).__name__, tuple(template.values.shape[1:]), getattr(codec, "name", str(codec)))
+        key = (type(template).__name__, tuple(template.values.shape[1:]), getattr(codec, "name", str(codec)), part)
         slotted = self._slots is not None and M > 1 and not lazy and not template.fixed_size(codec)
         slot = self._slots.get(key) if slotted else None
         if slot is not None:

@@ -75,8 +75,8 @@ class Transport(Protocol):
     def flag_bits_per_round(self, lazy: bool, fixed_size: bool) -> int:
         ...
 
-    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool
-                 ) -> tuple[Tensor, Payload, list[int]]:
+    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool, *,
+                 part=None, opens_round: bool = True) -> tuple[Tensor, Payload, list[int]]:
         ...
 
     def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
@@ -103,9 +103,9 @@ class InProcessTransport:
     def flag_bits_per_round(self, lazy: bool, fixed_size: bool) -> int:
         return 0  # the workers share a process: no flag travels
 
-    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool
-                 ) -> tuple[Tensor, Payload, list[int]]:
-        self.counters.rounds += 1
+    def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool, *,
+                 part=None, opens_round: bool = True) -> tuple[Tensor, Payload, list[int]]:
+        self.counters.rounds += int(opens_round)
         if lazy:
             self.counters.flag_rounds += 1
         return upload, sent.payload, sent.sizes

@@ -40,6 +40,17 @@ def _model(small=False):
                                torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
 
 
+class _WithSpare(torch.nn.Module):
+    """A model with a layer its forward pass never calls (DDP must be told to find it)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body, self.spare = body, torch.nn.Linear(4, 300)
+
+    def forward(self, x):
+        return self.body(x)
+
+
 def _optimizer(kind, params):
     if kind == "sgd":
         return torch.optim.SGD(params, lr=0.1)
@@ -48,13 +59,14 @@ def _optimizer(kind, params):
     return torch.optim.AdamW(params, lr=1e-2)
 
 
-def _train(rank, codec, opt_kind, warmup, cap, overlap, steps=STEPS, state_in=None, gen=None):
+def _train(rank, codec, opt_kind, warmup, cap, overlap, steps=STEPS, state_in=None, gen=None, unused=False):
     from torch.nn.parallel import DistributedDataParallel
 
     import sasg.ddp
 
     torch.manual_seed(0)
-    model = DistributedDataParallel(_model(small=cap is None), bucket_cap_mb=cap)
+    net = _model(small=cap is None) if not unused else _WithSpare(_model())
+    model = DistributedDataParallel(net, bucket_cap_mb=cap, find_unused_parameters=unused)
     opt = _optimizer(opt_kind, model.parameters())
     state = sasg.ddp.register(model, "always+topk", codec, density=0.1, optimizer=opt, warmup=warmup,
                               overlap=overlap)
@@ -89,6 +101,10 @@ def _rank(rank: int, world: int, out: str) -> None:
     for name, codec, opt_kind, warmup, cap in CASES:
         for overlap in (False, True):
             result[f"{name} {overlap}"] = _snapshot(*_train(rank, codec, opt_kind, warmup, cap, overlap))
+    # DDP finding unused parameters: its own all-reduce of which ones were used comes after the
+    # last bucket's hook, when every part's exchange is done
+    for overlap in (False, True):
+        result[f"unused {overlap}"] = _snapshot(*_train(rank, "rice+fp32", "momentum", 1, 0.25, overlap, unused=True))
     # a checkpoint of an overlapped run, taken after 4 steps, continued for 3 more
     # (a new DDP model: its buckets are rebuilt after its first iteration, as after a restart)
     gen = torch.Generator().manual_seed(100 + rank)
@@ -133,6 +149,13 @@ def test_each_bucket_is_a_message_of_its_own_on_the_ledger(runs, name):
         # message; never fewer bits than the whole round's messages
         assert all(0 <= e <= 8 * 6 * messages for e in extra), extra
         assert any(e > 0 for e in extra[-3:]), extra
+
+
+def test_ddp_finding_unused_parameters_overlaps_and_trains_the_same(runs):
+    whole, parted = runs["unused False"], runs["unused True"]
+    assert parted["overlapping"] and parted["parts"] >= 3
+    for key in ("params", "moments", "error", "last"):
+        assert parted[key] == whole[key], key
 
 
 def test_an_overlapped_checkpoint_resumes_bit_exactly(runs):

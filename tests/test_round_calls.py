@@ -5,7 +5,8 @@ it carries. The contract: a round makes its payload's call, plus at most one cal
 flags of a lazy rule, or the sizes of messages whose size varies), and none where every rank
 knows the sizes in advance: a fixed-size codec with a rule that always sends, or (fixed slots,
 :mod:`sasg.distributed.slots`) a varying-size codec with a rule that always sends, from the
-second round of a kind of message on (the first exchanges sizes to learn the slot).
+second round of a kind of message on (the first exchanges sizes to learn the slot). A round made
+part by part (:mod:`sasg.engine.parts`) makes those calls per part.
 
 Two real gloo ranks train through the hook; the torch.distributed functions the transport calls
 are wrapped in counters (they still run: a spy, not a mock), and the calls of the rounds after
@@ -22,14 +23,15 @@ import torch.nn.functional as F
 
 from test_distributed import spawn
 
-# (algo, codec, extra calls per round on top of the payload's, warm-up rounds)
+# (algo, codec, extra calls per round on top of the payload's, warm-up rounds, parts)
 CASES = [
-    ("always+topk", "paper32", 0, 0),  # fixed sizes, everyone sends: nothing to tell
-    ("always+topk", "rice+fp32", 0, 0),  # the hook's default: sizes vary, in slots known in advance
-    ("always+topk", "rice+sign", 0, 0),
-    ("always+topk", "rice+sign", 0, 2),  # dense rounds first: a second kind of message, a second slot
-    ("wk1+topk", "paper32", 1, 0),  # a lazy rule: one flag byte per rank
-    ("wk1+topk", "rice+sign", 1, 0),  # ... which the size exchange carries (0 = skip)
+    ("always+topk", "paper32", 0, 0, 1),  # fixed sizes, everyone sends: nothing to tell
+    ("always+topk", "rice+fp32", 0, 0, 1),  # the hook's default: sizes vary, in slots known in advance
+    ("always+topk", "rice+sign", 0, 0, 1),
+    ("always+topk", "rice+sign", 0, 2, 1),  # dense rounds first: a second kind of message, a second slot
+    ("always+topk", "rice+fp32", 0, 1, 3),  # a round in 3 parts (sasg.engine.parts): a payload call each
+    ("wk1+topk", "paper32", 1, 0, 1),  # a lazy rule: one flag byte per rank
+    ("wk1+topk", "rice+sign", 1, 0, 1),  # ... which the size exchange carries (0 = skip)
 ]
 STEPS = 6
 COLLECTIVES = ("all_to_all_single", "all_reduce", "all_gather", "all_gather_into_tensor", "broadcast",
@@ -57,10 +59,15 @@ def _rank(rank: int, world: int, out: str) -> None:
     result = {}
     try:
         gen = torch.Generator().manual_seed(rank)
-        for algo, codec, _, warmup in CASES:
+        for algo, codec, _, warmup, parts in CASES:
             torch.manual_seed(0)
-            model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
-                                                                torch.nn.Linear(16, 4)))
+            if parts == 1:
+                model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(),
+                                                                    torch.nn.Linear(16, 4)))
+            else:  # 1.6 MB cut at 0.25 MB: 3 parts (test_overlap.py)
+                model = DistributedDataParallel(torch.nn.Sequential(
+                    torch.nn.Linear(20, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                    torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4)), bucket_cap_mb=0.25)
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
             state = sasg.ddp.register(model, algo, codec, density=0.1, lr=opt, warmup=warmup)
             per_round = []
@@ -72,7 +79,7 @@ def _rank(rank: int, world: int, out: str) -> None:
                 opt.step()
                 per_round.append(sum(calls.values()) - before)
             payload_rounds = state.transport.counters.payload_rounds
-            result[f"{algo} {codec} {warmup}"] = {"per_round": per_round, "payload_rounds": payload_rounds,
+            result[f"{algo} {codec} {warmup} {parts}"] = {"per_round": per_round, "payload_rounds": payload_rounds,
                                                   "uploads": state.ledger.totals()["uploads"],
                                                   "counters": state.transport.counters.to_dict()}
     finally:
@@ -87,8 +94,13 @@ def test_a_round_makes_its_payload_call_and_at_most_one_more(tmp_path):
     out = tmp_path / "calls.json"
     spawn(_rank, 2, str(out))
     got = json.loads(out.read_text())
-    for algo, codec, extra, warmup in CASES:
-        r = got[f"{algo} {codec} {warmup}"]
+    for algo, codec, extra, warmup, parts in CASES:
+        r = got[f"{algo} {codec} {warmup} {parts}"]
+        if parts > 1:
+            # each part its own payload call; its sizes in its slot after its first round
+            assert r["per_round"] == [parts] * warmup + [2 * parts] + [parts] * (STEPS - warmup - 1), r
+            assert r["payload_rounds"] == parts * STEPS and r["counters"]["rounds"] == STEPS, r
+            continue
         rounds = r["per_round"][1:]  # the first round also builds the engine (set-up calls)
         assert r["payload_rounds"] == len(r["per_round"]) or algo.startswith("wk1"), (algo, codec, r)
         assert r["payload_rounds"] >= 1, (algo, codec, r)

@@ -180,3 +180,29 @@ def test_overlap_where_the_round_cannot_split_says_why():
 
 class _World:
     world_size = 2
+
+
+def _peer_lost(rank: int, world: int, out: str) -> None:
+    import os
+
+    model, opt, state = _train(rank, "rice+fp32", "sgd", 0, 0.25, True, steps=2)
+    if rank == 1:
+        os._exit(0)  # gone before the third round: its sockets close
+    x, y = torch.randn(8, 20), torch.randint(0, 4, (8,))
+    try:
+        F.cross_entropy(model(x), y).backward()
+        said = "no error"
+    except Exception as e:  # noqa: BLE001 - what the user's loop would see
+        said = f"{type(e).__name__}: {e}"
+    with open(out, "w") as f:
+        f.write(said)
+    os._exit(0)  # the group is broken: no barrier to end on
+
+
+def test_a_peer_lost_mid_round_fails_the_backward_pass_and_says_so(tmp_path):
+    """The parts' exchanges run on a thread of their own; a lost peer still surfaces as an error
+    from ``loss.backward()`` on the rank left, naming what happened (not a hang)."""
+    out = tmp_path / "said.txt"
+    spawn(_peer_lost, 2, str(out), timeout=60.0)
+    said = out.read_text()
+    assert "lost contact with the other workers" in said, said

@@ -6,9 +6,10 @@ backward pass, against the same hook waiting for the whole gradient. Two nodes, 
     sudo .venv/bin/python benchmarks/overlap.py --models resnet18 --links 100mbit --codec rice+sign
 
 Two ranks, one per "node" (network namespaces joined by a veth pair, benchmarks/netns.py; one core
-and one torch thread each; ``--per-node 2``: four ranks, two a node, sharing the 2 cores), gloo, ``tc tbf`` capping each direction at the rate. Each rank trains
-on a fixed synthetic batch (its own, seeded by rank: time per step, not accuracy, is measured),
-plain SGD, every row from the same initial parameters. The models:
+and one torch thread each; ``--per-node 2``: four ranks, two a node, sharing the 2 cores), gloo,
+``tc tbf`` capping each direction at the rate. Each rank trains on a fixed synthetic batch (its
+own, seeded by rank: time per step, not accuracy, is measured), plain SGD, every row from the same
+initial parameters. The models:
 
   resnet18  ResNet-18, CIFAR variant (sasg.models), 11.2M parameters, batch 16 of 3x32x32: a conv
             net whose backward pass is most of its step
@@ -155,7 +156,8 @@ def run_pair(net, model: str, args, tmp: Path, tag: str) -> dict:
 
     def argv(rank: int) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--worker", "--rank", str(rank), "--model", model,
-                "--codec", args.codec, "--per-node", str(args.per_node), "--turns", str(args.turns), "--steps", str(args.steps),
+                "--codec", args.codec, "--per-node", str(args.per_node), "--turns", str(args.turns),
+                "--steps", str(args.steps),
                 "--warmup", str(args.warmup), "--timeout", str(args.timeout), "--result", str(result)]
 
     load = os.getloadavg()[0]
@@ -177,7 +179,8 @@ def summarize(got: dict, rate: float) -> dict:
     exchange = ms["whole"] - ms["compute"]
     hidden = ms["whole"] - ms["parted"]
     tx = got["tx_bytes_per_step"]["parted"]
-    return {"ms": ms, "parted_over_whole": round(statistics.median(p / w for p, w in zip(wall["parted"], wall["whole"])), 3),
+    ratio = statistics.median(p / w for p, w in zip(wall["parted"], wall["whole"]))
+    return {"ms": ms, "parted_over_whole": round(ratio, 3),
             "hidden_ms": round(hidden, 2), "hidden_share": round(hidden / exchange, 3) if exchange > 0 else None,
             "link_ms": None if tx is None else round(1e3 * 8 * tx / rate, 2),
             "same_parameters": got["same_parameters"], "load_1min": got["load_1min"]}

@@ -45,7 +45,7 @@ class Overlap:
         self._left: list[int] = []  # per part, its tensors still to come this round
 
     def _overlaps(self, transport) -> bool:
-        """Does the round go bucket by bucket (``overlap``)? Where it can: an algorithm whose round
+        """Does the round go part by part (``overlap``)? Where it can: an algorithm whose round
         splits along tensors (:func:`sasg.engine.parts.separable`: ``always``, ``topk``, ``ef`` or
         no memory), on gloo's CPU tensors, with a peer to talk to. ``overlap=True`` where it cannot
         is a ValueError saying why."""
@@ -54,7 +54,8 @@ class Overlap:
             why = (f"its round needs the whole gradient first ({self.spec.composition}: only trigger always with "
                    "compressor topk and memory ef or none splits along tensors)")
         elif self.index.device.type != "cpu":
-            why = f"the bucket-by-bucket exchange runs on CPU tensors (gloo) only, the model is on {self.index.device}"
+            why = (f"the exchange part by part runs on CPU tensors (gloo) only (untested on GPUs), the model is "
+                   f"on {self.index.device}")
         if why is not None and self._overlap:
             raise ValueError(f"overlap=True: {why}; pass overlap=None (where it can) or overlap=False")
         return why is None and self._overlap is not False and transport.world_size > 1

@@ -127,7 +127,7 @@ class MomentumCorrection:
 
     def accumulate(self, grads: Tensor, theta: Tensor, tensors: Sequence[int] | None = None) -> Tensor:
         """``u <- mu u + g + lambda theta`` in place, for every tensor or the numbered ``tensors``
-        (a round made bucket by bucket); returns ``u`` (what the round compresses)."""
+        (a round made part by part); returns ``u`` (what the round compresses)."""
         u = self.velocity
         segments, groups = self.index.layout.segments, self.groups
         for i in (range(len(segments)) if tensors is None else tensors):

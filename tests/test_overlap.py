@@ -206,3 +206,60 @@ def test_a_peer_lost_mid_round_fails_the_backward_pass_and_says_so(tmp_path):
     spawn(_peer_lost, 2, str(out), timeout=60.0)
     said = out.read_text()
     assert "lost contact with the other workers" in said, said
+
+
+# ----- the parted round alone, in one process ----------------------------------------------------
+
+LAYOUT = [("norm.w", (8,)), ("norm.b", (8,)), ("w1", (40, 30)), ("b1", (40,)), ("w2", (5, 40)), ("b2", (5,))]
+
+
+@pytest.mark.parametrize("codec", ["rice+fp32", "rice+sign", "paper32", "auto+bf16"])
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_a_parted_round_is_the_engines_round(codec, warmup):
+    """Against ``RoundEngine.step`` on the same gradients: the same step, error memory and last
+    messages, round after round, with a part of tensors sent whole (the leading 1-D ones: all
+    their indices implied) and the parts sent out of layout order, as a backward pass sends them."""
+    from sasg.core.layout import Layout
+    from sasg.ddp.rules import hook_algorithm
+    from sasg.engine.parts import PartedRound
+    from sasg.runtime import build_algorithm, build_engine
+
+    layout = Layout(LAYOUT)
+    spec = hook_algorithm("always+topk", density=0.1, warmup=warmup)
+    engines = [build_engine(build_algorithm(spec, layout, codec), workers=1, seed=3) for _ in range(2)]
+    parted = PartedRound(engines[1], lambda sub: build_algorithm(spec, sub, codec))
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.zeros(layout.numel)
+    for _ in range(5):
+        g = torch.randn(1, layout.numel, generator=gen)
+        whole = engines[0].step(theta, g, None, 0.5).step.clone()
+        for first, stop in ((4, 6), (2, 4), (0, 2)):  # last tensors first
+            parted.send(first, stop, g, 0.5)
+        step = parted.finish(theta).step
+        assert torch.equal(step, whole)
+        assert torch.equal(engines[1].workers.buffer("error"), engines[0].workers.buffer("error"))
+        if engines[0].iteration > warmup:
+            last = [engines[i].server.last for i in range(2)]
+            assert torch.equal(last[0].indices, last[1].indices) and torch.equal(last[0].values, last[1].values)
+    assert engines[1].ledger.uploads == engines[0].ledger.uploads
+
+
+def test_a_parted_round_refuses_what_does_not_split_and_tensors_twice():
+    from sasg.core.layout import Layout
+    from sasg.ddp.rules import hook_algorithm
+    from sasg.engine.parts import PartedRound
+    from sasg.runtime import build_algorithm, build_engine
+
+    layout = Layout(LAYOUT)
+    lazy = hook_algorithm("wk1+topk", density=0.1)
+    with pytest.raises(ValueError, match="cannot be made part by part"):
+        PartedRound(build_engine(build_algorithm(lazy, layout, "rice+fp32")), None)
+    spec = hook_algorithm("always+topk", density=0.1, warmup=0)
+    parted = PartedRound(build_engine(build_algorithm(spec, layout, "rice+fp32")),
+                         lambda sub: build_algorithm(spec, sub, "rice+fp32"))
+    g = torch.ones(1, layout.numel)
+    parted.send(2, 4, g, 1.0)
+    with pytest.raises(RuntimeError, match="sent twice in one round"):
+        parted.send(3, 6, g, 1.0)
+    with pytest.raises(RuntimeError, match="sent 2 of 6 tensors"):
+        parted.finish(torch.zeros(layout.numel))

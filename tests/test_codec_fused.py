@@ -59,6 +59,13 @@ def check(codec, idx, vals):
     fast, ref = outcome(dec), unfused(codec, dec)
     assert fast[0] == ref[0] == "ok" and same(fast[1], ref[1]), (fast, ref)
     assert torch.equal(fast[1][0], idx)
+    # Each message as its sender holds it (encoded alone), taken instead of parsed: the same.
+    for n in range(idx.shape[0]):
+        mine = idx[n : n + 1]
+        sent_data, _, sent = codec.encode_sparse_sent(mine, vals[n : n + 1], torch.float32)
+        own = (n, sent_data, mine, sent)
+        got = outcome(lambda: codec.decode_sparse(data, sizes, idx.shape[1], torch.float32, own=own))
+        assert got[0] == "ok" and same(got[1], ref[1]), (n, got, ref)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -106,6 +113,31 @@ def test_fused_decode_turns_away_what_the_codec_turns_away(name):
         fn = lambda: codec.decode_sparse(bad, sz, idx.shape[1], torch.float32)  # noqa: E731
         fast, ref = outcome(fn), unfused(codec, fn)
         assert fast[0] == ref[0] and same(fast[1], ref[1]), (fast, ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_own_message_is_taken_not_parsed_only_where_the_kernel_wrote_it(name):
+    """Decoding with ``own`` takes that message from the caller, its bytes not read (spoilt here:
+    the decode still gives the caller's entries, where without ``own`` it fails), but only where
+    the caller's bytes came out of the compiled encode with those entries: bytes from another
+    path (a copy, a wrapper's) or an ``own`` of the wrong shape are parsed, and spoilt bytes fail."""
+    codec = make_codec(name, LAYOUT)
+    idx, vals = random_message(LAYOUT, 2, 40, seed=3)
+    first = idx[:1]
+    mine, _, sent = codec.encode_sparse_sent(first, vals[:1], torch.float32)
+    data, sizes = codec.encode_sparse(idx, vals)
+    spoilt = data.clone()
+    spoilt[: sizes[0]] = 0xFF  # message 0: no longer a message
+    assert outcome(lambda: codec.decode_sparse(spoilt, sizes, 40, torch.float32))[0] == "CodecError"
+    got = codec.decode_sparse(spoilt, sizes, 40, torch.float32, own=(0, mine, first, sent))
+    assert same(got, codec.decode_sparse(data, sizes, 40, torch.float32))
+    for own in ((0, mine.clone(), first, sent),  # bytes the kernel did not hand out
+                (0, mine, first.clone(), sent),  # entries other than those it encoded
+                (0, mine, first[:, :39].contiguous(), sent[:, :39].contiguous())):
+        fn = lambda: codec.decode_sparse(spoilt, sizes, 40, torch.float32, own=own)  # noqa: E731
+        assert outcome(fn)[0] == "CodecError"
+        assert same(codec.decode_sparse(data, sizes, 40, torch.float32, own=own),
+                    codec.decode_sparse(data, sizes, 40, torch.float32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -338,6 +338,43 @@ def test_implied_indices_split_and_merge_match_the_reference(data):
         assert got == want
 
 
+@HYP
+@given(n=st.integers(1, 5000), spread=st.integers(0, 40), low=st.integers(-140, 100), seed=st.integers(0, 2**31),
+       zeros=st.booleans())
+def test_sign_scales_sum_in_any_order_only_where_every_order_agrees(n, spread, low, seed, zeros):
+    """``sign``'s scale sums a tensor's magnitudes in float64; the kernel adds them in any order
+    where every partial sum is exact (spread of binades plus log2(n) up to 29), in order
+    otherwise. Magnitudes spread over 0-40 binades around that bound, subnormals and zeros
+    included: the bytes and the decoded values are the reference's (its sum in order)."""
+    g = torch.Generator().manual_seed(seed)
+    mant = 1.0 + torch.rand(n, generator=g, dtype=torch.float64)
+    exps = low + torch.randint(0, spread + 1, (n,), generator=g)
+    vals = (mant * torch.pow(2.0, exps.double())).float() * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    if zeros:
+        vals[torch.rand(n, generator=g) < 0.2] = 0.0
+    lay = Layout([("w", (n,)), ("b", (3,))])
+    idx = torch.arange(n).unsqueeze(0)
+    for name in ("rice+sign", "idx32+sign"):
+        check_codec(make_codec(name, lay), idx, vals.unsqueeze(0))
+
+
+def test_sign_scale_summed_out_of_order_would_round_differently():
+    """A tensor whose in-order float64 sum differs from other orders in a way float32 sees: 1,
+    2^-24 (together a float32 rounding tie, so rounded to even) and 2046 times 2^-53 (each half a
+    float64 unit at that sum: lost one by one in order, but worth 2046 units summed first). 2048
+    entries: the mean is the sum / 2^11, still the tie. The kernel must take the in-order path
+    here and write the reference's scale, 2^-11 (summed otherwise it would round up)."""
+    n = 2048
+    vals = torch.full((1, n), 2.0**-53)
+    vals[0, 0], vals[0, 1] = 1.0, 2.0**-24
+    lay = Layout([("w", (n,))])
+    idx = torch.arange(n).unsqueeze(0)
+    for name in ("rice+sign", "idx32+sign"):
+        data, sizes = check_codec(make_codec(name, lay), idx, vals)
+        scale = data[sizes[0] - (4 + n // 8) : sizes[0] - n // 8].clone().view(torch.float32)
+        assert scale.item() == 2.0**-11
+
+
 # ---------------------------------------------------------------------------- dense messages
 @pytest.mark.parametrize("value", VALUE)
 @pytest.mark.parametrize("layout", list(LAYOUTS))

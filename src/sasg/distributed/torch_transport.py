@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..accounting import FLAG_BITS_PER_WORKER, SIZE_BITS_PER_WORKER
 from ..core.codecs import CodecError
-from ..core.payloads import Encoded, Payload
+from ..core.payloads import Encoded, Payload, SparsePayload
 from ..engine.transport import TransportCounters
 from .relay import Topology, node_of_ranks, relay_copies, relay_exchange
 from .slots import PREFIX, SlotBook, pack, padding_of, read_sizes, tails_of, unpack
@@ -178,7 +178,12 @@ class TorchTransport:
         senders = [s for s in range(M) if flags[s]]
         sender_sizes = [sizes[s] for s in senders]
         try:
-            payload = template.decode(codec, data, sender_sizes)
+            if mine and isinstance(template, SparsePayload):
+                # This rank's own message decodes to what transmit gave it: the codec may take
+                # that instead of parsing the bytes again (where it wrote them itself).
+                payload = template.decode(codec, data, sender_sizes, own=(senders.index(me), sent))
+            else:
+                payload = template.decode(codec, data, sender_sizes)
         except CodecError as e:
             raise CodecError(
                 f"rank {me}, round {self.counters.rounds}: the messages of rank(s) {senders} do not decode "

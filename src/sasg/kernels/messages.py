@@ -54,11 +54,13 @@ def _sign_values(v, at, mag, dec):
 
 
 @ieee
-def encode_messages(idx, v, vb, tables, W, tags_on, kind, dec):
-    """``(N, K)`` ascending indices and float32 values ``v`` (``vb``: their bytes, ``(N, 4 K)``)
-    -> (the messages back to back, their sizes, error code); for ``SIGN`` the values every
-    receiver decodes go to ``dec`` (``(N, K)`` float32 bits, as uint32)."""
+def encode_messages(idx, v, tables, W, tags_on, kind, dec):
+    """``(N, K)`` ascending indices and float32 values ``v`` -> (the messages back to back,
+    their sizes, error code); for ``SIGN`` the values every receiver decodes go to ``dec``
+    (``(N, K)`` float32)."""
     N, K = idx.shape
+    vb = v.view(np.uint8)  # (N, 4 K)
+    dec_bits = dec.view(np.uint32)
     offsets, numels, bmax, skip = tables[0], tables[1], tables[2], tables[3]
     S = offsets.shape[0]
     H = (S + 1) * W + S * (2 if tags_on else 1)
@@ -89,17 +91,19 @@ def encode_messages(idx, v, vb, tables, W, tags_on, kind, dec):
             for s in range(S):
                 at[s + 1] = at[s] + full[n, s]
             sign_encode_row(v[n], at, out[q : q + V], mag)
-            _sign_values(v[n], at, mag.view(np.uint32), dec[n])
+            _sign_values(v[n], at, mag.view(np.uint32), dec_bits[n])
         p = q + V
     return out, sizes, OK
 
 
 @ieee
-def decode_messages(data, sizes, tables, W, tags_on, kind, vals, vbits, out):
+def decode_messages(data, sizes, tables, W, tags_on, kind, vals, out, own, own_idx, own_val):
     """The messages of ``data`` (``sizes`` bytes each, back to back) -> ``out`` ``(N, K)``
-    indices and their values: ``vals`` ``(N, 4 K)`` bytes (``FP32``) or ``vbits`` ``(N, K)``
-    float32 bits (``SIGN``), the same array; an error code."""
+    indices and ``vals`` ``(N, K)`` float32 values; an error code. Message ``own`` (``-1``:
+    none) is the caller's own, whose decoded form it has (``own_idx``, ``own_val``: ``(1, K)``
+    indices and float32 values): copied, not parsed."""
     N, K = out.shape
+    vbits = vals.view(np.uint32)
     offsets, numels, bmax, skip = tables[0], tables[1], tables[2], tables[3]
     S = offsets.shape[0]
     V = value_bytes(kind, K, S)
@@ -124,13 +128,20 @@ def decode_messages(data, sizes, tables, W, tags_on, kind, vals, vbits, out):
     scratch = np.zeros(S, np.float32)
     a = 0
     for n in range(N):
+        if n == own:
+            if own_idx.shape != (1, K) or own_val.shape != (1, K):
+                return BAD
+            copy(out[n], own_idx[0])
+            copy(vbits[n], own_val[0].view(np.uint32))
+            a += sizes[n]
+            continue
         err, used = decode_row(data, a, sizes[n], V, K - implied, offsets, numels, bmax, W, tags_on, skip, out[n],
                                counts, b, tag, lens, rw, uw, zeros)
         if err != OK or used + V != sizes[n]:
             return BAD
         part = data[a + used : a + sizes[n]]
         if kind == FP32:
-            copy(vals[n], part)
+            copy(vals[n].view(np.uint8), part)
         else:
             for s in range(S):
                 at[s + 1] = at[s] + (numels[s] if skip[s] else counts[s])
@@ -147,9 +158,10 @@ def _warm() -> None:
     v = np.ones(idx.shape, np.float32)
     for kind in (FP32, SIGN):
         for tags_on in (0, 1):
-            dec = np.empty(idx.shape, np.uint32)
-            data, sizes, _ = encode_messages(idx, v, v.view(np.uint8), tables, 4, tags_on, kind, dec)
-            decode_messages(data, sizes, tables, 4, tags_on, kind, dec.view(np.uint8), dec, np.empty_like(idx))
+            dec = np.empty(idx.shape, np.float32)
+            data, sizes, _ = encode_messages(idx, v, tables, 4, tags_on, kind, dec)
+            for own in (-1, 0):
+                decode_messages(data, sizes, tables, 4, tags_on, kind, dec, np.empty_like(idx), own, idx, dec)
 
 
 __all__ = ["BAD", "FP32", "SIGN", "decode_messages", "encode_messages", "value_bytes"]

@@ -65,38 +65,80 @@ def _groups(counts, n):
     return at, scale, True
 
 
+@jit(fastmath={"reassoc"})
+def _scan_signs(vs, bits, neg):
+    """One tensor's values ``vs`` (``bits``: the same, as uint32) in one vector pass: each one's
+    ``v < 0`` into ``neg`` (a byte 0/1 each), the float64 sum of their magnitudes in whatever
+    order the vector units like, and whether that sum is exact, i.e. the in-order sum bit for bit.
+
+    Exact when every partial sum is: no inf or NaN, and ``log2(n) + e_max - e_min <= 29`` over
+    the nonzero magnitudes (each a multiple of the smallest one's unit in the last place,
+    ``2^(e_min - 150)``; every sum stays below ``n 2^(e_max - 126)``, which then has at most 53
+    bits of those units). Top-k values of one tensor span a few binades: exact in practice. A
+    chain of ``n`` dependent float64 adds took ~3.5 us on FC's 4,587 values.
+
+    Only reassociation is allowed here (no fast NaN or inf assumptions), and the sign test is
+    on the bits: ``v < 0`` holds for the bits ``0x80000001 .. 0xFF800000`` (not -0, not NaN)."""
+    n = bits.shape[0]
+    lo = np.uint32(255)
+    hi = np.uint32(0)  # (255: an inf or NaN)
+    tot = 0.0
+    for t in range(n):
+        x = bits[t]
+        neg[t] = np.uint8((x - np.uint32(0x80000001)) <= np.uint32(0x7F7FFFFF))
+        a = x & np.uint32(0x7FFFFFFF)
+        e = a >> np.uint32(23)
+        hi = max(hi, e)  # (a zero's e is 0: no mask needed)
+        # a subnormal's unit in the last place is the smallest normal's; a zero counts as 255
+        lo = min(lo, max(e, np.uint32(1)) | (np.uint32(255) if a == 0 else np.uint32(0)))
+        tot += abs(np.float64(vs[t]))
+    width = np.int64(0)
+    while (np.int64(1) << width) <= n:  # the bits of n: above log2(n)
+        width += 1
+    return tot, hi < 255 and (hi < lo or width + np.int64(hi) - np.int64(lo) <= 29)
+
+
+@jit(inline="always")
+def _le64(b, k):
+    """The 8 bytes ``b[k : k + 8]`` as a little-endian word (on any machine; one load where it
+    is little-endian)."""
+    g = b[k : k + 8]
+    x = np.uint64(0)
+    for j in range(8):
+        x |= np.uint64(g[j]) << np.uint64(8 * j)
+    return x
+
+
 @jit(inline="always")
 def sign_encode_row(v, at, out, mag):
     """One message: its values ``v``, tensor ``s`` at ``v[at[s]:at[s + 1]]``, into ``out``
     (``4 S + ceil(n / 8)`` bytes); ``mag``: ``S`` float32 of scratch.
 
-    Each sign byte is made in a register, eight compares, and stored once (an OR into the byte
-    in memory per value waited on the previous store, ~5 cycles a value); slices indexed from 0
+    Vector passes only (:func:`_scan_signs`, then the packing below); slices indexed from 0
     spare numba's negative-index fix-up."""
     S = mag.shape[0]
+    vbits = v.view(np.uint32)
+    n = v.shape[0]
+    m = (n + 7) // 8
+    neg = np.zeros(8 * m, np.uint8)  # v < 0, a byte each (the last byte's padding: zeros)
     for s in range(S):
-        vs = v[at[s] : at[s + 1]]
-        tot = 0.0
-        for t in range(vs.shape[0]):  # (in order, in float64: the reference's sum)
-            tot += abs(np.float64(vs[t]))
-        c = at[s + 1] - at[s]
-        mag[s] = np.float32(tot / c) if c > 0 else np.float32(0.0)
+        a, b = at[s], at[s + 1]
+        tot, exact = _scan_signs(v[a:b], vbits[a:b], neg[a:b])
+        if not exact:
+            vs = v[a:b]
+            tot = 0.0
+            for t in range(vs.shape[0]):  # (in order, in float64: the reference's sum)
+                tot += abs(np.float64(vs[t]))
+        mag[s] = np.float32(tot / (b - a)) if b > a else np.float32(0.0)
     mb = mag.view(np.uint8)
     for t in range(4 * S):
         out[t] = mb[t]
-    bits = out[4 * S :]
-    n = v.shape[0]
-    for i in range(n // 8):
-        group = v[8 * i : 8 * i + 8]
-        byte = 0
-        for j in range(8):
-            byte |= np.int64(group[j] < 0) << (7 - j)
-        bits[i] = np.uint8(byte)
-    if n % 8:
-        byte = 0
-        for t in range(n - n % 8, n):
-            byte |= np.int64(v[t] < 0) << (7 - (t & 7))
-        bits[n // 8] = np.uint8(byte)
+    # Eight of those bytes, read as one little-endian word, times 0x8040201008040201: byte j
+    # lands on bit 63 - j and no two terms overlap, so the top byte is the eight sign bits, first
+    # value first. (A byte built from eight compares: 2.2 us on FC's 4,587 values; this, 0.4.)
+    bits = out[4 * S : 4 * S + m]
+    for i in range(m):
+        bits[i] = np.uint8((_le64(neg, 8 * i) * np.uint64(0x8040201008040201)) >> np.uint64(56))
 
 
 @ieee

@@ -83,7 +83,7 @@ class SparseCodec:
         error feedback must subtract). Every index code is lossless, so the sender decodes only
         the value part it has just written, with the receivers' own decoder: the same numbers bit
         for bit, without the index decode (for ``rice``, most of a decode's time)."""
-        fast = self._fused.encode(indices, values) if self._fused is not None and dtype == torch.float32 else None
+        fast = self._fused.encode(indices, values) if self._fused is not None and dtype is torch.float32 else None
         if fast is not None:
             return fast
         data, sizes, val, groups = self._encode_sparse(indices, values)
@@ -127,8 +127,18 @@ class SparseCodec:
             sizes.append(sum(p.numel() for p in idx_part[n]) + V)
         return torch.cat(pieces), sizes, val, groups
 
-    def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        fast = self._fused.decode(data, sizes, int(nnz), dtype) if self._fused is not None else None
+    # decode_sparse takes ``own``: a message the caller has decoded already (its own), which the
+    # compiled path copies instead of parsing (SparsePayload.decode asks for this attribute).
+    decodes_own = True
+
+    def decode_sparse(self, data: Tensor, sizes: Sequence[int], nnz: int, dtype: torch.dtype, own=None
+                      ) -> tuple[Tensor, Tensor]:
+        """The messages' ``(N, nnz)`` indices and values. ``own``: ``(n, sent, indices,
+        values)``, message ``n`` the caller's own: the bytes ``sent`` it encoded and what they
+        decode to (``(1, nnz)`` each, from :func:`~sasg.core.payloads.transmit`). The compiled
+        path takes them as they are where it wrote those bytes itself (:mod:`.fused`); otherwise,
+        and on the reference path, every message is parsed."""
+        fast = self._fused.decode(data, sizes, int(nnz), dtype, own) if self._fused is not None else None
         if fast is not None:
             return fast
         sizes = self._check_batch(data, sizes)

@@ -28,13 +28,13 @@ def transmit(q: Payload, codec) -> Encoded:
     """Encode ``q`` with ``codec``; a lossy codec's (or a non-float32 value's) messages are
     decoded again, so that the sender applies, and error feedback subtracts, exactly what every
     receiver will decode."""
-    if codec.lossless and q.values.dtype == torch.float32:
+    if codec.lossless and q.values.dtype is torch.float32:
         data, sizes = q.encode(codec)
-        return Encoded(q, data, list(sizes))
+        return Encoded(q, data, sizes if type(sizes) is list else list(sizes))
     sent_as = getattr(q, "encode_sent", None)  # a payload that knows its decoded form more cheaply
     if sent_as is not None:
         data, sizes, decoded = sent_as(codec)
     else:
         data, sizes = q.encode(codec)
         decoded = q.decode(codec, data, sizes)
-    return Encoded(decoded, data, list(sizes))
+    return Encoded(decoded, data, sizes if type(sizes) is list else list(sizes))

@@ -15,7 +15,8 @@ whole tensor. Any error gives a nonzero code and writes nothing the caller keeps
 runs the codec's own path, which raises the error that names the message.
 
 ``tables``: ``(4, S)`` int64, rows offsets, numels, ``bmax`` and whether the tensor is sent
-whole. Value kinds: :data:`FP32` (float32 values, their bytes) and :data:`SIGN`.
+whole. Value kinds: :data:`FP32` (float32 values, their bytes), :data:`SIGN`, :data:`BF16` and
+:data:`INT8`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import numpy as np
 from . import jit, on_warm
 from .rice import CHOOSE, OK, plan_row, stream_words, write_row
 from .rice_read import decode_row
-from .values import sign_decode_row, sign_encode_row
+from .values import int8_decode_row, int8_encode_row, sign_decode_row, sign_encode_row
 from .words import copy
 
 FP32 = 1
 SIGN = 2
+BF16 = 3
+INT8 = 4
 BAD = 9  # anything wrong: the caller takes the codec's own path
 
 ieee = jit(error_model="numpy")  # IEEE division, as in sasg.kernels.values
@@ -37,8 +40,39 @@ ieee = jit(error_model="numpy")  # IEEE division, as in sasg.kernels.values
 
 @jit(inline="always")
 def value_bytes(kind, K, S):
-    """Bytes of a message's value part: ``4 K`` for fp32, ``4 S + ceil(K / 8)`` for sign."""
-    return 4 * K if kind == FP32 else 4 * S + (K + 7) // 8
+    """Bytes of a message's value part: ``4 K`` for fp32, ``2 K`` for bf16, ``4 S + K`` for int8,
+    ``4 S + ceil(K / 8)`` for sign."""
+    if kind == FP32:
+        return 4 * K
+    if kind == INT8:
+        return 4 * S + K
+    return 2 * K if kind == BF16 else 4 * S + (K + 7) // 8
+
+
+@jit(inline="always")
+def _bf16_encode_row(bits, out, dec):
+    """float32 values (their ``bits``) as bfloat16, round to nearest, ties to even, 2 bytes each
+    little-endian into ``out``; what they decode to (the bf16 bits shifted up) into ``dec``.
+    False where a value is a NaN or a nonzero subnormal: torch's cast of those depends on the CPU
+    (a NaN came out 0xFFFF here, its payload kept where the hardware converts; a subnormal is
+    flushed by AVX512-BF16's instruction), so the codec's own path casts them as torch does."""
+    odd = np.uint32(0)
+    for t in range(bits.shape[0]):
+        x = bits[t]
+        a = x & np.uint32(0x7FFFFFFF)
+        odd |= np.uint32(a > np.uint32(0x7F800000)) | np.uint32((a != 0) & (a < np.uint32(0x00800000)))
+        w = (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        out[2 * t] = np.uint8(w & np.uint32(0xFF))
+        out[2 * t + 1] = np.uint8(w >> np.uint32(8))
+        dec[t] = w << np.uint32(16)
+    return odd == 0
+
+
+@jit(inline="always")
+def _bf16_decode_row(part, out):
+    """2 bytes a value, little-endian bfloat16 -> float32 bits (exact: the bits shifted up)."""
+    for t in range(out.shape[0]):
+        out[t] = (np.uint32(part[2 * t]) | (np.uint32(part[2 * t + 1]) << np.uint32(8))) << np.uint32(16)
 
 
 @jit(inline="always")
@@ -56,7 +90,7 @@ def _sign_values(v, at, mag, dec):
 @ieee
 def encode_messages(idx, v, tables, W, tags_on, kind, dec):
     """``(N, K)`` ascending indices and float32 values ``v`` -> (the messages back to back,
-    their sizes, error code); for ``SIGN`` the values every receiver decodes go to ``dec``
+    their sizes, error code); for the lossy kinds the values every receiver decodes go to ``dec``
     (``(N, K)`` float32)."""
     N, K = idx.shape
     vb = v.view(np.uint8)  # (N, 4 K)
@@ -87,6 +121,15 @@ def encode_messages(idx, v, tables, W, tags_on, kind, dec):
         q = write_row(out, p, idx[n], n, offsets, numels, W, tags_on, full, counts, b, tag, lens, rw, uw)
         if kind == FP32:
             copy(out[q : q + V], vb[n])
+        elif kind == BF16:
+            if not _bf16_encode_row(v[n].view(np.uint32), out[q : q + V], dec_bits[n]):
+                return np.zeros(0, np.uint8), sizes, BAD
+        elif kind == INT8:  # (what receivers decode: read back from the bytes, by their code)
+            for s in range(S):
+                at[s + 1] = at[s] + full[n, s]
+            int8_encode_row(v[n], at, out[q : q + V], mag)
+            if int8_decode_row(out[q : q + V], at, dec[n], mag) != OK:
+                return np.zeros(0, np.uint8), sizes, BAD
         else:
             for s in range(S):
                 at[s + 1] = at[s] + full[n, s]
@@ -142,6 +185,13 @@ def decode_messages(data, sizes, tables, W, tags_on, kind, vals, out, own, own_i
         part = data[a + used : a + sizes[n]]
         if kind == FP32:
             copy(vals[n].view(np.uint8), part)
+        elif kind == BF16:
+            _bf16_decode_row(part, vbits[n])
+        elif kind == INT8:
+            for s in range(S):
+                at[s + 1] = at[s] + (numels[s] if skip[s] else counts[s])
+            if int8_decode_row(part, at, vals[n], scratch) != OK:
+                return BAD
         else:
             for s in range(S):
                 at[s + 1] = at[s] + (numels[s] if skip[s] else counts[s])
@@ -156,7 +206,7 @@ def _warm() -> None:
     tables = np.array([[0, 6], [6, 10], [2, 3], [0, 1]], np.int64)
     idx = np.array([[1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]], np.int64)
     v = np.ones(idx.shape, np.float32)
-    for kind in (FP32, SIGN):
+    for kind in (FP32, SIGN, BF16, INT8):
         for tags_on in (0, 1):
             dec = np.empty(idx.shape, np.float32)
             data, sizes, _ = encode_messages(idx, v, tables, 4, tags_on, kind, dec)
@@ -164,4 +214,4 @@ def _warm() -> None:
                 decode_messages(data, sizes, tables, 4, tags_on, kind, dec, np.empty_like(idx), own, idx, dec)
 
 
-__all__ = ["BAD", "FP32", "SIGN", "decode_messages", "encode_messages", "value_bytes"]
+__all__ = ["BAD", "BF16", "FP32", "INT8", "SIGN", "decode_messages", "encode_messages", "value_bytes"]

@@ -15,7 +15,9 @@ What they buy (FC 784-512-10, one message of 4,071 entries, median ms on 2 loade
 torch -> kernel; torch: segment_reduce, packbits, repeat_interleave, where, the scale checks):
 ``sign`` encode 0.05-0.10 -> 0.012-0.019, decode 0.11-0.13 -> 0.012-0.019; ``int8`` encode
 0.05 -> 0.02, decode 0.08-0.13 -> 0.011-0.017. ``fp32``/``fp16``/``bf16`` stay one batched
-torch cast each (0.003-0.007 ms a message, encode or decode: nothing for a kernel to buy).
+torch cast each here (0.003-0.007 ms a message, encode or decode: nothing for a kernel to buy);
+the whole-message kernel (:mod:`.messages`) writes fp32 and bf16 values itself, and calls the
+row functions of sign and int8 below.
 
 Errors (decode): a padding bit set, the int8 value -128, a negative scale or a nonzero scale for
 an empty tensor give a nonzero code; the member then reruns the reference, which raises the
@@ -197,30 +199,64 @@ def sign_decode(rows, counts, n, out):
     return OK
 
 
+@jit(inline="always")
+def int8_encode_row(v, at, out, scale):
+    """One message: its float32 values ``v`` (tensor ``s`` at ``v[at[s]:at[s + 1]]``) into
+    ``out`` (``4 S + n`` bytes: the scales, then a byte a value); ``scale``: ``S`` float32 of
+    scratch."""
+    S = scale.shape[0]
+    q = out[4 * S :]
+    for s in range(S):
+        vs = v[at[s] : at[s + 1]]
+        m = np.float32(0.0)
+        for t in range(vs.shape[0]):
+            a = abs(vs[t])
+            if np.isnan(a) or m < a:
+                m = a
+        a_s = m / np.float32(127.0)
+        scale[s] = a_s
+        qs = q[at[s] : at[s + 1]]
+        for t in range(vs.shape[0]):
+            x = vs[t] / a_s
+            if not np.isfinite(x):
+                x = np.float32(0.0)
+            x = min(max(np.rint(x), np.float32(-127.0)), np.float32(127.0))
+            qs[t] = np.uint8(np.int64(x) & 0xFF)
+    sb = scale.view(np.uint8)
+    for t in range(4 * S):
+        out[t] = sb[t]
+
+
+@jit(inline="always")
+def int8_decode_row(row, at, out, scale):
+    """One message's ``4 S + n`` bytes ``row`` -> ``out``, ``n`` float32 values; an error code.
+    ``scale``: ``S`` float32 of scratch."""
+    S = scale.shape[0]
+    sb, sbits = scale.view(np.uint8), scale.view(np.uint32)
+    for t in range(4 * S):
+        sb[t] = row[t]
+    q = row[4 * S :]
+    for s in range(S):
+        if not _check_scale(sbits[s], at[s + 1] - at[s]):
+            return BAD_VALUE
+        qs = q[at[s] : at[s + 1]]
+        dst = out[at[s] : at[s + 1]]
+        for t in range(qs.shape[0]):
+            b = np.int64(qs[t])
+            if b == 128:
+                return BAD_VALUE
+            dst[t] = np.float32(b - 256 if b > 128 else b) * scale[s]
+    return OK
+
+
 @ieee
 def int8_encode(v, counts, out):
     """``(N, n)`` float32 values -> ``out``: ``(N, 4 S + n)`` bytes; an error code."""
-    (N, n), S = v.shape, counts.shape[1]
-    at, scale, ok = _groups(counts, n)
-    sb = scale.view(np.uint8)
+    at, scale, ok = _groups(counts, v.shape[1])
     if not ok:
         return BAD_SHAPE
-    for r in range(N):
-        for s in range(S):
-            m = np.float32(0.0)
-            for t in range(at[r, s], at[r, s + 1]):
-                a = abs(v[r, t])
-                if np.isnan(a) or m < a:
-                    m = a
-            a_s = m / np.float32(127.0)
-            scale[s] = a_s
-            for t in range(at[r, s], at[r, s + 1]):
-                x = v[r, t] / a_s
-                if not np.isfinite(x):
-                    x = np.float32(0.0)
-                x = min(max(np.rint(x), np.float32(-127.0)), np.float32(127.0))
-                out[r, 4 * S + t] = np.uint8(np.int64(x) & 0xFF)
-        out[r, : 4 * S] = sb
+    for r in range(v.shape[0]):
+        int8_encode_row(v[r], at[r], out[r], scale)
     return OK
 
 
@@ -229,19 +265,12 @@ def int8_decode(rows, counts, n, out):
     """``(N, 4 S + n)`` bytes -> ``out``: ``(N, n)`` float32 values; an error code."""
     (N, V), S = rows.shape, counts.shape[1]
     at, scale, ok = _groups(counts, n)
-    sb, sbits = scale.view(np.uint8), scale.view(np.uint32)
     if not ok or V != 4 * S + n:
         return BAD_SHAPE
     for r in range(N):
-        sb[:] = rows[r, : 4 * S]
-        for s in range(S):
-            if not _check_scale(sbits[s], counts[r, s]):
-                return BAD_VALUE
-            for t in range(at[r, s], at[r, s + 1]):
-                q = np.int64(rows[r, 4 * S + t])
-                if q == 128:
-                    return BAD_VALUE
-                out[r, t] = np.float32(q - 256 if q > 128 else q) * scale[s]
+        err = int8_decode_row(rows[r], at[r], out[r], scale)
+        if err != OK:
+            return err
     return OK
 
 
@@ -257,4 +286,5 @@ def _warm() -> None:
     int8_decode(rows, counts, 3, np.empty((1, 3), np.float32))
 
 
-__all__ = ["int8_decode", "int8_encode", "sign_decode", "sign_decode_row", "sign_encode", "sign_encode_row"]
+__all__ = ["int8_decode", "int8_decode_row", "int8_encode", "int8_encode_row", "sign_decode", "sign_decode_row",
+           "sign_encode", "sign_encode_row"]

@@ -1,5 +1,6 @@
 r"""A :class:`~.composite.SparseCodec`'s compiled whole-message path (``rice`` or ``auto`` indices,
-``fp32`` or ``sign`` values, with or without a tensor policy's implied indices).
+``fp32``, ``sign``, ``bf16`` or ``int8`` values, with or without a tensor policy's implied
+indices).
 
 What it buys: the codec's own path makes five compiled calls a batch (split the implied indices,
 the index part, the value part; on receipt the index part and the merge) and some forty small
@@ -23,9 +24,9 @@ from torch import Tensor
 from ... import kernels
 from ...kernels import messages as kernel
 from .index import Auto, Rice
-from .value import Fp32, Sign
+from .value import Bf16, Fp32, Int8, Sign
 
-_VALUE_KINDS = {Fp32: kernel.FP32, Sign: kernel.SIGN}
+_VALUE_KINDS = {Fp32: kernel.FP32, Sign: kernel.SIGN, Bf16: kernel.BF16, Int8: kernel.INT8}
 _TAGS = {Rice: 0, Auto: 1}
 
 
@@ -62,7 +63,7 @@ class FusedMessages:
         if not (idx.ndim == 2 and idx.shape == v.shape and idx.shape[0] and idx.flags.c_contiguous
                 and v.flags.c_contiguous):
             return None
-        dec = np.empty(v.shape, np.float32) if self.kind == kernel.SIGN else v  # (fp32: unused)
+        dec = v if self.kind == kernel.FP32 else np.empty(v.shape, np.float32)  # (fp32: unused)
         data, sizes, err = kernel.encode_messages(idx, v, self.tables, self.W, self.tags_on, self.kind, dec)
         if err:
             return None

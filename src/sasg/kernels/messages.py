@@ -53,9 +53,10 @@ def value_bytes(kind, K, S):
 def _bf16_encode_row(bits, out, dec):
     """float32 values (their ``bits``) as bfloat16, round to nearest, ties to even, 2 bytes each
     little-endian into ``out``; what they decode to (the bf16 bits shifted up) into ``dec``.
-    False where a value is a NaN or a nonzero subnormal: torch's cast of those depends on the CPU
-    (a NaN came out 0xFFFF here, its payload kept where the hardware converts; a subnormal is
-    flushed by AVX512-BF16's instruction), so the codec's own path casts them as torch does."""
+    False where a value is a NaN or a nonzero subnormal: torch's cast of those may depend on the
+    CPU (every NaN came out 0xFFFF on the AMD EPYC these were written on; AVX512-BF16's
+    conversion instruction keeps NaN payloads and treats subnormal inputs as zero), so the codec's
+    own path casts them as torch does."""
     odd = np.uint32(0)
     for t in range(bits.shape[0]):
         x = bits[t]

@@ -139,10 +139,27 @@ def _remainders(row, first, c, lo, bs, rw, ri, rcur, rf):
     seg = row[first : first + c]
     prev = lo - 1
     ubs = u8(bs)
-    for t in range(c):
-        g = u8(seg[t] - prev - 1)
-        prev = seg[t]
-        ri, rcur, rf = put_bits(rw, ri, rcur, rf, g & ((u8(1) << ubs) - u8(1)), ubs)
+    mask = (u8(1) << ubs) - u8(1)
+    done = 0
+    if 0 < bs <= 7:  # (write_row calls this only for bs > 0; put_bits needs 1..63 bits)
+        # Eight remainders (at most 56 bits) put together with independent shifts, then one
+        # append: one writer step per eight gaps instead of a chain of eight (h = 1 % gives
+        # bs = 6; FC's 4,065 gaps: 2.5 -> 1.7 us).
+        s1, s2, s3, s4, s5, s6 = u8(7) * ubs, u8(6) * ubs, u8(5) * ubs, u8(4) * ubs, u8(3) * ubs, u8(2) * ubs
+        done = c - c % 8
+        for g in range(done // 8):
+            e = seg[8 * g : 8 * g + 8]
+            x = (((u8(e[0] - prev - 1) & mask) << s1) | ((u8(e[1] - e[0] - 1) & mask) << s2)
+                 | ((u8(e[2] - e[1] - 1) & mask) << s3) | ((u8(e[3] - e[2] - 1) & mask) << s4)
+                 | ((u8(e[4] - e[3] - 1) & mask) << s5) | ((u8(e[5] - e[4] - 1) & mask) << s6)
+                 | ((u8(e[6] - e[5] - 1) & mask) << ubs) | (u8(e[7] - e[6] - 1) & mask))
+            prev = e[7]
+            ri, rcur, rf = put_bits(rw, ri, rcur, rf, x, u8(8) * ubs)
+    rest = seg[done:]
+    for t in range(rest.shape[0]):
+        g = u8(rest[t] - prev - 1)
+        prev = rest[t]
+        ri, rcur, rf = put_bits(rw, ri, rcur, rf, g & mask, ubs)
     return ri, rcur, rf
 
 

@@ -11,7 +11,7 @@ Two messages, M = 10 worker rows (``--rows``) of i.i.d. normal values (fixed gen
 - ``resnet18``: ResNet-18 for CIFAR-10 (layout from ``sasg.models``, shapes only), d = 11,173,962
   in 62 tensors, K = 111,723 per row.
 
-For each codec (``idx32+fp32`` = paper32's bytes, ``rice+fp32``, ``rice+bf16``, ``rice+int8``,
+For each codec (``idx32+fp32`` = paper32's bytes, ``rice+fp32``, ``rice+bf16``, ``rice+fp16``, ``rice+int8``,
 ``rice+sign``, ``bitmap+fp32``, ``auto+sign``) one timed call is ``encode_sparse`` of the 10
 rows then ``decode_sparse`` of the bytes. Candidates (``topk`` = ``TopK.compress``, and every
 codec) take turns, after one untimed warm-up call each; the medians are compared. Before timing,
@@ -37,7 +37,7 @@ import torch
 from sasg.core import Layout, TopK
 from sasg.core.codecs.composite import make_codec
 
-CODECS = ("idx32+fp32", "rice+fp32", "rice+bf16", "rice+int8", "rice+sign", "bitmap+fp32", "auto+sign")
+CODECS = ("idx32+fp32", "rice+fp32", "rice+bf16", "rice+fp16", "rice+int8", "rice+sign", "bitmap+fp32", "auto+sign")
 TARGET = ("rice+sign", "rice+bf16")
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +27,8 @@ from test_topk_kernel import KINDS, reference, rows_of
 pytestmark = pytest.mark.skipif(not sasg.kernels.available(), reason="kernels switched off")
 
 LAYOUT = Layout([("w", (30, 20)), ("b", (30,)), ("v", (7, 30)), ("c", (7,))])
-NAMES = ["rice+fp32", "rice+sign", "auto+fp32", "auto+sign", "rice+bf16", "auto+bf16", "rice+int8", "auto+int8"]
+NAMES = ["rice+fp32", "rice+sign", "auto+fp32", "auto+sign", "rice+bf16", "auto+bf16", "rice+int8", "auto+int8",
+         "rice+fp16", "auto+fp16"]
 
 
 def unfused(codec, fn):
@@ -49,10 +51,12 @@ def check(codec, idx, vals):
     if kind != "ok":
         return
     data, sizes = enc
-    odd = vals.isnan() | ((vals != 0) & (vals.abs() < torch.finfo(torch.float32).tiny))
-    if idx.numel() and not (codec.value.name == "bf16" and bool(odd.any())):
+    odd = {"bf16": vals.isnan() | ((vals != 0) & (vals.abs() < torch.finfo(torch.float32).tiny)),
+           "fp16": vals.isnan()}.get(codec.value.name)
+    if idx.numel() and not (odd is not None and bool(odd.any())):
         # (the fused path itself ran: a batch of messages, none empty; bf16 leaves NaN and
-        # subnormal values to torch's cast, test_bf16_values_torch_may_cast_alike_on_every_cpu_only)
+        # subnormal values to torch's cast, fp16 NaN: test_bf16_values_torch_may_cast_alike_on_every_
+        # cpu_only, test_fp16_values_round_as_torch_casts_them)
         assert codec._fused.encode(idx, vals) is not None
         assert codec._fused.decode(data, sizes, idx.shape[1], torch.float32) is not None
 
@@ -157,6 +161,32 @@ def test_bf16_values_torch_may_cast_alike_on_every_cpu_only(special):
     vals[0, 2] = special
     assert codec._fused.encode(idx, vals) is None
     check(codec, idx, vals)
+
+
+def test_fp16_values_round_as_torch_casts_them():
+    """``fp16``: the kernel rounds every float32 that is not a NaN itself — normal and subnormal
+    halves, ties to even, ±inf from 65520 up, float32 subnormals to signed zeros — and decodes
+    every half that is not a NaN: here every float32 exponent and sign with many significands
+    (all 65,536 upper halves of the bits, each with 20 lower halves that sit on and beside the
+    rounding points), bytes and values against torch's cast. NaN is left to torch's cast."""
+    lows = [0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x2001, 0x3000, 0x7FFF, 0x8000, 0xFFFF]
+    lows += torch.randint(0, 1 << 16, (8,), generator=torch.Generator().manual_seed(0)).tolist()
+    bits = torch.cat([(torch.arange(1 << 16, dtype=torch.int64) << 16) | low for low in lows])
+    vals = torch.from_numpy(bits.numpy().astype(np.uint32).view(np.float32))
+    vals = vals[~vals.isnan()].unsqueeze(0).contiguous()
+    codec = make_codec("rice+fp16", Layout([("w", (vals.shape[1],))]))
+    idx = torch.arange(vals.shape[1]).unsqueeze(0)
+    fused = codec._fused.encode(idx, vals)
+    assert fused is not None
+    data, sizes, decoded = fused
+    ref = unfused(codec, lambda: codec.encode_sparse(idx, vals))
+    assert ref[0] == "ok" and torch.equal(data, ref[1][0]) and sizes == ref[1][1]
+    expected = vals.to(torch.float16).float()
+    assert same(decoded, expected)
+    assert same(codec._fused.decode(data, sizes, vals.shape[1], torch.float32)[1], expected)
+    small = torch.tensor([[1.0, float("nan")]])
+    assert codec._fused.encode(torch.tensor([[0, 5]]), small) is None
+    check(make_codec("rice+fp16", LAYOUT), torch.tensor([[3, 40]]), small)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -23,7 +23,7 @@ from sasg.kernels import rice as rice_kernel
 from test_codecs import random_message
 
 INDEX = ("idx32", "rice", "bitmap", "auto")
-VALUE = ("fp32", "bf16", "sign", "int8")
+VALUE = ("fp32", "bf16", "fp16", "sign", "int8")
 NAMES = [f"{i}+{v}" for i in INDEX for v in VALUE]
 LAYOUTS = {
     "mixed": Layout([("w", (30, 20)), ("b", (30,)), ("v", (7, 30)), ("c", (7,))]),

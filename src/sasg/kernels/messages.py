@@ -1,4 +1,5 @@
-r"""Whole sparse messages of a ``rice``/``auto`` + ``fp32``/``sign`` codec in one compiled call:
+r"""Whole sparse messages of a ``rice``/``auto`` + ``fp32``/``sign``/``bf16``/``fp16``/``int8`` codec in
+one compiled call:
 the index part (:mod:`.rice`, :mod:`.rice_read`), the tensors a tensor policy sends whole
 (their indices implied: :mod:`sasg.core.codecs.implied`) and the value part (:mod:`.values`).
 
@@ -15,8 +16,8 @@ whole tensor. Any error gives a nonzero code and writes nothing the caller keeps
 runs the codec's own path, which raises the error that names the message.
 
 ``tables``: ``(4, S)`` int64, rows offsets, numels, ``bmax`` and whether the tensor is sent
-whole. Value kinds: :data:`FP32` (float32 values, their bytes), :data:`SIGN`, :data:`BF16` and
-:data:`INT8`.
+whole. Value kinds: :data:`FP32` (float32 values, their bytes), :data:`SIGN`, :data:`BF16`,
+:data:`INT8` and :data:`FP16`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FP32 = 1
 SIGN = 2
 BF16 = 3
 INT8 = 4
+FP16 = 5
 BAD = 9  # anything wrong: the caller takes the codec's own path
 
 ieee = jit(error_model="numpy")  # IEEE division, as in sasg.kernels.values
@@ -46,7 +48,7 @@ def value_bytes(kind, K, S):
         return 4 * K
     if kind == INT8:
         return 4 * S + K
-    return 2 * K if kind == BF16 else 4 * S + (K + 7) // 8
+    return 2 * K if kind == BF16 or kind == FP16 else 4 * S + (K + 7) // 8
 
 
 @jit(inline="always")
@@ -74,6 +76,62 @@ def _bf16_decode_row(part, out):
     """2 bytes a value, little-endian bfloat16 -> float32 bits (exact: the bits shifted up)."""
     for t in range(out.shape[0]):
         out[t] = (np.uint32(part[2 * t]) | (np.uint32(part[2 * t + 1]) << np.uint32(8))) << np.uint32(16)
+
+
+@jit(inline="always")
+def _fp16_encode_row(bits, out, dec):
+    """float32 values (their ``bits``) as IEEE half, round to nearest, ties to even (subnormal
+    halves below 2^-14, ±inf from 65520 up), 2 bytes each little-endian into ``out``; what they
+    decode to (float32 bits) into ``dec``. False where a value is a NaN: torch's cast keeps a NaN's
+    payload on one CPU path (F16C's conversion) and makes it 0x7E00 on another (its scalar code).
+    Everything else is IEEE's rounding on every path (F16C ignores flush-to-zero here, and a float32
+    subnormal rounds to a signed zero either way), so the kernel may do it."""
+    nan = np.uint32(0)
+    for t in range(bits.shape[0]):
+        x = bits[t]
+        a = x & np.uint32(0x7FFFFFFF)
+        nan |= np.uint32(a > np.uint32(0x7F800000))
+        e = a >> np.uint32(23)
+        # normal halves: rebias the exponent (127 -> 15) and round the 13 bits dropped
+        normal = (a - np.uint32(0x38000000) + np.uint32(0xFFF) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
+        # subnormal halves (units of 2^-24): the significand m * 2^(e - 150) shifted by 126 - e,
+        # rounded; below 2^-25 (e < 102) every value rounds to zero (the shift kept in 14..24,
+        # where it is defined, for the lanes whose result is not taken)
+        m = (a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)
+        sh = np.uint32(126) - min(max(e, np.uint32(102)), np.uint32(112))
+        sub = (m + (np.uint32(1) << (sh - np.uint32(1))) - np.uint32(1) + ((m >> sh) & np.uint32(1))) >> sh
+        sub = sub if e >= np.uint32(102) else np.uint32(0)
+        h = np.uint32(0x7C00) if a >= np.uint32(0x477FF000) else (normal if a >= np.uint32(0x38800000) else sub)
+        h |= (x >> np.uint32(16)) & np.uint32(0x8000)
+        out[2 * t] = np.uint8(h & np.uint32(0xFF))
+        out[2 * t + 1] = np.uint8(h >> np.uint32(8))
+        dec[t] = _half_bits(h)
+    return nan == 0
+
+
+@jit(inline="always")
+def _half_bits(h):
+    """The float32 bits of IEEE half ``h`` (not a NaN): exact. A subnormal half ``m 2^-24`` is a
+    normal float32: its bits from the float product (exact)."""
+    a = h & np.uint32(0x7FFF)
+    s = (h & np.uint32(0x8000)) << np.uint32(16)
+    if a >= np.uint32(0x7C00):
+        return s | np.uint32(0x7F800000)
+    if a >= np.uint32(0x0400):
+        return s | ((a << np.uint32(13)) + np.uint32(0x38000000))
+    return s | np.float32(np.float32(a) * np.float32(5.9604644775390625e-08)).view(np.uint32)
+
+
+@jit(inline="always")
+def _fp16_decode_row(part, out):
+    """2 bytes a value, little-endian IEEE half -> float32 bits (exact); False on a NaN half (its
+    payload is torch's cast's business, as on the way in)."""
+    nan = np.uint32(0)
+    for t in range(out.shape[0]):
+        h = np.uint32(part[2 * t]) | (np.uint32(part[2 * t + 1]) << np.uint32(8))
+        nan |= np.uint32((h & np.uint32(0x7FFF)) > np.uint32(0x7C00))
+        out[t] = _half_bits(h)
+    return nan == 0
 
 
 @jit(inline="always")
@@ -124,6 +182,9 @@ def encode_messages(idx, v, tables, W, tags_on, kind, dec):
             copy(out[q : q + V], vb[n])
         elif kind == BF16:
             if not _bf16_encode_row(v[n].view(np.uint32), out[q : q + V], dec_bits[n]):
+                return np.zeros(0, np.uint8), sizes, BAD
+        elif kind == FP16:
+            if not _fp16_encode_row(v[n].view(np.uint32), out[q : q + V], dec_bits[n]):
                 return np.zeros(0, np.uint8), sizes, BAD
         elif kind == INT8:  # (what receivers decode: read back from the bytes, by their code)
             for s in range(S):
@@ -188,6 +249,9 @@ def decode_messages(data, sizes, tables, W, tags_on, kind, vals, out, own, own_i
             copy(vals[n].view(np.uint8), part)
         elif kind == BF16:
             _bf16_decode_row(part, vbits[n])
+        elif kind == FP16:
+            if not _fp16_decode_row(part, vbits[n]):
+                return BAD
         elif kind == INT8:
             for s in range(S):
                 at[s + 1] = at[s] + (numels[s] if skip[s] else counts[s])
@@ -207,7 +271,7 @@ def _warm() -> None:
     tables = np.array([[0, 6], [6, 10], [2, 3], [0, 1]], np.int64)
     idx = np.array([[1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]], np.int64)
     v = np.ones(idx.shape, np.float32)
-    for kind in (FP32, SIGN, BF16, INT8):
+    for kind in (FP32, SIGN, BF16, INT8, FP16):
         for tags_on in (0, 1):
             dec = np.empty(idx.shape, np.float32)
             data, sizes, _ = encode_messages(idx, v, tables, 4, tags_on, kind, dec)
@@ -215,4 +279,4 @@ def _warm() -> None:
                 decode_messages(data, sizes, tables, 4, tags_on, kind, dec, np.empty_like(idx), own, idx, dec)
 
 
-__all__ = ["BAD", "BF16", "FP32", "INT8", "SIGN", "decode_messages", "encode_messages", "value_bytes"]
+__all__ = ["BAD", "BF16", "FP16", "FP32", "INT8", "SIGN", "decode_messages", "encode_messages", "value_bytes"]

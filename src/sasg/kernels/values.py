@@ -16,8 +16,8 @@ torch -> kernel; torch: segment_reduce, packbits, repeat_interleave, where, the 
 ``sign`` encode 0.05-0.10 -> 0.012-0.019, decode 0.11-0.13 -> 0.012-0.019; ``int8`` encode
 0.05 -> 0.02, decode 0.08-0.13 -> 0.011-0.017. ``fp32``/``fp16``/``bf16`` stay one batched
 torch cast each here (0.003-0.007 ms a message, encode or decode: nothing for a kernel to buy);
-the whole-message kernel (:mod:`.messages`) writes fp32 and bf16 values itself, and calls the
-row functions of sign and int8 below.
+the whole-message kernel (:mod:`.messages`) writes fp32, bf16 and fp16 values itself, and calls
+the row functions of sign and int8 below.
 
 Errors (decode): a padding bit set, the int8 value -128, a negative scale or a nonzero scale for
 an empty tensor give a nonzero code; the member then reruns the reference, which raises the

@@ -1,5 +1,5 @@
 r"""A :class:`~.composite.SparseCodec`'s compiled whole-message path (``rice`` or ``auto`` indices,
-``fp32``, ``sign``, ``bf16`` or ``int8`` values, with or without a tensor policy's implied
+``fp32``, ``sign``, ``bf16``, ``fp16`` or ``int8`` values, with or without a tensor policy's implied
 indices).
 
 What it buys: the codec's own path makes five compiled calls a batch (split the implied indices,
@@ -24,9 +24,9 @@ from torch import Tensor
 from ... import kernels
 from ...kernels import messages as kernel
 from .index import Auto, Rice
-from .value import Bf16, Fp32, Int8, Sign
+from .value import Bf16, Fp16, Fp32, Int8, Sign
 
-_VALUE_KINDS = {Fp32: kernel.FP32, Sign: kernel.SIGN, Bf16: kernel.BF16, Int8: kernel.INT8}
+_VALUE_KINDS = {Fp32: kernel.FP32, Sign: kernel.SIGN, Bf16: kernel.BF16, Fp16: kernel.FP16, Int8: kernel.INT8}
 _TAGS = {Rice: 0, Auto: 1}
 
 

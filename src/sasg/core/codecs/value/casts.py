@@ -15,8 +15,8 @@ from .common import Groups, ValueFormat
 
 class _Cast(ValueFormat):
     # No compiled path of its own: one batched torch cast each way, 0.003-0.007 ms for a 4,071-value
-    # message, is already at memory speed. (With rice/auto indices, bf16 goes through the whole-
-    # message kernel, sasg.core.codecs.fused: what that saves is the calls around the cast.)
+    # message, is already at memory speed. (With rice/auto indices, bf16 and fp16 go through the
+    # whole-message kernel, sasg.core.codecs.fused: what that saves is the calls around the cast.)
     wire: torch.dtype = torch.float32
 
     def nbytes(self, n: int) -> int:

@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -377,6 +378,42 @@ def test_a_rule_that_needs_a_second_gradient_says_how_to_give_it(ranks):
         HookState(_linear(), algo=SECOND)
     with pytest.raises(TypeError, match="DistributedDataParallel"):
         register(_linear(), algo="always+topk")
+
+
+def _bucket(params):
+    """What the hook reads of a ``dist.GradBucket``: parameters and their gradients, in order."""
+    return SimpleNamespace(parameters=lambda: params, gradients=lambda: [p.grad for p in params], index=lambda: 0)
+
+
+def test_the_round_reads_fp32_gradients_where_ddp_keeps_them_and_casts_the_rest():
+    """``ParameterIndex.blocks``: an fp32 gradient is handed to the engine as a view of DDP's own
+    tensor (no copy: HookState's default round reads it in place); a bf16 one is cast into its
+    place in the flat fp32 buffer; both give the values a gather would; a tensor twice or one
+    missing is refused."""
+    from sasg.ddp.buckets import ParameterIndex
+
+    a, b, c = (torch.nn.Parameter(torch.zeros(s)) for s in ((3, 4), (5,), (2, 2)))
+    b.data = b.data.bfloat16()
+    g = torch.Generator().manual_seed(0)
+    for p in (a, b, c):
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+    index = ParameterIndex([("a", a), ("b", b), ("c", c)])
+    buckets = [_bucket([c, b]), _bucket([a])]  # DDP's order: last tensors first
+    views, filled = {}, set()
+    for bucket in buckets:
+        views.update(index.gradients(bucket, filled))
+    index.check_complete(filled)
+    out = torch.zeros(index.numel)
+    blocks = index.blocks(views, out)
+    assert [tuple(x.shape) for x in blocks] == [(1, 12), (1, 5), (1, 4)]
+    assert blocks[0].data_ptr() == a.grad.data_ptr() and blocks[2].data_ptr() == c.grad.data_ptr()
+    assert blocks[1].dtype == torch.float32 and blocks[1].data_ptr() == out[12:].data_ptr()
+    assert torch.equal(torch.cat(blocks, 1)[0], index.gather(buckets, torch.zeros(index.numel)))
+    assert [x.data_ptr() for x in index.blocks(views, out, 1, 3)] == [out[12:].data_ptr(), c.grad.data_ptr()]
+    with pytest.raises(RuntimeError, match="came twice"):
+        index.gradients(buckets[1], filled)
+    with pytest.raises(RuntimeError, match="reached no DDP bucket"):
+        index.check_complete({0, 2})
 
 
 def test_register_checks_its_options_before_the_model():

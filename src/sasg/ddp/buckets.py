@@ -74,38 +74,50 @@ class ParameterIndex:
             pairs.append((seg, g))
         return pairs
 
-    def gather(self, buckets: Sequence, out: Tensor) -> Tensor:
-        """Every parameter's gradient from the round's ``buckets`` into ``out`` (flat, in layout
-        order; cast to ``out``'s dtype). Each parameter must come exactly once."""
-        seen = 0
-        filled = set()
-        for bucket in buckets:
-            for seg, g in self._pairs(bucket):
-                if seg.offset in filled:
-                    raise RuntimeError(f"parameter {seg.name!r} came twice in one round of DDP buckets")
-                filled.add(seg.offset)
-                out[seg.offset : seg.end].copy_(g.reshape(-1))
-                seen += 1
-        if seen != len(self.layout.segments):
-            missing = [s.name for s in self.layout.segments if s.offset not in filled]
-            raise RuntimeError(
-                f"{len(missing)} trained parameter(s) reached no DDP bucket this round (e.g. {missing[0]!r}): "
-                "parameters DDP ignores must be frozen (requires_grad=False) or left out of the hook state"
-            )
-        return out
-
-    def gather_bucket(self, bucket, out: Tensor, filled: set[int]) -> list[int]:
-        """One bucket's gradients into ``out`` (flat, layout order), adding their tensors' numbers
-        to ``filled`` (the round's so far: a tensor twice is an error). Returns those numbers."""
+    def gradients(self, bucket, filled: set[int]) -> list[tuple[int, Tensor]]:
+        """One bucket's gradients where DDP keeps them: ``(tensor number, (1, d_s) view)`` pairs,
+        adding the numbers to ``filled`` (the round's so far: a tensor twice is an error)."""
         mine = []
         for seg, g in self._pairs(bucket):
             i = self._number[seg.offset]
             if i in filled:
                 raise RuntimeError(f"parameter {seg.name!r} came twice in one round of DDP buckets")
             filled.add(i)
-            mine.append(i)
-            out[seg.offset : seg.end].copy_(g.reshape(-1))
+            mine.append((i, g.reshape(1, -1)))
         return mine
+
+    def gather_bucket(self, bucket, out: Tensor, filled: set[int]) -> list[int]:
+        """One bucket's gradients into ``out`` (flat, layout order; cast to its dtype), adding their
+        tensors' numbers to ``filled`` as :meth:`gradients` does. Returns those numbers."""
+        mine = self.gradients(bucket, filled)
+        for i, g in mine:
+            seg = self.layout.segments[i]
+            out[seg.offset : seg.end].view(1, -1).copy_(g)
+        return [i for i, _ in mine]
+
+    def gather(self, buckets: Sequence, out: Tensor) -> Tensor:
+        """Every parameter's gradient from the round's ``buckets`` into ``out`` (flat, in layout
+        order; cast to ``out``'s dtype). Each parameter must come exactly once."""
+        filled: set[int] = set()
+        for bucket in buckets:
+            self.gather_bucket(bucket, out, filled)
+        self.check_complete(filled)
+        return out
+
+    def blocks(self, gradients: dict[int, Tensor], out: Tensor, first: int = 0, stop: int | None = None
+               ) -> list[Tensor]:
+        """Tensors ``first`` to ``stop - 1`` as ``(1, d_s)`` blocks for the round engine, read where
+        DDP keeps them (``gradients``: views from :meth:`gradients`) where they have ``out``'s
+        dtype and device; any other is cast into its place in ``out`` (flat, layout order) and
+        read there."""
+        stop = len(self.layout.segments) if stop is None else stop
+        blocks = [gradients[i] for i in range(first, stop)]
+        dtype, device = out.dtype, out.device
+        for j, g in enumerate(blocks):
+            if g.dtype != dtype or g.device != device:
+                seg = self.layout.segments[first + j]
+                blocks[j] = out[seg.offset : seg.end].view(1, -1).copy_(g)
+        return blocks
 
     def parts(self, cap: int, first: int) -> list[tuple[int, int]]:
         """The model cut into runs of tensors ``(first, stop)`` as DDP cuts its buckets once it has

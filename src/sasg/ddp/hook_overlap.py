@@ -39,6 +39,7 @@ class Overlap:
         self._overlap = overlap
         self._parted: PartedRound | None = None  # the round made part by part (start)
         self._filled: set[int] = set()  # the tensors of this round's buckets so far
+        self._views: dict = {}  # ... and their gradients where DDP keeps them (HookState._in_place)
         cap = DDP_BUCKET_CAP if bucket_cap is None else validation.integer(bucket_cap, "bucket_cap", ge=1)
         self._parts = self.index.parts(cap, min(cap, DDP_FIRST_BUCKET))
         self._part_of = {i: n for n, (a, b) in enumerate(self._parts) for i in range(a, b)}
@@ -74,10 +75,15 @@ class Overlap:
         if not self._filled:
             self._round_start()
             self._left = [b - a for a, b in self._parts]
-        tensors = self.index.gather_bucket(bucket, self._grads, self._filled)
-        grads = self._grads
-        if self.momentum is not None:  # DGC: the velocity of these tensors is what travels
-            grads = self.momentum.accumulate(self._grads, self._theta, tensors)
+        if self._in_place:  # (read where DDP keeps them: see HookState)
+            views = self.index.gradients(bucket, self._filled)
+            self._views.update(views)
+            tensors = [i for i, _ in views]
+        else:
+            tensors = self.index.gather_bucket(bucket, self._grads, self._filled)
+            grads = self._grads
+            if self.momentum is not None:  # DGC: the velocity of these tensors is what travels
+                grads = self.momentum.accumulate(self._grads, self._theta, tensors)
         ready = []
         for i in tensors:
             n = self._part_of[i]
@@ -86,10 +92,11 @@ class Overlap:
                 ready.append(n)
         for n in sorted(ready):
             first, stop = self._parts[n]
-            self._parted.send(first, stop, grads.view(1, -1), 1.0 / self.engine.num_workers, wait=bucket.is_last())
+            part = self.index.blocks(self._views, self._grads, first, stop) if self._in_place else grads.view(1, -1)
+            self._parted.send(first, stop, part, 1.0 / self.engine.num_workers, wait=bucket.is_last())
 
     def _abandon_parts(self) -> None:
         """A round that failed part-way: its exchanges waited for, its parts forgotten."""
         if self._parted is not None:
             self._parted.abandon()
-            self._filled = set()
+            self._filled, self._views = set(), {}

@@ -194,6 +194,12 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         # round measures the real step.
         # `always` never looks at it; any other trigger (a plug-in too) may.
         self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
+        # The engine reads the round's gradients where DDP keeps them (the buckets' views) unless
+        # something else reads a flat copy of them: a lazy rule and its second gradient, DGC's
+        # velocity, Adam's second moment. What it saves: one pass over the model's gradient a round,
+        # written and read again (FC 784-512-10: about 0.1 ms of the hook's 0.9 ms a step).
+        self._in_place = (self.spec.trigger == "always" and self.momentum is None and self.variance is None
+                          and not self._coasts)
         self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
         self.start_iter = int(start_iter)
         self.seed = int(seed)
@@ -330,11 +336,18 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         if parted is None:
             if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
                 self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
-            index.gather(buckets, self._grads)
+            if self._in_place:
+                views, filled = {}, set()
+                for bucket in buckets:
+                    views.update(index.gradients(bucket, filled))
+                index.check_complete(filled)
+                grads = index.blocks(views, self._grads)
+            else:
+                grads = index.gather(buckets, self._grads).view(1, -1)
             self._round_start()
         else:
             self.index.check_complete(self._filled)
-            self._filled = set()
+            self._filled, self._views = set(), {}
         threshold_lr = None
         if self.algorithm.lazy:
             threshold_lr = _lr_value(self._lr())  # thr_k = sum of real squared steps / (c M eta)
@@ -347,11 +360,9 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         if parted is not None:
             result = parted.finish(self._theta)
         else:
-            grads = self._grads
             if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
-                grads = self.momentum.accumulate(self._grads, self._theta)
-            result = engine.step(self._theta, grads.view(1, -1), self._second_gradient_of_round, 1.0,
-                                 threshold_lr=threshold_lr)
+                grads = self.momentum.accumulate(self._grads, self._theta).view(1, -1)
+            result = engine.step(self._theta, grads, self._second_gradient_of_round, 1.0, threshold_lr=threshold_lr)
         flags = result.flags
         if averaged:  # every rank's, on the round's uplink line too
             engine.ledger.add_up(8 * averaged * engine.num_workers)

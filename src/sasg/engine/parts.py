@@ -106,9 +106,10 @@ class PartedRound:
         """Is this round one of the algorithm's dense warm-up rounds?"""
         return self.engine.iteration < self.engine.algorithm.warmup
 
-    def send(self, first: int, stop: int, grads: Tensor, scale: float, *, wait: bool = False) -> None:
+    def send(self, first: int, stop: int, grads, scale: float, *, wait: bool = False) -> None:
         """Compress tensors ``first`` to ``stop - 1`` of ``grads`` (``(N, d)``, the whole layout's
-        buffer: only their columns are read) with step ``scale`` (``lr / M``) and start their
+        buffer: only their columns are read; or those tensors' own ``(N, d_s)`` blocks, in layout
+        order) with step ``scale`` (``lr / M``) and start their
         exchange. ``wait``: exchange now, on this thread, after every part sent before (the
         round's last parts: nothing is left to overlap)."""
         engine = self.engine
@@ -119,7 +120,7 @@ class PartedRound:
         members = part.algorithm
         rows = list(range(len(engine.local_workers)))
         compressor = part.dense if self.dense else members.compressor
-        cols = part.layout.as_columns(grads[:, part.lo:part.hi])
+        cols = part.layout.as_columns(grads[:, part.lo:part.hi] if isinstance(grads, Tensor) else grads)
         sent = members.memory.upload(_Columns(engine.workers, part.lo, part.hi), rows, cols, scale, compressor,
                                      [engine.generators[r] for r in rows], members.codec)
         if not part.checked:

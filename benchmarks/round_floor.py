@@ -13,8 +13,8 @@ them; rank 0 times each phase (median of ``--reps`` calls, every rank calling in
 phase       what                                                        floor
 ==========  ==========================================================  ===========================
 backward    forward + backward of FC 784-512-10, batch 10 (FC only)     its FLOPs at the GEMM rate
-gather      the buckets' gradients as the engine's blocks: views where   one call
-            DDP keeps them (HookState reads them in place)
+gather      the buckets' gradients as the engine's blocks: views where   one view of each
+            DDP keeps them (HookState reads them in place)              tensor (or one call)
 trigger     the rule's decision (``always``)                            one call
 ef add      ``v = e + g / M`` in the error memory                       read 2, write 1 × 4d bytes
 top-k       exact per-tensor top-k of ``v``                             read 4d bytes
@@ -32,7 +32,7 @@ scatter     the step back into the buckets                              read + w
 
 Every floor is measured here, in the same run: the memory bandwidth at the layout's size (a copy
 of ``d`` floats into a buffer made before: ``B``; a memory floor is bytes / B), the fixed cost of one call into torch (``op``: every phase
-needs at least one; added to every floor but the exchange's), an empty collective (one int32 to
+needs at least one; added to every floor but the exchange's; a view of a tensor: ``view``), an empty collective (one int32 to
 every rank by ``all_to_all_single``: ``latency``), the loopback's throughput for the link term,
 and the GEMM rate (a 1024² matmul) for the backward. ``link_1gbit_ms`` adds what the payload
 would take at 1 Gbit/s. The layouts: ``fc`` (FC 784-512-10: d = 407,050 in 4 tensors, one DDP
@@ -120,6 +120,7 @@ def _floors(reps: int, sync, world: int) -> dict:
 
     tiny = torch.zeros(1)
     op = _median_ms(lambda: tiny.add_(1), reps * 5)
+    view = _median_ms(lambda: tiny.view(1, -1), reps * 5)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     t = _median_ms(lambda: a @ b, max(5, reps // 4))
     gemm = 2 * 1024**3 / (t / 1000)
@@ -131,7 +132,7 @@ def _floors(reps: int, sync, world: int) -> dict:
     recv = torch.empty_like(send)
     t = _median_ms(lambda: dist.all_to_all_single(recv, send), max(5, reps // 4), sync)
     loopback = (world - 1) * chunk / max(t / 1000 - latency / 1000, 1e-9) if world > 1 else float("inf")
-    return {"op_ms": op, "gemm_gflop_s": gemm / 1e9, "latency_ms": latency,
+    return {"op_ms": op, "view_ms": view, "gemm_gflop_s": gemm / 1e9, "latency_ms": latency,
             "loopback_gb_s": loopback / 1e9}
 
 
@@ -188,7 +189,7 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
         return index.blocks(views, grads)
 
     ms["gather"] = _median_ms(gather, reps)
-    floor["gather"] = op
+    floor["gather"] = max(op, len(index.layout.segments) * floors["view_ms"])
     cols = gather()
     rnd = Round(0, 1.0, M, engine.local_workers, index.layout, engine.workers, engine.server, cols,
                 lambda rows: None, engine.workspace, theta)
@@ -302,7 +303,7 @@ def main(argv=None) -> int:
             result = json.load(f)
     fl = result["floors"]
     print(f"{a.world} ranks (gloo, loopback), one torch thread each; floors measured now: "
-          f"one torch call {1000 * fl['op_ms']:.1f} us, empty collective "
+          f"one torch call {1000 * fl['op_ms']:.1f} us (a view {1000 * fl['view_ms']:.1f}), empty collective "
           f"{1000 * fl['latency_ms']:.0f} us, loopback {fl['loopback_gb_s']:.2f} GB/s, GEMM {fl['gemm_gflop_s']:.0f} GFLOP/s")
     for row, phases in result["rows"].items():
         msg = phases["_message"]

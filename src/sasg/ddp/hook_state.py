@@ -194,12 +194,11 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         # round measures the real step.
         # `always` never looks at it; any other trigger (a plug-in too) may.
         self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
-        # The engine reads the round's gradients where DDP keeps them (the buckets' views) unless
-        # something else reads a flat copy of them: a lazy rule and its second gradient, DGC's
-        # velocity, Adam's second moment. What it saves: one pass over the model's gradient a round,
-        # written and read again (FC 784-512-10: about 0.1 ms of the hook's 0.9 ms a step).
-        self._in_place = (self.spec.trigger == "always" and self.momentum is None and self.variance is None
-                          and not self._coasts)
+        # The engine (the trigger and the memory: both only read them) gets the round's gradients
+        # where DDP keeps them, the buckets' views, unless something else reads a flat copy: DGC's
+        # velocity, Adam's second moment. What it saves: one pass over the model's gradient a
+        # round, written and read again (ResNet-18 on one core: about 4 ms).
+        self._in_place = self.momentum is None and self.variance is None and not self._coasts
         self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
         self.start_iter = int(start_iter)
         self.seed = int(seed)

@@ -416,6 +416,34 @@ def test_the_round_reads_fp32_gradients_where_ddp_keeps_them_and_casts_the_rest(
         index.check_complete({0, 2})
 
 
+def test_the_real_step_is_summed_as_in_float64_bit_for_bit():
+    """``ParameterIndex.step_sq_from`` (the lazy rules' real step in the hook) in its kept float64
+    buffer: the very sums of each operand converted with ``.double()``, with and without a metric,
+    for fp32 and bf16 parameters, and on a second call (the buffer reused)."""
+    from sasg.ddp.buckets import ParameterIndex
+
+    g = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in ((40, 30), (7,), (3, 5))]
+    params[1].data = params[1].data.bfloat16()
+    index = ParameterIndex([(f"p{i}", p) for i, p in enumerate(params)])
+    previous = torch.randn(index.numel, generator=g)
+    metric = [torch.rand(p.shape, generator=g) for p in params]
+    metric[2] = None
+
+    def reference(metric):
+        total = 0.0
+        for i, (p, seg) in enumerate(zip(params, index.layout.segments)):
+            diff = p.detach().reshape(-1).double() - previous[seg.offset : seg.end].double()
+            if metric is not None and metric[i] is not None:
+                diff.mul_(metric[i].reshape(-1).double())
+            total += float(torch.dot(diff, diff))
+        return total
+
+    for _ in range(2):
+        assert index.step_sq_from(previous) == reference(None)
+        assert index.step_sq_from(previous, metric) == reference(metric)
+
+
 def test_register_checks_its_options_before_the_model():
     # an unknown keyword names itself and the valid ones; a bad knob is refused with HookState's
     # own defaults filled in; neither looks at the model (a plain module would be a TypeError)

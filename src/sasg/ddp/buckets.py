@@ -37,6 +37,7 @@ class ParameterIndex:
         self._number = {seg.offset: i for i, seg in enumerate(self.layout.segments)}
         first = self.params[0]
         self.device = first.device
+        self._scratch: Tensor | None = None  # float64, for step_sq_from
 
     @property
     def numel(self) -> int:
@@ -52,11 +53,19 @@ class ParameterIndex:
         """``||theta - previous||^2`` of the current parameters (float64 sums): the real step since
         ``previous`` (a flat copy from :meth:`flat_params`), whatever the optimizer did; with
         ``metric`` (per tensor, a tensor of its shape or None), ``||metric * (theta - previous)||^2``."""
+        # In one float64 buffer the size of the largest tensor, kept: the same sums as converting
+        # each operand with .double() (float32 -> float64 is exact, and the mixed-dtype ops compute
+        # in float64), without three fresh float64 temporaries a tensor a round, whose page faults
+        # were most of the cost (FC 784-512-10: 0.4-0.8 -> 0.3 ms).
+        scratch = self._scratch
+        if scratch is None or scratch.device != previous.device:
+            scratch = self._scratch = torch.empty(max(p.numel() for p in self.params), dtype=torch.float64,
+                                                  device=previous.device)
         total = 0.0
         for i, (p, seg) in enumerate(zip(self.params, self.layout.segments)):
-            diff = p.detach().reshape(-1).double() - previous[seg.offset : seg.end].double()
+            diff = scratch[: seg.numel].copy_(p.detach().reshape(-1)).sub_(previous[seg.offset : seg.end])
             if metric is not None and metric[i] is not None:
-                diff.mul_(metric[i].detach().reshape(-1).double())
+                diff.mul_(metric[i].detach().reshape(-1))
             total += float(torch.dot(diff, diff).item()) if diff.numel() else 0.0
         return total
 

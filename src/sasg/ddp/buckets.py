@@ -113,19 +113,21 @@ class ParameterIndex:
         self.check_complete(filled)
         return out
 
-    def blocks(self, gradients: dict[int, Tensor], out: Tensor, first: int = 0, stop: int | None = None
+    def blocks(self, gradients: dict[int, Tensor], out: Tensor, numbers: Iterable[int] | None = None
                ) -> list[Tensor]:
-        """Tensors ``first`` to ``stop - 1`` as ``(1, d_s)`` blocks for the round engine, read where
-        DDP keeps them (``gradients``: views from :meth:`gradients`) where they have ``out``'s
-        dtype and device; any other is cast into its place in ``out`` (flat, layout order) and
-        read there."""
-        stop = len(self.layout.segments) if stop is None else stop
-        blocks = [gradients[i] for i in range(first, stop)]
+        """The numbered tensors (default: all, in layout order) as ``(1, d_s)`` blocks for the
+        round engine, read where DDP keeps them (``gradients``: views from :meth:`gradients`)
+        where they have ``out``'s dtype and device; any other is cast into its place in ``out``
+        (flat, layout order) and read there."""
+        numbers = range(len(self.layout.segments)) if numbers is None else numbers
         dtype, device = out.dtype, out.device
-        for j, g in enumerate(blocks):
+        blocks = []
+        for i in numbers:
+            g = gradients[i]
             if g.dtype != dtype or g.device != device:
-                seg = self.layout.segments[first + j]
-                blocks[j] = out[seg.offset : seg.end].view(1, -1).copy_(g)
+                seg = self.layout.segments[i]
+                g = out[seg.offset : seg.end].view(1, -1).copy_(g)
+            blocks.append(g)
         return blocks
 
     def parts(self, cap: int, first: int) -> list[tuple[int, int]]:

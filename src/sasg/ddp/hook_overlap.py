@@ -79,11 +79,14 @@ class Overlap:
             views = self.index.gradients(bucket, self._filled)
             self._views.update(views)
             tensors = [i for i, _ in views]
+            grads = None  # (each part's blocks are read from self._views when it is sent)
+            if self.momentum is not None:
+                grads = dict(zip(tensors, self.index.blocks(self._views, self._grads, tensors)))
         else:
             tensors = self.index.gather_bucket(bucket, self._grads, self._filled)
             grads = self._grads
-            if self.momentum is not None:  # DGC: the velocity of these tensors is what travels
-                grads = self.momentum.accumulate(self._grads, self._theta, tensors)
+        if self.momentum is not None:  # DGC: the velocity of these tensors is what travels
+            grads = self.momentum.accumulate(grads, self._theta, tensors)
         ready = []
         for i in tensors:
             n = self._part_of[i]
@@ -92,7 +95,10 @@ class Overlap:
                 ready.append(n)
         for n in sorted(ready):
             first, stop = self._parts[n]
-            part = self.index.blocks(self._views, self._grads, first, stop) if self._in_place else grads.view(1, -1)
+            if grads is None:  # the part's own blocks, where DDP keeps them (it may span buckets)
+                part = self.index.blocks(self._views, self._grads, range(first, stop))
+            else:  # the flat gradient, or DGC's velocity
+                part = grads.view(1, -1)
             self._parted.send(first, stop, part, 1.0 / self.engine.num_workers, wait=bucket.is_last())
 
     def _abandon_parts(self) -> None:

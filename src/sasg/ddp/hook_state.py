@@ -194,11 +194,13 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         # round measures the real step.
         # `always` never looks at it; any other trigger (a plug-in too) may.
         self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
-        # The engine (the trigger and the memory: both only read them) gets the round's gradients
-        # where DDP keeps them, the buckets' views, unless something else reads a flat copy: DGC's
-        # velocity, Adam's second moment. What it saves: one pass over the model's gradient a
-        # round, written and read again (ResNet-18 on one core: about 4 ms).
-        self._in_place = self.momentum is None and self.variance is None and not self._coasts
+        # The engine (the trigger and the memory: both only read them) and DGC's velocity get the
+        # round's gradients where DDP keeps them, the buckets' views, unless something reads a
+        # flat copy: Adam's second moment, the velocity at a second gradient's anchor (wk2 under
+        # momentum). What it saves: one pass over the model's gradient a round, written and read
+        # again (ResNet-18 on one core: about 4 ms).
+        self._in_place = (self.variance is None and not self._coasts
+                          and not (self.momentum is not None and self.algorithm.needs_stale_grads))
         self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
         self.start_iter = int(start_iter)
         self.seed = int(seed)
@@ -360,7 +362,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             result = parted.finish(self._theta)
         else:
             if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
-                grads = self.momentum.accumulate(self._grads, self._theta).view(1, -1)
+                grads = self.momentum.accumulate(grads if self._in_place else self._grads, self._theta).view(1, -1)
             result = engine.step(self._theta, grads, self._second_gradient_of_round, 1.0, threshold_lr=threshold_lr)
         flags = result.flags
         if averaged:  # every rank's, on the round's uplink line too

@@ -125,15 +125,18 @@ class MomentumCorrection:
         self.velocity = torch.zeros(index.numel, device=index.device, dtype=torch.float32)
         self._compressed = compressed  # (d,) bool: the entries factor masking may clear
 
-    def accumulate(self, grads: Tensor, theta: Tensor, tensors: Sequence[int] | None = None) -> Tensor:
+    def accumulate(self, grads, theta: Tensor, tensors: Sequence[int] | None = None) -> Tensor:
         """``u <- mu u + g + lambda theta`` in place, for every tensor or the numbered ``tensors``
-        (a round made part by part); returns ``u`` (what the round compresses)."""
+        (a round made part by part); returns ``u`` (what the round compresses). ``grads``: the
+        flat gradient (layout order), or tensor ``i``'s ``(1, d_s)`` block at ``grads[i]`` (the
+        buckets' own views)."""
         u = self.velocity
         segments, groups = self.index.layout.segments, self.groups
+        flat = isinstance(grads, Tensor)
         for i in (range(len(segments)) if tensors is None else tensors):
             seg, g = segments[i], groups[i]
             s = slice(seg.offset, seg.end)
-            u[s].mul_(g["momentum"]).add_(grads[s])
+            u[s].mul_(g["momentum"]).add_(grads[s] if flat else grads[i][0])
             if g["weight_decay"]:
                 u[s].add_(theta[s], alpha=g["weight_decay"])
         return u

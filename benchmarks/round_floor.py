@@ -182,11 +182,7 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
         flops = 3 * 2 * 10 * d  # forward 2·B·d, backward twice that
         floor["backward"] = op + 1000 * flops / (floors["gemm_gflop_s"] * 1e9)
     def gather():  # as HookState._round reads the buckets (the default algorithm, fp32 gradients)
-        views, filled = {}, set()
-        for bucket in buckets:
-            views.update(index.gradients(bucket, filled))
-        index.check_complete(filled)
-        return index.blocks(views, grads)
+        return index.blocks(index.round_gradients(buckets), grads)
 
     ms["gather"] = _median_ms(gather, reps)
     floor["gather"] = max(op, len(index.layout.segments) * floors["view_ms"])

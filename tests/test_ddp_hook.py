@@ -399,10 +399,7 @@ def test_the_round_reads_fp32_gradients_where_ddp_keeps_them_and_casts_the_rest(
         p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
     index = ParameterIndex([("a", a), ("b", b), ("c", c)])
     buckets = [_bucket([c, b]), _bucket([a])]  # DDP's order: last tensors first
-    views, filled = {}, set()
-    for bucket in buckets:
-        views.update(index.gradients(bucket, filled))
-    index.check_complete(filled)
+    views = index.round_gradients(buckets)
     out = torch.zeros(index.numel)
     blocks = index.blocks(views, out)
     assert [tuple(x.shape) for x in blocks] == [(1, 12), (1, 5), (1, 4)]
@@ -411,7 +408,7 @@ def test_the_round_reads_fp32_gradients_where_ddp_keeps_them_and_casts_the_rest(
     assert torch.equal(torch.cat(blocks, 1)[0], index.gather(buckets, torch.zeros(index.numel)))
     assert [x.data_ptr() for x in index.blocks(views, out, [1, 2])] == [out[12:].data_ptr(), c.grad.data_ptr()]
     with pytest.raises(RuntimeError, match="came twice"):
-        index.gradients(buckets[1], filled)
+        index.round_gradients(buckets + buckets[1:])
     with pytest.raises(RuntimeError, match="reached no DDP bucket"):
         index.check_complete({0, 2})
 

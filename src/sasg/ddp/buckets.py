@@ -95,6 +95,16 @@ class ParameterIndex:
             mine.append((i, g.reshape(1, -1)))
         return mine
 
+    def round_gradients(self, buckets: Sequence) -> dict[int, Tensor]:
+        """Every parameter's gradient from the round's ``buckets``, where DDP keeps them (tensor
+        number -> ``(1, d_s)`` view); each parameter exactly once."""
+        views: dict[int, Tensor] = {}
+        filled: set[int] = set()
+        for bucket in buckets:
+            views.update(self.gradients(bucket, filled))
+        self.check_complete(filled)
+        return views
+
     def gather_bucket(self, bucket, out: Tensor, filled: set[int]) -> list[int]:
         """One bucket's gradients into ``out`` (flat, layout order; cast to its dtype), adding their
         tensors' numbers to ``filled`` as :meth:`gradients` does. Returns those numbers."""

@@ -338,11 +338,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
                 self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
             if self._in_place:
-                views, filled = {}, set()
-                for bucket in buckets:
-                    views.update(index.gradients(bucket, filled))
-                index.check_complete(filled)
-                grads = index.blocks(views, self._grads)
+                grads = index.blocks(index.round_gradients(buckets), self._grads)
             else:
                 grads = index.gather(buckets, self._grads).view(1, -1)
             self._round_start()

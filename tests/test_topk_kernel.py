@@ -230,9 +230,33 @@ def test_kth_largest_on_awkward_orders(dtype):
     for name, a in arrays.items():
         a = a.astype(dtype)
         want = np.sort(a)[::-1]
+        kept = a.copy()
         for k in (1, 2, 97, n // 3, n // 2, n - 1, n):
             got = K._kth_largest(a, np.uint64(n), np.uint64(k), work)
             assert got == want[k - 1], (name, k)
+        assert np.array_equal(a, kept), name  # only read: its first partition reads it in place
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_above_bits_is_the_compares_of_64_entries_as_one_word(dtype):
+    from numba import njit
+
+    from sasg.kernels.vector import above_bits
+
+    @njit
+    def word(a, at, mask, t):
+        return above_bits(a, at, mask, t)
+
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max, 200, dtype=dtype, endpoint=True)
+    a[:8] = [info.min, info.max, -1, 0, 1, info.min + 1, info.max - 1, 0]
+    masks = [dtype(-1), dtype(info.max)]  # all bits; the sign cleared (top-k's keys)
+    for mask in masks:
+        for t in [dtype(info.min), dtype(-1), dtype(0), dtype(a[3]), dtype(a[50]), dtype(info.max)]:
+            for at in (0, 1, 7, 136):
+                want = sum(1 << j for j in range(64) if (a[at + j] & mask) > t)
+                assert word(a, np.uint64(at), mask, t) == want, (mask, t, at)
 
 
 def test_warm_up_compiles_or_loads_every_kernel():

@@ -14,8 +14,8 @@ How (one call for all rows and segments, so per-tensor Python and torch fixed co
 * *Threshold from a sample*, as the torch path: the keys at fixed positions (one pseudo-random
   position per stratum of the segment) give ``t_c``, the sample's ``rank``-th largest key, a
   little below the segment's k-th largest (:func:`sample_plan` sizes it).
-* *Candidates in one pass.* ``key > t_c`` is made into 64-bit words of bits a chunk at a time (a
-  vectorised compare), and the set bits of the words give the positions, ascending. If there
+* *Candidates in one pass.* ``key > t_c`` for 64 entries is made into one 64-bit word by a
+  vector compare, and the set bits of the words give the positions, ascending. If there
   are at least ``k`` candidates, every entry outside them is at most ``t_c``, below every
   candidate: the top k are among them. Otherwise (no sample planned for a short segment, an
   unlucky sample, too many equal keys) the segment is selected directly: same result.
@@ -24,10 +24,10 @@ How (one call for all rows and segments, so per-tensor Python and torch fixed co
   (a tie at ``t``), the keys equal to ``t`` fill the places left, lowest positions first:
   ascending positions and the lower-index tie rule at once.
 
-Measured on FC 784-512-10 (one row of 407,050 floats, 4 segments, h = 1 %): about 0.08 ms for
-the whole ``TopK.compress``, 2.3 memory passes (a ``clone`` of the row), where the torch path
-takes 1.1-1.6 ms; on ResNet-18's 11.2M parameters, 10 rows: 1.2-1.7 times a bare ``copy_`` of
-them (``benchmarks/compress.py``, ``docs/performance.md``).
+Measured on FC 784-512-10 (one row of 407,050 floats, 4 segments, h = 1 %): about 0.06 ms for
+the whole ``TopK.compress``, 2.2-2.5 memory passes (a ``clone`` of the row), where the torch path
+takes 3-4 ms; on ResNet-18's 11.2M parameters, 10 rows: 0.26-0.29 of a ``clone``, 1.4-1.5 times a
+bare ``copy_`` of them (``benchmarks/compress.py``, 2-core AMD EPYC, ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import available, jit, on_warm
+from .vector import above_bits
 
 try:
     from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz: one instruction
@@ -53,7 +54,6 @@ _SAMPLE_MAX_FRACTION = 8  # a sample of at most n / 8 entries
 
 _SUB = 31  # sub-sample of a quickselect round, sorted to choose its pivot
 _NUDGE = 3  # ... whose pivot is taken this many places past the target's rank in it
-_CHUNK = 4096  # entries whose candidate bits are made before they are read (512 bytes of bits)
 _BLOCK = 64  # an unsampled segment of at least _BLOCK k entries: threshold from its blocks' maxima
 
 # For each supported float type: the integer type of its bits, the mask that clears the sign,
@@ -200,14 +200,13 @@ u8 = np.uint64
 @jit
 def _select_rows(flat, row_starts, starts, ends, ks, sizes, ranks, mask, nan_key,
                  out_idx, out_val, cand, keys, work):
-    words = np.empty(_CHUNK // 64, dtype=np.uint64)  # candidate bits of one chunk
     for i in range(row_starts.shape[0]):
         base = row_starts[i]
         col = u8(0)
         for s in range(starts.shape[0]):
             seg = flat[base + starts[s] : base + ends[s]]
             k = u8(ks[s])
-            _select_segment(seg, k, u8(sizes[s]), u8(ranks[s]), mask, nan_key, cand, keys, work, words)
+            _select_segment(seg, k, u8(sizes[s]), u8(ranks[s]), mask, nan_key, cand, keys, work)
             start = starts[s]
             idx_row = out_idx[i]
             val_row = out_val[i]
@@ -219,7 +218,7 @@ def _select_rows(flat, row_starts, starts, ends, ks, sizes, ranks, mask, nan_key
 
 
 @jit
-def _select_segment(seg, k, size, rank, mask, nan_key, cand, keys, work, words):
+def _select_segment(seg, k, size, rank, mask, nan_key, cand, keys, work):
     """The top ``k`` of ``seg`` (``1 <= k``): their positions, ascending, in ``cand[:k]``."""
     n = u8(seg.shape[0])
     if k >= n:
@@ -230,20 +229,19 @@ def _select_segment(seg, k, size, rank, mask, nan_key, cand, keys, work, words):
     if size > 0:
         t_c = _sample_threshold(seg, size, rank, mask, nan_key, keys, work)
         if t_c < nan_key:  # (a NaN threshold would leave no key above it)
-            c = _collect(seg, t_c, mask, cand, words)
+            c = _collect(seg, t_c, mask, nan_key, cand, keys)
     elif n >= u8(_BLOCK) * k:
         # No sample (a short segment): the k-th largest of its blocks' largest keys is a
         # threshold no higher than the segment's k-th largest, so the keys >= it hold the top k.
         keys[0] = _block_threshold(seg, k, mask, nan_key, keys, work) - 1  # (keeps the key type)
-        c = _collect(seg, keys[0], mask, cand, words)
+        c = _collect(seg, keys[0], mask, nan_key, cand, keys)
     if c >= k:
         # The k-th largest key t among the candidates; then those with a key >= t, in order.
-        for j in range(c):
-            keys[j] = min(seg[cand[j]] & mask, nan_key)
         t = _kth_largest(keys, c, k, work)
         m = u8(0)
-        for j in range(c):  # compacted in place (m <= j), without branches
+        for j in range(c):  # compacted in place (m <= j), without branches, keys alike
             cand[m] = cand[j]
+            keys[m] = keys[j]
             m += u8(keys[j] >= t)
     else:
         # No sample, or an unlucky one: the k-th largest key of the whole segment; then the
@@ -252,18 +250,19 @@ def _select_segment(seg, k, size, rank, mask, nan_key, cand, keys, work, words):
             keys[j] = min(seg[j] & mask, nan_key)
         t = _kth_largest(keys, n, k, work)
         keys[0] = t - 1  # (stored, so that it keeps the key type: a wider one would not vectorise)
-        m = _collect(seg, keys[0], mask, cand, words)
+        m = _collect(seg, keys[0], mask, nan_key, cand, keys)
     if m == k:
         return  # no tie at t beyond the k places (the usual case)
-    # Keys equal to t fill the places that keys above t leave, lowest positions first.
+    # Keys equal to t fill the places that keys above t leave, lowest positions first
+    # (keys[:m] are the m positions' keys: both branches above leave them so).
     above = u8(0)
     for j in range(m):
-        above += u8(min(seg[cand[j]] & mask, nan_key) > t)
+        above += u8(keys[j] > t)
     need = k - above
     out = u8(0)
     for j in range(m):
         p = cand[j]
-        key = min(seg[p] & mask, nan_key)
+        key = keys[j]
         tie = u8(key == t)
         take = u8(key > t) | (tie & u8(need > 0))
         need -= take & tie
@@ -283,9 +282,11 @@ def _kth_largest(a, n, k, work):
     end at once); a range still long after many rounds (adversarial keys) is sorted."""
     target = n - k  # its position in ascending order
     sub = np.empty(_SUB, dtype=a.dtype)
-    src = work[:n]
-    dst = work[n : 2 * n]
-    src[:] = a[:n]
+    # The first partition reads ``a`` itself (a copy into ``work`` first was a third of the
+    # time); the later ones go back and forth between the two halves of ``work``.
+    src = a[:n]
+    dst = work[:n]
+    spare = work[n : 2 * n]
     lo = u8(0)
     hi = n
     for _ in range(64):
@@ -310,7 +311,7 @@ def _kth_largest(a, n, k, work):
             below = u8(v < pivot)
             lt += below
             r -= u8(1) - below
-        src, dst = dst, src
+        src, dst, spare = dst, spare, dst
         if target < lt:
             hi = lt
         elif lt > lo:
@@ -325,7 +326,7 @@ def _kth_largest(a, n, k, work):
                 same = u8(v == pivot)
                 eq += same
                 r -= u8(1) - same
-            src, dst = dst, src
+            src, dst, spare = dst, spare, dst
             if target < eq:
                 return pivot
             lo = eq
@@ -361,31 +362,28 @@ def _sample_threshold(seg, size, rank, mask, nan_key, keys, work):
 
 
 @jit
-def _collect(seg, t_c, mask, cand, words):
-    """Positions ``p`` of ``seg`` with ``seg[p] & mask > t_c`` into ``cand``, ascending; their
-    count. ``t_c`` is below the NaN key, so every NaN bit pattern is above it as it stands.
+def _collect(seg, t_c, mask, nan_key, cand, keys):
+    """Positions ``p`` of ``seg`` with ``seg[p] & mask > t_c`` into ``cand``, ascending, and their
+    keys into ``keys`` (read while the entries are in cache); their count. ``t_c`` is below the
+    NaN key, so every NaN bit pattern is above it as it stands.
 
-    A chunk at a time: first its candidate bits as 64-bit words (a vectorised compare), then the
-    set bits of the words (few: about 1.5 %). Fused in one loop, the two ran 3x slower."""
+    64 entries at a time: their compares as one word (:func:`.vector.above_bits`, a few vector
+    instructions), then the word's set bits (few: about 1.5 %). With the word built by a Python
+    loop of shifts this pass took 1.5 reads of the row; now it takes about one."""
     n = u8(seg.shape[0])
-    chunk_len = u8(_CHUNK)
+    end = n - n % u8(64)
     c = u8(0)
-    for a in range(u8(0), n - n % chunk_len, chunk_len):
-        chunk = seg[a : a + chunk_len]
-        for q in range(_CHUNK // 64):
-            w = u8(0)
-            for j in range(64):
-                w |= u8((chunk[q * 64 + j] & mask) > t_c) << u8(j)
-            words[q] = w
-        for q in range(_CHUNK // 64):
-            w = words[q]
-            at = a + u8(q * 64)
-            while w:
-                cand[c] = at + u8(trailing_zeros(w))
-                c += u8(1)
-                w &= w - u8(1)
-    for p in range(n - n % chunk_len, n):
+    for a in range(u8(0), end, u8(64)):
+        w = above_bits(seg, a, mask, t_c)
+        while w:
+            p = a + u8(trailing_zeros(w))
+            cand[c] = p
+            keys[c] = min(seg[p] & mask, nan_key)
+            c += u8(1)
+            w &= w - u8(1)
+    for p in range(end, n):
         cand[c] = p
+        keys[c] = min(seg[p] & mask, nan_key)
         c += u8((seg[p] & mask) > t_c)
     return c
 

@@ -25,9 +25,10 @@ How (one call for all rows and segments, so per-tensor Python and torch fixed co
   ascending positions and the lower-index tie rule at once.
 
 Measured on FC 784-512-10 (one row of 407,050 floats, 4 segments, h = 1 %): about 0.06 ms for
-the whole ``TopK.compress``, 2.2-2.5 memory passes (a ``clone`` of the row), where the torch path
-takes 3-4 ms; on ResNet-18's 11.2M parameters, 10 rows: 0.26-0.29 of a ``clone``, 1.4-1.5 times a
-bare ``copy_`` of them (``benchmarks/compress.py``, 2-core AMD EPYC, ``docs/performance.md``).
+the whole ``TopK.compress``, 2.2-2.6 memory passes (a ``clone`` of the row), where the torch path
+(``SASG_KERNELS=0``) takes 0.8-1.4 ms; on ResNet-18's 11.2M parameters, 10 rows: 0.26-0.33 of a
+``clone``, 1.4-1.5 times a bare ``copy_`` of them (``benchmarks/compress.py``, 2-core AMD EPYC,
+``docs/performance.md``).
 """
 
 from __future__ import annotations

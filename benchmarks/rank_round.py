@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/rank_round.py --compare gradients --turns 10
     .venv/bin/python benchmarks/rank_round.py --world 4 --algo wk1+topk --codec rice+sign
     .venv/bin/python benchmarks/rank_round.py --compare slots --world 4   # sparse, rice+sign: slots vs sizes first
+    .venv/bin/python benchmarks/rank_round.py --compare decision          # sasg, paper32: flags sent at the decision
 
 ``--world`` ranks (gloo on the CPU, one intra-op thread each) run two copies of the paper's MNIST
 setting (FC 784-512-10, batch 10 per worker, lr 0.05, density 1 %, D = 10, c = 2) with
@@ -20,6 +21,10 @@ change in the machine's load hits both. ``--compare`` picks the pair:
 * ``slots``: a rule that always sends with messages of varying size (default ``sparse``,
   ``rice+sign``): each message and its size in a fixed slot, one call a round
   (:mod:`sasg.distributed.slots`); the baseline exchanges the sizes first (``SASG_SLOTS=0``).
+* ``decision``: a lazy rule with fixed-size messages (default ``sasg``, ``paper32``) hands its
+  decision to the transport as soon as it is made, and the flags' call runs while the rank
+  compresses (``TorchTransport.announce``); the baseline sends them with the exchange, after the
+  compression (``SASG_ANNOUNCE=0``).
 
 Both candidates of a pair send the same bytes and give the same values. The table gives each
 candidate's median ms per round over the turns; the last line is JSON with ``ratio`` (the
@@ -43,9 +48,10 @@ import torch
 
 # --compare -> (baseline, candidate)
 PAIRS = {"flags": ("all_gather", "all_to_all"), "gradients": ("separate", "paired"),
-         "slots": ("sizes_first", "slots")}
+         "slots": ("sizes_first", "slots"), "decision": ("after_compress", "decision_first")}
 # --compare -> the (algorithm, codec) it runs when --algo / --codec are left out
-DEFAULT_RUN = {"flags": ("sasg", "paper32"), "gradients": ("sasg", "paper32"), "slots": ("sparse", "rice+sign")}
+DEFAULT_RUN = {"flags": ("sasg", "paper32"), "gradients": ("sasg", "paper32"), "slots": ("sparse", "rice+sign"),
+               "decision": ("sasg", "paper32")}
 SETTING = {"dataset": "mnist5k", "model": "fc", "batch_size": 10, "lr": 0.05, "density": 0.01, "window": 10,
            "threshold_scale": 2.0}
 
@@ -116,6 +122,8 @@ def _build(name: str, config, algo: str, data):
     transport = _ring_transport() if name == "all_gather" else TorchTransport(nodes=None)
     if name == "sizes_first":
         transport._slots = None  # what SASG_SLOTS=0 gives: the sizes' own call every round
+    if name == "after_compress":
+        transport._announces = False  # what SASG_ANNOUNCE=0 gives: the flags leave with the exchange
     run = DistributedRun(config, algo, data, transport)
     if name == "separate":
         run._pair_gradients = False  # the fresh and the stale gradient in two calls, as before
@@ -130,10 +138,16 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
 
     join(rank, world, port)
     try:
+        if args["model"] == "mlp-11m":  # the comm-heavy setting's model, registered by its benchmark
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from time_to_accuracy import add_models
+
+            add_models()
         data = load_dataset(SETTING["dataset"])
         total = args["warmup"] + args["turns"] * args["rounds"]
+        setting = dict(SETTING, model=args["model"])
         config = RunConfig(algorithms=(args["algo"],), iterations=total, codec=args["codec"], eval_every=10**9,
-                           seed=0, device="cpu", workers=world, **SETTING).validate()
+                           seed=0, device="cpu", workers=world, **setting).validate()
         pair = PAIRS[args["compare"]]
         runs = {name: _build(name, config, args["algo"], data) for name in pair}
         if args["compare"] == "gradients" and not runs["paired"]._pair_gradients:
@@ -149,6 +163,13 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
                     json.dump({"error": f"--compare slots needs a rule that always sends and a codec whose "
                                         f"sizes vary (e.g. --algo sparse --codec rice+sign); got "
                                         f"{args['algo']!r} with {args['codec']!r}"}, f)
+            return
+        if args["compare"] == "decision" and not (runs["decision_first"].algorithm.lazy and runs["decision_first"]
+                                                  .engine.template.fixed_size(runs["decision_first"].algorithm.codec)):
+            if rank == 0:  # nothing to compare: only a lazy rule's fixed-size flags leave early
+                with open(out_path, "w") as f:
+                    json.dump({"error": f"--compare decision needs a lazy rule and a fixed-size codec (e.g. --algo "
+                                        f"sasg --codec paper32); got {args['algo']!r} with {args['codec']!r}"}, f)
             return
         for run in runs.values():
             for _ in range(args["warmup"]):
@@ -176,11 +197,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compare", choices=sorted(PAIRS), default="flags",
                    help="flags: all_to_all vs ring all_gather; gradients: one vmap call vs two; slots: one "
-                   "call a round vs sizes first (flags)")
+                   "call a round vs sizes first; decision: the flags sent at the decision vs after the "
+                   "compression (flags)")
     p.add_argument("--world", type=int, default=4, help="ranks (4)")
     p.add_argument("--algo", default=None, help="a lazy algorithm (sasg; --compare slots: sparse)")
     p.add_argument("--codec", default=None, help="paper32 (fixed sizes: flags) or e.g. rice+sign (sizes; "
                    "--compare slots: rice+sign)")
+    p.add_argument("--model", default="fc", help="fc (784-512-10, the paper's) or mlp-11m (the comm-heavy "
+                   "setting's 11M parameters)")
     p.add_argument("--turns", type=int, default=6, help="turns per candidate (6)")
     p.add_argument("--rounds", type=int, default=50, help="rounds per turn (50)")
     p.add_argument("--warmup", type=int, default=20, help="rounds before timing, per candidate (20)")

@@ -206,6 +206,68 @@ def test_stopped_and_resumed_run_gives_the_same_parameters(tmp_path, one_thread)
     assert [p["iteration"] for p in out["history"] if p["iteration"] != 11] == [p["iteration"] for p in ref.history]
 
 
+# ----- a lazy round's decision leaves before the compression (TorchTransport.announce) ----------------
+
+
+def _run_announce(rank, world, folder, rounds):
+    import torch.distributed as dist
+
+    from sasg.distributed.runner import DistributedRun
+    from sasg.distributed.torch_transport import TorchTransport
+
+    class Watching(TorchTransport):  # counts the rounds whose flags came from announce's call
+        early = 0
+
+        def _announced_flags(self, mine):
+            flags = super()._announced_flags(mine)
+            self.early += flags is not None
+            return flags
+
+    out = {}
+    for name, announces in (("early", True), ("late", False)):
+        transport = Watching(nodes=None)
+        transport._announces = announces  # False: what SASG_ANNOUNCE=0 gives
+        run = DistributedRun(small_config(workers=world), "sasg", synth(), transport)
+        result = run.run(iterations=rounds)
+        out[name] = {"theta": result.theta, "ledger": result.ledger.state_dict(), "early": transport.early,
+                     "counted": run.transport_totals()}
+    # A round abandoned on every rank after its decision left (an error between the decision and
+    # the exchange): the next round's announce waits for that call and drops it.
+    transport = TorchTransport(nodes=None)
+    template = make_algorithm("sasg", Layout([("w", (4,))])).compressor.empty(1)
+    codec = make_algorithm("sasg", Layout([("w", (4,))])).codec
+    transport.announce(torch.tensor([rank == 0]), template, codec)
+    transport.announce(torch.tensor([rank == 1]), template, codec)
+    out["after_abandon"] = transport._announced_flags(rank == 1)
+    try:
+        transport._announced_flags(True)  # nothing announced any more: None, no call
+        transport.announce(torch.tensor([True]), template, codec)
+        transport._announced_flags(False)  # the exchange must carry the decision announced
+    except ValueError as e:
+        out["mismatch"] = str(e)
+    dist.barrier()
+    torch.save(out, os.path.join(folder, f"announce-rank{rank}.pt"))
+
+
+def test_lazy_fixed_size_round_sends_its_flags_at_the_decision(tmp_path, one_thread):
+    """sasg with paper32 (fixed-size messages): the flags' call starts as soon as the rule has
+    decided, before the message is compressed, in every round after the dense ones; the trajectory,
+    the ledger and the bytes counted are those of the flags sent with the exchange."""
+    world, rounds = 3, 16
+    spawn(_run_announce, world, str(tmp_path), rounds)
+    ref = Simulator(small_config(workers=world), "sasg", synth()).run(iterations=rounds)
+    for r in range(world):
+        out = torch.load(tmp_path / f"announce-rank{r}.pt", weights_only=False)
+        early, late = out["early"], out["late"]
+        assert early["early"] == rounds and late["early"] == 0
+        torch.testing.assert_close(early["theta"], ref.theta, rtol=0, atol=0)
+        assert torch.equal(early["theta"], late["theta"])
+        assert early["ledger"] == late["ledger"] and early["counted"] == late["counted"]
+        assert early["counted"]["flag_bytes_sent"] == rounds * world * (world - 1)
+        assert out["after_abandon"] == [False, True, False]  # the second round's flags, not the first's
+        assert "announced upload=True but exchanged upload=False" in out["mismatch"]
+
+
 # ----- variable-size messages: sizes travel with the flags ---------------------------------------------
 
 

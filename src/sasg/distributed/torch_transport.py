@@ -6,8 +6,9 @@ not happen):
 
 1. **flags** — one byte from every rank to every rank, "I upload this round", in one
    ``all_to_all_single`` (lazy triggers only; with an always-upload trigger every rank knows the
-   answer and nothing is sent). Messages of varying size send their size instead (an int32,
-   0 = skip);
+   answer and nothing is sent), started as soon as the rule has decided (:meth:`TorchTransport.announce`)
+   so that it travels while the rank compresses. Messages of varying size send their size
+   instead (an int32, 0 = skip), once the message is made;
 2. **payloads** — one ``all_to_all_single`` with *uneven* splits computed from the flags: an
    uploader sends its message, packed by its codec (:mod:`sasg.core.codecs`), to each of the
    other M-1 ranks; a skipper's splits are all zero, so it sends **no payload bytes**. When nobody uploads, the call is skipped
@@ -94,6 +95,10 @@ class TorchTransport:
         self._slots = SlotBook() if _env_on("SASG_SLOTS") else None
         self._fixed_sizes: dict = {}  # the size of a fixed-size kind of message
         self._copies = None  # (sent, received) copies of each rank's slot a round: _slot_copies
+        # A lazy round's flags on their way while the rank compresses (announce; SASG_ANNOUNCE=0:
+        # they leave with the exchange, after the compression, as before).
+        self._announces = _env_on("SASG_ANNOUNCE")
+        self._announced = None  # (work, received flags, this rank's answer) of the current round
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         if isinstance(nodes, str) and nodes == "auto":
             relay = _env_on("SASG_RELAY")
@@ -141,6 +146,49 @@ class TorchTransport:
         self.counters.flag_bytes_sent += (M - 1) * width
         self.counters.flag_bytes_recv += (M - 1) * width
         return [int(v) for v in out.tolist()]
+
+    def announce(self, upload: Tensor, template: Payload, codec) -> None:
+        """A lazy round's decision, as soon as it is made: where the messages have a fixed size
+        (``paper32``) the flags are all that has to travel before the payload, so their
+        ``all_to_all_single`` starts now, asynchronously, and :meth:`exchange` waits for it. What
+        it buys: the wait for the other ranks' decisions (and gloo's wake-ups) runs while this
+        rank compresses its message, instead of after it; the same bytes, the same calls in the
+        same order on every rank. Messages of varying size keep their size exchange (the size is
+        known only once the message is made): nothing starts here."""
+        self._drop_announced()
+        M = self.world_size
+        if not self._announces or M == 1 or not template.fixed_size(codec):
+            return
+        mine = bool(upload.reshape(-1)[0]) if upload.numel() else False
+        out = torch.empty(M, dtype=torch.uint8, device=self.device)
+        t = torch.full((M,), int(mine), dtype=torch.uint8, device=self.device)
+        work = self._call("the flag exchange", dist.all_to_all_single, out, t, group=self.group, async_op=True)
+        self._announced = (work, out, mine)
+
+    def _drop_announced(self) -> None:
+        """Forget an announced decision no exchange took (its round failed part-way): its call is
+        waited for, an error in it dropped (the round has already failed)."""
+        if self._announced is not None:
+            work, self._announced = self._announced[0], None
+            try:
+                work.wait()
+            except (RuntimeError, dist.DistError):
+                pass
+
+    def _announced_flags(self, mine: bool) -> list[bool] | None:
+        """The flags :meth:`announce` sent for this round (waited for), or None."""
+        if self._announced is None:
+            return None
+        work, out, said = self._announced
+        self._announced = None
+        if said != mine:
+            raise ValueError(f"rank {self.rank}: announced upload={said} but exchanged upload={mine}")
+        self._call("the flag exchange", work.wait)
+        M = self.world_size
+        self.counters.flag_rounds += 1
+        self.counters.flag_bytes_sent += M - 1
+        self.counters.flag_bytes_recv += M - 1
+        return [bool(v) for v in out.tolist()]
 
     def exchange(self, upload: Tensor, sent: Encoded, template: Payload, codec, lazy: bool, *,
                  part=None, opens_round: bool = True) -> tuple[Tensor, Payload, list[int]]:
@@ -203,7 +251,9 @@ class TorchTransport:
                 # message of 11.6M values: 60 ms), for a size that never changes.
                 size = self._fixed_sizes[key] = template.encode(codec)[1][0]
             if lazy and M > 1:
-                flags = [bool(f) for f in self._gather("the flag exchange", int(mine), torch.uint8)]
+                flags = self._announced_flags(mine)
+                if flags is None:
+                    flags = [bool(f) for f in self._gather("the flag exchange", int(mine), torch.uint8)]
             else:
                 flags = [True] * M if not lazy else [mine]
             sizes = [size if f else 0 for f in flags]

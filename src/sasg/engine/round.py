@@ -4,6 +4,7 @@ For the ``N`` workers it holds (all ``M`` in the simulator, one per rank in a re
 the optimizer) and its copy of the server, a round is::
 
     upload = trigger.decide(round)                 # (N,) who uploads; may ask for stale gradients
+    transport.announce(upload, ...)                # where it can: the decision on its way already
     sent   = memory.upload(workers, rows, g, eta/M, compressor, generators, codec)  # bytes + decoded
     trigger.uploaded(...); tau += 1; tau[rows] = 1
     flags, q_all, sizes = transport.exchange(upload, sent, ...)  # every sender's message, in order
@@ -27,6 +28,10 @@ Members' capabilities, called where a member has them (never a switch on a membe
   estimates, ``h_m += decoded(c_m)``); the step is still ``store.sum``;
 * ``compressor.server_buffers(seed, ...)``: server-side buffers of a compressor (saved with the
   server's state; ``powersgd``: the warm-start ``Q``);
+* ``transport.announce(upload, template, codec)``: a lazy round's decision handed over as soon
+  as it is made, before the messages are compressed (:meth:`sasg.distributed.TorchTransport.announce`
+  starts the flags' collective then, where the messages' size is fixed); not called in a round
+  whose compressor has an exchange of its own (its link's exchange comes first);
 * ``compressor.begin_round(link)``: a compressor whose messages need an exchange of their own
   first (``powersgd``: every uploader's ``P``, summed, orthonormalized, before the ``Q`` are
   computed). It returns the round's compressor; the memory calls its ``compress`` as usual, which
@@ -158,6 +163,7 @@ class RoundEngine:
         if algorithm.aggregate in SCALED:  # how many sent in the latest round anyone sent in
             self.server.buffers[SENDERS] = torch.zeros(1, dtype=torch.int64)
         self._receive = provided(algorithm.memory, "receive")
+        self._announce = provided(transport, "announce")  # a transport that moves decisions early
         self.generators = [
             torch.Generator().manual_seed(worker_seed(seed, m, MEMBER_STREAM)) for m in self.local_workers
         ]
@@ -204,6 +210,9 @@ class RoundEngine:
         rows = upload.nonzero().squeeze(1).tolist()
         compressor, template, link = alg.compressor, self.template, None
         begin = provided(compressor, "begin_round")
+        if alg.lazy and begin is None and self._announce is not None:
+            # The decision may leave now, while the message is made (TorchTransport.announce).
+            self._announce(upload, template, alg.codec)
         if begin is not None:  # a compressor with an exchange of its own (powersgd: P, then Q)
             link = Link(upload, self.server, alg.codec, self.transport, alg.lazy)
             compressor = begin(link)

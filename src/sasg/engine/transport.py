@@ -13,7 +13,9 @@ A real transport makes symmetric collectives (every holder the same calls in the
 decided only from data all of them hold): first who sends — and, when the codec's messages vary
 in size, how many bytes — then the messages. Skippers send no message bytes.
 ``flag_bits_per_round(lazy, fixed_size)`` is what the first exchange costs on the ledger's flag
-line.
+line. Optional: ``announce(upload, template, codec)``, the round's decision handed over before the
+messages are made, so that a transport may start moving the flags while the holder compresses
+(:meth:`sasg.distributed.TorchTransport.announce`); its ``exchange`` then takes them from there.
 
 :class:`InProcessTransport` holds all ``M`` workers in one process (the simulator; with M = 1 the
 optimizer outside ``torchrun``): nothing crosses anything. The ``torch.distributed`` transport is

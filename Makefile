@@ -13,20 +13,25 @@ $(BIN)/.installed: pyproject.toml
 	@echo "==> creating $(VENV) and installing sasg, torch 2.13.0 (CPU) and the test tools (about a minute; pip lists each package)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) -e '.[test]'
-	@echo "==> compiling sasg's kernels into numba's cache (once; up to a minute on a busy 2-core machine)"
-	$(BIN)/python -m sasg.kernels
 	touch $@
 	@echo "==> installed in $(VENV)"
 
+# The kernels' machine code, built after the install and again whenever a kernel source changes
+# (numba's cache notices an edit to a kernel's own file, not to the helpers it inlines).
+$(BIN)/.kernels: $(BIN)/.installed $(wildcard src/sasg/kernels/*.py)
+	@echo "==> compiling sasg's kernels into numba's cache (up to a minute on a busy 2-core machine)"
+	$(BIN)/python -m sasg.kernels
+	touch $@
+
 # One torch thread per process unless OMP_NUM_THREADS is set: many small kernels, often on shared
 # cores (the CLI does the same by itself; pytest's processes need it from here).
-demo: $(BIN)/.installed
+demo: $(BIN)/.kernels
 	$(BIN)/sasg compare --out runs/demo --overwrite
 
-test: $(BIN)/.installed
+test: $(BIN)/.kernels
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.kernels
 	$(BIN)/python benchmarks/compress.py --quick
 	$(BIN)/python benchmarks/simulator.py --quick --no-resnet
 

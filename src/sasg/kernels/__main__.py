@@ -1,7 +1,8 @@
 """``python -m sasg.kernels``: compile every kernel into numba's cache now.
 
-The Makefile's install step runs it, so that the first run (``make demo``, a test, a training
-job) loads machine code instead of spending tens of seconds compiling it.
+The Makefile runs it after the install and whenever a kernel source changes, so that the first
+run (``make demo``, a test, a training job) loads machine code instead of spending tens of
+seconds compiling it, and never loads machine code built from an older helper (:mod:`.cache`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import time
 
 from . import _WARMERS, available, warm
+from .cache import drop_stale
 
 
 def main() -> int:
@@ -18,6 +20,9 @@ def main() -> int:
         print("sasg.kernels: off (SASG_KERNELS=0 or numba missing): the torch paths run")
         return 0
     started = time.perf_counter()
+    dropped = drop_stale()
+    if dropped:
+        print(f"sasg.kernels: {dropped} cached entries older than the kernel sources dropped")
     warm()
     print(f"sasg.kernels: {len(_WARMERS)} kernel groups compiled or loaded from the cache in "
           f"{time.perf_counter() - started:.1f} s")

@@ -1,13 +1,14 @@
 """One rank's hook round, phase by phase, beside each phase's floor on this machine.
 
     .venv/bin/python benchmarks/round_floor.py                    # FC and ResNet-18 shapes, rice+fp32 and rice+sign
-    .venv/bin/python benchmarks/round_floor.py --quick            # fewer repetitions
+    .venv/bin/python benchmarks/round_floor.py --quick            # fewer repetitions and turns
     .venv/bin/python benchmarks/round_floor.py --layouts fc --codecs rice+sign --world 2
 
 ``--world`` local ranks (gloo over loopback, one torch thread each, as under ``torchrun``) run the
 DDP hook's round (``always+topk``, h = 1 %, error feedback: the hook's defaults) with the real
 members, the real codec and the real collectives, one phase at a time, in the order the hook runs
-them; rank 0 times each phase (median of ``--reps`` calls, every rank calling in step):
+them; rank 0 times each phase (median of ``--reps`` calls, every rank calling in step), in
+``--turns`` turns that each measure the floors and then every phase:
 
 ==========  ==========================================================  ===========================
 phase       what                                                        floor
@@ -38,8 +39,11 @@ and the GEMM rate (a 1024² matmul) for the backward. ``link_1gbit_ms`` adds wha
 would take at 1 Gbit/s. The layouts: ``fc`` (FC 784-512-10: d = 407,050 in 4 tensors, one DDP
 bucket) and ``resnet18`` (ResNet-18's 62 tensors, d = 11,173,962, synthetic gradients).
 
-Table per layout and codec: each phase's median ms, its floor and their ratio. The last line is
-JSON: per layout and codec, per phase ``ms``, ``floor_ms``, ``overhead_over_floor``; the floors
+Table per layout and codec: each phase's ms, its floor and their ratio, medians over the turns
+(a ratio is taken within its turn, phase and floor measured a few seconds apart; on a shared VM a
+phase of 20 us timed once in a 1 ms window swung from 3 to 10 times its floor between runs), and
+the ratio's range over the turns. The last line is JSON: per layout and codec, per phase ``ms``,
+``floor_ms``, ``overhead_over_floor``, ``overhead_over_floor_range``; the floors
 themselves; ``fc_worst_phase`` and ``fc_worst_over_floor`` (the worst phase but backward on FC,
 default codec).
 """
@@ -251,6 +255,27 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     return out
 
 
+def _over_turns(turns: list[dict]) -> dict:
+    """The turns in one result: per phase the median ms, floor and ratio (each ratio taken within
+    its turn, so a phase and its floor always come from the same minute) and the ratio's range."""
+    med = statistics.median
+    floors = {k: round(med(t["floors"][k] for t in turns), 4) for k in turns[0]["floors"]}
+    rows = {}
+    for row, first in turns[0]["rows"].items():
+        phases = {}
+        for phase, got in first.items():
+            if phase == "_message":
+                phases[phase] = got
+                continue
+            ratios = [t["rows"][row][phase]["overhead_over_floor"] for t in turns]
+            phases[phase] = {"ms": round(med(t["rows"][row][phase]["ms"] for t in turns), 4),
+                             "floor_ms": round(med(t["rows"][row][phase]["floor_ms"] for t in turns), 4),
+                             "overhead_over_floor": round(med(ratios), 2),
+                             "overhead_over_floor_range": [min(ratios), max(ratios)]}
+        rows[row] = phases
+    return {"turns": len(turns), "floors": floors, "rows": rows}
+
+
 def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> None:
     import torch.distributed as dist
 
@@ -258,14 +283,15 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
     join(rank, world, port)
     try:
         sync = dist.barrier
-        floors = _floors(args["reps"], sync, world)
-        result = {"floors": {k: round(v, 4) for k, v in floors.items()}, "rows": {}}
-        for layout in args["layouts"]:
-            for codec in args["codecs"]:
-                result["rows"][f"{layout} {codec}"] = _phases(layout, codec, args["reps"], args["seed"], sync, floors)
+        turns = []
+        for _ in range(args["turns"]):  # each turn measures its floors and then its phases
+            floors = _floors(args["reps"], sync, world)
+            rows = {f"{layout} {codec}": _phases(layout, codec, args["reps"], args["seed"], sync, floors)
+                    for layout in args["layouts"] for codec in args["codecs"]}
+            turns.append({"floors": floors, "rows": rows})
         if rank == 0:
             with open(out_path, "w") as f:
-                json.dump(result, f)
+                json.dump(_over_turns(turns), f)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -277,20 +303,22 @@ def main(argv=None) -> int:
     p.add_argument("--codecs", default=",".join(CODECS), help=f"({','.join(CODECS)})")
     p.add_argument("--world", type=int, default=2, help="local ranks (2)")
     p.add_argument("--reps", type=int, default=40, help="timed calls per phase (40)")
-    p.add_argument("--quick", action="store_true", help="10 calls per phase")
+    p.add_argument("--turns", type=int, default=5, help="turns, each measuring the floors and every phase (5)")
+    p.add_argument("--quick", action="store_true", help="10 calls per phase, 3 turns")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     layouts = [s.strip() for s in a.layouts.split(",") if s.strip()]
     codecs = [s.strip() for s in a.codecs.split(",") if s.strip()]
     if not layouts or any(x not in LAYOUTS for x in layouts):
         p.error(f"--layouts: from {', '.join(LAYOUTS)}, got {a.layouts!r}")
-    if a.world < 1 or a.reps < 3:
-        p.error("--world must be >= 1 and --reps >= 3")
+    if a.world < 1 or a.reps < 3 or a.turns < 1:
+        p.error("--world must be >= 1, --reps >= 3 and --turns >= 1")
     reps = 10 if a.quick else a.reps
+    turns = 3 if a.quick else a.turns
 
     import torch.multiprocessing as mp
 
-    args = {"layouts": layouts, "codecs": codecs, "reps": reps, "seed": a.seed}
+    args = {"layouts": layouts, "codecs": codecs, "reps": reps, "seed": a.seed, "turns": turns}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/rank0.json"
@@ -298,7 +326,7 @@ def main(argv=None) -> int:
         with open(out) as f:
             result = json.load(f)
     fl = result["floors"]
-    print(f"{a.world} ranks (gloo, loopback), one torch thread each; floors measured now: "
+    print(f"{a.world} ranks (gloo, loopback), one torch thread each, {turns} turns (medians); floors measured now: "
           f"one torch call {1000 * fl['op_ms']:.1f} us (a view {1000 * fl['view_ms']:.1f}), empty collective "
           f"{1000 * fl['latency_ms']:.0f} us, loopback {fl['loopback_gb_s']:.2f} GB/s, GEMM {fl['gemm_gflop_s']:.0f} GFLOP/s")
     for row, phases in result["rows"].items():
@@ -306,13 +334,15 @@ def main(argv=None) -> int:
         print(f"\n{row}: K = {msg['entries']:,} entries, {msg['bytes']:,} bytes a message, memory "
               f"{msg['bandwidth_gb_s']:.1f} GB/s at this size "
               f"(at 1 Gbit/s its link time would be {msg['link_1gbit_ms']:.3f} ms)")
-        print(f"{'phase':<10} {'ms':>9} {'floor ms':>9} {'x floor':>8}")
+        print(f"{'phase':<10} {'ms':>9} {'floor ms':>9} {'x floor':>8}  {'(turns)':>11}")
         total = 0.0
         for phase in PHASES:
             if phase in phases:
                 r = phases[phase]
                 total += r["ms"] if phase != "backward" else 0.0
-                print(f"{phase:<10} {r['ms']:>9.3f} {r['floor_ms']:>9.3f} {r['overhead_over_floor']:>8.1f}")
+                lo, hi = r["overhead_over_floor_range"]
+                print(f"{phase:<10} {r['ms']:>9.3f} {r['floor_ms']:>9.3f} {r['overhead_over_floor']:>8.1f}  "
+                      f"{lo:>5.1f}-{hi:<5.1f}")
         print(f"{'round':<10} {total:>9.3f}   (every phase but backward)")
     default = f"fc {codecs[0]}"
     if default in result["rows"]:

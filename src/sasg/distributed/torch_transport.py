@@ -181,9 +181,9 @@ class TorchTransport:
             return None
         work, out, said = self._announced
         self._announced = None
+        self._call("the flag exchange", work.wait)  # (first: the call owns `out` until it is done)
         if said != mine:
             raise ValueError(f"rank {self.rank}: announced upload={said} but exchanged upload={mine}")
-        self._call("the flag exchange", work.wait)
         M = self.world_size
         self.counters.flag_rounds += 1
         self.counters.flag_bytes_sent += M - 1

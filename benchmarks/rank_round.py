@@ -7,7 +7,8 @@
     .venv/bin/python benchmarks/rank_round.py --compare decision          # sasg, paper32: flags sent at the decision
 
 ``--world`` ranks (gloo on the CPU, one intra-op thread each) run two copies of the paper's MNIST
-setting (FC 784-512-10, batch 10 per worker, lr 0.05, density 1 %, D = 10, c = 2) with
+setting (FC 784-512-10, or ``--model mlp-11m``; batch 10 per worker, lr 0.05, density 1 %, D = 10,
+c = 2) with
 ``--algo``/``--codec``, one per candidate, from the same start: same seeds, same trajectory. The
 candidates take turns (``--turns`` turns of ``--rounds`` rounds each, after a warm-up), so a
 change in the machine's load hits both. ``--compare`` picks the pair:
@@ -205,8 +206,8 @@ def main(argv=None) -> int:
     p.add_argument("--algo", default=None, help="a lazy algorithm (sasg; --compare slots: sparse)")
     p.add_argument("--codec", default=None, help="paper32 (fixed sizes: flags) or e.g. rice+sign (sizes; "
                    "--compare slots: rice+sign)")
-    p.add_argument("--model", default="fc", help="fc (784-512-10, the paper's) or mlp-11m (the comm-heavy "
-                   "setting's 11M parameters)")
+    p.add_argument("--model", default="fc", choices=("fc", "mlp-11m"), help="fc (784-512-10, the paper's) or "
+                   "mlp-11m (784-4096-2048-10, the time-to-accuracy benchmark's comm-heavy model)")
     p.add_argument("--turns", type=int, default=6, help="turns per candidate (6)")
     p.add_argument("--rounds", type=int, default=50, help="rounds per turn (50)")
     p.add_argument("--warmup", type=int, default=20, help="rounds before timing, per candidate (20)")

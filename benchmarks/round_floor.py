@@ -27,8 +27,11 @@ exchange    the round's collective: every message in a slot with its    one empt
             a kind's first round), as TorchTransport makes it
 decode      every other sender's bytes into messages, the rank's own as  read bytes and K entries,
             its encode gave it (as TorchTransport decodes)              write K·M entries
-aggregate   store the messages, sum them into the step, its norm        write 4d, read 4d
-scatter     the step back into the buckets                              read + write 4d bytes
+aggregate   store the messages, zero the buckets and add the messages    write 4d bytes, and the
+            where they land (sasg.ddp.bucket_sums; the reference: sum    K·M entries (16 bytes
+            them into a flat step)                                       each)
+scatter     the reference only (non-fp32 buckets, SASG_KERNELS=0): the  read + write 4d bytes
+            step copied into the buckets
 ==========  ==========================================================  ===========================
 
 Every floor is measured here, in the same run: the memory bandwidth at the layout's size (a copy
@@ -69,14 +72,23 @@ PHASES = ("backward", "gather", "trigger", "ef add", "top-k", "encode", "ef upda
 
 
 class _Bucket:
-    """What the hook reads of a ``dist.GradBucket``: its parameters and their gradients, in order
-    (the round's gradients come from real ``.grad`` tensors, as DDP's bucket views do)."""
+    """What the hook reads of a ``dist.GradBucket``: its parameters, one flat buffer, and each
+    parameter's ``.grad`` a view in it (DDP's bucket views), holding the gradient it had (or 0)."""
 
     def __init__(self, params):
         self._params = list(params)
+        self._buffer = torch.cat([(p.grad if p.grad is not None else torch.zeros(p.shape)).reshape(-1)
+                                  for p in self._params])
+        at = 0
+        for p in self._params:
+            p.grad = self._buffer[at:at + p.numel()].view(p.shape)
+            at += p.numel()
 
     def parameters(self):
         return self._params
+
+    def buffer(self):
+        return self._buffer
 
     def gradients(self):
         return [p.grad for p in self._params]
@@ -143,6 +155,7 @@ def _floors(reps: int, sync, world: int) -> dict:
 def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floors: dict) -> dict:
     import torch.nn.functional as F
 
+    from sasg.ddp.bucket_sums import BucketSums
     from sasg.ddp.buckets import ParameterIndex
     from sasg.ddp.rules import hook_algorithm
     from sasg.engine import RoundEngine
@@ -235,17 +248,32 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     floor["decode"] = mem(nbytes * (M - 1) + 12 * K + 12 * K * M)
     payload = engine.template.decode(alg.codec, data, [nbytes] * M, own=own)
     senders = torch.arange(M)
-    step = torch.zeros(d)
+    kept = [b.buffer().clone() for b in buckets]  # the gradients, put back after the aggregate's calls
 
-    def aggregate():
-        engine.server.last.assign(senders, payload)
-        engine.server.last.sum(step)
-        float(torch.dot(step, step))
+    if BucketSums.of(index, buckets) is not None:  # as the hook does with fp32 buckets and the kernels on
+        kept_sums = [None]
 
-    ms["aggregate"] = _median_ms(aggregate, reps)
-    floor["aggregate"] = mem(8 * d + 16 * K * M)
-    ms["scatter"] = _median_ms(lambda: index.scatter(step, buckets), reps)
-    floor["scatter"] = mem(8 * d)
+        def aggregate():
+            engine.server.last.assign(senders, payload)
+            sums = kept_sums[0] = BucketSums.of(index, buckets, kept_sums[0])  # (the last round's, checked)
+            sums.zero()
+            sums.add(0, len(index.layout.segments), 0, payload)
+
+        ms["aggregate"] = _median_ms(aggregate, reps)
+        floor["aggregate"] = mem(4 * d + 16 * K * M)
+    else:  # the reference: a flat step, then copied into the buckets
+        step = torch.zeros(d)
+
+        def aggregate():
+            engine.server.last.assign(senders, payload)
+            engine.server.last.sum(step)
+
+        ms["aggregate"] = _median_ms(aggregate, reps)
+        floor["aggregate"] = mem(4 * d + 16 * K * M)
+        ms["scatter"] = _median_ms(lambda: index.scatter(step, buckets), reps)
+        floor["scatter"] = mem(8 * d)
+    for b, g in zip(buckets, kept):
+        b.buffer().copy_(g)
     out = {}
     for phase in PHASES:
         if phase in ms:

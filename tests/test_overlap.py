@@ -94,7 +94,7 @@ def _snapshot(model, opt, state) -> dict:
             "error": state.error.clone(), "last": [last.indices.clone(), last.values.clone()],
             "totals": state.ledger.totals(), "bits": list(state.engine.ledger.bits_up),
             "parts": len(state._parted._parts) if state._parted is not None else 0,
-            "overlapping": state.overlapping}
+            "overlapping": state.overlapping, "in_buckets": state._rounds_summed_in_buckets}
 
 
 def _same(a, b) -> bool:
@@ -138,6 +138,11 @@ def test_bucket_by_bucket_trains_as_the_whole_round_bit_for_bit(runs, name):
     for key in ("params", "moments", "error", "last"):
         assert _same(parted[key], whole[key]), key
     assert parted["totals"]["uploads"] == whole["totals"]["uploads"]
+    # Without DGC's momentum the compressed rounds' sums went straight into DDP's buckets
+    # (sasg.ddp.bucket_sums): the same training as the whole round's step copied in.
+    _, _, opt_kind, warmup, _ = next(c for c in CASES if c[0] == name)
+    assert whole["in_buckets"] == 0
+    assert parted["in_buckets"] == (STEPS - warmup if opt_kind in ("sgd", "adamw") else 0)
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES])

@@ -83,6 +83,10 @@ class ParameterIndex:
             pairs.append((seg, g))
         return pairs
 
+    def numbered_pairs(self, bucket) -> list[tuple[int, Segment, Tensor]]:
+        """One bucket's ``(tensor number, segment, gradient view)`` triples, in the bucket's order."""
+        return [(self._number[seg.offset], seg, g) for seg, g in self._pairs(bucket)]
+
     def gradients(self, bucket, filled: set[int]) -> list[tuple[int, Tensor]]:
         """One bucket's gradients where DDP keeps them: ``(tensor number, (1, d_s) view)`` pairs,
         adding the numbers to ``filled`` (the round's so far: a tensor twice is an error)."""

@@ -83,6 +83,7 @@ from torch import Tensor, nn
 from .. import validation
 from ..engine import RoundEngine
 from ..runtime import build_algorithm, build_engine, engine_codec, process_transport
+from .bucket_sums import BucketSums
 from .buckets import ParameterIndex, bucket_nbytes
 from .hook_checkpoint import HookCheckpoint
 from .hook_optimizer import OptimizerLink
@@ -209,6 +210,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self.engine: RoundEngine | None = None
         self.transport: CountingTransport | None = None
         self._pending: list[tuple[object, torch.futures.Future]] = []
+        self._rounds_summed_in_buckets = 0  # rounds whose aggregate went straight into the buckets
+        self._sums: BucketSums | None = None  # ... and where the latest one went (BucketSums.of)
         self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
@@ -354,15 +357,28 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             averaged = self.variance.observe(self._grads, self._average)
             if averaged:
                 self.transport.count_dense(averaged)
+        sums = None  # the aggregate straight into the buckets, where it can go there (BucketSums)
         if parted is not None:
-            result = parted.finish(self._theta)
+            if self.momentum is None and not parted.dense:
+                sums = self._sums = BucketSums.of(index, buckets, self._sums)
+                if sums is not None:
+                    sums.zero()  # (every part's gradient has been read: the parts were all sent)
+                    self._rounds_summed_in_buckets += 1
+            result = parted.finish(self._theta, into=sums)
         else:
             if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
                 grads = self.momentum.accumulate(grads if self._in_place else self._grads, self._theta).view(1, -1)
             result = engine.step(self._theta, grads, self._second_gradient_of_round, 1.0, threshold_lr=threshold_lr)
-        flags = result.flags
         if averaged:  # every rank's, on the round's uplink line too
             engine.ledger.add_up(8 * averaged * engine.num_workers)
+        if sums is None:  # (with sums, the buckets hold the aggregate already: every rank sent, no coasting)
+            self._hand_back(result, compressed, buckets)
+        self._compressed_round = compressed
+        self.rounds += 1
+
+    def _hand_back(self, result, compressed: bool, buckets) -> None:
+        """The round's aggregate (or what the optimizer takes instead) into the buckets."""
+        engine, flags = self.engine, result.flags
         step = result.step  # sum_m decoded(q_m): the round's aggregate, for the user's optimizer
         if self.momentum is not None:
             me = self.transport.rank
@@ -375,7 +391,5 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             # no round is empty; under "senders" they keep the repeat: with plain SGD a zero would
             # lose the round, under DGC the repeat is the velocity's step again.)
             step = self._grads.zero_()
-        index.scatter(step, buckets)
-        self._compressed_round = compressed
-        self.rounds += 1
+        self.index.scatter(step, buckets)
 

@@ -144,10 +144,18 @@ class PartedRound:
         return engine.transport.exchange(upload, sent, template, part.algorithm.codec, False,
                                          part=(part.first, part.stop), opens_round=opens)
 
-    def finish(self, theta: Tensor) -> RoundResult:
+    def finish(self, theta: Tensor, into=None) -> RoundResult:
         """Wait for every part's exchange; the round's aggregate, ledger entry and state, as
-        :meth:`RoundEngine.step` leaves them. Every tensor must have been sent."""
+        :meth:`RoundEngine.step` leaves them. Every tensor must have been sent.
+
+        ``into``: where the parts' sums go instead of the engine's step, an object whose
+        ``add(first, stop, lo, payload)`` adds a part's messages (indices from layout column
+        ``lo``) to the caller's own zeroed buffers (the DDP hook's buckets:
+        :class:`sasg.ddp.bucket_sums.BucketSums`). The round's step is then not formed:
+        ``RoundResult.step`` is None and :attr:`RoundEngine.last_step` keeps an older round's."""
         engine = self.engine
+        if into is not None and engine.server.step_sq.numel():
+            raise ValueError("the trigger keeps the steps' norms: the round's step must be formed (into=None)")
         sent, self._sent = self._sent, []
         done, self._done = self._done, set()
         results = [(part, result if pending is None else pending.result()) for part, result, pending in sent]
@@ -157,7 +165,10 @@ class PartedRound:
         step, server, M = engine._step, engine.server, engine.num_workers
         bits = flag_bits = 0
         for part, (flags, payload, sizes) in results:
-            payload.sum(step[part.lo:part.hi])
+            if into is None:
+                payload.sum(step[part.lo:part.hi])
+            else:
+                into.add(part.first, part.stop, part.lo, payload)
             bits += 8 * sum(sizes)
             template = part.dense_template if self.dense else part.template
             flag_bits += engine.transport.flag_bits_per_round(False, template.fixed_size(part.algorithm.codec))
@@ -171,7 +182,7 @@ class PartedRound:
                 server.buffers[SENDERS].fill_(M)
         engine._close_round()
         engine.ledger.record(M, bits, engine.bits_down_per_round, flag_bits)
-        return RoundResult(torch.ones(M, dtype=torch.bool), step)
+        return RoundResult(torch.ones(M, dtype=torch.bool), step if into is None else None)
 
     def _store(self, part: Part, payload) -> None:
         """The part's messages into the server's copy of every worker's last message, where the

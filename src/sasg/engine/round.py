@@ -83,10 +83,11 @@ class RoundResult:
     """What one round produced: ``flags`` (M,) bool, who sent; ``step`` (d,), the round's aggregate
     :math:`s^k = \\sum_m q_m` (lr already inside, as the messages have it), by which the plain update
     moves the parameters, :math:`\\theta^{k+1} = \\theta^k - s^k`. ``step`` is the engine's buffer:
-    read it (or copy it) before the next round, which overwrites it."""
+    read it (or copy it) before the next round, which overwrites it; None where the round's sums
+    went elsewhere (``PartedRound.finish``'s ``into``)."""
 
     flags: Tensor
-    step: Tensor
+    step: Tensor | None
 
 
 @dataclass
@@ -256,7 +257,8 @@ class RoundEngine:
     @property
     def last_step(self) -> Tensor:
         """The latest round's aggregate, ``sum_m q_m`` (its :attr:`RoundResult.step`; read only, the
-        buffer is reused next round)."""
+        buffer is reused next round), of the latest round that formed one (a round made part by
+        part into the DDP hook's buckets does not)."""
         return self._step
 
     def _aggregate(self, senders: Tensor, payload) -> None:

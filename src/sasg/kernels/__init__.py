@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - numba is in the package's dependencies
     ENABLED = False
 
 _WARMERS: list[Callable[[], None]] = []
-_warmed = False
+_warmed = 0  # how many of _WARMERS have run (a module imported after a warm-up registers more)
 
 
 def available() -> bool:
@@ -60,13 +60,13 @@ def on_warm(fn: Callable[[], None]) -> Callable[[], None]:
 
 
 def warm() -> None:
-    """Compile (or load from the cache) every registered kernel, once per process."""
+    """Compile (or load from the cache) every registered kernel, each once per process."""
     global _warmed
-    if _warmed or not available():
+    if not available():
         return
-    for fn in _WARMERS:
-        fn()
-    _warmed = True
+    while _warmed < len(_WARMERS):
+        _WARMERS[_warmed]()
+        _warmed += 1
 
 
 __all__ = ["ENABLED", "available", "jit", "on_warm", "warm"]

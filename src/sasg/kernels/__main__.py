@@ -7,14 +7,20 @@ seconds compiling it, and never loads machine code built from an older helper (:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 
-from . import _WARMERS, available, warm
+from . import _WARMERS, __path__, available, warm
 from .cache import drop_stale
 
 
 def main() -> int:
     import sasg.core.members  # noqa: F401  (the members import the kernels they use: their warm-ups register)
+
+    for module in pkgutil.iter_modules(__path__):  # and every kernel no member imports (the DDP hook's)
+        if module.name not in ("__main__", "cache"):
+            importlib.import_module(f"{__package__}.{module.name}")
 
     if not available():
         print("sasg.kernels: off (SASG_KERNELS=0 or numba missing): the torch paths run")

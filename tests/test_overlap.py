@@ -27,6 +27,7 @@ CASES = [
     ("paper32", "paper32", "sgd", 0, 0.25),
     ("bf16", "rice+fp32", "bf16", 0, 0.25),  # momentum SGD, the forward pass under bf16 autocast
     ("one-part", "rice+fp32", "momentum", 1, None),  # a small model: one part, the whole round
+    ("bucket-view", "rice+fp32", "sgd", 0, 0.25),  # DDP(gradient_as_bucket_view=True): .grad is the bucket
 ]
 
 
@@ -58,14 +59,15 @@ def _optimizer(kind, params):
     return torch.optim.AdamW(params, lr=1e-2)
 
 
-def _train(rank, codec, opt_kind, warmup, cap, overlap, steps=STEPS, state_in=None, gen=None, unused=False):
+def _train(rank, codec, opt_kind, warmup, cap, overlap, steps=STEPS, state_in=None, gen=None, unused=False, name=""):
     from torch.nn.parallel import DistributedDataParallel
 
     import sasg.ddp
 
     torch.manual_seed(0)
     net = _model(small=cap is None) if not unused else _WithSpare(_model())
-    model = DistributedDataParallel(net, bucket_cap_mb=cap, find_unused_parameters=unused)
+    model = DistributedDataParallel(net, bucket_cap_mb=cap, find_unused_parameters=unused,
+                                    gradient_as_bucket_view=name == "bucket-view")
     opt = _optimizer(opt_kind, model.parameters())
     state = sasg.ddp.register(model, "always+topk", codec, density=0.1, optimizer=opt, warmup=warmup,
                               overlap=overlap)
@@ -108,7 +110,7 @@ def _rank(rank: int, world: int, out: str) -> None:
     result = {}
     for name, codec, opt_kind, warmup, cap in CASES:
         for overlap in (False, True):
-            result[f"{name} {overlap}"] = _snapshot(*_train(rank, codec, opt_kind, warmup, cap, overlap))
+            result[f"{name} {overlap}"] = _snapshot(*_train(rank, codec, opt_kind, warmup, cap, overlap, name=name))
     # DDP finding unused parameters: its own all-reduce of which ones were used comes after the
     # last bucket's hook, when every part's exchange is done
     for overlap in (False, True):
@@ -143,6 +145,14 @@ def test_bucket_by_bucket_trains_as_the_whole_round_bit_for_bit(runs, name):
     _, _, opt_kind, warmup, _ = next(c for c in CASES if c[0] == name)
     assert whole["in_buckets"] == 0
     assert parted["in_buckets"] == (STEPS - warmup if opt_kind in ("sgd", "adamw") else 0)
+
+
+def test_ddp_with_gradients_as_bucket_views_trains_the_same(runs):
+    # The sums land in the buckets, which are then the parameters' .grad themselves: the same
+    # training as DDP copying the buckets into separate gradients.
+    for overlap in (False, True):
+        for key in ("params", "error", "last"):
+            assert _same(runs[f"bucket-view {overlap}"][key], runs[f"sgd {overlap}"][key]), (overlap, key)
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES])

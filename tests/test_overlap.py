@@ -115,6 +115,8 @@ def _rank(rank: int, world: int, out: str) -> None:
     # last bucket's hook, when every part's exchange is done
     for overlap in (False, True):
         result[f"unused {overlap}"] = _snapshot(*_train(rank, "rice+fp32", "momentum", 1, 0.25, overlap, unused=True))
+        # ... and with plain SGD, whose sums go straight into the buckets (sasg.ddp.bucket_sums)
+        result[f"unused-sgd {overlap}"] = _snapshot(*_train(rank, "rice+fp32", "sgd", 0, 0.25, overlap, unused=True))
     # a checkpoint of an overlapped run, taken after 4 steps, continued for 3 more
     # (a new DDP model: its buckets are rebuilt after its first iteration, as after a restart)
     gen = torch.Generator().manual_seed(100 + rank)
@@ -173,9 +175,11 @@ def test_each_bucket_is_a_message_of_its_own_on_the_ledger(runs, name):
         assert any(e > 0 for e in extra[-3:]), extra
 
 
-def test_ddp_finding_unused_parameters_overlaps_and_trains_the_same(runs):
-    whole, parted = runs["unused False"], runs["unused True"]
+@pytest.mark.parametrize("name", ["unused", "unused-sgd"])
+def test_ddp_finding_unused_parameters_overlaps_and_trains_the_same(runs, name):
+    whole, parted = runs[f"{name} False"], runs[f"{name} True"]
     assert parted["overlapping"] and parted["parts"] >= 3
+    assert parted["in_buckets"] == (STEPS if name == "unused-sgd" else 0)
     for key in ("params", "moments", "error", "last"):
         assert _same(parted[key], whole[key]), key
 

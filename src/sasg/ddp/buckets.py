@@ -71,6 +71,7 @@ class ParameterIndex:
 
     def _pairs(self, bucket) -> list[tuple[Segment, Tensor]]:
         pairs = []
+        buffer = None
         for p, g in zip(bucket.parameters(), bucket.gradients()):
             seg = self._segment.get(id(p))
             if seg is None:
@@ -80,6 +81,15 @@ class ParameterIndex:
                     f"DDP bucket {bucket.index()} holds a parameter of shape {tuple(p.shape)} that the sasg hook "
                     "state does not know: build the state from the model DDP wraps (sasg.ddp.register does)"
                 )
+            if g.stride() != p.stride() and _dense(p):
+                # GradBucket.gradients() views every gradient C-contiguously, but DDP lays out the
+                # gradient of a dense parameter as the parameter is laid out (its "gradient layout
+                # contract": a channels_last kernel's gradient is channels_last in the bucket), and
+                # reads .grad out of the bucket that way. Through the contiguous view the entries
+                # would be permuted: top-k and plain SGD do not notice, but everything that pairs
+                # the gradient with the parameter, its momentum buffer or Adam's moments does.
+                buffer = bucket.buffer() if buffer is None else buffer
+                g = buffer.as_strided(p.shape, p.stride(), g.storage_offset())
             pairs.append((seg, g))
         return pairs
 
@@ -180,6 +190,18 @@ class ParameterIndex:
     def describe(self) -> list[list]:
         """``[name, numel]`` per tensor: what every rank must agree on."""
         return [[seg.name, seg.numel] for seg in self.layout.segments]
+
+
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s entries fill a block of memory once each, in some order of its dimensions
+    (c10's ``is_non_overlapping_and_dense``, which DDP asks of a parameter before it lays the
+    gradient out like it)."""
+    expected = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def bucket_nbytes(bucket) -> int:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from .rules import hook_algorithm
 from .hook_state import DEFAULT_CODEC, HookState
+from .unused import UnusedParameters
 
 
 def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -91,6 +92,7 @@ def register(
     state = HookState(named, algo, codec, process_group=group, module=ddp_model.module,
                       bucket_cap=getattr(ddp_model, "bucket_bytes_cap", None), **options)
     state.start()
+    state._unused = UnusedParameters.of(ddp_model, state.index)  # (find_unused_parameters: sasg.ddp.unused)
     ddp_model.register_comm_hook(state, comm_hook)
     return state
 

@@ -91,6 +91,7 @@ from .hook_overlap import Overlap
 from .optimizers import is_adam
 from .rules import hook_algorithm
 from .second_gradient import SecondGradient
+from .unused import UnusedParameters, give_back
 from .counting_transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
@@ -212,6 +213,10 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._pending: list[tuple[object, torch.futures.Future]] = []
         self._rounds_summed_in_buckets = 0  # rounds whose aggregate went straight into the buckets
         self._sums: BucketSums | None = None  # ... and where the latest one went (BucketSums.of)
+        # find_unused_parameters: which tensors DDP left out of the step (set by sasg.ddp.register),
+        # and how many (tensor, round) pairs it has left out so far
+        self._unused: UnusedParameters | None = None
+        self.dropped_by_ddp = 0
         self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
@@ -373,8 +378,33 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             engine.ledger.add_up(8 * averaged * engine.num_workers)
         if sums is None:  # (with sums, the buckets hold the aggregate already: every rank sent, no coasting)
             self._hand_back(result, compressed, buckets)
+        if self._unused is not None:
+            self._after_ddp(bool(result.flags[self.transport.rank]), compressed)
         self._compressed_round = compressed
         self.rounds += 1
+
+    def _after_ddp(self, sent: bool, compressed: bool) -> None:
+        """Once DDP has ended the backward pass: what it left out of the step goes back to this
+        rank's memory (:mod:`sasg.ddp.unused`)."""
+        queue = torch.autograd.Variable._execution_engine.queue_callback
+        # DDP queues its end of the backward pass, where it leaves the parameters no rank used
+        # alone, after this hook returns; a callback queued from a callback runs after it.
+        queue(lambda: queue(lambda: self._give_back(sent, compressed)))
+
+    def _give_back(self, sent: bool, compressed: bool) -> None:
+        engine, me = self.engine, self.transport.rank
+        dropped = self._unused.dropped()
+        self.dropped_by_ddp += len(dropped)
+        segments = self.index.layout.segments
+        if self.momentum is not None:  # DGC's factor masking, only where the step used the velocity
+            u = self.momentum.velocity
+            kept = [u[segments[i].offset : segments[i].end].clone() for i in dropped]
+            self.momentum.mask(engine.server.last, me, compressed and sent)
+            for i, k in zip(dropped, kept):
+                u[segments[i].offset : segments[i].end].copy_(k)
+        error = engine.workers.buffers.get("error")
+        if dropped and sent and error is not None and getattr(self.algorithm.memory, "name", None) == "ef":
+            give_back(error[0], engine.server.last.to_dense()[me], segments, dropped)
 
     def _hand_back(self, result, compressed: bool, buckets) -> None:
         """The round's aggregate (or what the optimizer takes instead) into the buckets."""
@@ -382,7 +412,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         step = result.step  # sum_m decoded(q_m): the round's aggregate, for the user's optimizer
         if self.momentum is not None:
             me = self.transport.rank
-            self.momentum.mask(engine.server.last, me, compressed and bool(flags[me]))
+            if self._unused is None:  # (else once DDP has said which tensors the step used: _give_back)
+                self.momentum.mask(engine.server.last, me, compressed and bool(flags[me]))
             step = self.momentum.to_gradient(step, self._grads)
         if self._coasts and not bool(flags.any()):
             # Nobody sent: the round holds no new gradient, and Adam coasts on its moments given a

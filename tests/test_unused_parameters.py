@@ -1,0 +1,106 @@
+"""The hook under ``find_unused_parameters=True``, with parameters that no rank uses in a step.
+
+DDP leaves such a parameter's ``.grad`` alone, so the hook's aggregate for it never reaches the
+step; what error feedback sent of it must go back to the memory (sasg.ddp.unused). A 2-rank gloo
+job trains an MLP with two heads used in turn (head ``b`` on even steps, ``c`` on odd ones, on
+both ranks) under plain SGD and checks error feedback's ledger exactly:
+
+    (theta_0 - theta_T) / lr + sum_m e_m = sum_t sum_m g_{m,t} / M
+
+(what the steps applied plus what the memories still hold is every gradient the ranks computed,
+each rank's own gradient taken on a copy of the model; the unused head's is zero). Before the
+memory got the dropped part back, the unused head lost it: the two sides parted by the residuals
+sent in the heads' idle steps. It also runs momentum SGD (DGC) and AdamW to the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from test_distributed import spawn
+
+WORLD, STEPS, LR = 2, 14, 0.1
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 64)
+        self.b = nn.Linear(64, 8)  # (512 weights: compressed; the hook sends tensors of <= 256 whole)
+        self.c = nn.Linear(64, 8)
+        self.step = 0
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        self.step += 1
+        return self.b(h) if self.step % 2 else self.c(h)
+
+
+def _net() -> _TwoHeads:
+    g = torch.Generator().manual_seed(0)
+    with torch.device("meta"):  # (the layers' own initialisation would draw from the global RNG)
+        net = _TwoHeads()
+    net = net.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return net
+
+
+def _batch(step: int, rank: int):
+    g = torch.Generator().manual_seed(100 * step + rank)
+    return torch.randn(8, 6, generator=g), torch.randint(0, 8, (8,), generator=g)
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors])
+
+
+def _job(rank, world, folder):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    import sasg.ddp
+
+    out = {}
+    for kind in ("sgd", "momentum", "adamw"):
+        net = _net()
+        ddp = DistributedDataParallel(net, find_unused_parameters=True)
+        opt = (torch.optim.SGD(ddp.parameters(), lr=LR, momentum=0.9 if kind == "momentum" else 0.0)
+               if kind != "adamw" else torch.optim.AdamW(ddp.parameters(), lr=0.01))
+        state = sasg.ddp.register(ddp, optimizer=opt, density=0.1, warmup=2)
+        theta0 = _flat(net.parameters())
+        computed = torch.zeros_like(theta0)  # this rank's own gradients, summed over the steps
+        for step in range(STEPS):
+            x, y = _batch(step, rank)
+            own = _net()
+            own.load_state_dict(net.state_dict())
+            own.step = net.step
+            F.cross_entropy(own(x), y).backward()
+            computed += _flat(p.grad if p.grad is not None else torch.zeros_like(p) for p in own.parameters())
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        held = state.error.double()
+        dist.all_reduce(computed)
+        dist.all_reduce(held)
+        out[kind] = {"theta0": theta0, "theta": _flat(net.parameters()), "held": held, "computed": computed / world,
+                     "dropped": state.dropped_by_ddp, "finite": bool(torch.isfinite(_flat(net.parameters())).all())}
+    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+
+
+def test_what_ddp_leaves_out_of_a_step_goes_back_to_the_error_memory(tmp_path):
+    spawn(_job, WORLD, str(tmp_path), timeout=120.0)
+    for rank in range(WORLD):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        sgd = out["sgd"]
+        # head b sits out 7 steps and head c 7, each 2 tensors; the 2 warm-up rounds count too
+        assert sgd["dropped"] == 2 * STEPS
+        applied = (sgd["theta0"] - sgd["theta"]) / LR
+        torch.testing.assert_close(applied + sgd["held"], sgd["computed"], atol=1e-5, rtol=1e-5)
+        for kind in ("momentum", "adamw"):
+            assert out[kind]["dropped"] == 2 * STEPS and out[kind]["finite"], kind

@@ -10,7 +10,8 @@ both ranks) under plain SGD and checks error feedback's ledger exactly:
 (what the steps applied plus what the memories still hold is every gradient the ranks computed,
 each rank's own gradient taken on a copy of the model; the unused head's is zero). Before the
 memory got the dropped part back, the unused head lost it: the two sides parted by the residuals
-sent in the heads' idle steps. It also runs momentum SGD (DGC) and AdamW to the end.
+sent in the heads' idle steps. Under every optimizer (plain and momentum SGD, AdamW) the idle
+head does not move in its idle steps, as under plain DDP.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def _job(rank, world, folder):
         state = sasg.ddp.register(ddp, optimizer=opt, density=0.1, warmup=2)
         theta0 = _flat(net.parameters())
         computed = torch.zeros_like(theta0)  # this rank's own gradients, summed over the steps
+        moved = 0.0  # the most an entry of the idle head moved in a step
         for step in range(STEPS):
             x, y = _batch(step, rank)
             own = _net()
@@ -83,13 +85,16 @@ def _job(rank, world, folder):
             F.cross_entropy(own(x), y).backward()
             computed += _flat(p.grad if p.grad is not None else torch.zeros_like(p) for p in own.parameters())
             opt.zero_grad()
+            idle = net.c if net.step % 2 == 0 else net.b  # (the forward pass below uses the other head)
+            before = _flat(idle.parameters())
             F.cross_entropy(ddp(x), y).backward()
             opt.step()
+            moved = max(moved, float((_flat(idle.parameters()) - before).abs().max()))
         held = state.error.double()
         dist.all_reduce(computed)
         dist.all_reduce(held)
         out[kind] = {"theta0": theta0, "theta": _flat(net.parameters()), "held": held, "computed": computed / world,
-                     "dropped": state.dropped_by_ddp, "finite": bool(torch.isfinite(_flat(net.parameters())).all())}
+                     "dropped": state.dropped_by_ddp, "idle_moved": moved, "finite": bool(torch.isfinite(_flat(net.parameters())).all())}
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -102,5 +107,8 @@ def test_what_ddp_leaves_out_of_a_step_goes_back_to_the_error_memory(tmp_path):
         assert sgd["dropped"] == 2 * STEPS
         applied = (sgd["theta0"] - sgd["theta"]) / LR
         torch.testing.assert_close(applied + sgd["held"], sgd["computed"], atol=1e-5, rtol=1e-5)
-        for kind in ("momentum", "adamw"):
+        for kind in ("sgd", "momentum", "adamw"):
             assert out[kind]["dropped"] == 2 * STEPS and out[kind]["finite"], kind
+            # no rank used it, DDP left its .grad None and the optimizer skips it: nothing moves it
+            # (the hook's Adam correction used to redo a step Adam had not taken)
+            assert out[kind]["idle_moved"] == 0.0, kind

@@ -395,16 +395,13 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         engine, me = self.engine, self.transport.rank
         dropped = self._unused.dropped()
         self.dropped_by_ddp += len(dropped)
-        segments = self.index.layout.segments
-        if self.momentum is not None:  # DGC's factor masking, only where the step used the velocity
-            u = self.momentum.velocity
-            kept = [u[segments[i].offset : segments[i].end].clone() for i in dropped]
-            self.momentum.mask(engine.server.last, me, compressed and sent)
-            for i, k in zip(dropped, kept):
-                u[segments[i].offset : segments[i].end].copy_(k)
         error = engine.workers.buffers.get("error")
-        if dropped and sent and error is not None and getattr(self.algorithm.memory, "name", None) == "ef":
-            give_back(error[0], engine.server.last.to_dense()[me], segments, dropped)
+        # (Not under DGC: there the memory also holds the velocity it accumulated, and giving the
+        # sent part back pushes the idle tensor on with momentum that the optimizer froze;
+        # sasg.ddp.unused.)
+        if (dropped and sent and self.momentum is None and error is not None
+                and getattr(self.algorithm.memory, "name", None) == "ef"):
+            give_back(error[0], engine.server.last.to_dense()[me], self.index.layout.segments, dropped)
 
     def _hand_back(self, result, compressed: bool, buckets) -> None:
         """The round's aggregate (or what the optimizer takes instead) into the buckets."""
@@ -412,8 +409,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         step = result.step  # sum_m decoded(q_m): the round's aggregate, for the user's optimizer
         if self.momentum is not None:
             me = self.transport.rank
-            if self._unused is None:  # (else once DDP has said which tensors the step used: _give_back)
-                self.momentum.mask(engine.server.last, me, compressed and bool(flags[me]))
+            self.momentum.mask(engine.server.last, me, compressed and bool(flags[me]))
             step = self.momentum.to_gradient(step, self._grads)
         if self._coasts and not bool(flags.any()):
             # Nobody sent: the round holds no new gradient, and Adam coasts on its moments given a

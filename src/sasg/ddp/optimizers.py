@@ -229,8 +229,8 @@ class FrozenVariance:
     def after_step(self) -> None:
         params = self.index.params
         states = [self.optimizer.state.get(p) for p in params]
-        if any(s is None or "exp_avg_sq" not in s for s in states):
-            return  # no step taken for them (a skipped step, e.g. an inf under a grad scaler)
+        if all(s is None or "exp_avg_sq" not in s for s in states):
+            return  # no step taken (a skipped step, e.g. an inf under a grad scaler)
         for p, g, a in zip(params, self.groups, self.aggregate):
             if p.grad is not None:
                 a.mul_(g["betas"][1]).addcmul_(p.grad.float() * (1 - g["betas"][1]), p.grad.float())
@@ -239,6 +239,10 @@ class FrozenVariance:
         for p, s, g, vf, h, a in zip(params, states, self.groups, self.frozen, self.kept, self.aggregate):
             if h is None:
                 continue  # sent whole every round: Adam's own estimate is right
+            if p.grad is None or s is None or "exp_avg_sq" not in s:
+                # Adam skipped it this step (no rank used it: DDP left its .grad None) or has never
+                # stepped it: there is no step of Adam's to redo, and its moments must stay as they are.
+                continue
             beta1, beta2 = g["betas"]
             t = float(s["step"])
             bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t

@@ -11,9 +11,15 @@ what earlier rounds did not send, top-k picks some of it, and the memory subtrac
 multi-task head or an expert that sits out a step would lose that part of its gradient for good
 (``benchmarks/user_models.py`` shows what it cost). So after DDP's end of the backward pass, every
 rank gives its memory back what its own message held for those tensors, which it then still has
-to send, and (DGC) masks its velocity only where the step used it. ``e - decoded(q) +
-decoded(q)`` is ``e`` bit for bit where the message sent values as they are (top-k, a lossless
-codec).
+to send. No rank's gradient of such a tensor is anything but zero, so the memory is then what it
+was before the round: ``e - decoded(q) + decoded(q)`` is ``e`` bit for bit where the message sent
+values as they are (top-k, a lossless codec), as if the round had not touched the tensor, which is
+what DDP and the optimizer did.
+
+Not under DGC's momentum correction (momentum SGD): there the memory has also taken in the
+velocity, which keeps moving while the optimizer freezes the tensor, and giving the sent part
+back trained an idle head worse (``benchmarks/user_models.py``, ``heads-momentum``) than losing
+it, as before. Undoing the round there needs the memory and velocity from before it.
 
 The count is DDP's own (``reducer._get_local_used_map()``, a private method: where it is gone, the
 hook warns once at ``register`` and trains as before). Under ``gradient_as_bucket_view=True`` an

@@ -380,6 +380,19 @@ def test_a_rule_that_needs_a_second_gradient_says_how_to_give_it(ranks):
         register(_linear(), algo="always+topk")
 
 
+def test_an_embedding_with_sparse_gradients_is_refused_by_name():
+    def model(frozen: bool):
+        with torch.device("meta"):  # (nn.Embedding's initialisation would draw from the global RNG)
+            m = torch.nn.Sequential(torch.nn.Embedding(50, 8, sparse=True), torch.nn.Linear(8, 3))
+        m = m.to_empty(device="cpu")
+        m[0].weight.requires_grad_(not frozen)
+        return m
+
+    with pytest.raises(ValueError, match=r"Embedding '0': it has sparse=True.*sparse=False"):
+        HookState(model(frozen=False))
+    assert HookState(model(frozen=True)).index.names == ["1.weight", "1.bias"]
+
+
 def _bucket(params):
     """What the hook reads of a ``dist.GradBucket``: parameters and their gradients, in order."""
     return SimpleNamespace(parameters=lambda: params, gradients=lambda: [p.grad for p in params], index=lambda: 0)

@@ -179,6 +179,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._stale_round = -1
         self._asked = False  # has the loop ever called second_gradient?
         self.index = ParameterIndex(named)
+        _refuse_sparse_gradients(self._module, self.index)
         self.algorithm = build_algorithm(self.spec, self.index.layout, self.codec)
         if lr is None and optimizer is not None:
             lr = optimizer
@@ -420,3 +421,18 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             step = self._grads.zero_()
         self.index.scatter(step, buckets)
 
+
+
+def _refuse_sparse_gradients(module, index) -> None:
+    """A ValueError naming an embedding with ``sparse=True`` among the trained parameters: DDP
+    hands its gradient to the hook as a sparse tensor in a bucket of its own, which the round
+    (dense flat layout, top-k per tensor) does not take; it failed mid-backward, naming no cause."""
+    if module is None:
+        return
+    trained = {id(p) for p in index.params}
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and id(m.weight) in trained:
+            raise ValueError(
+                f"the sasg hook cannot compress {type(m).__name__} {name or '(the model)'!r}: it has sparse=True, "
+                "so its gradient reaches the hook as a sparse tensor, which the hook does not take; build it "
+                "with sparse=False (the default), or freeze it (requires_grad=False)")

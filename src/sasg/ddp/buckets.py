@@ -35,6 +35,9 @@ class ParameterIndex:
         self.layout = Layout((n, tuple(p.shape)) for n, p in kept)
         self._segment = {id(p): seg for p, seg in zip(self.params, self.layout.segments)}
         self._number = {seg.offset: i for i, seg in enumerate(self.layout.segments)}
+        # Parameters laid out other than C-contiguously (a channels_last kernel), whose gradients
+        # DDP lays out the same way in its buckets (see _pairs): known once, not asked every round.
+        self._strided = {id(p) for p in self.params if not p.is_contiguous() and _dense(p)}
         first = self.params[0]
         self.device = first.device
         self._scratch: Tensor | None = None  # float64, for step_sq_from
@@ -81,7 +84,7 @@ class ParameterIndex:
                     f"DDP bucket {bucket.index()} holds a parameter of shape {tuple(p.shape)} that the sasg hook "
                     "state does not know: build the state from the model DDP wraps (sasg.ddp.register does)"
                 )
-            if g.stride() != p.stride() and _dense(p):
+            if id(p) in self._strided:
                 # GradBucket.gradients() views every gradient C-contiguously, but DDP lays out the
                 # gradient of a dense parameter as the parameter is laid out (its "gradient layout
                 # contract": a channels_last kernel's gradient is channels_last in the bucket), and

@@ -20,6 +20,20 @@ def small_config(**kw) -> RunConfig:
     return RunConfig(**base).validate()
 
 
+def seeded_module(make, scale: float, seed: int = 0) -> torch.nn.Module:
+    """``make()`` on the CPU, every parameter drawn from ``N(0, scale^2)`` by a generator seeded
+    with ``seed``: built on the meta device first, since the layers' own initialisation would draw
+    from the global RNG (which the fixture below checks is never touched)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        module = make()
+    module = module.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread, as each distributed rank runs (and fast on a busy box)."""

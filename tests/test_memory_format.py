@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import seeded_module
 from test_distributed import spawn
 
 WORLD, STEPS = 2, 12
@@ -44,13 +45,7 @@ class _Net(nn.Module):
 
 
 def _net(channels_last: bool) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.device("meta"):  # (the layers' own initialisation would draw from the global RNG)
-        net = _Net()
-    net = net.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    net = seeded_module(_Net, 0.3)
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import seeded_module
 from test_distributed import spawn
 
 WORLD, STEPS, LR = 2, 14, 0.1
@@ -42,14 +43,7 @@ class _TwoHeads(nn.Module):
 
 
 def _net() -> _TwoHeads:
-    g = torch.Generator().manual_seed(0)
-    with torch.device("meta"):  # (the layers' own initialisation would draw from the global RNG)
-        net = _TwoHeads()
-    net = net.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return net
+    return seeded_module(_TwoHeads, 0.5)
 
 
 def _batch(step: int, rank: int):

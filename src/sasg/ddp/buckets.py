@@ -195,6 +195,21 @@ class ParameterIndex:
         return [[seg.name, seg.numel] for seg in self.layout.segments]
 
 
+def refuse_sparse_gradients(module, index: ParameterIndex) -> None:
+    """A ValueError naming an embedding with ``sparse=True`` among the trained parameters: DDP
+    hands its gradient to the hook as a sparse tensor in a bucket of its own, which the round
+    (dense flat layout, top-k per tensor) does not take; it failed mid-backward, naming no cause."""
+    if module is None:
+        return
+    trained = {id(p) for p in index.params}
+    for name, m in module.named_modules():
+        if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse and id(m.weight) in trained:
+            raise ValueError(
+                f"the sasg hook cannot compress {type(m).__name__} {name or '(the model)'!r}: it has sparse=True, "
+                "so its gradient reaches the hook as a sparse tensor, which the hook does not take; build it "
+                "with sparse=False (the default), or freeze it (requires_grad=False)")
+
+
 def _dense(t: Tensor) -> bool:
     """Whether ``t``'s entries fill a block of memory once each, in some order of its dimensions
     (c10's ``is_non_overlapping_and_dense``, which DDP asks of a parameter before it lays the

@@ -84,14 +84,13 @@ from .. import validation
 from ..engine import RoundEngine
 from ..runtime import build_algorithm, build_engine, engine_codec, process_transport
 from .bucket_sums import BucketSums
-from .buckets import ParameterIndex, bucket_nbytes
+from .buckets import ParameterIndex, bucket_nbytes, refuse_sparse_gradients
 from .hook_checkpoint import HookCheckpoint
 from .hook_optimizer import OptimizerLink
 from .hook_overlap import Overlap
 from .optimizers import is_adam
 from .rules import hook_algorithm
 from .second_gradient import SecondGradient
-from .unused import UnusedParameters, give_back
 from .counting_transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
@@ -179,7 +178,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._stale_round = -1
         self._asked = False  # has the loop ever called second_gradient?
         self.index = ParameterIndex(named)
-        _refuse_sparse_gradients(self._module, self.index)
+        refuse_sparse_gradients(self._module, self.index)
         self.algorithm = build_algorithm(self.spec, self.index.layout, self.codec)
         if lr is None and optimizer is not None:
             lr = optimizer
@@ -214,10 +213,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._pending: list[tuple[object, torch.futures.Future]] = []
         self._rounds_summed_in_buckets = 0  # rounds whose aggregate went straight into the buckets
         self._sums: BucketSums | None = None  # ... and where the latest one went (BucketSums.of)
-        # find_unused_parameters: which tensors DDP left out of the step (set by sasg.ddp.register),
-        # and how many (tensor, round) pairs it has left out so far
-        self._unused: UnusedParameters | None = None
-        self.dropped_by_ddp = 0
+        self._unused, self.dropped_by_ddp = None, 0  # find_unused_parameters: sasg.ddp.unused (register sets it)
         self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
@@ -379,30 +375,10 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             engine.ledger.add_up(8 * averaged * engine.num_workers)
         if sums is None:  # (with sums, the buckets hold the aggregate already: every rank sent, no coasting)
             self._hand_back(result, compressed, buckets)
-        if self._unused is not None:
-            self._after_ddp(bool(result.flags[self.transport.rank]), compressed)
+        if self._unused is not None:  # (find_unused_parameters: sasg.ddp.unused)
+            self._unused.after_round(self, bool(result.flags[self.transport.rank]))
         self._compressed_round = compressed
         self.rounds += 1
-
-    def _after_ddp(self, sent: bool, compressed: bool) -> None:
-        """Once DDP has ended the backward pass: what it left out of the step goes back to this
-        rank's memory (:mod:`sasg.ddp.unused`)."""
-        queue = torch.autograd.Variable._execution_engine.queue_callback
-        # DDP queues its end of the backward pass, where it leaves the parameters no rank used
-        # alone, after this hook returns; a callback queued from a callback runs after it.
-        queue(lambda: queue(lambda: self._give_back(sent, compressed)))
-
-    def _give_back(self, sent: bool, compressed: bool) -> None:
-        engine, me = self.engine, self.transport.rank
-        dropped = self._unused.dropped()
-        self.dropped_by_ddp += len(dropped)
-        error = engine.workers.buffers.get("error")
-        # (Not under DGC: there the memory also holds the velocity it accumulated, and giving the
-        # sent part back pushes the idle tensor on with momentum that the optimizer froze;
-        # sasg.ddp.unused.)
-        if (dropped and sent and self.momentum is None and error is not None
-                and getattr(self.algorithm.memory, "name", None) == "ef"):
-            give_back(error[0], engine.server.last.to_dense()[me], self.index.layout.segments, dropped)
 
     def _hand_back(self, result, compressed: bool, buckets) -> None:
         """The round's aggregate (or what the optimizer takes instead) into the buckets."""
@@ -420,19 +396,3 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             # lose the round, under DGC the repeat is the velocity's step again.)
             step = self._grads.zero_()
         self.index.scatter(step, buckets)
-
-
-
-def _refuse_sparse_gradients(module, index) -> None:
-    """A ValueError naming an embedding with ``sparse=True`` among the trained parameters: DDP
-    hands its gradient to the hook as a sparse tensor in a bucket of its own, which the round
-    (dense flat layout, top-k per tensor) does not take; it failed mid-backward, naming no cause."""
-    if module is None:
-        return
-    trained = {id(p) for p in index.params}
-    for name, m in module.named_modules():
-        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and id(m.weight) in trained:
-            raise ValueError(
-                f"the sasg hook cannot compress {type(m).__name__} {name or '(the model)'!r}: it has sparse=True, "
-                "so its gradient reaches the hook as a sparse tensor, which the hook does not take; build it "
-                "with sparse=False (the default), or freeze it (requires_grad=False)")

@@ -74,6 +74,28 @@ class UnusedParameters:
         return [i for i, (p, v) in enumerate(zip(self._params, self._variables))
                 if v < len(counts) and counts[v] == 0 and (p.grad is None or not self._bucket_view)]
 
+    def after_round(self, state, sent: bool) -> None:
+        """At the end of a hook round of ``state`` (a HookState; ``sent``: did this rank send):
+        once DDP has ended the backward pass, give back what it left out of the step."""
+        queue = torch.autograd.Variable._execution_engine.queue_callback
+        # DDP queues its end of the backward pass, where it leaves the parameters no rank used
+        # alone, after the hook returns; a callback queued from a callback runs after it.
+        queue(lambda: queue(lambda: self._give_back(state, sent)))
+
+    def _give_back(self, state, sent: bool) -> None:
+        dropped = self.dropped()
+        state.dropped_by_ddp += len(dropped)
+        engine = state.engine
+        error = engine.workers.buffers.get("error")
+        # (Not under DGC: the module docstring says why.)
+        if not (dropped and sent and state.momentum is None and error is not None
+                and getattr(state.algorithm.memory, "name", None) == "ef"):
+            return
+        own = engine.server.last.to_dense()[state.transport.rank]  # this rank's message, decoded
+        for i in dropped:
+            seg = state.index.layout.segments[i]
+            error[0, seg.offset : seg.end].add_(own[seg.offset : seg.end].to(error.dtype))
+
 
 def _variable_numbers(ddp_model, index) -> list[int] | None:
     """Each of the hook's tensors' place among DDP's variables: the trained parameters module by
@@ -89,13 +111,4 @@ def _variable_numbers(ddp_model, index) -> list[int] | None:
     return None if any(v is None for v in variables) else variables
 
 
-def give_back(error_row: torch.Tensor, own, segments, tensors: list[int]) -> None:
-    """``error_row += decoded(own)`` on the ``tensors``' ranges (``own``: this rank's message of
-    the round as every rank decoded it, a one-row payload or its dense form)."""
-    dense = own if isinstance(own, torch.Tensor) else own.to_dense()[0]
-    for i in tensors:
-        seg = segments[i]
-        error_row[seg.offset : seg.end].add_(dense[seg.offset : seg.end].to(error_row.dtype))
-
-
-__all__ = ["UnusedParameters", "give_back"]
+__all__ = ["UnusedParameters"]

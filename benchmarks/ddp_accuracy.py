@@ -16,7 +16,11 @@ hook installed (``sasg.ddp.register``). The optimizers:
   0.01 / 0.02 / 0.05 / 0.1 gave 93.2 / 93.8 / 94.5 / 95.1 / 90.4 / 45.5 % test accuracy;
 * ``adamw``: AdamW, lr 1e-3, PyTorch's other defaults (weight decay 0.01);
 * ``bf16``: the ``momentum`` optimizer with the forward pass under
-  ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the error memory stays fp32).
+  ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the error memory stays fp32);
+* ``fp16``, ``fp16-adamw`` (not run by default): the ``momentum`` and ``adamw`` optimizers with
+  the forward pass under ``torch.autocast("cpu", dtype=torch.float16)`` and the loss scaled by a
+  ``torch.amp.GradScaler`` at its defaults, which DDP and the hooks run alike; the sasg hook is
+  told of it (``scaler=``). Each run also reports the steps the scaler skipped.
 
 Hooks (``--hooks``, ``ALGO/CODEC``): by default ``always+topk/rice+sign`` — top-k per tensor at
 h = 1 %, error feedback, every round, Golomb-Rice index gaps and one sign bit per kept entry
@@ -51,11 +55,12 @@ from pathlib import Path
 import torch
 
 OPTIMIZERS = ("momentum", "adamw", "bf16")
+HALF = ("fp16", "fp16-adamw")  # fp16 autocast with a GradScaler (--optimizers fp16,fp16-adamw)
 MODELS = ("fc", "lenet5", "mlp", "cnn")
 # "ALGO/CODEC" runs the sasg hook at its defaults otherwise; "defaults" is sasg.ddp.register(ddp,
 # optimizer=opt) with nothing else; "powersgd" is PyTorch's PowerSGD hook at rank 2.
 DEFAULT_HOOKS = ("defaults", "powersgd")
-DEFAULT_LR = {"momentum": 0.02, "adamw": 1e-3, "bf16": 0.02}
+DEFAULT_LR = {"momentum": 0.02, "adamw": 1e-3, "bf16": 0.02, "fp16": 0.02, "fp16-adamw": 1e-3}
 POWERSGD_RANK = 2
 
 
@@ -122,7 +127,7 @@ def _test_correct(model, data) -> int:
 
 
 def _optimizer(name: str, params, lr: float):
-    if name == "adamw":
+    if name in ("adamw", "fp16-adamw"):
         return torch.optim.AdamW(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
 
@@ -161,20 +166,26 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
         if name != "defaults":
             algo, codec = name.split("/")
             knobs.update(algo=algo, codec=codec)
-        state = sasg.ddp.register(ddp, optimizer=opt, seed=seed, **knobs)
+    half = optimizer in HALF
+    scaler = torch.amp.GradScaler("cpu", enabled=half)  # (disabled: scale() and step() as without it)
+    if hook is not None and hook != "powersgd":
+        state = sasg.ddp.register(ddp, optimizer=opt, seed=seed, scaler=scaler if half else None, **knobs)
     per_epoch, next_idx = _batches(data, world, rank, batch_size, seed)
     total = per_epoch * epochs if max_rounds is None else min(max_rounds, per_epoch * epochs)
-    autocast = optimizer == "bf16"
-    curve = []
+    autocast = optimizer == "bf16" or half
+    skipped, curve = 0, []
     start = time.perf_counter()
     for r in range(total):
         idx = next_idx()
         x, y = data.train.x[idx], data.train.y[idx]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast("cpu", dtype=torch.float16 if half else torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(ddp(x), y)
-        loss.backward()
-        opt.step()
+        scale = scaler.get_scale() if half else 1.0
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        skipped += int(half and scaler.get_scale() < scale)
         if (r + 1) % per_epoch == 0 or r + 1 == total:
             curve.append(_test_correct(net, data))
     seconds = time.perf_counter() - start
@@ -189,7 +200,7 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
            "correct": curve[-1], "accuracy": 100.0 * curve[-1] / n_test,
            "curve": [100.0 * c / n_test for c in curve], "seconds": seconds,
            "ranks_equal": bool(torch.equal(top, bottom)), "dense_bits": dense_bits, "bits": dense_bits,
-           "error_dtype": None}
+           "error_dtype": None, "skipped_steps": skipped}
     if hook == "powersgd":  # its first round is a plain all-reduce (start_powerSGD_iter=2)
         out["bits"] = world * (32 * flat.numel() + (total - 1) * powersgd_bits_per_round(net))
     if state is not None:
@@ -245,12 +256,13 @@ def run(runs: list[dict], world: int = 2, timeout: float | None = None) -> list[
 
 def plan(optimizers, hooks, seeds, lrs: dict, models=("fc",), **common) -> list[dict]:
     """Every (model, seed, optimizer): plain DDP first, then each hook, same settings otherwise.
-    PowerSGD's hook is left out under bf16: on the CPU with torch 2.13 it aborts the gloo job
-    under a bf16-autocast forward ("Received data size doesn't match expected size: 1044 vs 512"),
-    also with autocast switched off around the hook."""
+    PowerSGD's hook is left out under autocast (bf16, fp16): on the CPU with torch 2.13 it aborts
+    the gloo job under a bf16- or fp16-autocast forward ("Received data size doesn't match
+    expected size: 1044 vs 512"; FC under both, and the small CNN under fp16 with AdamW), also
+    with autocast switched off around the hook."""
     return [dict(model=m, optimizer=o, lr=lrs[o], hook=h, seed=s, **common)
             for m in models for s in seeds for o in optimizers for h in (None, *hooks)
-            if not (h == "powersgd" and o == "bf16")]
+            if not (h == "powersgd" and o in ("bf16", *HALF))]
 
 
 def summarize(results: list[dict], hooks) -> list[dict]:
@@ -264,7 +276,7 @@ def summarize(results: list[dict], hooks) -> list[dict]:
         for o in optimizers:
             for h in hooks:
                 if (model, o, h, seeds[0]) not in by:
-                    continue  # not run (PowerSGD under bf16, see plan)
+                    continue  # not run (PowerSGD under autocast, see plan)
                 base = [by[model, o, None, s] for s in seeds]
                 mine = [by[model, o, h, s] for s in seeds]
                 # in points, from the counts of correct test images (exact: -0.5 is -0.5, not -0.50000001)
@@ -280,6 +292,9 @@ def summarize(results: list[dict], hooks) -> list[dict]:
                     "hook_seconds": sum(m["seconds"] for m in mine) / len(seeds),
                     "ranks_equal": all(r["ranks_equal"] for r in base + mine),
                     "error_dtype": mine[0]["error_dtype"],
+                    # steps a GradScaler skipped (fp16 rows), mean over the seeds
+                    "ddp_skipped_steps": sum(b.get("skipped_steps", 0) for b in base) / len(seeds),
+                    "hook_skipped_steps": sum(m.get("skipped_steps", 0) for m in mine) / len(seeds),
                 })
     return rows
 
@@ -338,12 +353,12 @@ def main(argv=None) -> None:
     p.add_argument("--hooks", default=",".join(DEFAULT_HOOKS),
                    help="defaults, powersgd, ALGO/CODEC,... ; 'none': plain DDP only")
     p.add_argument("--seeds", default="0,1,2")
-    for o in OPTIMIZERS:
+    for o in OPTIMIZERS + HALF:
         p.add_argument(f"--lr-{o}", type=float, default=DEFAULT_LR[o])
     args = p.parse_args(argv)
 
     optimizers, models = _split(args.optimizers), _split(args.models)
-    for given, known, what in ((optimizers, OPTIMIZERS, "optimizer"), (models, MODELS, "model")):
+    for given, known, what in ((optimizers, OPTIMIZERS + HALF, "optimizer"), (models, MODELS, "model")):
         unknown = set(given) - set(known)
         if unknown:
             p.error(f"unknown {what}(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -352,7 +367,7 @@ def main(argv=None) -> None:
         if h.partition(":")[0] not in ("defaults", "powersgd") and h.partition(":")[0].count("/") != 1:
             p.error(f"--hooks entries are defaults, powersgd or ALGO/CODEC, got {h!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    lrs = {o: getattr(args, f"lr_{o}") for o in OPTIMIZERS}
+    lrs = {o: getattr(args, f"lr_{o}".replace("-", "_")) for o in OPTIMIZERS + HALF}
 
     runs = plan(optimizers, hooks, seeds, lrs, models=models, epochs=args.epochs, batch_size=args.batch_size,
                 density=args.density)

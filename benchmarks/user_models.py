@@ -18,12 +18,18 @@ initial parameters on the same minibatches:
 * ``fp64-sgd``: float64 parameters;
 * ``static-momentum``: ``DDP(static_graph=True)``;
 * ``view-adamw``: ``DDP(gradient_as_bucket_view=True)``;
-* ``accum-momentum``: two micro-batches a step under ``no_sync``.
+* ``accum-momentum``: two micro-batches a step under ``no_sync``;
+* ``fp16-momentum``, ``fp16-adamw``: the conv net and the tied model under fp16 autocast, the loss
+  scaled by a ``torch.amp.GradScaler`` at its defaults (DDP and the hook alike), which the hook is
+  given (``scaler=``; ``--unscaled``: not given, as before the hook took one).
 
 Table: the mean over the seeds of the loss on a fixed evaluation set after training (rank 0),
 DDP's and the hook's, their gap, and whether every run stayed finite with both ranks holding the
-same parameters. The last line is JSON: per case ``ddp_loss``, ``hook_loss``, ``gap``,
-``finite``, ``ranks_equal``; and ``worst_gap`` (case and value) and ``all_ok``. These are
+same parameters (and, for the fp16 cases, the steps the scaler skipped, mean over the seeds; a
+hook that stopped the job with an error counts as not finite). The last line is JSON: per case
+``ddp_loss``, ``hook_loss``, ``gap``, ``finite``, ``ranks_equal``, ``ddp_skipped``,
+``hook_skipped``, ``stopped`` (the hook's error, if it stopped the job); and ``worst_gap`` (case
+and value) and ``all_ok``. These are
 sanity figures for a few dozen steps of tiny models, not accuracy results
 (``benchmarks/ddp_accuracy.py`` measures those).
 """
@@ -102,6 +108,8 @@ CASES = {
     "static-momentum": ("images", Conv, "momentum", {"static_graph": True}),
     "view-adamw": ("images", Conv, "adamw", {"bucket_view": True}),
     "accum-momentum": ("images", Conv, "momentum", {"accumulate": 2}),
+    "fp16-momentum": ("images", Conv, "momentum", {"fp16": True}),
+    "fp16-adamw": ("tokens", Tied, "adamw", {"fp16": True}),
 }
 
 
@@ -140,7 +148,7 @@ def _model(make, seed: int, options: dict) -> nn.Module:
     return model
 
 
-def _train(case: str, hook: bool, seed: int, steps: int, rank: int) -> dict:
+def _train(case: str, hook: bool, seed: int, steps: int, rank: int, unscaled: bool = False) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -153,8 +161,10 @@ def _train(case: str, hook: bool, seed: int, steps: int, rank: int) -> dict:
     params = [p for p in ddp.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=3e-3) if optimizer == "adamw"
            else torch.optim.SGD(params, lr=0.05, momentum=0.9 if optimizer == "momentum" else 0.0))
+    half = o.get("fp16", False)
+    scaler = torch.amp.GradScaler("cpu", enabled=half)  # (disabled: scale() and step() change nothing)
     if hook:
-        sasg.ddp.register(ddp, optimizer=opt)
+        sasg.ddp.register(ddp, optimizer=opt, **({"scaler": scaler} if half and not unscaled else {}))
     gen = torch.Generator().manual_seed(1000 * seed + rank)
 
     def prepared(x):
@@ -162,15 +172,24 @@ def _train(case: str, hook: bool, seed: int, steps: int, rank: int) -> dict:
         return x.to(memory_format=torch.channels_last) if o.get("channels_last") else x
 
     micro = o.get("accumulate", 1)
+    skipped, stopped = 0, None
     for _ in range(steps):
         opt.zero_grad()
-        for m in range(micro):
-            x, y = _task(task, gen, 16)
-            with ddp.no_sync() if m < micro - 1 else torch.enable_grad():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.get("bf16", False)):
-                    loss = F.cross_entropy(ddp(prepared(x)).float(), y) / micro
-                loss.backward()
-        opt.step()
+        try:
+            for m in range(micro):
+                x, y = _task(task, gen, 16)
+                with ddp.no_sync() if m < micro - 1 else torch.enable_grad():
+                    with torch.autocast("cpu", dtype=torch.float16 if half else torch.bfloat16,
+                                        enabled=half or o.get("bf16", False)):
+                        loss = F.cross_entropy(ddp(prepared(x)).float(), y) / micro
+                    scaler.scale(loss).backward()
+        except RuntimeError as e:  # the hook stopped the job (every rank alike): sasg.ddp.loss_scale
+            stopped = str(e)[:120]
+            break
+        scale = scaler.get_scale() if half else 1.0
+        scaler.step(opt)
+        scaler.update()
+        skipped += int(half and scaler.get_scale() < scale)
     flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
     every = [torch.zeros_like(flat) for _ in range(WORLD)]
     dist.all_gather(every, flat)
@@ -178,11 +197,12 @@ def _train(case: str, hook: bool, seed: int, steps: int, rank: int) -> dict:
     with torch.no_grad():
         x, y = _task(task, torch.Generator().manual_seed(99), 512)
         loss = float(F.cross_entropy(model(prepared(x)).float(), y))
-    return {"loss": loss, "finite": bool(torch.isfinite(flat).all()) and loss == loss,
-            "ranks_equal": all(torch.equal(every[0], e) for e in every[1:])}
+    return {"loss": loss, "finite": bool(torch.isfinite(flat).all()) and loss == loss and stopped is None,
+            "ranks_equal": all(torch.equal(every[0], e) for e in every[1:]), "skipped": skipped, "stopped": stopped}
 
 
-def _rank_main(rank: int, world: int, port: int, cases: list, seeds: list, steps: int, out_path: str) -> None:
+def _rank_main(rank: int, world: int, port: int, cases: list, seeds: list, steps: int, out_path: str,
+               unscaled: bool = False) -> None:
     import torch.distributed as dist
 
     join(rank, world, port)
@@ -190,7 +210,7 @@ def _rank_main(rank: int, world: int, port: int, cases: list, seeds: list, steps
     for seed in seeds:
         for case in cases:
             for hook in (False, True):
-                results[f"{case}|{int(hook)}|{seed}"] = _train(case, hook, seed, steps, rank)
+                results[f"{case}|{int(hook)}|{seed}"] = _train(case, hook, seed, steps, rank, unscaled)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
@@ -205,6 +225,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="(every case)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--unscaled", action="store_true",
+                        help="fp16 cases: do not give the hook the GradScaler (as before it took one)")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
@@ -213,7 +235,7 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     started = time.perf_counter()
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        mp.start_processes(_rank_main, args=(WORLD, free_port(), cases, seeds, args.steps, out.name),
+        mp.start_processes(_rank_main, args=(WORLD, free_port(), cases, seeds, args.steps, out.name, args.unscaled),
                            nprocs=WORLD, start_method="spawn")
         raw = json.load(open(out.name))
     print(f"{WORLD} ranks (gloo, one thread each), {args.steps} steps, seeds {args.seeds}: evaluation loss, "
@@ -226,11 +248,17 @@ def main(argv=None) -> int:
         row = {"ddp_loss": round(sum(r["loss"] for r in ddp) / len(seeds), 4),
                "hook_loss": round(sum(r["loss"] for r in hook) / len(seeds), 4),
                "finite": all(r["finite"] for r in ddp + hook),
-               "ranks_equal": all(r["ranks_equal"] for r in ddp + hook)}
+               "ranks_equal": all(r["ranks_equal"] for r in ddp + hook),
+               "ddp_skipped": sum(r["skipped"] for r in ddp) / len(seeds),
+               "hook_skipped": sum(r["skipped"] for r in hook) / len(seeds),
+               "stopped": next((r["stopped"] for r in hook if r["stopped"]), None)}
         row["gap"] = round(row["hook_loss"] - row["ddp_loss"], 4)
         rows[case] = row
         print(f"{case:<18} {row['ddp_loss']:>7.3f} {row['hook_loss']:>7.3f} {row['gap']:>+7.3f}  "
-              f"{str(row['finite']):>6} {str(row['ranks_equal']):>11}")
+              f"{str(row['finite']):>6} {str(row['ranks_equal']):>11}"
+              + (f"  skipped steps: DDP {row['ddp_skipped']:g}, hook {row['hook_skipped']:g}"
+                 if CASES[case][3].get("fp16") else "")
+              + (f"  stopped: {row['stopped']}" if row["stopped"] else ""))
     worst = max(rows, key=lambda c: rows[c]["gap"] if rows[c]["finite"] else float("inf"))
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
     print(json.dumps({"steps": args.steps, "seeds": seeds, "cases": rows,

@@ -5,6 +5,7 @@
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo wk1+topk --threshold-scale 0.2
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --algo sasg   # SASG's own rule (wk2)
     torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --checkpoint-dir ck   # run again to resume
+    torchrun --standalone --nproc-per-node 2 examples/ddp_hook.py --fp16   # fp16 autocast + GradScaler
 
 FC 784-512-10 on the embedded MNIST-5k, CPU (gloo) or one GPU per rank (NCCL). Everything is
 plain PyTorch — DistributedSampler, DistributedDataParallel, your optimizer (SGD, momentum,
@@ -57,6 +58,8 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=32, help="per rank and optimizer step")
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (no_sync on all but the last)")
     p.add_argument("--bf16", action="store_true", help="forward pass under bf16 autocast")
+    p.add_argument("--fp16", action="store_true",
+                   help="forward pass under fp16 autocast, the loss scaled by a torch.amp.GradScaler (the hook is told)")
     p.add_argument("--no-hook", action="store_true", help="plain DDP all-reduce, for comparison")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, default=None,
@@ -65,6 +68,8 @@ def parse_args():
     args = p.parse_args()
     if args.checkpoint_every < 1:
         p.error(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
+    if args.bf16 and args.fp16:
+        p.error("--bf16 and --fp16 exclude each other: pick one autocast dtype")
     return args
 
 
@@ -97,9 +102,10 @@ def load_checkpoint(folder: Path | None, rank: int, device) -> dict | None:
     return state
 
 
-def step_loss(module, micro, bf16: bool) -> torch.Tensor:
-    """The loss of one optimizer step over its micro-batches (what the backward passes add up to)."""
-    with torch.autocast(micro[0][0].device.type, dtype=torch.bfloat16, enabled=bf16):
+def step_loss(module, micro, half: torch.dtype | None) -> torch.Tensor:
+    """The loss of one optimizer step over its micro-batches (what the backward passes add up to),
+    the forward pass under autocast to ``half`` where given."""
+    with torch.autocast(micro[0][0].device.type, dtype=half or torch.bfloat16, enabled=half is not None):
         return sum(F.cross_entropy(module(x), y) for x, y in micro) / len(micro)
 
 
@@ -135,16 +141,22 @@ def main() -> None:
     else:
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9 if args.optimizer == "momentum" else 0.0)
 
+    half = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+    # fp16 needs its loss scaled (bf16 does not): disabled, scale() and step() change nothing.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.fp16)
+
     hook = None
     if not args.no_hook:
         # The one line. optimizer= lets the hook work with it: DGC's momentum correction for
         # momentum SGD, a frozen second moment for AdamW; the lazy rules wk1/ps read its lr.
+        # scaler=: it works on the unscaled gradient and lets an overflowed step's round not happen.
         hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, optimizer=opt,
-                                 window=args.window, threshold_scale=args.threshold_scale, aggregate=args.aggregate)
+                                 window=args.window, threshold_scale=args.threshold_scale, aggregate=args.aggregate,
+                                 scaler=scaler if args.fp16 else None)
 
     def state_of(step: int) -> dict:  # plain tensors and numbers: torch.load(weights_only=True) reads it
         return {"step": step, "model": model.module.state_dict(), "optimizer": opt.state_dict(),
-                "hook": hook.state_dict() if hook is not None else None}
+                "scaler": scaler.state_dict(), "hook": hook.state_dict() if hook is not None else None}
 
     steps_per_epoch = len(loader) // args.accumulate  # a last, incomplete accumulation is dropped
     if steps_per_epoch == 0:
@@ -158,6 +170,8 @@ def main() -> None:
                  f"{'without' if hook is not None else 'with'} the sasg hook: resume it the same way")
         model.module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if hook is not None:
             hook.load_state_dict(state["hook"])
         step = state["step"]
@@ -176,15 +190,16 @@ def main() -> None:
                 # SASG's rule (wk2, `--algo sasg`) compares with this rank's gradient at its last upload
                 # point on the same minibatch: the whole step's loss, computed on the module it is given
                 # (other rules need nothing and return at once).
-                hook.second_gradient(lambda m: step_loss(m, micro, args.bf16))
+                hook.second_gradient(lambda m: step_loss(m, micro, half))
             # Gradient accumulation: DDP (and so the hook) communicates only on the last micro-batch.
             with contextlib.nullcontext() if last_micro else model.no_sync():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None):
                     loss = F.cross_entropy(model(x), y) / args.accumulate
-                loss.backward()
+                scaler.scale(loss).backward()
             if not last_micro:
                 continue
-            opt.step()
+            scaler.step(opt)  # (skips the step if a gradient overflowed; the hook then skipped its round)
+            scaler.update()
             opt.zero_grad()
             step += 1
             if args.checkpoint_dir is not None and step % args.checkpoint_every == 0:

@@ -30,7 +30,8 @@ Modules: :mod:`.hook` (the hook, :func:`register`), :mod:`.hook_state` (one rank
 :mod:`.second_gradient` (``wk2``'s extra pass), :mod:`.optimizers` (the hook and the user's
 optimizer), :mod:`.buckets` (DDP's buckets <-> the model's flat vector),
 :mod:`.counting_transport` (the distributed runner's exchange, with bits per rank),
-:mod:`.rules` (which algorithms run in a hook).
+:mod:`.rules` (which algorithms run in a hook), :mod:`.unused` (``find_unused_parameters``),
+:mod:`.loss_scale` (fp16's ``torch.amp.GradScaler``: ``register(..., scaler=scaler)``).
 """
 
 from .hook import comm_hook, register

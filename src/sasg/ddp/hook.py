@@ -81,6 +81,10 @@ def register(
             of what the rule compares: Adam's metric under Adam/AdamW, ``1 - momentum`` where
             momentum SGD meets a rule that compares gradients; ``sasg.ddp.HookState``) or
             ``"euclidean"``.
+        scaler: the ``torch.amp.GradScaler`` of an fp16 job (``scaler.scale(loss).backward()``).
+            Pass it: the hook then works on the unscaled gradient and lets a round with an inf or
+            NaN on any rank not happen, so every rank's scaler skips that step and the hook's state
+            stays finite (:mod:`sasg.ddp.loss_scale`; one 4-byte all-reduce a round, no overlap).
 
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.

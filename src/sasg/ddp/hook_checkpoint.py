@@ -34,6 +34,8 @@ class HookCheckpoint:
         if self.variance is not None:
             out.update(self.variance.state_dict())
         out["compressed_round"] = self._compressed_round
+        if self._scaling is not None:  # checks made before the first round, not yet on the ledger
+            out["loss_scale_bits"] = self._scaling.pending_bits
         if self.algorithm.lazy:  # theta^k: the first round after a resume measures the real step from it
             out["theta"] = self._theta.clone()
             out["theta_round"] = self._theta_round
@@ -62,8 +64,9 @@ class HookCheckpoint:
         mine = self._link_state()
         # A state saved before the hook measured real steps has no theta: the first round then
         # keeps the engine's own step in the window.
-        optional = {"theta", "theta_round"}
-        if not isinstance(saved, Mapping) or not set(mine) - optional <= set(saved) <= set(mine):
+        optional = {"theta", "theta_round", "loss_scale_bits"}
+        allowed = set(mine) | {"loss_scale_bits"}  # (a job may resume without its GradScaler)
+        if not isinstance(saved, Mapping) or not set(mine) - optional <= set(saved) <= allowed:
             raise ValueError(f"state part {where!r} was saved with another optimizer link ({', '.join(sorted(mine))} "
                              "expected): register the hook with the same optimizer and settings")
         velocity = saved.get("velocity")
@@ -72,6 +75,9 @@ class HookCheckpoint:
         theta = saved.get("theta")
         if theta is not None and (not isinstance(theta, Tensor) or theta.shape != mine["theta"].shape):
             raise ValueError(f"state part {part_name(where, 'theta')!r} does not fit this model")
+        bits = saved.get("loss_scale_bits", 0)
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 0:
+            raise ValueError(f"state part {part_name(where, 'loss_scale_bits')!r} must be a count of bits")
         if "theta" in saved and not isinstance(saved.get("theta_round"), int):
             raise ValueError(f"state part {part_name(where, 'theta_round')!r} must be an integer")
 
@@ -95,6 +101,8 @@ class HookCheckpoint:
         if self.variance is not None:
             self.variance.load_state_dict(link)
         self._compressed_round = bool(link["compressed_round"])
+        if self._scaling is not None:
+            self._scaling.pending_bits = int(link.get("loss_scale_bits", 0))
         if "theta" in link:
             self._theta.copy_(link["theta"])
             self._theta_round = int(link["theta_round"])

@@ -1,7 +1,8 @@
 """What a DDP job with the hook sends, as ``hook.ledger`` reports it.
 
 The hook runs the round engine, whose ledger is shared by every runner and keeps, per round,
-uploads, ``bits_up`` (8 x the bytes of the messages), ``bits_down`` (the parameter-server
+uploads, ``bits_up`` (8 x the bytes of the messages, plus what the hook sends beside them: Adam's
+averaged second moments, a GradScaler's 4-byte check), ``bits_down`` (the parameter-server
 convention: a dense fp32 broadcast of θ) and ``bits_flags`` (the first, small exchange). In a
 DDP job two of those need another reading, so :class:`HookLedger` gives ``totals()`` in the
 job's own terms:

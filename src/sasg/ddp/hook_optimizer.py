@@ -7,6 +7,8 @@ steps in (the module docstring of :mod:`sasg.ddp.hook_state`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -22,6 +24,25 @@ from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_
 STEP_METRICS = ("auto", "euclidean")
 
 
+def lr_reader(lr) -> Callable[[], float] | None:
+    """``lr`` as a function returning the current lr (``None`` stays ``None``)."""
+    if lr is None:
+        return None
+    if isinstance(lr, torch.optim.Optimizer):
+        return lambda: lr.param_groups[0]["lr"]
+    if callable(lr):
+        return lr
+    value = lr_value(lr)
+    return lambda: value
+
+
+def lr_value(lr) -> float:
+    """The optimizer's learning rate (a one-element tensor read out) as a checked float."""
+    if isinstance(lr, Tensor) and lr.numel() == 1:
+        lr = lr.item()
+    return validation.lr(lr, fix="pass the optimizer's learning rate, e.g. lr=0.05 or lr=optimizer")
+
+
 class OptimizerLink:
     """A mixin of :class:`~sasg.ddp.HookState`: its optimizer's side (``self.index``,
     ``self.spec``, ``self.algorithm``, ``self.engine``, ``self.group`` are the state's)."""
@@ -30,6 +51,8 @@ class OptimizerLink:
         """The user's optimizer, where the hook must work with it (:mod:`sasg.ddp.optimizers`): DGC's
         momentum correction under momentum SGD, Adam's second moment frozen after the warm-up, and
         the metric a lazy rule measures the parameters' real steps in."""
+        validation.flag(momentum_correction, "momentum_correction")
+        validation.flag(freeze_variance, "freeze_variance")
         self.optimizer = optimizer
         self._compressed_round = False  # did the latest round compress (past the warm-up)?
         self.momentum = self.variance = None

@@ -48,12 +48,15 @@ class Overlap:
     def _overlaps(self, transport) -> bool:
         """Does the round go part by part (``overlap``)? Where it can: an algorithm whose round
         splits along tensors (:func:`sasg.engine.parts.separable`: ``always``, ``topk``, ``ef`` or
-        no memory), on gloo's CPU tensors, with a peer to talk to. ``overlap=True`` where it cannot
-        is a ValueError saying why."""
+        no memory), without a GradScaler, on gloo's CPU tensors, with a peer to talk to.
+        ``overlap=True`` where it cannot is a ValueError saying why."""
         why = None
         if not separable(self.algorithm):
             why = (f"its round needs the whole gradient first ({self.spec.composition}: only trigger always with "
                    "compressor topk and memory ef or none splits along tensors)")
+        elif self._scaling is not None:
+            why = ("under a GradScaler every rank's gradient is checked for inf/NaN before anything is sent "
+                   "(sasg.ddp.loss_scale)")
         elif self.index.device.type != "cpu":
             why = (f"the exchange part by part runs on CPU tensors (gloo) only (untested on GPUs), the model is "
                    f"on {self.index.device}")

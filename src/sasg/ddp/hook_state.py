@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -86,8 +86,9 @@ from ..runtime import build_algorithm, build_engine, engine_codec, process_trans
 from .bucket_sums import BucketSums
 from .buckets import ParameterIndex, bucket_nbytes, refuse_sparse_gradients
 from .hook_checkpoint import HookCheckpoint
-from .hook_optimizer import OptimizerLink
+from .hook_optimizer import OptimizerLink, lr_reader, lr_value
 from .hook_overlap import Overlap
+from .loss_scale import LossScaling, refuse_non_finite
 from .optimizers import is_adam
 from .rules import hook_algorithm
 from .second_gradient import SecondGradient
@@ -95,25 +96,6 @@ from .counting_transport import CountingTransport
 
 # The hook's default codec: lossless, with Golomb-Rice index gaps (~10 bits an index, not 32).
 DEFAULT_CODEC = "rice+fp32"
-
-
-def _lr_reader(lr) -> Callable[[], float] | None:
-    """``lr`` as a function returning the current lr (``None`` stays ``None``)."""
-    if lr is None:
-        return None
-    if isinstance(lr, torch.optim.Optimizer):
-        return lambda: lr.param_groups[0]["lr"]
-    if callable(lr):
-        return lr
-    value = _lr_value(lr)
-    return lambda: value
-
-
-def _lr_value(lr) -> float:
-    """The optimizer's learning rate (a one-element tensor read out) as a checked float."""
-    if isinstance(lr, Tensor) and lr.numel() == 1:
-        lr = lr.item()
-    return validation.lr(lr, fix="pass the optimizer's learning rate, e.g. lr=0.05 or lr=optimizer")
 
 
 class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
@@ -132,7 +114,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     ``module``: the module whose shadow copy :meth:`second_gradient` runs (``wk2`` only; default
     ``model`` when that is a module; :func:`~sasg.ddp.register` passes the DDP model's module).
     ``overlap``, ``bucket_cap``: the round part by part during the backward pass
-    (:class:`~sasg.ddp.hook_overlap.Overlap` says how and when).
+    (:class:`~sasg.ddp.hook_overlap.Overlap` says how and when). ``scaler``: an fp16 job's
+    ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`).
     """
 
     def __init__(
@@ -158,6 +141,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         step_metric: str = "auto",
         overlap: bool | None = None,
         bucket_cap: int | None = None,
+        scaler=None,
     ):
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
@@ -166,8 +150,6 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
                                    tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate,
                                    adam=optimizer is not None and is_adam(optimizer))
         self.codec = engine_codec(codec, self.spec.name)
-        validation.flag(momentum_correction, "momentum_correction")
-        validation.flag(freeze_variance, "freeze_variance")
         start_iter = validation.integer(start_iter, "start_iter", ge=0,
                                         fix="start_iter is the rounds of plain all-reduce first, e.g. start_iter=0")
         seed = validation.seed(seed)
@@ -182,7 +164,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self.algorithm = build_algorithm(self.spec, self.index.layout, self.codec)
         if lr is None and optimizer is not None:
             lr = optimizer
-        self._lr = _lr_reader(lr)
+        self._lr = lr_reader(lr)
         self._join_optimizer(optimizer, momentum_correction, freeze_variance, step_metric)
         if self.algorithm.lazy and self._lr is None:
             raise ValueError(
@@ -214,6 +196,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._rounds_summed_in_buckets = 0  # rounds whose aggregate went straight into the buckets
         self._sums: BucketSums | None = None  # ... and where the latest one went (BucketSums.of)
         self._unused, self.dropped_by_ddp = None, 0  # find_unused_parameters: sasg.ddp.unused (register sets it)
+        self._scaling = LossScaling.of(scaler, process_group)  # fp16's GradScaler: sasg.ddp.loss_scale
         self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
@@ -249,7 +232,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     def _identity(self) -> dict:
         return {"algorithm": self.spec.composition, "codec": self.codec, "settings": self._settings(),
                 "parameters": self.index.describe(), "start_iter": self.start_iter, "seed": self.seed,
-                "momentum_correction": self.momentum is not None, "freeze_variance": self.variance is not None}
+                "momentum_correction": self.momentum is not None, "freeze_variance": self.variance is not None,
+                "scaler": self._scaling is not None}  # (with a scaler every round makes one more call)
 
     def _settings(self) -> dict:
         return self.spec.settings.to_dict()
@@ -340,6 +324,9 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         engine, index = self.engine, self.index
         parted = self._parted
         if parted is None:
+            if self._scaling is not None and not self._scaling.unscale(buckets, self.transport, engine.ledger):
+                self.rounds += 1  # a non-finite gradient: the scaler skips the step, no round (loss_scale)
+                return
             if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
                 self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
             if self._in_place:
@@ -352,7 +339,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             self._filled, self._views = set(), {}
         threshold_lr = None
         if self.algorithm.lazy:
-            threshold_lr = _lr_value(self._lr())  # thr_k = sum of real squared steps / (c M eta)
+            threshold_lr = lr_value(self._lr())  # thr_k = sum of real squared steps / (c M eta)
         compressed = engine.iteration >= self.algorithm.warmup
         averaged = 0  # bytes a rank sent averaging Adam's second moment this round
         if self.variance is not None:  # Adam: the local second moment, averaged now and then
@@ -375,6 +362,10 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             engine.ledger.add_up(8 * averaged * engine.num_workers)
         if sums is None:  # (with sums, the buckets hold the aggregate already: every rank sent, no coasting)
             self._hand_back(result, compressed, buckets)
+        if self._scaling is not None:
+            self._scaling.rescale(buckets, engine.ledger)
+        else:
+            refuse_non_finite(buckets, self.rounds)
         if self._unused is not None:  # (find_unused_parameters: sasg.ddp.unused)
             self._unused.after_round(self, bool(result.flags[self.transport.rank]))
         self._compressed_round = compressed

@@ -12,7 +12,10 @@ of the model from the same initial parameters and the same minibatches:
 * ``powersgd``: PyTorch's PowerSGD hook, rank 2 (its dense warm-up rounds fall in the warm-up);
 * ``paper32``, ``rice+sign``, ``rice+bf16``: ``sasg.ddp.register(model, "always+topk", codec)``,
   top-k h = 1 % with error feedback;
-* ``wk1``: the lazy rule ``wk1+topk`` (D = 10, c = 2) under ``rice+sign``.
+* ``wk1``: the lazy rule ``wk1+topk`` (D = 10, c = 2) under ``rice+sign``;
+* ``ddp+scaler``, ``rice+sign+scaler`` (not run by default): ``ddp`` and ``rice+sign`` with the
+  loss scaled by a ``torch.amp.GradScaler`` (fp32 model, so nothing overflows), which the hook is
+  given: what the scaler's unscaling, the hook's check and its extra all-reduce cost a step.
 
 A step is zero_grad, forward, backward (the hook runs inside it) and ``opt.step()``. The rows take
 turns (``--turns`` turns of ``--steps`` steps each, after ``--warmup`` untimed steps per row, the
@@ -47,11 +50,13 @@ ROWS = {
     "rice+bf16": ("always+topk", "rice+bf16"),
     "wk1": ("wk1+topk", "rice+sign"),
 }
+# rows with a GradScaler -> the row they scale (--rows ...,ddp+scaler,rice+sign+scaler)
+SCALED = {"ddp+scaler": "ddp", "rice+sign+scaler": "rice+sign"}
 LR, BATCH, DENSITY = 0.05, 10, 0.01
 
 
 def _row(name: str, seed: int):
-    """(DDP model, optimizer) of one row, from the seed's initial parameters."""
+    """(DDP model, optimizer, GradScaler or None) of one row, from the seed's initial parameters."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import sasg.ddp
@@ -59,6 +64,8 @@ def _row(name: str, seed: int):
 
     model = DDP(build_model("fc", (1, 28, 28), 10, seed))  # every row the same initial parameters
     opt = torch.optim.SGD(model.parameters(), lr=LR)
+    scaler = torch.amp.GradScaler("cpu") if name in SCALED else None
+    name = SCALED.get(name, name)
     if name == "powersgd":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
@@ -67,8 +74,8 @@ def _row(name: str, seed: int):
         model.register_comm_hook(state, powersgd.powerSGD_hook)
     elif ROWS[name] is not None:
         algo, codec = ROWS[name]
-        sasg.ddp.register(model, algo=algo, codec=codec, density=DENSITY, lr=opt, seed=seed)
-    return model, opt
+        sasg.ddp.register(model, algo=algo, codec=codec, density=DENSITY, lr=opt, seed=seed, scaler=scaler)
+    return model, opt, scaler
 
 
 def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> None:
@@ -89,12 +96,18 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
         done = dict.fromkeys(names, 0)  # steps each row has taken: row i's step t uses batches[t]
 
         def steps(name: str, n: int) -> None:
-            model, opt = rows[name]
+            model, opt, scaler = rows[name]
             for _ in range(n):
                 idx = batches[done[name]]
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
-                opt.step()
+                loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 done[name] += 1
 
         for name in names:
@@ -109,16 +122,16 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worlds", default="1,2", help="process counts (1,2)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"rows, ddp first ({','.join(ROWS)})")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"rows, ddp first ({','.join([*ROWS, *SCALED])})")
     p.add_argument("--turns", type=int, default=6, help="turns per row (6)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per turn (50)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps per row first (20)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     names = [r.strip() for r in a.rows.split(",") if r.strip()]
-    unknown = [r for r in names if r not in ROWS]
+    unknown = [r for r in names if r not in ROWS and r not in SCALED]
     if unknown or not names or names[0] != "ddp" or len(set(names)) != len(names):
-        p.error(f"--rows: distinct rows from {', '.join(ROWS)}, ddp first (the baseline); got {a.rows!r}")
+        p.error(f"--rows: distinct rows from {', '.join([*ROWS, *SCALED])}, ddp first (the baseline); got {a.rows!r}")
     try:
         worlds = [int(w) for w in a.worlds.split(",")]
     except ValueError:
@@ -145,10 +158,10 @@ def main(argv=None) -> int:
                                   "over_ddp": round(med[n] / med["ddp"], 3)} for n in names}
         print(f"\n{world} rank{'s' if world > 1 else ''} (gloo, loopback), {a.turns} turns of {a.steps} steps, "
               "FC 784-512-10, batch 10 per rank, SGD lr 0.05")
-        print(f"{'row':<10} {'ms/step':>8} {'cpu ms':>8} {'/ ddp':>7}")
+        print(f"{'row':<16} {'ms/step':>8} {'cpu ms':>8} {'/ ddp':>7}")
         for n in names:
             r = result[str(world)][n]
-            print(f"{n:<10} {r['ms_per_step']:>8.2f} {r['cpu_ms_per_step']:>8.2f} {r['over_ddp']:>7.2f}")
+            print(f"{n:<16} {r['ms_per_step']:>8.2f} {r['cpu_ms_per_step']:>8.2f} {r['over_ddp']:>7.2f}")
     one = result.get("1", {})
     if all(n in one for n in ("ddp", "powersgd", "rice+sign")):
         # What each hook adds to DDP's step on one rank (its CPU, no link): the issue's figure.

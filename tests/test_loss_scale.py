@@ -6,8 +6,10 @@ steps must end with the parameters, error memory and ledger rounds of the same j
 scaler on the same minibatches minus the two bad ones, bit for bit: the hook works on the unscaled
 gradient, and a round in which any rank's gradient is not finite does not happen (on every rank,
 whichever rank overflowed). Under SGD, momentum SGD (DGC's correction), AdamW (the frozen second
-moment), a lazy rule and SASG's own (wk2, with its second gradient). Without the scaler, the hook's aggregate goes non-finite and it stops the
-job with an error naming the fix, instead of letting the scaler skip every later step.
+moment), a lazy rule and SASG's own (wk2, with its second gradient), and fused AdamW and momentum
+SGD, which the scaler steps even on an overflow, handing them its found-inf flag. Without the
+scaler, the hook's aggregate goes non-finite and it stops the job with an error naming the fix,
+instead of letting the scaler skip every later step.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from test_distributed import spawn
 WORLD, STEPS = 2, 12
 BAD = {1: 0, 6: 1}  # step -> the rank whose loss overflows (a warm-up round, then a compressed one)
 CASES = (("sgd", "always+topk"), ("momentum", "always+topk"), ("adamw", "always+topk"), ("momentum", "wk1+topk"),
-         ("sgd", "sasg"))
+         ("sgd", "sasg"), ("adamw-fused", "always+topk"), ("momentum-fused", "always+topk"))
 
 
 def _net() -> nn.Module:
@@ -42,9 +44,11 @@ def _flat(tensors) -> torch.Tensor:
 
 
 def _optimizer(kind, params):
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=0.01)
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9 if kind == "momentum" else 0.0)
+    if kind.startswith("adamw"):
+        # fused: the scaler hands the step its scale and found-inf flag instead of unscaling .grad
+        return torch.optim.AdamW(params, lr=0.01, fused=kind == "adamw-fused")
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9 if kind.startswith("momentum") else 0.0,
+                           fused=kind.endswith("fused"))
 
 
 def _train(rank, kind, algo, scaled: bool) -> dict:

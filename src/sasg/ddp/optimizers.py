@@ -230,7 +230,13 @@ class FrozenVariance:
         params = self.index.params
         states = [self.optimizer.state.get(p) for p in params]
         if all(s is None or "exp_avg_sq" not in s for s in states):
-            return  # no step taken (a skipped step, e.g. an inf under a grad scaler)
+            return  # no step taken yet
+        found_inf = getattr(self.optimizer, "found_inf", None)
+        if found_inf is not None and bool(found_inf):
+            # A GradScaler steps a fused Adam even when a gradient overflowed, handing it the flag:
+            # the kernel then changes nothing, so neither may this (its NaN gradients would poison
+            # the estimate on the aggregate for good). Unfused, the scaler does not call step at all.
+            return
         for p, g, a in zip(params, self.groups, self.aggregate):
             if p.grad is not None:
                 a.mul_(g["betas"][1]).addcmul_(p.grad.float() * (1 - g["betas"][1]), p.grad.float())

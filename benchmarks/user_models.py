@@ -21,7 +21,9 @@ initial parameters on the same minibatches:
 * ``accum-momentum``: two micro-batches a step under ``no_sync``;
 * ``fp16-momentum``, ``fp16-adamw``: the conv net and the tied model under fp16 autocast, the loss
   scaled by a ``torch.amp.GradScaler`` at its defaults (DDP and the hook alike), which the hook is
-  given (``scaler=``; ``--unscaled``: not given, as before the hook took one).
+  given (``scaler=``; ``--unscaled``: not given, as before the hook took one);
+* ``zero-momentum``, ``zero-adamw``: the conv net and the tied model with their optimizer inside
+  a ``torch.distributed.optim.ZeroRedundancyOptimizer`` (each rank holds its shard's state).
 
 Table: the mean over the seeds of the loss on a fixed evaluation set after training (rank 0),
 DDP's and the hook's, their gap, and whether every run stayed finite with both ranks holding the
@@ -110,6 +112,8 @@ CASES = {
     "accum-momentum": ("images", Conv, "momentum", {"accumulate": 2}),
     "fp16-momentum": ("images", Conv, "momentum", {"fp16": True}),
     "fp16-adamw": ("tokens", Tied, "adamw", {"fp16": True}),
+    "zero-momentum": ("images", Conv, "momentum", {"zero": True}),
+    "zero-adamw": ("tokens", Tied, "adamw", {"zero": True}),
 }
 
 
@@ -159,8 +163,14 @@ def _train(case: str, hook: bool, seed: int, steps: int, rank: int, unscaled: bo
     ddp = DDP(model, find_unused_parameters=o.get("unused", False), static_graph=o.get("static_graph", False),
               gradient_as_bucket_view=o.get("bucket_view", False))
     params = [p for p in ddp.parameters() if p.requires_grad]
-    opt = (torch.optim.AdamW(params, lr=3e-3) if optimizer == "adamw"
-           else torch.optim.SGD(params, lr=0.05, momentum=0.9 if optimizer == "momentum" else 0.0))
+    cls, knobs = ((torch.optim.AdamW, {"lr": 3e-3}) if optimizer == "adamw"
+                  else (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9 if optimizer == "momentum" else 0.0}))
+    if o.get("zero"):
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        opt = ZeroRedundancyOptimizer(params, optimizer_class=cls, **knobs)
+    else:
+        opt = cls(params, **knobs)
     half = o.get("fp16", False)
     scaler = torch.amp.GradScaler("cpu", enabled=half)  # (disabled: scale() and step() change nothing)
     if hook:

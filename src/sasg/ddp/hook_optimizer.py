@@ -17,7 +17,8 @@ from .. import validation
 from ..core.capabilities import provided
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
-from .optimizers import FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd
+from .optimizers import (FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd,
+                         is_sharded)
 
 # How a lazy rule measures the parameters' real steps: "auto" (Adam's metric under Adam/AdamW,
 # else Euclidean) or "euclidean" (||theta^{j+1} - theta^j||^2 whatever the optimizer).
@@ -74,6 +75,11 @@ class OptimizerLink:
         self._metric_kind = None
         if step_metric == "auto" and optimizer is not None and self.algorithm.lazy:
             if is_adam(optimizer):
+                if is_sharded(optimizer):
+                    raise ValueError(
+                        f"the lazy rule {self.spec.trigger!r} measures the parameters' steps in Adam's metric, read "
+                        "from every parameter's Adam state, and under ZeroRedundancyOptimizer each rank holds only "
+                        "its shard's: pass step_metric='euclidean' (the rule then skips more), or use always+topk")
                 self._metric_kind = "adam"
             elif is_momentum_sgd(optimizer) and (self.momentum is None or self.algorithm.needs_stale_grads):
                 self._metric_kind = "momentum"

@@ -48,7 +48,9 @@ frozen one:
           v \leftarrow \hat v_{frozen}\,(1-\beta_2^t)
 
 (:math:`\hat m`, :math:`\hat v` bias-corrected as torch's Adam does; decoupled weight decay is
-untouched). Every rank holds the same optimizer state, so every rank makes the same correction.
+untouched). Every rank holds the same optimizer state, so every rank makes the same correction
+(under ``ZeroRedundancyOptimizer`` each rank holds its shard's and corrects its shard, before
+ZeRO sends it to the others).
 Two guards: tensors sent whole are left to Adam (their aggregate is not bursty), and the frozen
 estimate never falls below ``GUARD`` x :math:`h_s` times Adam's own estimate on the aggregate
 (``h_s = k_s / d_s``, the tensor's kept fraction: bursts of ~1/h_s rounds inflate that estimate
@@ -59,6 +61,7 @@ wakes up later) from dividing by ~0: measured, LeNet-5 under AdamW diverged with
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
@@ -85,12 +88,26 @@ def groups_of(optimizer, params) -> list[dict]:
     return [where[id(p)] for p in params]
 
 
+def local_optimizer(optimizer):
+    """The optimizer that holds the state and steps: a ``ZeroRedundancyOptimizer``'s local one
+    (each rank's shard of the parameters; its ``param_groups`` hold every parameter), or itself."""
+    # Looked up, not imported: a ZeRO object means its module is loaded, and importing
+    # torch.distributed.optim scripts a dozen functional optimizers (a second, and warnings).
+    zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    return optimizer.optim if zero is not None and isinstance(optimizer, zero.ZeroRedundancyOptimizer) else optimizer
+
+
+def is_sharded(optimizer) -> bool:
+    return local_optimizer(optimizer) is not optimizer
+
+
 def is_momentum_sgd(optimizer) -> bool:
-    return isinstance(optimizer, torch.optim.SGD) and any(g.get("momentum", 0) for g in optimizer.param_groups)
+    return (isinstance(local_optimizer(optimizer), torch.optim.SGD)
+            and any(g.get("momentum", 0) for g in optimizer.param_groups))
 
 
 def is_adam(optimizer) -> bool:
-    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+    return isinstance(local_optimizer(optimizer), (torch.optim.Adam, torch.optim.AdamW))
 
 
 def adam_metric(optimizer, params, groups) -> list[Tensor | None]:
@@ -99,7 +116,7 @@ def adam_metric(optimizer, params, groups) -> list[Tensor | None]:
     the lr, times this, is back in gradient units (the lazy rules' threshold measures steps in it)."""
     out = []
     for p, g in zip(params, groups):
-        s = optimizer.state.get(p) or {}
+        s = local_optimizer(optimizer).state.get(p) or {}
         if "exp_avg_sq" not in s:
             out.append(None)
             continue
@@ -121,6 +138,9 @@ class MomentumCorrection:
                     "hook inverts its momentum step); pass momentum_correction=False to compress the gradient instead"
                 )
         self.optimizer, self.index, self.masking = optimizer, index, bool(masking)
+        # (read .state each time: load_state_dict replaces it; under ZeRO this rank's shard's, the
+        # only parameters whose .grad its step reads)
+        self._local = local_optimizer(optimizer)
         self.groups = groups_of(optimizer, index.params)
         self.velocity = torch.zeros(index.numel, device=index.device, dtype=torch.float32)
         self._compressed = compressed  # (d,) bool: the entries factor masking may clear
@@ -162,7 +182,7 @@ class MomentumCorrection:
         out.copy_(delta)
         for seg, p, g in zip(self.index.layout.segments, self.index.params, self.groups):
             s = slice(seg.offset, seg.end)
-            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            buf = self._local.state.get(p, {}).get("momentum_buffer")
             if buf is not None and g["momentum"]:
                 out[s].sub_(buf.detach().reshape(-1).to(out.dtype), alpha=g["momentum"])
             if g["weight_decay"]:
@@ -193,7 +213,10 @@ class FrozenVariance:
         self.kept = list(kept)
         # Adam's own estimate on the aggregate, kept here (the optimizer's is overwritten each step)
         self.aggregate = [torch.zeros_like(p, dtype=torch.float32) for p in index.params]
-        self._handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())
+        # On the optimizer that steps: a ZeroRedundancyOptimizer's local one, so that the correction
+        # is made on this rank's shard before ZeRO sends the shard's parameters to the other ranks.
+        self._local = local_optimizer(optimizer)
+        self._handle = self._local.register_step_post_hook(lambda opt, args, kwargs: self.after_step())
 
     def _beta2(self) -> Tensor:
         """Every entry's beta2, read from its group now (a scheduler may change the betas)."""
@@ -228,7 +251,7 @@ class FrozenVariance:
     @torch.no_grad()
     def after_step(self) -> None:
         params = self.index.params
-        states = [self.optimizer.state.get(p) for p in params]
+        states = [self._local.state.get(p) for p in params]
         if all(s is None or "exp_avg_sq" not in s for s in states):
             return  # no step taken yet
         found_inf = getattr(self.optimizer, "found_inf", None)

@@ -34,6 +34,16 @@ def seeded_module(make, scale: float, seed: int = 0) -> torch.nn.Module:
     return module
 
 
+def error_of(call, error: type = Exception) -> str:
+    """The message of the ``error`` that ``call()`` raises, or ``"no error"`` (inside a spawned
+    rank, where pytest.raises cannot report back)."""
+    try:
+        call()
+    except error as e:
+        return str(e)
+    return "no error"
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread, as each distributed rank runs (and fast on a busy box)."""

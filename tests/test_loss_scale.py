@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import seeded_module
+from conftest import error_of, seeded_module
 from test_distributed import spawn
 
 WORLD, STEPS = 2, 12
@@ -97,11 +97,8 @@ def _job(rank, world, folder):
         out[f"{kind} {algo}"] = {"scaled": _train(rank, kind, algo, True), "plain": _train(rank, kind, algo, False)}
     # overlap=True cannot be had under a scaler: refused, saying why
     ddp = DistributedDataParallel(_net())
-    try:
-        sasg.ddp.register(ddp, overlap=True, scaler=torch.amp.GradScaler("cpu"))
-        out["overlap"] = "accepted"
-    except ValueError as e:
-        out["overlap"] = str(e)
+    out["overlap"] = error_of(lambda: sasg.ddp.register(ddp, overlap=True, scaler=torch.amp.GradScaler("cpu")),
+                              ValueError)
     # Without the scaler an overflow reaches the hook's state: an error on every rank, at once.
     ddp = DistributedDataParallel(_net())
     opt = _optimizer("sgd", ddp.parameters())
@@ -109,11 +106,7 @@ def _job(rank, world, folder):
     scaler = torch.amp.GradScaler("cpu")
     x, y = _batch(0, rank)
     loss = F.cross_entropy(ddp(x), y) * (float("inf") if rank == 1 else 1.0)
-    try:
-        scaler.scale(loss).backward()
-        out["unpassed"] = "no error"
-    except RuntimeError as e:
-        out["unpassed"] = str(e)
+    out["unpassed"] = error_of(lambda: scaler.scale(loss).backward(), RuntimeError)
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 

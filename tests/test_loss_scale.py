@@ -27,7 +27,8 @@ from test_distributed import spawn
 WORLD, STEPS = 2, 12
 BAD = {1: 0, 6: 1}  # step -> the rank whose loss overflows (a warm-up round, then a compressed one)
 CASES = (("sgd", "always+topk"), ("momentum", "always+topk"), ("adamw", "always+topk"), ("momentum", "wk1+topk"),
-         ("sgd", "sasg"), ("adamw-fused", "always+topk"), ("momentum-fused", "always+topk"))
+         ("sgd", "sasg"), ("adamw-fused", "always+topk"), ("momentum-fused", "always+topk"),
+         ("momentum-view", "always+topk"))  # -view: DDP(gradient_as_bucket_view=True), .grad views the buckets
 
 
 def _net() -> nn.Module:
@@ -59,7 +60,7 @@ def _train(rank, kind, algo, scaled: bool) -> dict:
     import sasg.ddp
 
     net = _net()
-    ddp = DistributedDataParallel(net)
+    ddp = DistributedDataParallel(net, gradient_as_bucket_view=kind.endswith("view"))
     opt = _optimizer(kind, ddp.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2) if scaled else None
     state = sasg.ddp.register(ddp, algo, optimizer=opt, density=0.1, warmup=2, scaler=scaler)

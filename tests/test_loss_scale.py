@@ -108,6 +108,23 @@ def _job(rank, world, folder):
     x, y = _batch(0, rank)
     loss = F.cross_entropy(ddp(x), y) * (float("inf") if rank == 1 else 1.0)
     out["unpassed"] = error_of(lambda: scaler.scale(loss).backward(), RuntimeError)
+    # Checkpoints: the checks of rounds skipped before any round is on the ledger are saved too; a
+    # state saved with a scaler loads into a hook without one; a hostile count is refused.
+    made = []
+    for scaled in (True, True, False):
+        ddp = DistributedDataParallel(_net())
+        made.append((ddp, sasg.ddp.register(ddp, optimizer=_optimizer("sgd", ddp.parameters()),
+                                            scaler=torch.amp.GradScaler("cpu") if scaled else None)))
+    (ddp, first), (_, again), (_, unscaled) = made
+    scaler = first._scaling.scaler
+    scaler.scale(F.cross_entropy(ddp(x), y) * float("inf")).backward()  # every rank overflows at once
+    saved = first.state_dict()
+    out["pending"] = saved["optimizer_link"]["loss_scale_bits"]
+    again.load_state_dict(saved)
+    out["restored"] = again._scaling.pending_bits
+    out["unscaled load"] = error_of(lambda: unscaled.load_state_dict(saved))
+    hostile = {**saved, "optimizer_link": {**saved["optimizer_link"], "loss_scale_bits": -8}}
+    out["hostile"] = error_of(lambda: again.load_state_dict(hostile), ValueError)
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
@@ -132,6 +149,9 @@ def test_a_scaled_job_is_the_unscaled_one_less_its_overflowed_steps(tmp_path):
             assert "loss_scale_bits" in scaled["saved"] and "loss_scale_bits" not in plain["saved"], case
         assert "GradScaler" in out["overlap"] and "overlap=None" in out["overlap"]
         assert "scaler=scaler" in out["unpassed"], f"rank {rank}: {out['unpassed']}"
+        assert out["pending"] == out["restored"] == 32 * WORLD  # one skipped round's checks, no ledger row yet
+        assert out["unscaled load"] == "no error"
+        assert "loss_scale_bits" in out["hostile"]
     assert torch.equal(ranks[0]["momentum wk1+topk"]["scaled"]["theta"], ranks[1]["momentum wk1+topk"]["scaled"]["theta"])
 
 

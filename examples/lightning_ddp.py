@@ -9,7 +9,9 @@ ddp_comm_state=...)``. The state is a :class:`sasg.ddp.HookState` built from the
 before the Trainer exists; it joins the process group at the first gradient bucket. Lightning
 (2.x) installs that hook on CUDA devices only, although gloo/CPU DDP runs hooks as well, so on the
 CPU the small callback below installs the same hook on the same state once DDP has wrapped the
-model.
+model. Lightning builds the optimizer (``configure_optimizers``) after the state, so the callback
+also links it when the fit starts (``state.use_optimizer``): DGC's momentum correction for this
+momentum SGD, the frozen second moment for an AdamW.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ class MnistFC(L.LightningModule):
 
 
 class InstallHookOnCPU(L.Callback):
-    """Lightning installs ``ddp_comm_hook`` on CUDA only; on the CPU do what it would do."""
+    """Links Lightning's optimizer to the hook's state; and, since Lightning installs
+    ``ddp_comm_hook`` on CUDA only, on the CPU does what it would do."""
 
     def __init__(self, state: sasg.ddp.HookState):
         self.state = state
 
     def on_fit_start(self, trainer, pl_module):
+        self.state.use_optimizer(trainer.optimizers[0])  # (made by configure_optimizers, after the state)
         if trainer.strategy.root_device.type != "cuda":
             trainer.strategy.model.register_comm_hook(self.state, sasg.ddp.comm_hook)
 

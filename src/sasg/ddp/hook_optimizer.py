@@ -15,6 +15,8 @@ from torch import Tensor
 
 from .. import validation
 from ..core.capabilities import provided
+from ..runtime import build_algorithm, engine_codec
+from .rules import hook_algorithm
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
 from .optimizers import (FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd,
@@ -46,7 +48,58 @@ def lr_value(lr) -> float:
 
 class OptimizerLink:
     """A mixin of :class:`~sasg.ddp.HookState`: its optimizer's side (``self.index``,
-    ``self.spec``, ``self.algorithm``, ``self.engine``, ``self.group`` are the state's)."""
+    ``self.engine``, ``self.group`` and ``self._choices``, the settings it was made with, are the
+    state's; this sets ``self.spec``, ``self.codec`` and ``self.algorithm``)."""
+
+    def use_optimizer(self, optimizer) -> "OptimizerLink":
+        """Link the optimizer that steps the model after the state was made, as ``optimizer=``
+        would have: for a framework that builds the optimizer after the hook's state (Lightning's
+        ``configure_optimizers``: ``examples/lightning_ddp.py`` calls it when the fit starts).
+        Call it on every rank before the first backward pass; returns the state."""
+        if self.engine is not None:
+            raise RuntimeError("use_optimizer: the hook has started already (its round engine exists): link the "
+                               "optimizer before the first backward pass, or pass optimizer= when making the state")
+        if self.variance is not None:
+            self.variance.remove()  # (the step hook of the optimizer linked before)
+        self._link(optimizer)
+        return self
+
+    def _require_lr(self) -> None:
+        """A lazy rule needs the lr: a ValueError when the hook starts without one (not when the
+        state is made: use_optimizer may still bring it)."""
+        if self.algorithm.lazy and self._lr is None:
+            raise ValueError(
+                f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
+                "steps, so the hook needs the learning rate: pass lr= (a number, a function returning the "
+                "current lr, or the optimizer), or link the optimizer first (state.use_optimizer(opt))"
+            )
+
+    def _link(self, optimizer) -> None:
+        """What the optimizer decides, made from the state's settings: the algorithm (under Adam a
+        lazy rule's default aggregate differs), the lr a lazy rule reads, DGC's correction or
+        Adam's frozen second moment, and what the round reads."""
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
+                             f"{type(optimizer).__name__}")
+        c = self._choices
+        self.spec = hook_algorithm(c["algo"], **c["knobs"], adam=optimizer is not None and is_adam(optimizer))
+        self.codec = engine_codec(c["codec"], self.spec.name)
+        self.algorithm = build_algorithm(self.spec, self.index.layout, self.codec)
+        self._lr = lr_reader(c["lr"] if c["lr"] is not None else optimizer)
+        self._join_optimizer(optimizer, c["momentum_correction"], c["freeze_variance"], c["step_metric"])
+        # theta^k is copied out of the parameters each round only where someone reads it (a copy
+        # of the whole model: 15 ms a round for ResNet-18 on one core). The engine never changes
+        # it (the user's optimizer steps the parameters), so it is still theta^k when the next
+        # round measures the real step.
+        # `always` never looks at it; any other trigger (a plug-in too) may.
+        self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
+        # The engine (the trigger and the memory: both only read them) and DGC's velocity get the
+        # round's gradients where DDP keeps them, the buckets' views, unless something reads a
+        # flat copy: Adam's second moment, the velocity at a second gradient's anchor (wk2 under
+        # momentum). What it saves: one pass over the model's gradient a round, written and read
+        # again (ResNet-18 on one core: about 4 ms).
+        self._in_place = (self.variance is None and not self._coasts
+                          and not (self.momentum is not None and self.algorithm.needs_stale_grads))
 
     def _join_optimizer(self, optimizer, momentum_correction: bool, freeze_variance: bool, step_metric: str) -> None:
         """The user's optimizer, where the hook must work with it (:mod:`sasg.ddp.optimizers`): DGC's

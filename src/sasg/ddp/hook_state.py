@@ -82,15 +82,13 @@ from torch import Tensor, nn
 
 from .. import validation
 from ..engine import RoundEngine
-from ..runtime import build_algorithm, build_engine, engine_codec, process_transport
+from ..runtime import build_engine, process_transport
 from .bucket_sums import BucketSums
 from .buckets import ParameterIndex, bucket_nbytes, refuse_sparse_gradients
 from .hook_checkpoint import HookCheckpoint
-from .hook_optimizer import OptimizerLink, lr_reader, lr_value
+from .hook_optimizer import OptimizerLink, lr_value
 from .hook_overlap import Overlap
 from .loss_scale import LossScaling, refuse_non_finite
-from .optimizers import is_adam
-from .rules import hook_algorithm
 from .second_gradient import SecondGradient
 from .counting_transport import CountingTransport
 
@@ -115,7 +113,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     ``model`` when that is a module; :func:`~sasg.ddp.register` passes the DDP model's module).
     ``overlap``, ``bucket_cap``: the round part by part during the backward pass
     (:class:`~sasg.ddp.hook_overlap.Overlap` says how and when). ``scaler``: an fp16 job's
-    ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`).
+    ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`). ``optimizer``: also linked later by
+    :meth:`use_optimizer`, where a framework builds it after the state (Lightning).
     """
 
     def __init__(
@@ -143,13 +142,6 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         bucket_cap: int | None = None,
         scaler=None,
     ):
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be the torch.optim.Optimizer that steps this model, got "
-                             f"{type(optimizer).__name__}")
-        self.spec = hook_algorithm(algo, density=density, window=window, threshold_scale=threshold_scale,
-                                   tensor_policy=tensor_policy, warmup=warmup, aggregate=aggregate,
-                                   adam=optimizer is not None and is_adam(optimizer))
-        self.codec = engine_codec(codec, self.spec.name)
         start_iter = validation.integer(start_iter, "start_iter", ge=0,
                                         fix="start_iter is the rounds of plain all-reduce first, e.g. start_iter=0")
         seed = validation.seed(seed)
@@ -161,30 +153,13 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._asked = False  # has the loop ever called second_gradient?
         self.index = ParameterIndex(named)
         refuse_sparse_gradients(self._module, self.index)
-        self.algorithm = build_algorithm(self.spec, self.index.layout, self.codec)
-        if lr is None and optimizer is not None:
-            lr = optimizer
-        self._lr = lr_reader(lr)
-        self._join_optimizer(optimizer, momentum_correction, freeze_variance, step_metric)
-        if self.algorithm.lazy and self._lr is None:
-            raise ValueError(
-                f"the lazy rule {self.spec.trigger!r} compares with a threshold made of the recent parameter "
-                "steps, so the hook needs the learning rate: pass lr= (a number, a function returning the "
-                "current lr, or the optimizer)"
-            )
-        # theta^k is copied out of the parameters each round only where someone reads it (a copy
-        # of the whole model: 15 ms a round for ResNet-18 on one core). The engine never changes
-        # it (the user's optimizer steps the parameters), so it is still theta^k when the next
-        # round measures the real step.
-        # `always` never looks at it; any other trigger (a plug-in too) may.
-        self._needs_theta = self.spec.trigger != "always" or self.momentum is not None
-        # The engine (the trigger and the memory: both only read them) and DGC's velocity get the
-        # round's gradients where DDP keeps them, the buckets' views, unless something reads a
-        # flat copy: Adam's second moment, the velocity at a second gradient's anchor (wk2 under
-        # momentum). What it saves: one pass over the model's gradient a round, written and read
-        # again (ResNet-18 on one core: about 4 ms).
-        self._in_place = (self.variance is None and not self._coasts
-                          and not (self.momentum is not None and self.algorithm.needs_stale_grads))
+        # What the optimizer decides (the algorithm, the lr, its corrections) is made from these, now
+        # and again where the optimizer comes later (use_optimizer: sasg.ddp.hook_optimizer).
+        self._choices = {"algo": algo, "codec": codec, "lr": lr, "momentum_correction": momentum_correction,
+                         "freeze_variance": freeze_variance, "step_metric": step_metric,
+                         "knobs": {"density": density, "window": window, "threshold_scale": threshold_scale,
+                                   "tensor_policy": tensor_policy, "warmup": warmup, "aggregate": aggregate}}
+        self._link(optimizer)
         self._theta_round = -1  # the engine round whose theta^k self._theta holds (-1: none)
         self.start_iter = int(start_iter)
         self.seed = int(seed)
@@ -205,6 +180,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         checks that all ranks registered the same algorithm, settings and parameter shapes)."""
         if self.engine is not None:
             return self
+        self._require_lr()
         transport = process_transport(self.index.params[0].device, self.group, CountingTransport)
         if transport is None:
             raise RuntimeError(

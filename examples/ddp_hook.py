@@ -59,7 +59,7 @@ def parse_args():
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (no_sync on all but the last)")
     p.add_argument("--bf16", action="store_true", help="forward pass under bf16 autocast")
     p.add_argument("--fp16", action="store_true",
-                   help="forward pass under fp16 autocast, the loss scaled by a torch.amp.GradScaler (the hook is told)")
+                   help="forward pass under fp16 autocast, the loss scaled by a GradScaler (given to the hook)")
     p.add_argument("--no-hook", action="store_true", help="plain DDP all-reduce, for comparison")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, default=None,

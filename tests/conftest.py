@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -32,6 +34,37 @@ def seeded_module(make, scale: float, seed: int = 0) -> torch.nn.Module:
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return module
+
+
+def rank_batch(step: int, rank: int):
+    """Rank ``rank``'s minibatch of step ``step`` in the small 2-rank hook jobs: 8 examples of 6
+    features, 8 classes, from a generator seeded by both."""
+    g = torch.Generator().manual_seed(100 * step + rank)
+    return torch.randn(8, 6, generator=g), torch.randint(0, 8, (8,), generator=g)
+
+
+def train_steps(ddp, opt, rank: int, steps: int) -> None:
+    """``steps`` plain training steps of ``ddp`` on this rank's minibatches (:func:`rank_batch`)."""
+    import torch.nn.functional as F
+
+    for step in range(steps):
+        x, y = rank_batch(step, rank)
+        opt.zero_grad()
+        F.cross_entropy(ddp(x), y).backward()
+        opt.step()
+
+
+def results_of_ranks(job, folder, world: int = 2, timeout: float = 120.0) -> list[dict]:
+    """Run ``job(rank, world, folder)`` on ``world`` gloo ranks; each rank's results, in rank order,
+    as the job saved them with :func:`save_rank_results`."""
+    from test_distributed import spawn
+
+    spawn(job, world, str(folder), timeout=timeout)
+    return [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(world)]
+
+
+def save_rank_results(out: dict, folder: str, rank: int) -> None:
+    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
 def error_of(call, error: type = Exception) -> str:

@@ -14,15 +14,12 @@ instead of letting the scaler skip every later step.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import error_of, seeded_module
-from test_distributed import spawn
+from conftest import error_of, rank_batch, results_of_ranks, save_rank_results, seeded_module
 
 WORLD, STEPS = 2, 12
 BAD = {1: 0, 6: 1}  # step -> the rank whose loss overflows (a warm-up round, then a compressed one)
@@ -33,11 +30,6 @@ CASES = (("sgd", "always+topk"), ("momentum", "always+topk"), ("adamw", "always+
 
 def _net() -> nn.Module:
     return seeded_module(lambda: nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, 8)), 0.5)
-
-
-def _batch(step: int, rank: int):
-    g = torch.Generator().manual_seed(100 * step + rank)
-    return torch.randn(8, 6, generator=g), torch.randint(0, 8, (8,), generator=g)
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -68,7 +60,7 @@ def _train(rank, kind, algo, scaled: bool) -> dict:
     for step in range(STEPS):
         if not scaled and step in BAD:
             continue
-        x, y = _batch(step, rank)
+        x, y = rank_batch(step, rank)
         opt.zero_grad()
         state.second_gradient(lambda m: F.cross_entropy(m(x), y))  # (wk2 only; the others return at once)
         loss = F.cross_entropy(ddp(x), y)
@@ -105,7 +97,7 @@ def _job(rank, world, folder):
     opt = _optimizer("sgd", ddp.parameters())
     sasg.ddp.register(ddp, optimizer=opt, warmup=0)
     scaler = torch.amp.GradScaler("cpu")
-    x, y = _batch(0, rank)
+    x, y = rank_batch(0, rank)
     loss = F.cross_entropy(ddp(x), y) * (float("inf") if rank == 1 else 1.0)
     out["unpassed"] = error_of(lambda: scaler.scale(loss).backward(), RuntimeError)
     # Checkpoints: the checks of rounds skipped before any round is on the ledger are saved too; a
@@ -125,12 +117,11 @@ def _job(rank, world, folder):
     out["unscaled load"] = error_of(lambda: unscaled.load_state_dict(saved))
     hostile = {**saved, "optimizer_link": {**saved["optimizer_link"], "loss_scale_bits": -8}}
     out["hostile"] = error_of(lambda: again.load_state_dict(hostile), ValueError)
-    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    save_rank_results(out, folder, rank)
 
 
 def test_a_scaled_job_is_the_unscaled_one_less_its_overflowed_steps(tmp_path):
-    spawn(_job, WORLD, str(tmp_path), timeout=150.0)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    ranks = results_of_ranks(_job, tmp_path, WORLD, timeout=150.0)
     for rank, out in enumerate(ranks):
         for case in (f"{k} {a}" for k, a in CASES):
             scaled, plain = out[case]["scaled"], out[case]["plain"]
@@ -152,7 +143,8 @@ def test_a_scaled_job_is_the_unscaled_one_less_its_overflowed_steps(tmp_path):
         assert out["pending"] == out["restored"] == 32 * WORLD  # one skipped round's checks, no ledger row yet
         assert out["unscaled load"] == "no error"
         assert "loss_scale_bits" in out["hostile"]
-    assert torch.equal(ranks[0]["momentum wk1+topk"]["scaled"]["theta"], ranks[1]["momentum wk1+topk"]["scaled"]["theta"])
+    lazy = [out["momentum wk1+topk"]["scaled"]["theta"] for out in ranks]
+    assert torch.equal(lazy[0], lazy[1])
 
 
 def test_the_scaler_is_checked_when_the_hook_is_made():

@@ -11,14 +11,10 @@ the first backward pass) or not an optimizer is refused.
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conftest import error_of, seeded_module
-from test_distributed import spawn
+from conftest import error_of, results_of_ranks, save_rank_results, seeded_module, train_steps
 
 WORLD, STEPS = 2, 10
 CASES = (("momentum", "always+topk"), ("adamw", "always+topk"), ("adamw", "wk1+topk"))
@@ -26,11 +22,6 @@ CASES = (("momentum", "always+topk"), ("adamw", "always+topk"), ("adamw", "wk1+t
 
 def _net() -> nn.Module:
     return seeded_module(lambda: nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, 8)), 0.5)
-
-
-def _batch(step: int, rank: int):
-    g = torch.Generator().manual_seed(100 * step + rank)
-    return torch.randn(8, 6, generator=g), torch.randint(0, 8, (8,), generator=g)
 
 
 def _train(rank: int, kind: str, algo: str, late: bool) -> torch.Tensor:
@@ -49,11 +40,7 @@ def _train(rank: int, kind: str, algo: str, late: bool) -> torch.Tensor:
     else:
         state = sasg.ddp.register(ddp, algo, optimizer=opt, density=0.1, warmup=2)
     assert (state.momentum is not None) == (kind == "momentum") and (state.variance is not None) == (kind == "adamw")
-    for step in range(STEPS):
-        x, y = _batch(step, rank)
-        opt.zero_grad()
-        F.cross_entropy(ddp(x), y).backward()
-        opt.step()
+    train_steps(ddp, opt, rank, STEPS)
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
 
 
@@ -68,15 +55,13 @@ def _job(rank, world, folder):
     state = sasg.ddp.register(ddp)
     out["not an optimizer"] = error_of(lambda: sasg.ddp.HookState(_net()).use_optimizer("sgd"), ValueError)
     out["too late"] = error_of(lambda: state.use_optimizer(torch.optim.SGD(net.parameters(), lr=0.1)), RuntimeError)
-    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    save_rank_results(out, folder, rank)
 
 
 def test_an_optimizer_linked_late_trains_as_one_given_at_once(tmp_path):
-    spawn(_job, WORLD, str(tmp_path), timeout=120.0)
-    for rank in range(WORLD):
-        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        for kind, algo in CASES:
-            got = out[f"{kind} {algo}"]
-            assert torch.equal(got["late"], got["given"]), (rank, kind, algo)
+    for rank, out in enumerate(results_of_ranks(_job, tmp_path, WORLD, timeout=120.0)):
+        differ = [case for case in (f"{k} {a}" for k, a in CASES)
+                  if not torch.equal(out[case]["late"], out[case]["given"])]
+        assert not differ, (rank, differ)
         assert "torch.optim.Optimizer" in out["not an optimizer"]
         assert "before the first backward pass" in out["too late"]

@@ -12,14 +12,10 @@ to pass instead.
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conftest import error_of, seeded_module
-from test_distributed import spawn
+from conftest import error_of, results_of_ranks, save_rank_results, seeded_module, train_steps
 
 WORLD, STEPS = 2, 10
 CASES = (("momentum", "always+topk"), ("adamw", "always+topk"), ("momentum", "wk1+topk"))
@@ -28,11 +24,6 @@ CASES = (("momentum", "always+topk"), ("adamw", "always+topk"), ("momentum", "wk
 def _net() -> nn.Module:
     return seeded_module(lambda: nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(),
                                                nn.Linear(48, 8)), 0.5)
-
-
-def _batch(step: int, rank: int):
-    g = torch.Generator().manual_seed(100 * step + rank)
-    return torch.randn(8, 6, generator=g), torch.randint(0, 8, (8,), generator=g)
 
 
 def _optimizer(kind: str, params, zero: bool):
@@ -53,11 +44,7 @@ def _train(rank: int, kind: str, algo: str, zero: bool) -> torch.Tensor:
     opt = _optimizer(kind, ddp.parameters(), zero)
     state = sasg.ddp.register(ddp, algo, optimizer=opt, density=0.1, warmup=2)
     assert (state.momentum is not None) == (kind == "momentum") and (state.variance is not None) == (kind == "adamw")
-    for step in range(STEPS):
-        x, y = _batch(step, rank)
-        opt.zero_grad()
-        F.cross_entropy(ddp(x), y).backward()
-        opt.step()
+    train_steps(ddp, opt, rank, STEPS)
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
 
 
@@ -72,14 +59,12 @@ def _job(rank, world, folder):
     ddp = DistributedDataParallel(_net())
     out["lazy adam"] = error_of(
         lambda: sasg.ddp.register(ddp, "wk1+topk", optimizer=_optimizer("adamw", ddp.parameters(), True)), ValueError)
-    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    save_rank_results(out, folder, rank)
 
 
 def test_a_sharded_optimizer_trains_as_the_unsharded_one(tmp_path):
-    spawn(_job, WORLD, str(tmp_path), timeout=120.0)
-    for rank in range(WORLD):
-        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        for kind, algo in CASES:
-            got = out[f"{kind} {algo}"]
-            assert torch.equal(got["zero"], got["plain"]), (rank, kind, algo)
+    for rank, out in enumerate(results_of_ranks(_job, tmp_path, WORLD, timeout=120.0)):
+        differ = [case for case in (f"{k} {a}" for k, a in CASES)
+                  if not torch.equal(out[case]["zero"], out[case]["plain"])]
+        assert not differ, (rank, differ)
         assert "ZeroRedundancyOptimizer" in out["lazy adam"] and "step_metric='euclidean'" in out["lazy adam"]

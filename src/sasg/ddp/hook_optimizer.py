@@ -15,12 +15,12 @@ from torch import Tensor
 
 from .. import validation
 from ..core.capabilities import provided
-from ..runtime import build_algorithm, engine_codec
-from .rules import hook_algorithm
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
+from ..runtime import build_algorithm, engine_codec
 from .optimizers import (FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd,
                          is_sharded)
+from .rules import hook_algorithm
 
 # How a lazy rule measures the parameters' real steps: "auto" (Adam's metric under Adam/AdamW,
 # else Euclidean) or "euclidean" (||theta^{j+1} - theta^j||^2 whatever the optimizer).

@@ -40,8 +40,7 @@ import torch
 import torch.distributed as dist
 
 # How often a hook without a scaler checks its aggregate: soon enough to stop a stalled job within
-# seconds, rarely enough to cost nothing (a sum over the gradient: 36 us on FC 784-512-10 on one
-# core, 1/16 of it a round).
+# seconds, rarely enough to cost next to nothing (one read of the gradient every 16 rounds).
 CHECK_EVERY = 16
 
 
@@ -113,7 +112,7 @@ def refuse_non_finite(buckets, rounds: int) -> None:
     if rounds % CHECK_EVERY:
         return
     # A sum is non-finite exactly when an entry is (finite gradients do not add up to 1e38), and
-    # it reads the gradient once, 30x faster than isfinite().all() here.
+    # it reads the gradient once without writing a mask, as isfinite().all() does.
     if bool(torch.stack([b.buffer().sum(dtype=torch.float32) for b in buckets]).sum().isfinite()):
         return
     raise RuntimeError(

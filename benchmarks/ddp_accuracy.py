@@ -22,6 +22,12 @@ hook installed (``sasg.ddp.register``). The optimizers:
   ``torch.amp.GradScaler`` at its defaults, which DDP and the hooks run alike; the sasg hook is
   told of it (``scaler=``). Each run also reports the steps the scaler skipped.
 
+``--clip MAX_NORM``: every job clips the gradients its optimizer gets with
+``torch.nn.utils.clip_grad_norm_`` after ``backward()`` (DDP, PowerSGD, and the sasg hook as a
+user would first try it), except a sasg hook given ``clip_grad_norm`` (``--hooks
+defaults:clip_grad_norm=1.0``), which clips each rank's gradient itself (sasg.ddp.clipping); the
+JSON rows count the steps the job's own call clipped (``ddp_clipped_steps``, ``hook_clipped_steps``).
+
 Hooks (``--hooks``, ``ALGO/CODEC``): by default ``always+topk/rice+sign`` — top-k per tensor at
 h = 1 %, error feedback, every round, Golomb-Rice index gaps and one sign bit per kept entry
 (plus each tensor's mean magnitude). The table gives each pair's final test accuracy, the
@@ -134,12 +140,14 @@ def _optimizer(name: str, params, lr: float):
 
 def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: str | None, epochs: int,
                batch_size: int, density: float | None, seed: int, max_rounds: int | None = None,
-               model: str = "fc") -> dict:
+               model: str = "fc", clip: float | None = None) -> dict:
     """One training run in this rank (call on every rank of the group). ``hook``: ``ALGO/CODEC``
     (the sasg hook, its defaults otherwise), ``defaults`` (``sasg.ddp.register(ddp,
     optimizer=opt)``), ``powersgd`` (PyTorch's PowerSGD hook, rank 2, error feedback and warm
     start, compressing from its second round as early as it allows) or None for DDP's own
-    all-reduce. Returns the test accuracy after every epoch (the last one: after ``max_rounds``
+    all-reduce. ``clip``: every step clips the gradients the optimizer gets with
+    ``torch.nn.utils.clip_grad_norm_`` (after ``scaler.unscale_``), except under a sasg hook given
+    ``clip_grad_norm``, which clips each rank's gradient itself. Returns the test accuracy after every epoch (the last one: after ``max_rounds``
     rounds when given), the bits sent and whether the ranks ended equal."""
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -168,12 +176,14 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
             knobs.update(algo=algo, codec=codec)
     half = optimizer in HALF
     scaler = torch.amp.GradScaler("cpu", enabled=half)  # (disabled: scale() and step() as without it)
+    # the job clips what its optimizer gets, unless the sasg hook clips each rank's gradient itself
+    own_clip = clip is not None and not (hook not in (None, "powersgd") and "clip_grad_norm" in knobs)
     if hook is not None and hook != "powersgd":
         state = sasg.ddp.register(ddp, optimizer=opt, seed=seed, scaler=scaler if half else None, **knobs)
     per_epoch, next_idx = _batches(data, world, rank, batch_size, seed)
     total = per_epoch * epochs if max_rounds is None else min(max_rounds, per_epoch * epochs)
     autocast = optimizer == "bf16" or half
-    skipped, curve = 0, []
+    skipped, clipped, curve = 0, 0, []
     start = time.perf_counter()
     for r in range(total):
         idx = next_idx()
@@ -183,6 +193,9 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
             loss = F.cross_entropy(ddp(x), y)
         scale = scaler.get_scale() if half else 1.0
         scaler.scale(loss).backward()
+        if own_clip:
+            scaler.unscale_(opt)  # (disabled: does nothing)
+            clipped += int(torch.nn.utils.clip_grad_norm_(ddp.parameters(), clip) > clip)
         scaler.step(opt)
         scaler.update()
         skipped += int(half and scaler.get_scale() < scale)
@@ -200,7 +213,8 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
            "correct": curve[-1], "accuracy": 100.0 * curve[-1] / n_test,
            "curve": [100.0 * c / n_test for c in curve], "seconds": seconds,
            "ranks_equal": bool(torch.equal(top, bottom)), "dense_bits": dense_bits, "bits": dense_bits,
-           "error_dtype": None, "skipped_steps": skipped}
+           "error_dtype": None, "skipped_steps": skipped,
+           "clip": clip, "clipped_steps": clipped if own_clip else None}
     if hook == "powersgd":  # its first round is a plain all-reduce (start_powerSGD_iter=2)
         out["bits"] = world * (32 * flat.numel() + (total - 1) * powersgd_bits_per_round(net))
     if state is not None:
@@ -295,8 +309,16 @@ def summarize(results: list[dict], hooks) -> list[dict]:
                     # steps a GradScaler skipped (fp16 rows), mean over the seeds
                     "ddp_skipped_steps": sum(b.get("skipped_steps", 0) for b in base) / len(seeds),
                     "hook_skipped_steps": sum(m.get("skipped_steps", 0) for m in mine) / len(seeds),
+                    # steps the job's own clip_grad_norm_ clipped (--clip; None where the hook clipped)
+                    "ddp_clipped_steps": _mean_of(b.get("clipped_steps") for b in base),
+                    "hook_clipped_steps": _mean_of(m.get("clipped_steps") for m in mine),
                 })
     return rows
+
+
+def _mean_of(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values) / len(values)
 
 
 def verdict(rows: list[dict], sasg: str = "defaults", powersgd: str = "powersgd") -> dict:
@@ -353,6 +375,9 @@ def main(argv=None) -> None:
     p.add_argument("--hooks", default=",".join(DEFAULT_HOOKS),
                    help="defaults, powersgd, ALGO/CODEC,... ; 'none': plain DDP only")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
+                   help="every job clips its gradients to this 2-norm with clip_grad_norm_ after backward(), "
+                        "except sasg hooks given clip_grad_norm (e.g. --hooks defaults:clip_grad_norm=1.0)")
     for o in OPTIMIZERS + HALF:
         p.add_argument(f"--lr-{o}", type=float, default=DEFAULT_LR[o])
     args = p.parse_args(argv)
@@ -370,7 +395,7 @@ def main(argv=None) -> None:
     lrs = {o: getattr(args, f"lr_{o}".replace("-", "_")) for o in OPTIMIZERS + HALF}
 
     runs = plan(optimizers, hooks, seeds, lrs, models=models, epochs=args.epochs, batch_size=args.batch_size,
-                density=args.density)
+                density=args.density, clip=args.clip)
     print(f"{len(runs)} runs, {args.world} ranks (gloo, CPU), models {models}, {args.epochs} epochs, batch "
           f"{args.batch_size} per worker, seeds {seeds}", flush=True)
     t = time.monotonic()
@@ -390,7 +415,7 @@ def main(argv=None) -> None:
     worst_mean = max(abs(r["diff_points"]) for r in rows)
     summary = {
         "world": args.world, "models": models, "epochs": args.epochs, "batch_size": args.batch_size,
-        "density": args.density, "seeds": seeds, "rows": rows,
+        "density": args.density, "clip": args.clip, "seeds": seeds, "rows": rows,
         **(verdict(rows) if "defaults" in hooks else {}),
         # every pair: |hook - DDP| <= 0.5 points; the hook never more than 0.5 points below DDP; per
         # optimizer, |mean over the seeds of hook - DDP| <= 0.5 points

@@ -60,6 +60,8 @@ def parse_args():
     p.add_argument("--bf16", action="store_true", help="forward pass under bf16 autocast")
     p.add_argument("--fp16", action="store_true",
                    help="forward pass under fp16 autocast, the loss scaled by a GradScaler (given to the hook)")
+    p.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
+                   help="gradient clipping to this 2-norm (the hook clips each rank's gradient; plain DDP the mean)")
     p.add_argument("--no-hook", action="store_true", help="plain DDP all-reduce, for comparison")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, default=None,
@@ -150,9 +152,11 @@ def main() -> None:
         # The one line. optimizer= lets the hook work with it: DGC's momentum correction for
         # momentum SGD, a frozen second moment for AdamW; the lazy rules wk1/ps read its lr.
         # scaler=: it works on the unscaled gradient and lets an overflowed step's round not happen.
+        # clip_grad_norm=: the clipping, in place of a clip_grad_norm_ call after backward(), which
+        # would clip the hook's aggregate instead of the gradient (sasg.ddp.clipping).
         hook = sasg.ddp.register(model, algo=args.algo, codec=args.codec, density=args.density, optimizer=opt,
                                  window=args.window, threshold_scale=args.threshold_scale, aggregate=args.aggregate,
-                                 scaler=scaler if args.fp16 else None)
+                                 scaler=scaler if args.fp16 else None, clip_grad_norm=args.clip)
 
     def state_of(step: int) -> dict:  # plain tensors and numbers: torch.load(weights_only=True) reads it
         return {"step": step, "model": model.module.state_dict(), "optimizer": opt.state_dict(),
@@ -198,6 +202,9 @@ def main() -> None:
                 scaler.scale(loss).backward()
             if not last_micro:
                 continue
+            if args.clip is not None and hook is None:  # plain DDP clips the mean gradient, unscaled
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             scaler.step(opt)  # (skips the step if a gradient overflowed; the hook then skipped its round)
             scaler.update()
             opt.zero_grad()

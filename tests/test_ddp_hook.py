@@ -534,14 +534,14 @@ def _run_example(args: list[str], timeout: float = 150.0) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("precision", ["--bf16", "--fp16"])
+@pytest.mark.parametrize("precision", [["--bf16"], ["--fp16", "--clip", "0.5"]], ids=["bf16", "fp16-clip"])
 def test_example_ddp_hook_runs_under_torchrun_and_resumes_bit_exactly(tmp_path, precision):
-    """The example with accumulation, bf16 (or fp16 and its GradScaler) and checkpoints (3 steps
-    an epoch at this batch size, one micro-batch of each epoch dropped): stopped at step 5,
-    mid-epoch, and started again with the same arguments, it ends with the uninterrupted run's
-    state, bit for bit."""
+    """The example with accumulation, bf16 (or fp16, its GradScaler and the hook's gradient
+    clipping) and checkpoints (3 steps an epoch at this batch size, one micro-batch of each epoch
+    dropped): stopped at step 5, mid-epoch, and started again with the same arguments, it ends
+    with the uninterrupted run's state, bit for bit."""
     run = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "examples/ddp_hook.py",
-           "--batch-size", "512", "--accumulate", "2", precision, "--epochs", "4", "--checkpoint-every", "5",
+           "--batch-size", "512", "--accumulate", "2", *precision, "--epochs", "4", "--checkpoint-every", "5",
            "--max-steps"]
     whole = _run_example([*run, "12", "--checkpoint-dir", str(tmp_path / "whole")])
     assert "epoch 4: step 12, test acc" in whole

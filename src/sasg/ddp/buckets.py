@@ -52,6 +52,10 @@ class ParameterIndex:
             out[seg.offset : seg.end].copy_(p.detach().reshape(-1))
         return out
 
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """``flat`` (layout order) as one view per tensor."""
+        return [flat[seg.offset : seg.end] for seg in self.layout.segments]
+
     def step_sq_from(self, previous: Tensor, metric: Sequence[Tensor | None] | None = None) -> float:
         """``||theta - previous||^2`` of the current parameters (float64 sums): the real step since
         ``previous`` (a flat copy from :meth:`flat_params`), whatever the optimizer did; with

@@ -18,6 +18,7 @@ from ..core.capabilities import provided
 from ..core.momentum import compressed_entries
 from ..core.tensor_policy import whole_segments
 from ..runtime import build_algorithm, engine_codec
+from .clipping import GradientWatch
 from .optimizers import (FrozenVariance, MomentumCorrection, adam_metric, groups_of, is_adam, is_momentum_sgd,
                          is_sharded)
 from .rules import hook_algorithm
@@ -59,8 +60,9 @@ class OptimizerLink:
         if self.engine is not None:
             raise RuntimeError("use_optimizer: the hook has started already (its round engine exists): link the "
                                "optimizer before the first backward pass, or pass optimizer= when making the state")
-        if self.variance is not None:
-            self.variance.remove()  # (the step hook of the optimizer linked before)
+        for linked in (self.variance, self._watch):
+            if linked is not None:
+                linked.remove()  # (the step hooks of the optimizer linked before)
         self._link(optimizer)
         return self
 
@@ -110,6 +112,8 @@ class OptimizerLink:
         self.optimizer = optimizer
         self._compressed_round = False  # did the latest round compress (past the warm-up)?
         self.momentum = self.variance = None
+        # A clipping call (or anything) that rewrites the hook's gradients before the step: a warning.
+        self._watch = GradientWatch(optimizer, self.index) if optimizer is not None else None
         # Rounds nobody sends in (a lazy rule, aggregate "senders") hand Adam a zero gradient.
         self._coasts = (optimizer is not None and is_adam(optimizer) and self.algorithm.lazy
                         and self.spec.settings.aggregate == "senders")

@@ -48,7 +48,7 @@ class Overlap:
     def _overlaps(self, transport) -> bool:
         """Does the round go part by part (``overlap``)? Where it can: an algorithm whose round
         splits along tensors (:func:`sasg.engine.parts.separable`: ``always``, ``topk``, ``ef`` or
-        no memory), without a GradScaler, on gloo's CPU tensors, with a peer to talk to.
+        no memory), without a GradScaler or clip_grad_norm, on gloo's CPU tensors, with a peer to talk to.
         ``overlap=True`` where it cannot is a ValueError saying why."""
         why = None
         if not separable(self.algorithm):
@@ -57,6 +57,9 @@ class Overlap:
         elif self._scaling is not None:
             why = ("under a GradScaler every rank's gradient is checked for inf/NaN before anything is sent "
                    "(sasg.ddp.loss_scale)")
+        elif self._clip is not None:
+            why = ("clip_grad_norm clips each rank's gradient by its norm, known only once every bucket is in "
+                   "(sasg.ddp.clipping)")
         elif self.index.device.type != "cpu":
             why = (f"the exchange part by part runs on CPU tensors (gloo) only (untested on GPUs), the model is "
                    f"on {self.index.device}")

@@ -84,6 +84,7 @@ from .. import validation
 from ..engine import RoundEngine
 from ..runtime import build_engine, process_transport
 from .bucket_sums import BucketSums
+from .clipping import clip_, max_norm_of
 from .buckets import ParameterIndex, bucket_nbytes, refuse_sparse_gradients
 from .hook_checkpoint import HookCheckpoint
 from .hook_optimizer import OptimizerLink, lr_value
@@ -113,7 +114,9 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     ``model`` when that is a module; :func:`~sasg.ddp.register` passes the DDP model's module).
     ``overlap``, ``bucket_cap``: the round part by part during the backward pass
     (:class:`~sasg.ddp.hook_overlap.Overlap` says how and when). ``scaler``: an fp16 job's
-    ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`). ``optimizer``: also linked later by
+    ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`). ``clip_grad_norm``: gradient
+    clipping, in place of the job's own ``clip_grad_norm_`` call (:mod:`sasg.ddp.clipping`).
+    ``optimizer``: also linked later by
     :meth:`use_optimizer`, where a framework builds it after the state (Lightning).
     """
 
@@ -141,6 +144,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         overlap: bool | None = None,
         bucket_cap: int | None = None,
         scaler=None,
+        clip_grad_norm: float | None = None,
     ):
         start_iter = validation.integer(start_iter, "start_iter", ge=0,
                                         fix="start_iter is the rounds of plain all-reduce first, e.g. start_iter=0")
@@ -172,6 +176,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._sums: BucketSums | None = None  # ... and where the latest one went (BucketSums.of)
         self._unused, self.dropped_by_ddp = None, 0  # find_unused_parameters: sasg.ddp.unused (register sets it)
         self._scaling = LossScaling.of(scaler, process_group)  # fp16's GradScaler: sasg.ddp.loss_scale
+        self._clip = max_norm_of(clip_grad_norm)  # each rank's gradient clipped first: sasg.ddp.clipping
         self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
@@ -209,7 +214,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         return {"algorithm": self.spec.composition, "codec": self.codec, "settings": self._settings(),
                 "parameters": self.index.describe(), "start_iter": self.start_iter, "seed": self.seed,
                 "momentum_correction": self.momentum is not None, "freeze_variance": self.variance is not None,
-                "scaler": self._scaling is not None}  # (with a scaler every round makes one more call)
+                "scaler": self._scaling is not None,  # (with a scaler every round makes one more call)
+                "clip_grad_norm": self._clip}
 
     def _settings(self) -> dict:
         return self.spec.settings.to_dict()
@@ -309,6 +315,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
                 grads = index.blocks(index.round_gradients(buckets), self._grads)
             else:
                 grads = index.gather(buckets, self._grads).view(1, -1)
+            if self._clip is not None:  # before anything of the round reads them (sasg.ddp.clipping)
+                clip_(grads if self._in_place else index.split(self._grads), self._clip)
             self._round_start()
         else:
             self.index.check_complete(self._filled)
@@ -344,6 +352,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             refuse_non_finite(buckets, self.rounds)
         if self._unused is not None:  # (find_unused_parameters: sasg.ddp.unused)
             self._unused.after_round(self, bool(result.flags[self.transport.rank]))
+        elif self._watch is not None:  # (unused parameters keep their old .grad: no watch there)
+            self._watch.after_round(buckets, self.rounds, 1.0 if self._scaling is None else self._scaling.scale)
         self._compressed_round = compressed
         self.rounds += 1
 

@@ -66,6 +66,11 @@ class LossScaling:
                              f"{type(scaler).__name__}")
         return LossScaling(scaler, group) if scaler.is_enabled() else None
 
+    @property
+    def scale(self) -> float:
+        """The latest round's loss scale (what its buckets were divided by and multiplied back with)."""
+        return self._scale
+
     @torch.no_grad()
     def unscale(self, buckets, transport, ledger) -> bool:
         """Divide the round's buckets by the loss scale in place; True when every rank's gradient

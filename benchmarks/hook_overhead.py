@@ -15,7 +15,10 @@ of the model from the same initial parameters and the same minibatches:
 * ``wk1``: the lazy rule ``wk1+topk`` (D = 10, c = 2) under ``rice+sign``;
 * ``ddp+scaler``, ``rice+sign+scaler`` (not run by default): ``ddp`` and ``rice+sign`` with the
   loss scaled by a ``torch.amp.GradScaler`` (fp32 model, so nothing overflows), which the hook is
-  given: what the scaler's unscaling, the hook's check and its extra all-reduce cost a step.
+  given: what the scaler's unscaling, the hook's check and its extra all-reduce cost a step;
+* ``ddp+clip``, ``rice+sign+clip`` (not run by default): gradient clipping to norm 1, by
+  ``torch.nn.utils.clip_grad_norm_`` after ``backward()`` under DDP and by the hook's
+  ``clip_grad_norm=1.0`` (its sketch of the mean norm and that all-reduce; no overlap).
 
 A step is zero_grad, forward, backward (the hook runs inside it) and ``opt.step()``. The rows take
 turns (``--turns`` turns of ``--steps`` steps each, after ``--warmup`` untimed steps per row, the
@@ -50,13 +53,15 @@ ROWS = {
     "rice+bf16": ("always+topk", "rice+bf16"),
     "wk1": ("wk1+topk", "rice+sign"),
 }
-# rows with a GradScaler -> the row they scale (--rows ...,ddp+scaler,rice+sign+scaler)
+# rows with a GradScaler or gradient clipping -> the row they add it to (--rows ...,ddp+scaler,rice+sign+clip)
 SCALED = {"ddp+scaler": "ddp", "rice+sign+scaler": "rice+sign"}
-LR, BATCH, DENSITY = 0.05, 10, 0.01
+CLIPPED = {"ddp+clip": "ddp", "rice+sign+clip": "rice+sign"}
+LR, BATCH, DENSITY, CLIP = 0.05, 10, 0.01, 1.0
 
 
 def _row(name: str, seed: int):
-    """(DDP model, optimizer, GradScaler or None) of one row, from the seed's initial parameters."""
+    """(DDP model, optimizer, GradScaler or None, the loop's clipping norm or None) of one row, from
+    the seed's initial parameters."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import sasg.ddp
@@ -65,7 +70,8 @@ def _row(name: str, seed: int):
     model = DDP(build_model("fc", (1, 28, 28), 10, seed))  # every row the same initial parameters
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     scaler = torch.amp.GradScaler("cpu") if name in SCALED else None
-    name = SCALED.get(name, name)
+    clip = CLIP if name in CLIPPED else None
+    name = SCALED.get(name, CLIPPED.get(name, name))
     if name == "powersgd":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
@@ -74,8 +80,10 @@ def _row(name: str, seed: int):
         model.register_comm_hook(state, powersgd.powerSGD_hook)
     elif ROWS[name] is not None:
         algo, codec = ROWS[name]
-        sasg.ddp.register(model, algo=algo, codec=codec, density=DENSITY, lr=opt, seed=seed, scaler=scaler)
-    return model, opt, scaler
+        sasg.ddp.register(model, algo=algo, codec=codec, density=DENSITY, lr=opt, seed=seed, scaler=scaler,
+                          clip_grad_norm=clip)
+        clip = None  # (the hook clips)
+    return model, opt, scaler, clip
 
 
 def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> None:
@@ -96,13 +104,15 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
         done = dict.fromkeys(names, 0)  # steps each row has taken: row i's step t uses batches[t]
 
         def steps(name: str, n: int) -> None:
-            model, opt, scaler = rows[name]
+            model, opt, scaler, clip = rows[name]
             for _ in range(n):
                 idx = batches[done[name]]
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
                 if scaler is None:
                     loss.backward()
+                    if clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                     opt.step()
                 else:
                     scaler.scale(loss).backward()
@@ -122,16 +132,17 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out_path: str) -> N
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worlds", default="1,2", help="process counts (1,2)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"rows, ddp first ({','.join([*ROWS, *SCALED])})")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"rows, ddp first ({','.join([*ROWS, *SCALED, *CLIPPED])})")
     p.add_argument("--turns", type=int, default=6, help="turns per row (6)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per turn (50)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps per row first (20)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     names = [r.strip() for r in a.rows.split(",") if r.strip()]
-    unknown = [r for r in names if r not in ROWS and r not in SCALED]
+    unknown = [r for r in names if r not in ROWS and r not in SCALED and r not in CLIPPED]
     if unknown or not names or names[0] != "ddp" or len(set(names)) != len(names):
-        p.error(f"--rows: distinct rows from {', '.join([*ROWS, *SCALED])}, ddp first (the baseline); got {a.rows!r}")
+        p.error(f"--rows: distinct rows from {', '.join([*ROWS, *SCALED, *CLIPPED])}, ddp first (the baseline); "
+                f"got {a.rows!r}")
     try:
         worlds = [int(w) for w in a.worlds.split(",")]
     except ValueError:

@@ -9,23 +9,33 @@ the gradient's, and under DGC's momentum correction it also cancels the optimize
 (:mod:`sasg.ddp.optimizers`). Clipping it clips far more often than under DDP, and under
 Adam/AdamW it shrinks every step, since the frozen second moment is in the gradient's units. A
 user's ``clip_grad_norm_(params, 1.0)`` with the hook at its defaults, measured
-(``benchmarks/ddp_accuracy.py --clip 1.0``, docs/ddp-hook.md): DDP clipped 70-80 % of the steps,
-the hook 97-100 %, and AdamW lost up to 9 points.
+(``benchmarks/ddp_accuracy.py --clip 1.0``, docs/ddp-hook.md): DDP clipped 51-87 % of the steps,
+the hook's aggregate 98-100 %, and AdamW lost 3-4 points on two conv nets.
 
-So the hook clips, where the gradient still exists: ``clip_grad_norm=max_norm``
-(:class:`~sasg.ddp.HookState`, :func:`~sasg.ddp.register`) clips each rank's own gradient as
-``clip_grad_norm_`` clips, before anything else of the round reads it (the error memory, DGC's
-velocity, Adam's second-moment estimate, a lazy rule's comparison; a ``wk2`` second gradient is
-clipped by its own norm):
+So the hook clips, before the round, where the gradients still exist: ``clip_grad_norm=tau``
+(:class:`~sasg.ddp.HookState`, :func:`~sasg.ddp.register`) scales every rank's gradient by the
+factor ``clip_grad_norm_`` would give the mean gradient under DDP,
 
-.. math:: g_m \leftarrow g_m \min\Big(1, \frac{\tau}{\|g_m\|_2 + 10^{-6}}\Big)
+.. math:: g_m \leftarrow g_m \min\Big(1, \frac{\tau}{\|\bar g\|_2 + 10^{-6}}\Big), \qquad
+          \bar g = \tfrac{1}{M}\textstyle\sum_m g_m,
 
-Per rank, because the mean gradient never exists in a sparse round (DGC clips locally too, Lin et
-al., ICLR 2018). The mean of the clipped gradients then has norm at most :math:`\tau`, the bound
-DDP's clipped mean has. A rank's gradient is noisier than the mean of M of them, so where the
-noise dominates the hook clips somewhat more often than DDP; DGC's threshold
-:math:`\tau M^{-1/2}` (for a sum of gradients) would clip less there, but would let a spike
-every rank sees through at up to :math:`\sqrt{M}` times DDP's bound.
+before anything else of the round reads them (the error memory, DGC's velocity, Adam's
+second-moment estimate, a lazy rule's comparison; a ``wk2`` second gradient is scaled by the same
+factor). So what enters the round is DDP's clipped mean gradient, spread over the ranks.
+
+The mean gradient itself never exists in a sparse round, so its norm is estimated, the same on
+every rank, from one all-reduce of a small packet (:class:`MeanNormClip`): each rank's exact
+:math:`\|g_m\|^2` and a count sketch :math:`Sg_m` of ``SKETCH`` floats (the entries of each
+``SKETCH``-long row of a tensor added into the buckets with the row's random sign, the same signs
+on every rank). :math:`\|\sum_m g_m\|^2` is the sum of the exact squared norms plus the cross
+terms :math:`\sum_{m\ne m'}\langle g_m, g_{m'}\rangle`, which the sketches estimate without bias
+(:math:`\|\sum_m Sg_m\|^2 - \sum_m\|Sg_m\|^2`). On one rank there is nothing to estimate: the
+factor is ``clip_grad_norm_``'s, bit for bit. Why not clip each rank's gradient by its own norm
+(DGC clips locally, Lin et al., ICLR 2018): a rank's gradient is noisier than the mean of M, so
+its norm is larger, and measured under momentum SGD that clipped too much (0.7-1.6 points below
+DDP at threshold 1 on all four models; docs/results/ddp_accuracy_clip_per_rank.json), while
+DGC's threshold :math:`\tau/\sqrt{M}` for sums (:math:`\tau\sqrt{M}` per rank in mean units) lets a
+spike that every rank sees through at :math:`\sqrt{M}` times DDP's bound.
 
 :class:`GradientWatch`: the job's own clipping call must go. Every ``CHECK_EVERY`` rounds the
 hook notes each gradient's norm as it hands it over, and the optimizer's step checks them; a
@@ -39,10 +49,12 @@ import warnings
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .. import validation
 
+SKETCH = 256  # buckets of the mean-norm sketch: its estimate errs by about 1/sqrt(SKETCH) of the norm
 CHECK_EVERY = 16  # rounds between two checks of the handed-over gradients (a norm per tensor, twice)
 TOLERANCE = 1e-3  # relative: a norm computed twice on the same values agrees to far better
 
@@ -54,14 +66,74 @@ def max_norm_of(value) -> float | None:
                                    "or None for no clipping")
 
 
-def clip_(blocks: Sequence[Tensor], max_norm: float) -> Tensor:
-    """Scale ``blocks`` (one rank's gradient, a tensor each, fp32) in place to a 2-norm of at
-    most ``max_norm``, with the ops ``torch.nn.utils.clip_grad_norm_`` uses (so the same numbers);
-    returns the norm before."""
-    total = torch.nn.utils.get_total_norm(blocks, 2.0)
+def scale_(blocks: Sequence[Tensor], max_norm: float, norm: Tensor) -> Tensor:
+    """``blocks`` times ``min(1, max_norm / (norm + 1e-6))``, clip_grad_norm_'s factor; returns it."""
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     # (multiplied also where the factor is 1: exact, and no host sync on a GPU, as torch does)
-    torch._foreach_mul_(list(blocks), torch.clamp(max_norm / (total + 1e-6), max=1.0))
-    return total
+    torch._foreach_mul_(list(blocks), factor.to(blocks[0].device))
+    return factor
+
+
+def sketch_signs(index, seed: int) -> list[tuple[Tensor, float]]:
+    """Per tensor, the random signs of its rows of SKETCH entries (a tensor) and of its last,
+    partial row (a float), the same on every rank (drawn from ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for seg in index.layout.segments:
+        signs = torch.randint(0, 2, (seg.numel // SKETCH + 1,), generator=gen).to(torch.float32).mul_(2).sub_(1)
+        out.append((signs[:-1].to(index.device), float(signs[-1])))
+    return out
+
+
+def sketch(blocks: Sequence[Tensor], signs: list[tuple[Tensor, float]], sq_norm: Tensor) -> Tensor:
+    """One rank's packet: the count sketch ``S g`` of its gradient (``blocks``; entry ``i`` of a
+    tensor's row ``j`` goes to bucket ``i`` with the row's sign: one matrix-vector product a tensor,
+    one read of the gradient), then ``||g||^2`` (``sq_norm``) and ``||S g||^2``."""
+    packet = torch.zeros(SKETCH + 2, dtype=torch.float32, device=blocks[0].device)
+    buckets = packet[:SKETCH]
+    for block, (rows, tail_sign) in zip(blocks, signs):
+        flat = block.reshape(-1)
+        n = rows.numel() * SKETCH
+        if n:
+            buckets.addmv_(flat[:n].view(-1, SKETCH).t(), rows)
+        if flat.numel() > n:
+            buckets[: flat.numel() - n].add_(flat[n:], alpha=tail_sign)
+    packet[SKETCH] = sq_norm
+    packet[SKETCH + 1] = buckets.dot(buckets)
+    return packet
+
+
+def mean_norm(total: Tensor, world: int) -> Tensor:
+    """The mean gradient's 2-norm from the sum of every rank's packet (:func:`sketch`):
+    ``||sum_m g_m||^2 = sum_m ||g_m||^2 + sum_{m != m'} <g_m, g_m'>``, the first sum exact and the
+    cross terms from the sketches (``||sum_m S g_m||^2 - sum_m ||S g_m||^2``; unbiased: the signs
+    make every cross term of two entries in one bucket average out)."""
+    cross = total[:SKETCH].dot(total[:SKETCH]) - total[SKETCH + 1]
+    return (total[SKETCH] + cross).clamp(min=0).sqrt() / world
+
+
+class MeanNormClip:
+    """``clip_grad_norm``'s factor from the mean gradient's norm, the same on every rank (module
+    docstring): one all-reduce of a ``SKETCH + 2``-float packet a round (none on one rank)."""
+
+    def __init__(self, max_norm: float, index, seed: int):
+        self.max_norm = max_norm
+        self._signs = sketch_signs(index, seed)
+        self.grad_norm: Tensor | None = None  # the latest round's estimate, before clipping
+        self.factor: Tensor | None = None  # ... and the factor every rank's gradient was scaled by
+
+    @torch.no_grad()
+    def clip_(self, blocks: Sequence[Tensor], world: int, group=None) -> int:
+        """Scale this rank's gradient (``blocks``) in place; returns the bytes each rank sent."""
+        norm = torch.nn.utils.get_total_norm(blocks, 2.0)
+        if world == 1:  # the mean is this gradient: clip_grad_norm_'s own numbers
+            self.grad_norm, sent = norm, 0
+        else:
+            packet = sketch(blocks, self._signs, norm.square())
+            dist.all_reduce(packet, group=group)
+            self.grad_norm, sent = mean_norm(packet, world), packet.numel() * packet.element_size()
+        self.factor = scale_(blocks, self.max_norm, self.grad_norm)
+        return sent
 
 
 class GradientWatch:
@@ -119,4 +191,4 @@ class GradientWatch:
                 "gradient before it is compressed, and drop your own clipping call.")
 
 
-__all__ = ["CHECK_EVERY", "GradientWatch", "clip_", "max_norm_of"]
+__all__ = ["CHECK_EVERY", "SKETCH", "GradientWatch", "MeanNormClip", "max_norm_of", "mean_norm", "scale_", "sketch", "sketch_signs"]

@@ -86,11 +86,11 @@ def register(
             NaN on any rank not happen, so every rank's scaler skips that step and the hook's state
             stays finite (:mod:`sasg.ddp.loss_scale`; one 4-byte all-reduce a round, no overlap).
         clip_grad_norm: gradient clipping, in place of your own ``clip_grad_norm_`` call (drop
-            it): each rank's gradient is clipped to this 2-norm before it is compressed, as
-            ``torch.nn.utils.clip_grad_norm_`` would clip it (no overlap). What the optimizer gets
-            is the hook's aggregate, whose norm is several times the gradient's, so clipping that
-            clips far more often than under DDP; the hook warns once if the gradients change
-            between it and the step (:mod:`sasg.ddp.clipping`).
+            it: it would clip the hook's aggregate, whose norm is several times the gradient's;
+            the hook warns once if the gradients change between it and the step). Every rank's
+            gradient is scaled, before it is compressed, by the factor ``clip_grad_norm_`` gives
+            the mean gradient under DDP, its norm estimated from one all-reduce of a 1 KB sketch a
+            round; ``state.grad_norm`` is that norm (:mod:`sasg.ddp.clipping`; no overlap).
 
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.

@@ -84,7 +84,7 @@ from .. import validation
 from ..engine import RoundEngine
 from ..runtime import build_engine, process_transport
 from .bucket_sums import BucketSums
-from .clipping import clip_, max_norm_of
+from .clipping import MeanNormClip, max_norm_of
 from .buckets import ParameterIndex, bucket_nbytes, refuse_sparse_gradients
 from .hook_checkpoint import HookCheckpoint
 from .hook_optimizer import OptimizerLink, lr_value
@@ -115,7 +115,9 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     ``overlap``, ``bucket_cap``: the round part by part during the backward pass
     (:class:`~sasg.ddp.hook_overlap.Overlap` says how and when). ``scaler``: an fp16 job's
     ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`). ``clip_grad_norm``: gradient
-    clipping, in place of the job's own ``clip_grad_norm_`` call (:mod:`sasg.ddp.clipping`).
+    clipping, in place of the job's own ``clip_grad_norm_`` call: every rank's gradient scaled
+    by DDP's clipping factor of the mean gradient, whose norm is estimated
+    (:mod:`sasg.ddp.clipping`; ``grad_norm``).
     ``optimizer``: also linked later by
     :meth:`use_optimizer`, where a framework builds it after the state (Lightning).
     """
@@ -176,7 +178,11 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self._sums: BucketSums | None = None  # ... and where the latest one went (BucketSums.of)
         self._unused, self.dropped_by_ddp = None, 0  # find_unused_parameters: sasg.ddp.unused (register sets it)
         self._scaling = LossScaling.of(scaler, process_group)  # fp16's GradScaler: sasg.ddp.loss_scale
-        self._clip = max_norm_of(clip_grad_norm)  # each rank's gradient clipped first: sasg.ddp.clipping
+        self._clip = max_norm_of(clip_grad_norm)  # the gradients clipped first: sasg.ddp.clipping
+        if self._clip is not None and start_iter:
+            raise ValueError("clip_grad_norm: the start_iter rounds are DDP's own all-reduce, which the hook does not "
+                             "clip; pass start_iter=0 (warmup= gives dense rounds through the hook, clipped)")
+        self._clipper: MeanNormClip | None = None  # (start)
         self._init_overlap(overlap, bucket_cap)
 
     # ----- setup -------------------------------------------------------------------------------------
@@ -205,6 +211,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         self.transport = transport
         if overlaps:
             self._start_overlap()
+        if self._clip is not None:
+            self._clipper = MeanNormClip(self._clip, self.index, self.seed)
         # fp32 whatever the gradients' dtype: the round's gradient, parameters and aggregate.
         self._grads = torch.zeros(d, device=device, dtype=torch.float32)
         self._theta = torch.zeros(d, device=device, dtype=torch.float32)
@@ -239,6 +247,13 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         """8 x the bytes each rank has sent so far (each message once; plain all-reduce rounds
         count each rank's gradient as it is)."""
         return list(self.start().transport.bits_by_rank)
+
+    @property
+    def grad_norm(self) -> Tensor | None:
+        """With ``clip_grad_norm``: the latest round's mean gradient 2-norm before clipping (what
+        ``clip_grad_norm_`` returns under DDP; estimated on more than one rank, the same on all:
+        :mod:`sasg.ddp.clipping`); else None."""
+        return None if self._clipper is None else self._clipper.grad_norm
 
     @property
     def error(self) -> Tensor | None:
@@ -305,6 +320,9 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     def _round(self, buckets) -> None:
         engine, index = self.engine, self.index
         parted = self._parted
+        # bytes each rank sends this round besides its message (the clipping's sketch, Adam's second
+        # moment now and then): on the ledger's uplink line too
+        extra = 0
         if parted is None:
             if self._scaling is not None and not self._scaling.unscale(buckets, self.transport, engine.ledger):
                 self.rounds += 1  # a non-finite gradient: the scaler skips the step, no round (loss_scale)
@@ -315,8 +333,10 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
                 grads = index.blocks(index.round_gradients(buckets), self._grads)
             else:
                 grads = index.gather(buckets, self._grads).view(1, -1)
-            if self._clip is not None:  # before anything of the round reads them (sasg.ddp.clipping)
-                clip_(grads if self._in_place else index.split(self._grads), self._clip)
+            if self._clipper is not None:  # before anything of the round reads them (sasg.ddp.clipping)
+                extra = self._clipper.clip_(grads if self._in_place else index.split(self._grads),
+                                            engine.num_workers, self.group)
+                self.transport.count_dense(extra)
             self._round_start()
         else:
             self.index.check_complete(self._filled)
@@ -325,11 +345,11 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         if self.algorithm.lazy:
             threshold_lr = lr_value(self._lr())  # thr_k = sum of real squared steps / (c M eta)
         compressed = engine.iteration >= self.algorithm.warmup
-        averaged = 0  # bytes a rank sent averaging Adam's second moment this round
         if self.variance is not None:  # Adam: the local second moment, averaged now and then
-            averaged = self.variance.observe(self._grads, self._average)
-            if averaged:
-                self.transport.count_dense(averaged)
+            moment = self.variance.observe(self._grads, self._average)
+            if moment:
+                self.transport.count_dense(moment)
+                extra += moment
         sums = None  # the aggregate straight into the buckets, where it can go there (BucketSums)
         if parted is not None:
             if self.momentum is None and not parted.dense:
@@ -342,8 +362,8 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             if self.momentum is not None:  # DGC: the velocity is what travels (sasg.ddp.optimizers)
                 grads = self.momentum.accumulate(grads if self._in_place else self._grads, self._theta).view(1, -1)
             result = engine.step(self._theta, grads, self._second_gradient_of_round, 1.0, threshold_lr=threshold_lr)
-        if averaged:  # every rank's, on the round's uplink line too
-            engine.ledger.add_up(8 * averaged * engine.num_workers)
+        if extra:  # every rank's
+            engine.ledger.add_up(8 * extra * engine.num_workers)
         if sums is None:  # (with sums, the buckets hold the aggregate already: every rank sent, no coasting)
             self._hand_back(result, compressed, buckets)
         if self._scaling is not None:

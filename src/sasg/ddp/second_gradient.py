@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from ..core.capabilities import provided
-from .clipping import clip_
 
 
 class SecondGradient:
@@ -105,8 +104,8 @@ class SecondGradient:
                 "every step (see sasg.ddp.HookState.second_gradient)"
             )
         stale = self._stale
-        if self._clip is not None:  # clipped as the fresh one is, by its own norm (sasg.ddp.clipping)
-            clip_(self.index.split(stale.view(-1)), self._clip)
+        if self._clipper is not None:  # scaled as the fresh one was, so the rule compares like with like
+            stale = stale * self._clipper.factor
         if self.momentum is not None:  # the rule then compares velocities (sasg.ddp.optimizers)
             stale = self.momentum.stale_velocity(self._grads, stale, self._theta,
                                                  self.engine.workers.buffer("anchor")[0])

@@ -25,7 +25,7 @@ hook installed (``sasg.ddp.register``). The optimizers:
 ``--clip MAX_NORM``: every job clips the gradients its optimizer gets with
 ``torch.nn.utils.clip_grad_norm_`` after ``backward()`` (DDP, PowerSGD, and the sasg hook as a
 user would first try it), except a sasg hook given ``clip_grad_norm`` (``--hooks
-defaults:clip_grad_norm=1.0``), which clips each rank's gradient itself (sasg.ddp.clipping); the
+defaults:clip_grad_norm=1.0``), which clips the gradients itself (sasg.ddp.clipping); the
 JSON rows count the steps the job's own call clipped (``ddp_clipped_steps``, ``hook_clipped_steps``).
 
 Hooks (``--hooks``, ``ALGO/CODEC``): by default ``always+topk/rice+sign`` — top-k per tensor at
@@ -147,8 +147,9 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
     start, compressing from its second round as early as it allows) or None for DDP's own
     all-reduce. ``clip``: every step clips the gradients the optimizer gets with
     ``torch.nn.utils.clip_grad_norm_`` (after ``scaler.unscale_``), except under a sasg hook given
-    ``clip_grad_norm``, which clips each rank's gradient itself. Returns the test accuracy after every epoch (the last one: after ``max_rounds``
-    rounds when given), the bits sent and whether the ranks ended equal."""
+    ``clip_grad_norm``, which clips the gradients itself. Returns the test accuracy after every
+    epoch (the last one: after ``max_rounds`` rounds when given), the bits sent and whether the
+    ranks ended equal."""
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
@@ -176,7 +177,7 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
             knobs.update(algo=algo, codec=codec)
     half = optimizer in HALF
     scaler = torch.amp.GradScaler("cpu", enabled=half)  # (disabled: scale() and step() as without it)
-    # the job clips what its optimizer gets, unless the sasg hook clips each rank's gradient itself
+    # the job clips what its optimizer gets, unless the sasg hook clips the gradients itself
     own_clip = clip is not None and not (hook not in (None, "powersgd") and "clip_grad_norm" in knobs)
     if hook is not None and hook != "powersgd":
         state = sasg.ddp.register(ddp, optimizer=opt, seed=seed, scaler=scaler if half else None, **knobs)

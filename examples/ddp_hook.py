@@ -61,7 +61,7 @@ def parse_args():
     p.add_argument("--fp16", action="store_true",
                    help="forward pass under fp16 autocast, the loss scaled by a GradScaler (given to the hook)")
     p.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
-                   help="gradient clipping to this 2-norm (the hook clips each rank's gradient; plain DDP the mean)")
+                   help="clip the mean gradient to this 2-norm (with the hook: clip_grad_norm=, same factor as DDP's)")
     p.add_argument("--no-hook", action="store_true", help="plain DDP all-reduce, for comparison")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, default=None,

@@ -62,8 +62,8 @@ TOLERANCE = 1e-3  # relative: a norm computed twice on the same values agrees to
 def max_norm_of(value) -> float | None:
     """``clip_grad_norm`` checked: None (no clipping) or a positive finite number."""
     return validation.optional(validation.number, value, "clip_grad_norm", gt=0,
-                               fix="the largest 2-norm a rank's gradient may have, e.g. clip_grad_norm=1.0, "
-                                   "or None for no clipping")
+                               fix="the largest 2-norm of the mean gradient, as clip_grad_norm_'s max_norm, e.g. "
+                                   "clip_grad_norm=1.0, or None for no clipping")
 
 
 def scale_(blocks: Sequence[Tensor], max_norm: float, norm: Tensor) -> Tensor:
@@ -187,8 +187,10 @@ class GradientWatch:
                 "hands the optimizer its aggregate, not the mean gradient: error feedback sends in bursts, so its "
                 "norm is several times the gradient's, and clipping it clips far more often than under DDP and, "
                 "under Adam/AdamW, shrinks every step (docs/ddp-hook.md, 'Gradient clipping'). To clip, pass "
-                "clip_grad_norm=<max_norm> to sasg.ddp.register (or HookState), which clips each rank's "
-                "gradient before it is compressed, and drop your own clipping call.")
+                "clip_grad_norm=<max_norm> to sasg.ddp.register (or HookState), which clips the gradients before "
+                "they are compressed, by the mean gradient's norm as DDP's clipping does, and drop your own "
+                "clipping call.")
 
 
-__all__ = ["CHECK_EVERY", "SKETCH", "GradientWatch", "MeanNormClip", "max_norm_of", "mean_norm", "scale_", "sketch", "sketch_signs"]
+__all__ = ["CHECK_EVERY", "SKETCH", "GradientWatch", "MeanNormClip", "max_norm_of", "mean_norm", "scale_", "sketch",
+           "sketch_signs"]

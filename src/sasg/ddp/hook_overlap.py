@@ -58,8 +58,8 @@ class Overlap:
             why = ("under a GradScaler every rank's gradient is checked for inf/NaN before anything is sent "
                    "(sasg.ddp.loss_scale)")
         elif self._clip is not None:
-            why = ("clip_grad_norm clips each rank's gradient by its norm, known only once every bucket is in "
-                   "(sasg.ddp.clipping)")
+            why = ("clip_grad_norm scales the gradients by the mean gradient's norm, known only once every bucket "
+                   "is in (sasg.ddp.clipping)")
         elif self.index.device.type != "cpu":
             why = (f"the exchange part by part runs on CPU tensors (gloo) only (untested on GPUs), the model is "
                    f"on {self.index.device}")

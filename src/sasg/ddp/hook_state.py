@@ -84,8 +84,8 @@ from .. import validation
 from ..engine import RoundEngine
 from ..runtime import build_engine, process_transport
 from .bucket_sums import BucketSums
-from .clipping import MeanNormClip, max_norm_of
 from .buckets import ParameterIndex, bucket_nbytes, refuse_sparse_gradients
+from .clipping import MeanNormClip, max_norm_of
 from .hook_checkpoint import HookCheckpoint
 from .hook_optimizer import OptimizerLink, lr_value
 from .hook_overlap import Overlap
@@ -117,8 +117,7 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
     ``torch.amp.GradScaler`` (:mod:`sasg.ddp.loss_scale`). ``clip_grad_norm``: gradient
     clipping, in place of the job's own ``clip_grad_norm_`` call: every rank's gradient scaled
     by DDP's clipping factor of the mean gradient, whose norm is estimated
-    (:mod:`sasg.ddp.clipping`; ``grad_norm``).
-    ``optimizer``: also linked later by
+    (:mod:`sasg.ddp.clipping`; ``grad_norm``). ``optimizer``: also linked later by
     :meth:`use_optimizer`, where a framework builds it after the state (Lightning).
     """
 

@@ -25,7 +25,10 @@ WORLD, STEPS = 2, 12
 BAD = {1: 0, 6: 1}  # step -> the rank whose loss overflows (a warm-up round, then a compressed one)
 CASES = (("sgd", "always+topk"), ("momentum", "always+topk"), ("adamw", "always+topk"), ("momentum", "wk1+topk"),
          ("sgd", "sasg"), ("adamw-fused", "always+topk"), ("momentum-fused", "always+topk"),
-         ("momentum-view", "always+topk"))  # -view: DDP(gradient_as_bucket_view=True), .grad views the buckets
+         ("momentum-view", "always+topk"),  # -view: DDP(gradient_as_bucket_view=True), .grad views the buckets
+         ("momentum-clip", "always+topk"), ("adamw-clip", "always+topk"))  # -clip: clip_grad_norm (its packet
+# carries the scaler's flag: one all-reduce for both)
+CLIP_PACKET = 1032  # bytes a rank sends a backward pass for clip_grad_norm (sasg.ddp.clipping)
 
 
 def _net() -> nn.Module:
@@ -55,7 +58,8 @@ def _train(rank, kind, algo, scaled: bool) -> dict:
     ddp = DistributedDataParallel(net, gradient_as_bucket_view=kind.endswith("view"))
     opt = _optimizer(kind, ddp.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2) if scaled else None
-    state = sasg.ddp.register(ddp, algo, optimizer=opt, density=0.1, warmup=2, scaler=scaler)
+    state = sasg.ddp.register(ddp, algo, optimizer=opt, density=0.1, warmup=2, scaler=scaler,
+                              clip_grad_norm=0.5 if kind.endswith("clip") else None)
     scales = []
     for step in range(STEPS):
         if not scaled and step in BAD:
@@ -133,8 +137,9 @@ def test_a_scaled_job_is_the_unscaled_one_less_its_overflowed_steps(tmp_path):
             assert torch.equal(scaled["theta"], plain["theta"]), case
             assert torch.equal(scaled["error"], plain["error"]), case
             assert bool(torch.isfinite(scaled["error"]).all()), case
-            # the check's 4 bytes a rank a backward pass, on the ledger and per rank
-            check = 32 * STEPS
+            # the check's 4 bytes a rank a backward pass, on the ledger and per rank (and the clipping's
+            # packet of the skipped ones)
+            check = 32 * STEPS + (8 * CLIP_PACKET * len(BAD) if case.startswith(("momentum-clip", "adamw-clip")) else 0)
             assert scaled["bits_by_rank"] == [b + check for b in plain["bits_by_rank"]], case
             assert scaled["bits_up"] == plain["bits_up"] + WORLD * check, case
             assert "loss_scale_bits" in scaled["saved"] and "loss_scale_bits" not in plain["saved"], case

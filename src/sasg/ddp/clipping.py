@@ -123,15 +123,21 @@ class MeanNormClip:
         self.factor: Tensor | None = None  # ... and the factor every rank's gradient was scaled by
 
     @torch.no_grad()
-    def clip_(self, blocks: Sequence[Tensor], world: int, group=None) -> int:
-        """Scale this rank's gradient (``blocks``) in place; returns the bytes each rank sent."""
+    def clip_(self, blocks: Sequence[Tensor], world: int, group=None, flag: Tensor | None = None) -> int:
+        """Scale this rank's gradient (``blocks``) in place; returns the bytes each rank sent.
+        ``flag``: a GradScaler's found-inf flag (sasg.ddp.loss_scale), which rides in the packet's
+        last slot and comes back summed over the ranks (its own 4 bytes not counted here)."""
         norm = torch.nn.utils.get_total_norm(blocks, 2.0)
         if world == 1:  # the mean is this gradient: clip_grad_norm_'s own numbers
             self.grad_norm, sent = norm, 0
         else:
             packet = sketch(blocks, self._signs, norm.square())
+            if flag is not None:
+                packet = torch.cat([packet, flag.to(packet.device)])
             dist.all_reduce(packet, group=group)
-            self.grad_norm, sent = mean_norm(packet, world), packet.numel() * packet.element_size()
+            if flag is not None:
+                flag.copy_(packet[SKETCH + 2 :])
+            self.grad_norm, sent = mean_norm(packet, world), (SKETCH + 2) * packet.element_size()
         self.factor = scale_(blocks, self.max_norm, self.grad_norm)
         return sent
 

@@ -323,19 +323,21 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
         # moment now and then): on the ledger's uplink line too
         extra = 0
         if parted is None:
-            if self._scaling is not None and not self._scaling.unscale(buckets, self.transport, engine.ledger):
-                self.rounds += 1  # a non-finite gradient: the scaler skips the step, no round (loss_scale)
-                return
-            if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
-                self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
+            found = None if self._scaling is None else self._scaling.unscale(buckets)
             if self._in_place:
                 grads = index.blocks(index.round_gradients(buckets), self._grads)
             else:
                 grads = index.gather(buckets, self._grads).view(1, -1)
             if self._clipper is not None:  # before anything of the round reads them (sasg.ddp.clipping)
                 extra = self._clipper.clip_(grads if self._in_place else index.split(self._grads),
-                                            engine.num_workers, self.group)
+                                            engine.num_workers, self.group, flag=found)
                 self.transport.count_dense(extra)
+            if found is not None and not self._scaling.agree(found, buckets, self.transport, engine.ledger,
+                                                             summed=self._clipper is not None, sent=extra):
+                self.rounds += 1  # a non-finite gradient: the scaler skips the step, no round (loss_scale)
+                return
+            if not self._asked and self.algorithm.needs_stale_grads and self.rounds >= self.start_iter:
+                self._second_gradient_of_round(None)  # never asked for: say how, at once (not rounds later)
             self._round_start()
         else:
             self.index.check_complete(self._filled)

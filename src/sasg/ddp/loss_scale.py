@@ -18,7 +18,8 @@ With ``register(..., scaler=scaler)`` (:class:`LossScaling`) the hook, in every 
 
 1. divides its buckets by :math:`s` and notes whether they hold a non-finite entry (one fused pass,
    the op the scaler itself unscales with), and agrees with the other ranks on it (one 4-byte
-   all-reduce a round, counted on the round's uplink line, a skipped round's on the round before);
+   all-reduce a round, counted on the round's uplink line, a skipped round's on the round before;
+   with ``clip_grad_norm`` the flag rides in the clipping's all-reduce instead, one call less);
 2. if any rank's gradient is non-finite, the round does not happen: no state changes, nothing is
    sent, and every rank's buckets are set to NaN, so that every rank's scaler skips the step and
    backs off, as under plain DDP, where the all-reduce spreads one rank's inf to all;
@@ -72,9 +73,9 @@ class LossScaling:
         return self._scale
 
     @torch.no_grad()
-    def unscale(self, buckets, transport, ledger) -> bool:
-        """Divide the round's buckets by the loss scale in place; True when every rank's gradient
-        is finite (every rank calls this once a round: it makes one collective call)."""
+    def unscale(self, buckets) -> torch.Tensor:
+        """Divide the round's buckets by the loss scale in place; returns this rank's flag, a
+        ``(1,)`` float32 tensor, nonzero where an entry is not finite (:meth:`agree` settles it)."""
         self._scale = float(self.scaler.get_scale())
         buffers = [b.buffer() for b in buckets]
         found = torch.zeros(1, device=buffers[0].device, dtype=torch.float32)
@@ -85,19 +86,30 @@ class LossScaling:
         for same in by_dtype.values():
             # What it buys: divide and check in one pass, as scaler.unscale_ does (not two).
             torch._amp_foreach_non_finite_check_and_unscale_(same, found, inv)
+        return found
+
+    @torch.no_grad()
+    def agree(self, found: torch.Tensor, buckets, transport, ledger, *, summed: bool = False, sent: int = 0) -> bool:
+        """True when every rank's gradient is finite (every rank calls this once a round).
+        ``found``: this rank's flag from :meth:`unscale`, which one all-reduce here makes every
+        rank's, or (``summed``) every rank's flags summed already by an all-reduce that carried it
+        (the clipping's packet: sasg.ddp.clipping), which saves a call. Where one is not, the
+        round is skipped: the buckets get NaN, and ``sent`` (bytes each rank sent this round
+        besides the flag) goes onto the ledger with the checks."""
         M = transport.world_size
-        if M > 1:
+        if M > 1 and not summed:
             dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.group)
         for m in range(M):
             transport.bits_by_rank[m] += 8 * self.FLAG_BYTES
         self.pending_bits += 8 * self.FLAG_BYTES * M
         if bool(found.item()):
             self.skipped += 1
+            self.pending_bits += 8 * sent * M
             if ledger.iterations:  # (before the first round, they wait for it)
                 ledger.add_up(self.pending_bits)
                 self.pending_bits = 0
-            for buf in buffers:
-                buf.fill_(float("nan"))  # every rank's scaler sees it and skips the step
+            for b in buckets:
+                b.buffer().fill_(float("nan"))  # every rank's scaler sees it and skips the step
             return False
         return True
 

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from .. import validation
 
-SKETCH = 256  # buckets of the mean-norm sketch: its estimate errs by about 1/sqrt(SKETCH) of the norm
+SKETCH = 256  # buckets of the mean-norm sketch (its norm's RMS error: a few %, tests/test_clipping.py)
 CHECK_EVERY = 16  # rounds between two checks of the handed-over gradients (a norm per tensor, twice)
 TOLERANCE = 1e-3  # relative: a norm computed twice on the same values agrees to far better
 

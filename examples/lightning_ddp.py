@@ -12,6 +12,11 @@ CPU the small callback below installs the same hook on the same state once DDP h
 model. Lightning builds the optimizer (``configure_optimizers``) after the state, so the callback
 also links it when the fit starts (``state.use_optimizer``): DGC's momentum correction for this
 momentum SGD, the frozen second moment for an AdamW.
+
+Clipping: ``--clip 1.0`` gives the hook ``clip_grad_norm=1.0``, which clips the mean gradient's
+norm before compression, as Lightning's ``gradient_clip_val`` does under plain DDP. Leave
+``gradient_clip_val`` unset with the hook: it would clip the hook's aggregate instead, which is not
+the mean gradient (docs/ddp-hook.md, "Gradient clipping"; the hook warns if it sees that).
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
+                   help="clip the mean gradient's 2-norm (the hook's clip_grad_norm; not gradient_clip_val)")
     args = p.parse_args()
     use_threads()  # one torch thread per process: ranks share the cores ($SASG_THREADS overrides)
 
@@ -81,7 +88,8 @@ def main() -> None:
     data = load_mnist5k()
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=args.batch_size, shuffle=True)
     model = MnistFC(args.lr)
-    state = sasg.ddp.HookState(model, algo=args.algo, codec=args.codec, density=args.density)
+    state = sasg.ddp.HookState(model, algo=args.algo, codec=args.codec, density=args.density,
+                               clip_grad_norm=args.clip)
     on_gpu = torch.cuda.is_available()
     strategy = DDPStrategy(ddp_comm_state=state, ddp_comm_hook=sasg.ddp.comm_hook,
                            process_group_backend="nccl" if on_gpu else "gloo")

@@ -526,12 +526,13 @@ def test_start_iter_rounds_are_plain_all_reduce(ranks):
 # ----- the examples -------------------------------------------------------------------------------------
 
 
-def _run_example(args: list[str], timeout: float = 150.0) -> str:
+def _run_example(args: list[str], timeout: float = 150.0, stderr: bool = False) -> str:
+    """The example's stdout (and its stderr after it, with ``stderr``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done.stdout
+    return done.stdout + done.stderr if stderr else done.stdout
 
 
 @pytest.mark.parametrize("precision", [["--bf16"], ["--fp16", "--clip", "0.5"]], ids=["bf16", "fp16-clip"])
@@ -567,10 +568,12 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def test_example_with_lightning_when_installed():
+@pytest.mark.parametrize("extra", [[], ["--clip", "1.0"]], ids=["plain", "clip"])
+def test_example_with_lightning_when_installed(extra):
     import importlib.util
 
     if importlib.util.find_spec("lightning") is None:
         pytest.skip("Lightning is not installed (optional: pip install 'sasg[lightning]')")
-    out = _run_example(["examples/lightning_ddp.py", "--max-steps", "8"], timeout=240.0)
+    out = _run_example(["examples/lightning_ddp.py", "--max-steps", "8", *extra], timeout=240.0, stderr=True)
     assert "sasg hook: 8 rounds, 16 uploads" in out
+    assert "gradients changed between the hook" not in out  # (the hook clips; Lightning does not)

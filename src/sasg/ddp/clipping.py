@@ -195,7 +195,7 @@ class GradientWatch:
                 "under Adam/AdamW, shrinks every step (docs/ddp-hook.md, 'Gradient clipping'). To clip, pass "
                 "clip_grad_norm=<max_norm> to sasg.ddp.register (or HookState), which clips the gradients before "
                 "they are compressed, by the mean gradient's norm as DDP's clipping does, and drop your own "
-                "clipping call.")
+                "clipping call (under PyTorch Lightning: leave the Trainer's gradient_clip_val unset).")
 
 
 __all__ = ["CHECK_EVERY", "SKETCH", "GradientWatch", "MeanNormClip", "max_norm_of", "mean_norm", "scale_", "sketch",

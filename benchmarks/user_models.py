@@ -23,7 +23,10 @@ initial parameters on the same minibatches:
   scaled by a ``torch.amp.GradScaler`` at its defaults (DDP and the hook alike), which the hook is
   given (``scaler=``; ``--unscaled``: not given, as before the hook took one);
 * ``zero-momentum``, ``zero-adamw``: the conv net and the tied model with their optimizer inside
-  a ``torch.distributed.optim.ZeroRedundancyOptimizer`` (each rank holds its shard's state).
+  a ``torch.distributed.optim.ZeroRedundancyOptimizer`` (each rank holds its shard's state);
+* ``compiled-momentum``, ``compiled-adamw-bf16``: the conv net and the tied model (under bf16
+  autocast) run through ``torch.compile(ddp)`` after the hook is registered (inductor, the
+  default backend).
 
 Table: the mean over the seeds of the loss on a fixed evaluation set after training (rank 0),
 DDP's and the hook's, their gap, and whether every run stayed finite with both ranks holding the
@@ -114,6 +117,8 @@ CASES = {
     "fp16-adamw": ("tokens", Tied, "adamw", {"fp16": True}),
     "zero-momentum": ("images", Conv, "momentum", {"zero": True}),
     "zero-adamw": ("tokens", Tied, "adamw", {"zero": True}),
+    "compiled-momentum": ("images", Conv, "momentum", {"compiled": True}),
+    "compiled-adamw-bf16": ("tokens", Tied, "adamw", {"compiled": True, "bf16": True}),
 }
 
 
@@ -175,6 +180,7 @@ def _train(case: str, hook: bool, seed: int, steps: int, rank: int, unscaled: bo
     scaler = torch.amp.GradScaler("cpu", enabled=half)  # (disabled: scale() and step() change nothing)
     if hook:
         sasg.ddp.register(ddp, optimizer=opt, **({"scaler": scaler} if half and not unscaled else {}))
+    forward = torch.compile(ddp) if o.get("compiled") else ddp  # (after register: the hook is DDP's)
     gen = torch.Generator().manual_seed(1000 * seed + rank)
 
     def prepared(x):
@@ -191,7 +197,7 @@ def _train(case: str, hook: bool, seed: int, steps: int, rank: int, unscaled: bo
                 with ddp.no_sync() if m < micro - 1 else torch.enable_grad():
                     with torch.autocast("cpu", dtype=torch.float16 if half else torch.bfloat16,
                                         enabled=half or o.get("bf16", False)):
-                        loss = F.cross_entropy(ddp(prepared(x)).float(), y) / micro
+                        loss = F.cross_entropy(forward(prepared(x)).float(), y) / micro
                     scaler.scale(loss).backward()
         except RuntimeError as e:  # the hook stopped the job (every rank alike): sasg.ddp.loss_scale
             stopped = str(e)[:120]

@@ -26,7 +26,8 @@ hook installed (``sasg.ddp.register``). The optimizers:
 ``torch.nn.utils.clip_grad_norm_`` after ``backward()`` (DDP, PowerSGD, and the sasg hook as a
 user would first try it), except a sasg hook given ``clip_grad_norm`` (``--hooks
 defaults:clip_grad_norm=1.0``), which clips the gradients itself (sasg.ddp.clipping); the
-JSON rows count the steps the job's own call clipped (``ddp_clipped_steps``, ``hook_clipped_steps``).
+JSON rows count the steps the job's own call clipped (``ddp_clipped_steps``, ``hook_clipped_steps``;
+for a hook given ``clip_grad_norm``, the rounds it clipped, ``hook.clipped_rounds``).
 
 Hooks (``--hooks``, ``ALGO/CODEC``): by default ``always+topk/rice+sign`` — top-k per tensor at
 h = 1 %, error feedback, every round, Golomb-Rice index gaps and one sign bit per kept entry
@@ -216,6 +217,8 @@ def train_once(rank: int, world: int, data, *, optimizer: str, lr: float, hook: 
            "ranks_equal": bool(torch.equal(top, bottom)), "dense_bits": dense_bits, "bits": dense_bits,
            "error_dtype": None, "skipped_steps": skipped,
            "clip": clip, "clipped_steps": clipped if own_clip else None}
+    if state is not None and state.clipped_rounds is not None:  # the hook clipped: its own count
+        out["clipped_steps"] = state.clipped_rounds
     if hook == "powersgd":  # its first round is a plain all-reduce (start_powerSGD_iter=2)
         out["bits"] = world * (32 * flat.numel() + (total - 1) * powersgd_bits_per_round(net))
     if state is not None:
@@ -310,7 +313,7 @@ def summarize(results: list[dict], hooks) -> list[dict]:
                     # steps a GradScaler skipped (fp16 rows), mean over the seeds
                     "ddp_skipped_steps": sum(b.get("skipped_steps", 0) for b in base) / len(seeds),
                     "hook_skipped_steps": sum(m.get("skipped_steps", 0) for m in mine) / len(seeds),
-                    # steps the job's own clip_grad_norm_ clipped (--clip; None where the hook clipped)
+                    # steps clipped (--clip): by the job's own clip_grad_norm_, or the hook's clipped_rounds
                     "ddp_clipped_steps": _mean_of(b.get("clipped_steps") for b in base),
                     "hook_clipped_steps": _mean_of(m.get("clipped_steps") for m in mine),
                 })

@@ -77,7 +77,7 @@ def _aggregate(rank: int, world: int, same_batch: bool = False) -> dict:
             "hook_norm": state.grad_norm.clone()}
 
 
-def _train(rank: int, kind: str, algo: str, **options) -> torch.Tensor:
+def _train(rank: int, kind: str, algo: str, **options) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
     import sasg.ddp
@@ -92,7 +92,7 @@ def _train(rank: int, kind: str, algo: str, **options) -> torch.Tensor:
         state.second_gradient(lambda m: F.cross_entropy(m(x), y))  # (wk2 only)
         F.cross_entropy(ddp(x), y).backward()
         opt.step()
-    return _flat(net.parameters())
+    return {"theta": _flat(net.parameters()), "clipped": state.clipped_rounds, "rounds": state.rounds}
 
 
 def _warnings(rank: int, kind: str, *, clip: bool, scaled: bool) -> list[str]:
@@ -142,6 +142,23 @@ def _job(rank, world, folder):
     out["quiet scaled"] = _warnings(rank, "momentum", clip=False, scaled=True)
     ddp = DistributedDataParallel(_net())
     out["overlap"] = error_of(lambda: sasg.ddp.register(ddp, overlap=True, clip_grad_norm=1.0), ValueError)
+    # Checkpoints: the count of clipped rounds goes on across a resume, a hook without clipping
+    # loads the state, a hostile count is refused
+    made = []
+    for clip in (TAU, TAU, None):
+        ddp = DistributedDataParallel(_net())
+        made.append((ddp, sasg.ddp.register(ddp, optimizer=_optimizer("sgd", ddp.parameters()), clip_grad_norm=clip)))
+    (ddp, first), (_, again), (_, unclipped) = made
+    for step in range(2):
+        x, y = rank_batch(step, rank)
+        F.cross_entropy(ddp(x), y).backward()
+    saved = first.state_dict()
+    again.load_state_dict(saved)
+    out["resumed"] = [first.clipped_rounds, again.clipped_rounds, saved["optimizer_link"]["clipped_rounds"]]
+    out["unclipped load"] = error_of(lambda: unclipped.load_state_dict(saved))
+    link = saved["optimizer_link"]
+    hostile = [{**saved, "optimizer_link": {**link, "clipped_rounds": bad}} for bad in (-1, True, "3")]
+    out["hostile"] = [error_of(lambda: again.load_state_dict(state), ValueError) for state in hostile]
     save_rank_results(out, folder, rank)
 
 
@@ -175,9 +192,17 @@ def test_on_one_rank_the_hook_clips_as_clip_grad_norm_does(tmp_path):
 def test_a_threshold_never_reached_changes_nothing(ranks):
     for rank, out in enumerate(ranks):
         for case in ("sgd always+topk", "momentum always+topk", "adamw always+topk"):
-            assert torch.equal(out[case]["never"], out[case]["off"]), (rank, case)
-        assert torch.isfinite(out["sasg"]).all()
-    assert torch.equal(ranks[0]["sasg"], ranks[1]["sasg"])
+            assert torch.equal(out[case]["never"]["theta"], out[case]["off"]["theta"]), (rank, case)
+            assert out[case]["never"]["clipped"] == 0 and out[case]["off"]["clipped"] is None, (rank, case)
+        assert torch.isfinite(out["sasg"]["theta"]).all()
+    assert torch.equal(ranks[0]["sasg"]["theta"], ranks[1]["sasg"]["theta"])
+
+
+def test_the_hook_counts_the_rounds_it_clipped(ranks):
+    """TAU is far below these gradients' norm: every round clips (wk2's too), on every rank alike."""
+    for out in ranks:
+        assert out["sasg"]["clipped"] == out["sasg"]["rounds"] == STEPS
+    assert ranks[0]["sasg"]["clipped"] == ranks[1]["sasg"]["clipped"]
 
 
 def test_a_clipping_call_of_the_job_is_named_once(ranks):
@@ -188,6 +213,13 @@ def test_a_clipping_call_of_the_job_is_named_once(ranks):
             assert "clip_grad_norm=" in message and "scaled by" in message and "clip_grad_norm_" in message, message
         for case in ("quiet sgd", "quiet momentum", "quiet adamw", "quiet scaled"):
             assert out[case] == [], (case, out[case])
+
+
+def test_the_count_of_clipped_rounds_is_saved_and_checked(ranks):
+    for out in ranks:
+        assert out["resumed"] == [2, 2, 2]
+        assert out["unclipped load"] == "no error"
+        assert all("clipped_rounds" in message and "count of rounds" in message for message in out["hostile"])
 
 
 def test_clipping_needs_the_whole_gradient(ranks):

@@ -121,6 +121,8 @@ class MeanNormClip:
         self._signs = sketch_signs(index, seed)
         self.grad_norm: Tensor | None = None  # the latest round's estimate, before clipping
         self.factor: Tensor | None = None  # ... and the factor every rank's gradient was scaled by
+        # Rounds whose factor was below 1, counted where the gradients are (no host sync a round)
+        self.clipped = torch.zeros((), dtype=torch.int64, device=index.device)
 
     @torch.no_grad()
     def clip_(self, blocks: Sequence[Tensor], world: int, group=None, flag: Tensor | None = None) -> int:
@@ -139,6 +141,7 @@ class MeanNormClip:
                 flag.copy_(packet[SKETCH + 2 :])
             self.grad_norm, sent = mean_norm(packet, world), (SKETCH + 2) * packet.element_size()
         self.factor = scale_(blocks, self.max_norm, self.grad_norm)
+        self.clipped += self.factor < 1
         return sent
 
 

@@ -90,9 +90,10 @@ def register(
             the hook warns once if the gradients change between it and the step). Every rank's
             gradient is scaled, before it is compressed, by the factor ``clip_grad_norm_`` gives
             the mean gradient under DDP, its norm estimated from one all-reduce of a 1 KB sketch a
-            round; ``state.grad_norm`` is that norm (:mod:`sasg.ddp.clipping`; no overlap). Under
-            momentum SGD with a threshold that clips most steps, ``momentum_correction=False`` did
-            better (docs/ddp-hook.md, "Gradient clipping").
+            round; ``state.grad_norm`` is that norm, ``state.clipped_rounds`` counts the rounds
+            that clipped (:mod:`sasg.ddp.clipping`; no overlap). Under momentum SGD with a
+            threshold that clips most rounds, ``momentum_correction=False`` did better
+            (docs/ddp-hook.md, "Gradient clipping").
 
     The state keeps one rank's worker state in fp32 (also under bf16/fp16 autocast), exposes
     ``ledger`` and ``bits_by_rank``, and ``state_dict()``/``load_state_dict()`` for checkpoints.

@@ -36,6 +36,8 @@ class HookCheckpoint:
         out["compressed_round"] = self._compressed_round
         if self._scaling is not None:  # checks made before the first round, not yet on the ledger
             out["loss_scale_bits"] = self._scaling.pending_bits
+        if self._clipper is not None:  # hook.clipped_rounds, which goes on across a resume as rounds does
+            out["clipped_rounds"] = int(self._clipper.clipped)
         if self.algorithm.lazy:  # theta^k: the first round after a resume measures the real step from it
             out["theta"] = self._theta.clone()
             out["theta_round"] = self._theta_round
@@ -64,8 +66,8 @@ class HookCheckpoint:
         mine = self._link_state()
         # A state saved before the hook measured real steps has no theta: the first round then
         # keeps the engine's own step in the window.
-        optional = {"theta", "theta_round", "loss_scale_bits"}
-        allowed = set(mine) | {"loss_scale_bits"}  # (a job may resume without its GradScaler)
+        optional = {"theta", "theta_round", "loss_scale_bits", "clipped_rounds"}
+        allowed = set(mine) | {"loss_scale_bits", "clipped_rounds"}  # (a job may resume without its scaler, clipping)
         if not isinstance(saved, Mapping) or not set(mine) - optional <= set(saved) <= allowed:
             raise ValueError(f"state part {where!r} was saved with another optimizer link ({', '.join(sorted(mine))} "
                              "expected): register the hook with the same optimizer and settings")
@@ -75,9 +77,10 @@ class HookCheckpoint:
         theta = saved.get("theta")
         if theta is not None and (not isinstance(theta, Tensor) or theta.shape != mine["theta"].shape):
             raise ValueError(f"state part {part_name(where, 'theta')!r} does not fit this model")
-        bits = saved.get("loss_scale_bits", 0)
-        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 0:
-            raise ValueError(f"state part {part_name(where, 'loss_scale_bits')!r} must be a count of bits")
+        for key, what in (("loss_scale_bits", "a count of bits"), ("clipped_rounds", "a count of rounds")):
+            count = saved.get(key, 0)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"state part {part_name(where, key)!r} must be {what}")
         if "theta" in saved and not isinstance(saved.get("theta_round"), int):
             raise ValueError(f"state part {part_name(where, 'theta_round')!r} must be an integer")
 
@@ -103,6 +106,8 @@ class HookCheckpoint:
         self._compressed_round = bool(link["compressed_round"])
         if self._scaling is not None:
             self._scaling.pending_bits = int(link.get("loss_scale_bits", 0))
+        if self._clipper is not None:
+            self._clipper.clipped.fill_(int(link.get("clipped_rounds", 0)))
         if "theta" in link:
             self._theta.copy_(link["theta"])
             self._theta_round = int(link["theta_round"])

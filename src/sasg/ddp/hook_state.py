@@ -249,10 +249,14 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
 
     @property
     def grad_norm(self) -> Tensor | None:
-        """With ``clip_grad_norm``: the latest round's mean gradient 2-norm before clipping (what
-        ``clip_grad_norm_`` returns under DDP; estimated on more than one rank, the same on all:
-        :mod:`sasg.ddp.clipping`); else None."""
+        """With ``clip_grad_norm``: the latest round's mean gradient 2-norm before clipping, what
+        ``clip_grad_norm_`` returns under DDP (estimated, the same on all ranks); else None."""
         return None if self._clipper is None else self._clipper.grad_norm
+
+    @property
+    def clipped_rounds(self) -> int | None:
+        """With ``clip_grad_norm``: the rounds that clipped (saved as ``rounds`` is), else None."""
+        return None if self._clipper is None else int(self._clipper.clipped)
 
     @property
     def error(self) -> Tensor | None:

@@ -95,14 +95,26 @@ def _train(rank: int, kind: str, algo: str, **options) -> dict:
     return {"theta": _flat(net.parameters()), "clipped": state.clipped_rounds, "rounds": state.rounds}
 
 
-def _warnings(rank: int, kind: str, *, clip: bool, scaled: bool) -> list[str]:
-    """Warnings of 20 steps of a job that clips (or not) the gradients it gets from the hook."""
+class _Heads(nn.Module):
+    """A body and two heads, used in turn (``find_unused_parameters=True``: one sits out each step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.heads = nn.Linear(6, 48), nn.ModuleList([nn.Linear(48, 8), nn.Linear(48, 8)])
+
+    def forward(self, x, head: int):
+        return self.heads[head](torch.relu(self.body(x)))
+
+
+def _warnings(rank: int, kind: str, *, clip: bool, scaled: bool, heads: bool = False) -> list[str]:
+    """Warnings of 20 steps of a job that clips (or not) the gradients it gets from the hook
+    (``heads``: the two-head net, under find_unused_parameters, .grad zeroed rather than None)."""
     from torch.nn.parallel import DistributedDataParallel
 
     import sasg.ddp
 
-    net = _net()
-    ddp = DistributedDataParallel(net)
+    net = seeded_module(_Heads, 0.5) if heads else _net()
+    ddp = DistributedDataParallel(net, find_unused_parameters=heads)
     opt = _optimizer(kind, ddp.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if scaled else None
     sasg.ddp.register(ddp, optimizer=opt, density=0.1, warmup=2, scaler=scaler)
@@ -110,8 +122,8 @@ def _warnings(rank: int, kind: str, *, clip: bool, scaled: bool) -> list[str]:
         warnings.simplefilter("always")
         for step in range(20):
             x, y = rank_batch(step, rank)
-            opt.zero_grad()
-            loss = F.cross_entropy(ddp(x), y)
+            opt.zero_grad(set_to_none=not heads)
+            loss = F.cross_entropy(ddp(x, step % 2) if heads else ddp(x), y)
             (scaler.scale(loss) if scaled else loss).backward()
             if scaled:
                 scaler.unscale_(opt)
@@ -140,6 +152,8 @@ def _job(rank, world, folder):
         out[f"quiet {kind}"] = _warnings(rank, kind, clip=False, scaled=False)
     out["warn scaled"] = _warnings(rank, "momentum", clip=True, scaled=True)
     out["quiet scaled"] = _warnings(rank, "momentum", clip=False, scaled=True)
+    out["warn heads"] = _warnings(rank, "sgd", clip=True, scaled=False, heads=True)
+    out["quiet heads"] = _warnings(rank, "sgd", clip=False, scaled=False, heads=True)
     ddp = DistributedDataParallel(_net())
     out["overlap"] = error_of(lambda: sasg.ddp.register(ddp, overlap=True, clip_grad_norm=1.0), ValueError)
     # Checkpoints: the count of clipped rounds goes on across a resume, a hook without clipping
@@ -207,11 +221,11 @@ def test_the_hook_counts_the_rounds_it_clipped(ranks):
 
 def test_a_clipping_call_of_the_job_is_named_once(ranks):
     for out in ranks:
-        for case in ("warn sgd", "warn momentum", "warn adamw", "warn scaled"):
+        for case in ("warn sgd", "warn momentum", "warn adamw", "warn scaled", "warn heads"):
             assert len(out[case]) == 1, (case, out[case])
             message = out[case][0]
             assert "clip_grad_norm=" in message and "scaled by" in message and "clip_grad_norm_" in message, message
-        for case in ("quiet sgd", "quiet momentum", "quiet adamw", "quiet scaled"):
+        for case in ("quiet sgd", "quiet momentum", "quiet adamw", "quiet scaled", "quiet heads"):
             assert out[case] == [], (case, out[case])
 
 

@@ -40,7 +40,8 @@ spike that every rank sees through at :math:`\sqrt{M}` times DDP's bound.
 :class:`GradientWatch`: the job's own clipping call must go. Every ``CHECK_EVERY`` rounds the
 hook notes each gradient's norm as it hands it over, and the optimizer's step checks them; a
 gradient changed in between (a clipping call, or anything else that rewrote ``.grad``) gets one
-warning that says what changed and what to do.
+warning that says what changed and what to do. Under ``find_unused_parameters=True`` the tensors
+DDP left out of a round keep their old ``.grad`` and are not compared (:mod:`sasg.ddp.unused`).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class GradientWatch:
         self._numbers = [i for i, p in enumerate(index.params) if id(p) in mine]
         self._index = index
         self._expected: tuple[Tensor, float] | None = None
+        self._left_out: set[int] = set()  # this round's tensors DDP left out (left_out)
         self.warned = False
         self._handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step())
 
@@ -167,6 +169,12 @@ class GradientWatch:
             return
         views = self._index.round_gradients(buckets)
         self._expected = (torch.stack(torch._foreach_norm([views[i] for i in self._numbers])).float(), scale)
+        self._left_out = set()
+
+    def left_out(self, numbers) -> None:
+        """Tensors (the hook's numbers) whose gradient DDP did not hand over this round
+        (``find_unused_parameters``: sasg.ddp.unused): they keep their old ``.grad``, not compared."""
+        self._left_out = set(numbers)
 
     def before_step(self) -> None:
         expected, self._expected = self._expected, None
@@ -174,7 +182,7 @@ class GradientWatch:
             return
         norms, scale = expected
         params = self._index.params
-        had = [n for n, i in enumerate(self._numbers) if params[i].grad is not None]
+        had = [n for n, i in enumerate(self._numbers) if params[i].grad is not None and i not in self._left_out]
         if not had:
             return
         got = torch.stack(torch._foreach_norm([params[self._numbers[n]].grad for n in had])).float()

@@ -375,10 +375,10 @@ class HookState(SecondGradient, HookCheckpoint, OptimizerLink, Overlap):
             self._scaling.rescale(buckets, engine.ledger)
         else:
             refuse_non_finite(buckets, self.rounds)
-        if self._unused is not None:  # (find_unused_parameters: sasg.ddp.unused)
-            self._unused.after_round(self, bool(result.flags[self.transport.rank]))
-        elif self._watch is not None:  # (unused parameters keep their old .grad: no watch there)
+        if self._watch is not None:
             self._watch.after_round(buckets, self.rounds, 1.0 if self._scaling is None else self._scaling.scale)
+        if self._unused is not None:  # (find_unused_parameters: sasg.ddp.unused; it tells the watch too)
+            self._unused.after_round(self, bool(result.flags[self.transport.rank]))
         self._compressed_round = compressed
         self.rounds += 1
 

@@ -85,6 +85,8 @@ class UnusedParameters:
     def _give_back(self, state, sent: bool) -> None:
         dropped = self.dropped()
         state.dropped_by_ddp += len(dropped)
+        if state._watch is not None:  # (their .grad is not the hook's: sasg.ddp.clipping.GradientWatch)
+            state._watch.left_out(dropped)
         engine = state.engine
         error = engine.workers.buffers.get("error")
         # (Not under DGC: the module docstring says why.)

@@ -11,7 +11,9 @@ before the Trainer exists; it joins the process group at the first gradient buck
 CPU the small callback below installs the same hook on the same state once DDP has wrapped the
 model. Lightning builds the optimizer (``configure_optimizers``) after the state, so the callback
 also links it when the fit starts (``state.use_optimizer``): DGC's momentum correction for this
-momentum SGD, the frozen second moment for an AdamW.
+momentum SGD, the frozen second moment for an AdamW. It also attaches the state to the DDP model
+(``sasg.ddp.attach``), so that under ``find_unused_parameters=True`` the hook sees which parameters
+DDP leaves out of a step, as ``sasg.ddp.register`` does for its own.
 
 Clipping: ``--clip 1.0`` gives the hook ``clip_grad_norm=1.0``, which clips the mean gradient's
 norm before compression, as Lightning's ``gradient_clip_val`` does under plain DDP. Leave
@@ -52,16 +54,19 @@ class MnistFC(L.LightningModule):
 
 
 class InstallHookOnCPU(L.Callback):
-    """Links Lightning's optimizer to the hook's state; and, since Lightning installs
-    ``ddp_comm_hook`` on CUDA only, on the CPU does what it would do."""
+    """Links Lightning's optimizer to the hook's state and attaches the state to Lightning's DDP
+    model; and, since Lightning installs ``ddp_comm_hook`` on CUDA only, on the CPU does what it
+    would do."""
 
     def __init__(self, state: sasg.ddp.HookState):
         self.state = state
 
     def on_fit_start(self, trainer, pl_module):
         self.state.use_optimizer(trainer.optimizers[0])  # (made by configure_optimizers, after the state)
+        ddp = trainer.strategy.model
         if trainer.strategy.root_device.type != "cuda":
-            trainer.strategy.model.register_comm_hook(self.state, sasg.ddp.comm_hook)
+            ddp.register_comm_hook(self.state, sasg.ddp.comm_hook)
+        sasg.ddp.attach(self.state, ddp)  # (under find_unused_parameters: what DDP leaves out of a step)
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:

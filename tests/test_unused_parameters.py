@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import seeded_module
+from conftest import error_of, seeded_module
 from test_distributed import spawn
 
 WORLD, STEPS, LR = 2, 14, 0.1
@@ -90,6 +90,47 @@ def _job(rank, world, folder):
         out[kind] = {"theta0": theta0, "theta": _flat(net.parameters()), "held": held, "computed": computed / world,
                      "dropped": state.dropped_by_ddp, "idle_moved": moved, "finite": bool(torch.isfinite(_flat(net.parameters())).all())}
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+
+
+def _by_hand(rank, world, folder):
+    """The plain-SGD job of _job with the hook installed by hand and attached, and with register;
+    attach's refusals."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    import sasg.ddp
+
+    out = {}
+    for how in ("register", "by hand"):
+        net = _net()
+        ddp = DistributedDataParallel(net, find_unused_parameters=True)
+        opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+        if how == "register":
+            state = sasg.ddp.register(ddp, optimizer=opt, density=0.1, warmup=2)
+        else:  # (as under Lightning: the state from the module, the hook given to DDP, then attach)
+            state = sasg.ddp.HookState(net, optimizer=opt, density=0.1, warmup=2)
+            ddp.register_comm_hook(state, sasg.ddp.comm_hook)
+            sasg.ddp.attach(state, ddp)
+        for step in range(STEPS):
+            x, y = _batch(step, rank)
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        out[how] = {"theta": _flat(net.parameters()), "error": state.error.clone(), "dropped": state.dropped_by_ddp}
+    other = DistributedDataParallel(_net(), find_unused_parameters=True)
+    out["other model"] = error_of(lambda: sasg.ddp.attach(state, other), ValueError)
+    out["not ddp"] = error_of(lambda: sasg.ddp.attach(state, net), TypeError)
+    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+
+
+def test_a_hook_installed_by_hand_and_attached_trains_as_register_s(tmp_path):
+    spawn(_by_hand, WORLD, str(tmp_path), timeout=120.0)
+    for rank in range(WORLD):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert out["by hand"]["dropped"] == out["register"]["dropped"] == 2 * STEPS
+        assert torch.equal(out["by hand"]["theta"], out["register"]["theta"])
+        assert torch.equal(out["by hand"]["error"], out["register"]["error"])
+        assert "sasg.ddp.attach" in out["other model"] and "HookState(ddp_model.module" in out["other model"]
+        assert "sasg.ddp.attach needs a torch.nn.parallel.DistributedDataParallel" in out["not ddp"]
 
 
 def test_what_ddp_leaves_out_of_a_step_goes_back_to_the_error_memory(tmp_path):

@@ -25,7 +25,7 @@ The defaults are made for a practitioner's job (small and 1-D tensors whole, 5 d
 rounds, DGC's momentum correction with momentum SGD, a frozen second moment with Adam):
 :mod:`.optimizers` and docs/algorithms.md say why.
 
-Modules: :mod:`.hook` (the hook, :func:`register`), :mod:`.hook_state` (one rank's state),
+Modules: :mod:`.hook` (the hook, :func:`register`; :func:`attach` for a hook installed by hand), :mod:`.hook_state` (one rank's state),
 :mod:`.hook_checkpoint` (its checkpoints), :mod:`.hook_ledger` (what the ledger reports),
 :mod:`.second_gradient` (``wk2``'s extra pass), :mod:`.optimizers` (the hook and the user's
 optimizer), :mod:`.buckets` (DDP's buckets <-> the model's flat vector),
@@ -34,8 +34,8 @@ optimizer), :mod:`.buckets` (DDP's buckets <-> the model's flat vector),
 :mod:`.loss_scale` (fp16's ``torch.amp.GradScaler``: ``register(..., scaler=scaler)``).
 """
 
-from .hook import comm_hook, register
+from .hook import attach, comm_hook, register
 from .rules import hook_algorithm, hook_triggers
 from .hook_state import HookState
 
-__all__ = ["HookState", "comm_hook", "hook_algorithm", "hook_triggers", "register"]
+__all__ = ["HookState", "attach", "comm_hook", "hook_algorithm", "hook_triggers", "register"]

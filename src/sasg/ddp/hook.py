@@ -105,12 +105,32 @@ def register(
     state = HookState(named, algo, codec, process_group=group, module=ddp_model.module,
                       bucket_cap=getattr(ddp_model, "bucket_bytes_cap", None), **options)
     state.start()
-    state._unused = UnusedParameters.of(ddp_model, state.index)  # (find_unused_parameters: sasg.ddp.unused)
+    attach(state, ddp_model)
     ddp_model.register_comm_hook(state, comm_hook)
     return state
 
 
-def _synced_parameters(ddp_model) -> list:
+def attach(state: HookState, ddp_model) -> HookState:
+    """Tell a hook installed by hand which DDP model calls it, as :func:`register` does for its own
+    (``ddp_model.register_comm_hook(state, sasg.ddp.comm_hook)``, or Lightning's
+    ``DDPStrategy(ddp_comm_hook=..., ddp_comm_state=state)``: ``examples/lightning_ddp.py``).
+
+    Under ``find_unused_parameters=True`` the hook then sees which parameters DDP left out of a
+    step: their error memory gets back what the round sent of them, which never reached the step
+    (:mod:`sasg.ddp.unused`), and the gradient watch does not compare their old ``.grad``. Without
+    it such a hook loses that part. ``state`` must follow ``ddp_model``'s parameters, the same
+    tensors (a ValueError otherwise). Returns ``state``."""
+    named = _synced_parameters(ddp_model, "sasg.ddp.attach")
+    mine = state.index.params
+    if len(named) != len(mine) or any(p is not q for (_, p), q in zip(named, mine)):
+        raise ValueError(f"sasg.ddp.attach: the hook's state follows {len(mine)} parameter tensors that are not the "
+                         f"{len(named)} this DDP model synchronises; make the state from the model DDP wraps "
+                         "(HookState(ddp_model.module, ...)) and attach it to that DDP model")
+    state._unused = UnusedParameters.of(ddp_model, state.index)  # (None where DDP hands every parameter over)
+    return state
+
+
+def _synced_parameters(ddp_model, caller: str = "sasg.ddp.register") -> list:
     """The ``(name, parameter)`` pairs DDP synchronises (its ``parameters_to_ignore`` left out):
     the hook's state follows exactly these. A model that is not DDP-wrapped is a TypeError saying
     how to wrap it, since a plain module has no buckets to hook."""
@@ -118,7 +138,7 @@ def _synced_parameters(ddp_model) -> list:
 
     if not isinstance(ddp_model, DistributedDataParallel):
         raise TypeError(
-            "sasg.ddp.register needs a torch.nn.parallel.DistributedDataParallel model, "
+            f"{caller} needs a torch.nn.parallel.DistributedDataParallel model, "
             f"got {type(ddp_model).__name__}; "
             "wrap it first: model = DistributedDataParallel(model)"
         )

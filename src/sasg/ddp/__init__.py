@@ -25,10 +25,11 @@ The defaults are made for a practitioner's job (small and 1-D tensors whole, 5 d
 rounds, DGC's momentum correction with momentum SGD, a frozen second moment with Adam):
 :mod:`.optimizers` and docs/algorithms.md say why.
 
-Modules: :mod:`.hook` (the hook, :func:`register`; :func:`attach` for a hook installed by hand), :mod:`.hook_state` (one rank's state),
-:mod:`.hook_checkpoint` (its checkpoints), :mod:`.hook_ledger` (what the ledger reports),
-:mod:`.second_gradient` (``wk2``'s extra pass), :mod:`.optimizers` (the hook and the user's
-optimizer), :mod:`.buckets` (DDP's buckets <-> the model's flat vector),
+Modules: :mod:`.hook` (the hook, :func:`register`; :func:`attach` for a hook installed by
+hand), :mod:`.hook_state` (one rank's state), :mod:`.hook_checkpoint` (its checkpoints),
+:mod:`.hook_ledger` (what the ledger reports), :mod:`.second_gradient` (``wk2``'s extra pass),
+:mod:`.optimizers` (the hook and the user's optimizer), :mod:`.buckets` (DDP's buckets <-> the
+model's flat vector),
 :mod:`.counting_transport` (the distributed runner's exchange, with bits per rank),
 :mod:`.rules` (which algorithms run in a hook), :mod:`.unused` (``find_unused_parameters``),
 :mod:`.loss_scale` (fp16's ``torch.amp.GradScaler``: ``register(..., scaler=scaler)``).

@@ -133,15 +133,26 @@ def plan_row(row, n, offsets, numels, bmax, W, tags_on, forced, skip, full, coun
 
 
 @jit(inline="always")
-def _remainders(row, first, c, lo, bs, rw, ri, rcur, rf):
-    """Append the ``bs``-bit remainders of one tensor's ``c`` gaps (entries ``row[first:]``) to
-    the remainder stream (writer state ``ri, rcur, rf``, see :mod:`.words`)."""
+def _codes(row, first, c, lo, bs, rw, ri, rcur, rf, uw, z, k, cur):
+    """Append one tensor's ``c`` gaps (entries ``row[first:]``, tensor start ``lo``) to both
+    streams: their ``bs``-bit remainders to the remainder stream (writer state ``ri, rcur, rf``,
+    see :mod:`.words`; none when ``bs`` is 0), and their unary codes (``1^q 0``, ``q = gap >>
+    bs``) to ``uw`` (filled with ones), by clearing each code's zero bit, stream bit ``z`` on;
+    ``cur`` is word ``k`` as far as it is written. One register per word, not a
+    read-modify-write per code: consecutive codes share a word.
+
+    One pass over the entries for both streams: the unary codes' chain (a bit position and a
+    word) and the remainder writer's are independent, so the core runs them side by side (FC's
+    4,067 gaps, the two streams alone: 7.3 -> 5.9-6.4 us against a pass for each; a whole
+    rice+fp32 message, 12.6 -> 11.4). The unary step is written out twice below: as an inlined
+    helper it made the pass three times slower."""
     seg = row[first : first + c]
     prev = lo - 1
     ubs = u8(bs)
     mask = (u8(1) << ubs) - u8(1)
+    top = u8(0x8000000000000000)
     done = 0
-    if 0 < bs <= 7:  # (write_row calls this only for bs > 0; put_bits needs 1..63 bits)
+    if 0 < bs <= 7:
         # Eight remainders (at most 56 bits) put together with independent shifts, then one
         # append: one writer step per eight gaps instead of a chain of eight (h = 1 % gives
         # bs = 6; FC's 4,065 gaps: 2.5 -> 1.7 us).
@@ -149,38 +160,34 @@ def _remainders(row, first, c, lo, bs, rw, ri, rcur, rf):
         done = c - c % 8
         for g in range(done // 8):
             e = seg[8 * g : 8 * g + 8]
-            x = (((u8(e[0] - prev - 1) & mask) << s1) | ((u8(e[1] - e[0] - 1) & mask) << s2)
-                 | ((u8(e[2] - e[1] - 1) & mask) << s3) | ((u8(e[3] - e[2] - 1) & mask) << s4)
-                 | ((u8(e[4] - e[3] - 1) & mask) << s5) | ((u8(e[5] - e[4] - 1) & mask) << s6)
-                 | ((u8(e[6] - e[5] - 1) & mask) << ubs) | (u8(e[7] - e[6] - 1) & mask))
+            g0, g1, g2, g3 = u8(e[0] - prev - 1), u8(e[1] - e[0] - 1), u8(e[2] - e[1] - 1), u8(e[3] - e[2] - 1)
+            g4, g5, g6, g7 = u8(e[4] - e[3] - 1), u8(e[5] - e[4] - 1), u8(e[6] - e[5] - 1), u8(e[7] - e[6] - 1)
             prev = e[7]
+            x = (((g0 & mask) << s1) | ((g1 & mask) << s2) | ((g2 & mask) << s3) | ((g3 & mask) << s4)
+                 | ((g4 & mask) << s5) | ((g5 & mask) << s6) | ((g6 & mask) << ubs) | (g7 & mask))
             ri, rcur, rf = put_bits(rw, ri, rcur, rf, x, u8(8) * ubs)
-    rest = seg[done:]
+            for gap in (g0, g1, g2, g3, g4, g5, g6, g7):
+                z += gap >> ubs
+                if (z >> u8(6)) != k:
+                    uw[k] = cur
+                    k = z >> u8(6)
+                    cur = ONES
+                cur &= ~(top >> (z & u8(63)))
+                z += u8(1)
+    rest = seg[done:]  # (a slice from 0: no negative-index fix-up)
     for t in range(rest.shape[0]):
-        g = u8(rest[t] - prev - 1)
+        gap = u8(rest[t] - prev - 1)
         prev = rest[t]
-        ri, rcur, rf = put_bits(rw, ri, rcur, rf, g & mask, ubs)
-    return ri, rcur, rf
-
-
-@jit(inline="always")
-def _unary_zeros(row, first, c, lo, bs, uw, z, k, cur):
-    """Write one tensor's unary codes (``1^q 0`` per gap) into ``uw`` (filled with ones): clear
-    each code's zero bit, at stream bit ``z`` on; ``cur`` is word ``k`` as far as it is written.
-    One register per word, not a read-modify-write per code: consecutive codes share a word."""
-    seg = row[first : first + c]
-    prev = lo - 1
-    ubs = u8(bs)
-    for t in range(c):
-        z += u8(seg[t] - prev - 1) >> ubs
-        prev = seg[t]
+        if bs > 0:  # (put_bits needs 1..63 bits)
+            ri, rcur, rf = put_bits(rw, ri, rcur, rf, gap & mask, ubs)
+        z += gap >> ubs
         if (z >> u8(6)) != k:
             uw[k] = cur
             k = z >> u8(6)
             cur = ONES
-        cur &= ~(u8(0x8000000000000000) >> (z & u8(63)))
+        cur &= ~(top >> (z & u8(63)))
         z += u8(1)
-    return z, k, cur
+    return ri, rcur, rf, z, k, cur
 
 
 @jit(inline="always")
@@ -214,9 +221,7 @@ def write_row(out, p, row, n, offsets, numels, W, tags_on, full, counts, b, tag,
                 set_bit(out, region + row[t] - offsets[s])
             region += numels[s]
         elif c > 0:
-            if b[n, s] > 0:
-                ri, rcur, rf = _remainders(row, j, c, offsets[s], b[n, s], rw, ri, rcur, rf)
-            z, k, cur = _unary_zeros(row, j, c, offsets[s], b[n, s], uw, z, k, cur)
+            ri, rcur, rf, z, k, cur = _codes(row, j, c, offsets[s], b[n, s], rw, ri, rcur, rf, uw, z, k, cur)
         j += full[n, s]
     finish(rw, ri, rcur, rf, u8(0))
     uw[k] = cur

@@ -35,6 +35,7 @@ BAD_SHAPE = 1  # counts that do not fit the row (a caller's bug, never the bytes
 BAD_VALUE = 2  # padding bit, -128, or a scale no encoder writes
 
 _SIGN = np.uint32(0x80000000)
+u4 = np.uint32
 
 # IEEE float division, as torch's (x / 0 is inf or NaN), never Python's ZeroDivisionError.
 ieee = jit(error_model="numpy")
@@ -79,25 +80,32 @@ def _scan_signs(vs, bits, neg):
     bits of those units). Top-k values of one tensor span a few binades: exact in practice. A
     chain of ``n`` dependent float64 adds took ~3.5 us on FC's 4,587 values.
 
+    ``e_max`` and ``e_min`` come from the largest and the smallest nonzero magnitude's bits (the
+    exponent grows with them): the smallest as the minimum of ``|bits| - 1``, where a zero wraps
+    to the top. Every step is cast back to uint32: numba widens uint32 arithmetic to 64 bits,
+    and AVX2 has no 64-bit unsigned min or max, so the widened loop ran ~10x slower (FC's 4,015
+    values: 1.6 us for the exponents, against 0.17 in 32-bit lanes).
+
     Only reassociation is allowed here (no fast NaN or inf assumptions), and the sign test is
     on the bits: ``v < 0`` holds for the bits ``0x80000001 .. 0xFF800000`` (not -0, not NaN)."""
     n = bits.shape[0]
-    lo = np.uint32(255)
-    hi = np.uint32(0)  # (255: an inf or NaN)
+    amax = u4(0)
+    amin = u4(0xFFFFFFFF)  # the smallest nonzero magnitude's bits, minus one
     tot = 0.0
     for t in range(n):
         x = bits[t]
-        neg[t] = np.uint8((x - np.uint32(0x80000001)) <= np.uint32(0x7F7FFFFF))
-        a = x & np.uint32(0x7FFFFFFF)
-        e = a >> np.uint32(23)
-        hi = max(hi, e)  # (a zero's e is 0: no mask needed)
-        # a subnormal's unit in the last place is the smallest normal's; a zero counts as 255
-        lo = min(lo, max(e, np.uint32(1)) | (np.uint32(255) if a == 0 else np.uint32(0)))
+        neg[t] = np.uint8((x - u4(0x80000001)) <= u4(0x7F7FFFFF))
+        a = u4(x & u4(0x7FFFFFFF))
+        amax = max(amax, a)
+        amin = min(amin, u4(a - u4(1)))
         tot += abs(np.float64(vs[t]))
+    hi = np.int64(amax >> u4(23))  # (255: an inf or NaN)
+    # a subnormal's unit in the last place is the smallest normal's; no nonzero magnitude: 255
+    lo = np.int64(255) if amin == u4(0xFFFFFFFF) else max(np.int64((amin + u4(1)) >> u4(23)), np.int64(1))
     width = np.int64(0)
     while (np.int64(1) << width) <= n:  # the bits of n: above log2(n)
         width += 1
-    return tot, hi < 255 and (hi < lo or width + np.int64(hi) - np.int64(lo) <= 29)
+    return tot, hi < 255 and (hi < lo or width + hi - lo <= 29)
 
 
 @jit(inline="always")
@@ -203,16 +211,31 @@ def sign_decode(rows, counts, n, out):
 def int8_encode_row(v, at, out, scale):
     """One message: its float32 values ``v`` (tensor ``s`` at ``v[at[s]:at[s + 1]]``) into
     ``out`` (``4 S + n`` bytes: the scales, then a byte a value); ``scale``: ``S`` float32 of
-    scratch."""
+    scratch.
+
+    Each tensor's largest magnitude is the largest of its magnitudes' bits (the order of
+    non-negative floats, inf included), a vector max in 32-bit lanes; only a tensor with a NaN
+    (bits above inf's) takes the loop in order that finds the reference's NaN. A compare and a
+    branch per value took 6.2 us of FC's 6.3 (4,589 values); this, 1.3, with the quotients
+    converted through int32 (AVX2 has no vector conversion to int64)."""
     S = scale.shape[0]
     q = out[4 * S :]
+    vb = v.view(np.uint32)
+    top = np.zeros(1, np.uint32)
     for s in range(S):
         vs = v[at[s] : at[s + 1]]
-        m = np.float32(0.0)
-        for t in range(vs.shape[0]):
-            a = abs(vs[t])
-            if np.isnan(a) or m < a:
-                m = a
+        bs = vb[at[s] : at[s + 1]]
+        most = u4(0)
+        for t in range(bs.shape[0]):
+            most = max(most, u4(bs[t] & u4(0x7FFFFFFF)))
+        top[0] = most
+        m = top.view(np.float32)[0]
+        if most > u4(0x7F800000):  # a NaN: the reference's, the last one, found in order
+            m = np.float32(0.0)
+            for t in range(vs.shape[0]):
+                a = abs(vs[t])
+                if np.isnan(a) or m < a:
+                    m = a
         a_s = m / np.float32(127.0)
         scale[s] = a_s
         qs = q[at[s] : at[s + 1]]
@@ -221,7 +244,7 @@ def int8_encode_row(v, at, out, scale):
             if not np.isfinite(x):
                 x = np.float32(0.0)
             x = min(max(np.rint(x), np.float32(-127.0)), np.float32(127.0))
-            qs[t] = np.uint8(np.int64(x) & 0xFF)
+            qs[t] = np.uint8(np.int32(x) & np.int32(0xFF))
     sb = scale.view(np.uint8)
     for t in range(4 * S):
         out[t] = sb[t]
@@ -241,11 +264,14 @@ def int8_decode_row(row, at, out, scale):
             return BAD_VALUE
         qs = q[at[s] : at[s + 1]]
         dst = out[at[s] : at[s + 1]]
-        for t in range(qs.shape[0]):
-            b = np.int64(qs[t])
-            if b == 128:
-                return BAD_VALUE
-            dst[t] = np.float32(b - 256 if b > 128 else b) * scale[s]
+        a_s = scale[s]
+        bad = np.int32(0)
+        for t in range(qs.shape[0]):  # (no exit inside: a vector loop, FC's 4,589 values 3.0 -> 0.95 us)
+            b = np.int32(np.int8(qs[t]))
+            bad |= np.int32(b == np.int32(-128))
+            dst[t] = np.float32(b) * a_s
+        if bad:
+            return BAD_VALUE
     return OK
 
 

@@ -27,6 +27,8 @@ and ``tc`` code is benchmarks/netns.py's, shared with benchmarks/two_nodes.py an
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

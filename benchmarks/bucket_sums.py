@@ -25,6 +25,8 @@ the per-turn ratios). The last line is JSON: per ``layout M``, ``reference_ms``,
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import platform

@@ -27,6 +27,8 @@ target is <= 50), every codec's ratio and bits per entry, per layout.
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import statistics

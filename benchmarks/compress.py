@@ -38,6 +38,8 @@ The last line is one JSON object: ``ours_over_memory_pass_11M`` (time ratio to `
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

@@ -54,6 +54,8 @@ SIGHUP (a run killed with SIGKILL leaves them to the next run, which removes the
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import itertools
 import json

@@ -27,6 +27,8 @@ row's numbers, the command and the CPU.
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

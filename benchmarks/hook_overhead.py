@@ -33,6 +33,8 @@ and the rows ``ddp``, ``powersgd`` and ``rice+sign``, also what each hook adds t
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import statistics

@@ -46,6 +46,8 @@ per-turn ratios; < 1: overlap is faster), ``hidden_ms``, ``hidden_share``, ``lin
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import itertools
 import json

@@ -14,6 +14,8 @@ The last line is JSON: ``{"<algo>_m16_over_m4": ratio, ...}`` (the issue's bound
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

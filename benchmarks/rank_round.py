@@ -35,6 +35,8 @@ candidate's ms over the baseline's; < 1: faster). The trajectories are compared 
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

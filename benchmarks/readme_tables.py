@@ -19,6 +19,8 @@ printed at the end names the commands, the CPU (``lscpu``'s model name), torch a
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

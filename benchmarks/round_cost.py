@@ -22,6 +22,8 @@ per round over the baseline (``extra_wall_ms``, ``extra_cpu_ms``).
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import os

@@ -70,6 +70,8 @@ is JSON: ``speedup_vs_ddp_<rate>`` (DDP's seconds to target over the best sasg r
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import itertools
 import json

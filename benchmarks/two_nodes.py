@@ -28,6 +28,8 @@ the next run, which removes them first.
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import itertools
 import json

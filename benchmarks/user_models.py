@@ -41,6 +41,8 @@ sanity figures for a few dozen steps of tiny models, not accuracy results
 
 from __future__ import annotations
 
+import checkout  # noqa: F401  (first: this checkout's sasg, see benchmarks/checkout.py)
+
 import argparse
 import json
 import sys

@@ -7,7 +7,7 @@
 ``--world`` local ranks (gloo over loopback, one torch thread each, as under ``torchrun``) run the
 DDP hook's round (``always+topk``, h = 1 %, error feedback: the hook's defaults) with the real
 members, the real codec and the real collectives, one phase at a time, in the order the hook runs
-them; rank 0 times each phase (median of ``--reps`` calls, every rank calling in step), in
+them; rank 0 times each phase (median of ``--reps`` calls; every rank starts each phase together), in
 ``--turns`` turns that each measure the floors and then every phase:
 
 ==========  ==========================================================  ===========================
@@ -178,10 +178,18 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     grads = torch.zeros(d)
     theta = index.flat_params(torch.zeros(d))
     error = engine.workers.buffer("error")
+
+    def timed(fn) -> float:
+        # Every rank starts each phase together, as the ranks of a hook's round do, so that no
+        # rank's set-up or next layout (ResNet-18's 45 MB of buffers written) runs beside a phase
+        # that another rank is timing: the 2 cores share one L3.
+        sync()
+        return _median_ms(fn, reps)
+
     # The memory bandwidth at this layout's size (FC's 1.6 MB stays in cache, ResNet-18's 45 MB
     # does not): a copy of d floats into a buffer made before (a fresh one would time page faults).
     src, dst = torch.randn(d), torch.empty(d)
-    t = _median_ms(lambda: dst.copy_(src), reps)
+    t = timed(lambda: dst.copy_(src))
     B, op = 8 * d / (t / 1000), floors["op_ms"]  # bytes read + written per second
     del src, dst
 
@@ -197,38 +205,38 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
             model.zero_grad(set_to_none=False)
             F.cross_entropy(model(x), y).backward()
 
-        ms["backward"] = _median_ms(backward, reps)
+        ms["backward"] = timed(backward)
         flops = 3 * 2 * 10 * d  # forward 2·B·d, backward twice that
         floor["backward"] = op + 1000 * flops / (floors["gemm_gflop_s"] * 1e9)
     def gather():  # as HookState._round reads the buckets (the default algorithm, fp32 gradients)
         return index.blocks(index.round_gradients(buckets), grads)
 
-    ms["gather"] = _median_ms(gather, reps)
+    ms["gather"] = timed(gather)
     floor["gather"] = max(op, len(index.layout.segments) * floors["view_ms"])
     cols = gather()
     rnd = Round(0, 1.0, M, engine.local_workers, index.layout, engine.workers, engine.server, cols,
                 lambda rows: None, engine.workspace, theta)
-    ms["trigger"] = _median_ms(lambda: alg.trigger.decide(rnd), reps)
+    ms["trigger"] = timed(lambda: alg.trigger.decide(rnd))
     floor["trigger"] = op
 
     def ef_add():
         for seg, g in zip(index.layout.segments, cols):
             error[:, seg.offset:seg.end].add_(g, alpha=1.0 / M)
 
-    ms["ef add"] = _median_ms(ef_add, reps)
+    ms["ef add"] = timed(ef_add)
     floor["ef add"] = mem(12 * d)
     gens = [engine.generators[0]]
-    ms["top-k"] = _median_ms(lambda: alg.compressor.compress(error, [0], generators=gens), reps)
+    ms["top-k"] = timed(lambda: alg.compressor.compress(error, [0], generators=gens))
     floor["top-k"] = mem(4 * d)
     q = alg.compressor.compress(error, [0], generators=gens)
     K = q.indices.numel()
-    ms["encode"] = _median_ms(lambda: transmit(q, alg.codec), reps)
+    ms["encode"] = timed(lambda: transmit(q, alg.codec))
     sent = transmit(q, alg.codec)
     nbytes = sum(sent.sizes)
     # (a lossy codec's encode also writes what its values decode to: 4 bytes an entry)
     floor["encode"] = mem(12 * K + nbytes + (0 if sent.payload is q else 4 * K))
     scratch = error.clone()
-    ms["ef update"] = _median_ms(lambda: sent.payload.subtract_from_(scratch, [0]), reps)
+    ms["ef update"] = timed(lambda: sent.payload.subtract_from_(scratch, [0]))
     floor["ef update"] = mem(8 * K)
 
     # The exchange as TorchTransport makes it from a kind's second round on (every rank sends, sizes
@@ -246,7 +254,7 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
     data = sent.data.repeat(M)
     own = (me, sent)  # as TorchTransport decodes: its own message taken as its encode gave it
 
-    ms["decode"] = _median_ms(lambda: engine.template.decode(alg.codec, data, [nbytes] * M, own=own), reps)
+    ms["decode"] = timed(lambda: engine.template.decode(alg.codec, data, [nbytes] * M, own=own))
     floor["decode"] = mem(nbytes * (M - 1) + 12 * K + 12 * K * M)
     payload = engine.template.decode(alg.codec, data, [nbytes] * M, own=own)
     senders = torch.arange(M)
@@ -261,7 +269,7 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
             sums.zero()
             sums.add(0, len(index.layout.segments), 0, payload)
 
-        ms["aggregate"] = _median_ms(aggregate, reps)
+        ms["aggregate"] = timed(aggregate)
         floor["aggregate"] = mem(4 * d + 16 * K * M)
     else:  # the reference: a flat step, then copied into the buckets
         step = torch.zeros(d)
@@ -270,9 +278,9 @@ def _phases(layout_name: str, codec_name: str, reps: int, seed: int, sync, floor
             engine.server.last.assign(senders, payload)
             engine.server.last.sum(step)
 
-        ms["aggregate"] = _median_ms(aggregate, reps)
+        ms["aggregate"] = timed(aggregate)
         floor["aggregate"] = mem(4 * d + 16 * K * M)
-        ms["scatter"] = _median_ms(lambda: index.scatter(step, buckets), reps)
+        ms["scatter"] = timed(lambda: index.scatter(step, buckets))
         floor["scatter"] = mem(8 * d)
     for b, g in zip(buckets, kept):
         b.buffer().copy_(g)

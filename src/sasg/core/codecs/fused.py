@@ -69,7 +69,9 @@ class FusedMessages:
             return None
         decoded = values if self.kind == kernel.FP32 else torch.from_numpy(dec)
         out = torch.from_numpy(data)
-        setattr(out, _PAIRED, (indices, decoded))  # what these bytes decode to: see decode's own
+        # What these bytes decode to (see decode's own), with their numpy arrays: the decode of
+        # this rank's own message then wraps nothing again (two .numpy() calls, 2 of FC's 27 us).
+        setattr(out, _PAIRED, (indices, decoded, idx, dec))
         return out, sizes.tolist(), decoded
 
     def decode(self, data: Tensor, sizes, nnz: int, dtype: torch.dtype, own=None) -> tuple[Tensor, Tensor] | None:
@@ -90,7 +92,7 @@ class FusedMessages:
             pair = getattr(sent, _PAIRED, None)
             if (pair is not None and pair[0] is idx and pair[1] is val and idx.dtype is torch.long and val.dtype is torch.float32 and not val.requires_grad and idx.is_cpu
                     and val.is_cpu and idx.is_contiguous() and val.is_contiguous()):
-                row, own_idx, own_val = n, idx.numpy(), val.numpy()  # (shapes: the kernel checks them)
+                row, own_idx, own_val = n, pair[2], pair[3]  # (their memory; shapes: the kernel checks them)
         sizes = np.asarray(sizes, dtype=np.int64)
         N = len(sizes)
         indices = np.empty((N, nnz), np.int64)

@@ -116,6 +116,21 @@ def _by_hand(rank, world, folder):
             F.cross_entropy(ddp(x), y).backward()
             opt.step()
         out[how] = {"theta": _flat(net.parameters()), "error": state.error.clone(), "dropped": state.dropped_by_ddp}
+    # A frozen layer (fine-tuning): register, and a state attached by hand, follow the trained rest.
+    frozen = _net()
+    frozen.a.weight.requires_grad_(False)
+    fddp = DistributedDataParallel(frozen, find_unused_parameters=True)
+    fopt = torch.optim.SGD([p for p in frozen.parameters() if p.requires_grad], lr=LR)
+    fstate = sasg.ddp.register(fddp, optimizer=fopt, density=0.1, warmup=2)
+    sasg.ddp.attach(sasg.ddp.HookState(frozen, optimizer=fopt, density=0.1, warmup=2), fddp)
+    w0 = frozen.a.weight.detach().clone()
+    for step in range(3):
+        x, y = _batch(step, rank)
+        fopt.zero_grad()
+        F.cross_entropy(fddp(x), y).backward()
+        fopt.step()
+    out["frozen"] = {"followed": len(fstate.index.params), "kept": torch.equal(frozen.a.weight, w0),
+                     "trained": _flat(p for p in frozen.parameters() if p.requires_grad)}
     other = DistributedDataParallel(_net(), find_unused_parameters=True)
     out["other model"] = error_of(lambda: sasg.ddp.attach(state, other), ValueError)
     out["not ddp"] = error_of(lambda: sasg.ddp.attach(state, net), TypeError)
@@ -129,6 +144,8 @@ def test_a_hook_installed_by_hand_and_attached_trains_as_register_s(tmp_path):
         assert out["by hand"]["dropped"] == out["register"]["dropped"] == 2 * STEPS
         assert torch.equal(out["by hand"]["theta"], out["register"]["theta"])
         assert torch.equal(out["by hand"]["error"], out["register"]["error"])
+        assert out["frozen"]["followed"] == 5 and out["frozen"]["kept"]  # (a's bias, b and c: 5 tensors)
+        assert torch.equal(out["frozen"]["trained"], torch.load(tmp_path / "rank0.pt", weights_only=True)["frozen"]["trained"])
         assert "sasg.ddp.attach" in out["other model"] and "HookState(ddp_model.module" in out["other model"]
         assert "sasg.ddp.attach needs a torch.nn.parallel.DistributedDataParallel" in out["not ddp"]
 

@@ -20,14 +20,19 @@ from torch import Tensor
 from ..core.layout import Layout, Segment
 
 
+def trained(named: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+    """The ``(name, parameter)`` pairs a hook follows: those with ``requires_grad`` and not empty
+    (DDP gives the others no gradient; nothing to send)."""
+    return [(n, p) for n, p in named if p.requires_grad and p.numel() > 0]
+
+
 class ParameterIndex:
     """The trained parameters of a model, in ``model.parameters()`` order, as one flat layout.
 
-    ``named``: ``(name, parameter)`` pairs; tensors without ``requires_grad`` and empty ones are
-    left out (DDP gives them no gradient; nothing to send)."""
+    ``named``: ``(name, parameter)`` pairs; only :func:`trained` ones are kept."""
 
     def __init__(self, named: Iterable[tuple[str, Tensor]]):
-        kept = [(n, p) for n, p in named if p.requires_grad and p.numel() > 0]
+        kept = trained(named)
         if not kept:
             raise ValueError("the model has no trainable parameters (all have requires_grad=False or are empty)")
         self.names = [n for n, _ in kept]

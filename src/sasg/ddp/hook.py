@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .rules import hook_algorithm
+from .buckets import trained
 from .hook_state import DEFAULT_CODEC, HookState
 from .unused import UnusedParameters
 
@@ -120,12 +121,12 @@ def attach(state: HookState, ddp_model) -> HookState:
     (:mod:`sasg.ddp.unused`), and the gradient watch does not compare their old ``.grad``. Without
     it such a hook loses that part. ``state`` must follow ``ddp_model``'s parameters, the same
     tensors (a ValueError otherwise). Returns ``state``."""
-    named = _synced_parameters(ddp_model, "sasg.ddp.attach")
+    named = trained(_synced_parameters(ddp_model, "sasg.ddp.attach"))  # (frozen ones have no gradient to follow)
     mine = state.index.params
     if len(named) != len(mine) or any(p is not q for (_, p), q in zip(named, mine)):
         raise ValueError(f"sasg.ddp.attach: the hook's state follows {len(mine)} parameter tensors that are not the "
-                         f"{len(named)} this DDP model synchronises; make the state from the model DDP wraps "
-                         "(HookState(ddp_model.module, ...)) and attach it to that DDP model")
+                         f"{len(named)} trained ones this DDP model synchronises; make the state from the model DDP "
+                         "wraps (HookState(ddp_model.module, ...)) and attach it to that DDP model")
     state._unused = UnusedParameters.of(ddp_model, state.index)  # (None where DDP hands every parameter over)
     return state
 

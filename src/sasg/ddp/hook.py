@@ -119,8 +119,8 @@ def attach(state: HookState, ddp_model) -> HookState:
     Under ``find_unused_parameters=True`` the hook then sees which parameters DDP left out of a
     step: their error memory gets back what the round sent of them, which never reached the step
     (:mod:`sasg.ddp.unused`), and the gradient watch does not compare their old ``.grad``. Without
-    it such a hook loses that part. ``state`` must follow ``ddp_model``'s parameters, the same
-    tensors (a ValueError otherwise). Returns ``state``."""
+    it such a hook loses that part. ``state`` must follow ``ddp_model``'s trained parameters (those
+    with ``requires_grad``, not empty), the same tensors (a ValueError otherwise). Returns ``state``."""
     named = trained(_synced_parameters(ddp_model, "sasg.ddp.attach"))  # (frozen ones have no gradient to follow)
     mine = state.index.params
     if len(named) != len(mine) or any(p is not q for (_, p), q in zip(named, mine)):
